@@ -1,0 +1,138 @@
+"""Scenario → the objects of one simulation: request table, allocator, scheduler, cost model.
+
+Applies the engine's limits to the request stream (prompts over max_model_len rejected or
+clipped, outputs stopped at max_model_len) and checks that the scenario can run at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simkv.cost.roofline import RooflineCost
+from simkv.errors import ScenarioDoesNotFit, SimkvError
+from simkv.kv.contiguous import ContiguousAllocator
+from simkv.kv.paged import PagedAllocator
+from simkv.kv.reservation import largest_reservation, reservation_tokens
+from simkv.memory import MemoryPlan, plan_memory
+from simkv.request import RequestTable
+from simkv.scenario import Scenario
+from simkv.sched.continuous import ContinuousBatchingScheduler
+from simkv.workload.stream import RequestStream
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Resolved engine limits (defaults filled in)."""
+
+    max_model_len: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+
+
+@dataclass
+class Simulation:
+    """Everything one run needs, built from a scenario and a request stream."""
+
+    scenario: Scenario
+    table: RequestTable
+    allocator: object
+    scheduler: ContinuousBatchingScheduler
+    cost: RooflineCost
+    memory: MemoryPlan
+    limits: EngineLimits
+    measure_start_s: float
+    measure_end_s: float
+    num_outputs_truncated: int
+
+
+def resolve_limits(scenario: Scenario) -> EngineLimits:
+    """Fill engine defaults and check them against the model."""
+    model, e = scenario.model_spec(), scenario.engine
+    max_len = e.max_model_len or model.max_position_embeddings
+    if max_len > model.max_position_embeddings:
+        raise SimkvError(f"max_model_len {max_len} exceeds the model's {model.max_position_embeddings}-token context",
+                         field="engine.max_model_len", fix=f"set it to at most {model.max_position_embeddings}")
+    batched = e.max_num_batched_tokens or max(max_len, 2048)
+    if batched < max_len:
+        raise SimkvError(f"max_num_batched_tokens {batched} is below max_model_len {max_len}: without chunked "
+                         "prefill a long prompt could never be scheduled",
+                         field="engine.max_num_batched_tokens", fix=f"set it to at least {max_len}, or lower engine.max_model_len")
+    return EngineLimits(max_len, batched, e.max_num_seqs)
+
+
+def build(scenario: Scenario, stream: RequestStream) -> Simulation:
+    """Wire up one simulation of `scenario` over `stream`."""
+    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), scenario.engine
+    tp = scenario.hardware.tensor_parallel
+    try:
+        model.shard(tp)
+    except ValueError as err:
+        raise SimkvError(str(err), field="hardware.tensor_parallel", fix="use a degree that divides the head counts") from None
+    limits = resolve_limits(scenario)
+    if e.weight_dtype == "fp8" and gpu.fp8_tflops is None:
+        raise SimkvError(f"{gpu.description} has no fp8 tensor cores", field="engine.weight_dtype", fix="use bf16")
+    mem = plan_memory(model, gpu, tensor_parallel=tp, gpu_memory_utilization=e.gpu_memory_utilization,
+                      weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype, block_size=e.block_size,
+                      max_num_batched_tokens=limits.max_num_batched_tokens, max_num_seqs=limits.max_num_seqs,
+                      activation_reserve_gib=e.activation_reserve_gib, num_gpu_blocks=e.num_gpu_blocks)
+    if mem.capacity_tokens < limits.max_model_len:
+        raise ScenarioDoesNotFit(
+            f"the KV cache holds {mem.capacity_tokens} tokens ({mem.kv_bytes / 2**30:.2f} GiB), fewer than one "
+            f"max_model_len request ({limits.max_model_len} tokens)", field="engine.max_model_len",
+            fix=f"lower engine.max_model_len to {mem.capacity_tokens} or less, raise gpu_memory_utilization, "
+                "or add tensor parallelism")
+    table, truncated = _request_table(stream, limits.max_model_len, scenario.workload.overlong)
+    if e.allocator == "paged":
+        allocator = PagedAllocator(mem.num_blocks, e.block_size)
+    else:
+        allocator = ContiguousAllocator(mem.capacity_tokens, e.placement)
+        _reject_unplaceable(table, e.reservation, limits.max_model_len, mem.capacity_tokens)
+    scheduler = ContinuousBatchingScheduler(
+        table, allocator, max_num_seqs=limits.max_num_seqs, max_num_batched_tokens=limits.max_num_batched_tokens,
+        max_model_len=limits.max_model_len, reservation=e.reservation,
+        watermark_blocks=int(e.watermark * mem.num_blocks), warmup_s=scenario.run.warmup_s)
+    cost = RooflineCost(model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype,
+                        host_overhead_s=e.host_overhead_s)
+    start, end = _measured_window(scenario, stream)
+    return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated)
+
+
+def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[RequestTable, int]:
+    prompt = stream.prompt_tokens.copy()
+    too_long = prompt > max_len - 1
+    reason = np.zeros(stream.num_requests, dtype=np.int8)
+    if overlong == "reject":
+        reason[too_long] = 1
+    prompt = np.minimum(prompt, max_len - 1)
+    room = max_len - prompt
+    output = np.minimum(stream.output_tokens, room)
+    truncated = int(np.count_nonzero((output < stream.output_tokens) & (reason == 0)))
+    max_new = np.maximum(np.minimum(stream.max_new_tokens, room), output)
+    return RequestTable(stream.arrival_s, prompt, output, max_new, reason), truncated
+
+
+def _reject_unplaceable(table: RequestTable, policy: str, max_len: int, capacity: int) -> None:
+    """Contiguous: a request whose reservation exceeds the whole cache can never run."""
+    if largest_reservation(policy, max_len) <= capacity:
+        return
+    for rid in np.flatnonzero(table.reject_reason == 0).tolist():
+        size = reservation_tokens(policy, prompt_tokens=int(table.prompt_tokens[rid]),
+                                  final_tokens=int(table.final_kv_tokens[rid]),
+                                  max_new_tokens=int(table.max_new_tokens[rid]), max_model_len=max_len)
+        if size > capacity:
+            table.reject_reason[rid] = 2
+            table.status[rid] = 2
+
+
+def _measured_window(scenario: Scenario, stream: RequestStream) -> tuple[float, float]:
+    run = scenario.run
+    if stream.num_requests == 0:
+        raise SimkvError(f"the workload produced no requests in {run.duration_s} s", field="run.duration_s",
+                         fix="lengthen run.duration_s or raise workload.arrival.rate")
+    end = run.duration_s if run.duration_s is not None else float(stream.arrival_s[-1])
+    if run.warmup_s >= end:
+        raise SimkvError(f"warmup_s ({run.warmup_s} s) leaves nothing to measure: the last request arrives at "
+                         f"{end:.1f} s", field="run.warmup_s", fix="lower run.warmup_s or add requests")
+    return run.warmup_s, end

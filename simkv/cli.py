@@ -1,0 +1,140 @@
+"""The `simkv` command line: run, schema, catalog. Parses arguments, calls the library, prints;
+every input problem becomes a one-paragraph message and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from simkv.errors import SimkvError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except SimkvError as err:
+        print(f"simkv: error: {err.render()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simkv: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simkv", description="Simulate how LLM serving engines spend KV-cache memory and time.")
+    sub = p.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="simulate a scenario file (all its variants) and write a results folder")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("-o", "--output", help="results folder (default results/<scenario name>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                     help="override a field, e.g. --set engine.block_size=32 (repeatable)")
+    run.add_argument("--no-figures", action="store_true", help="skip figures and report (faster)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+    schema = sub.add_parser("schema", help="print the JSON Schema of scenario files")
+    schema.set_defaults(func=cmd_schema)
+    cat = sub.add_parser("catalog", help="list the models and GPUs simkv knows")
+    cat.add_argument("--json", action="store_true", help="machine-readable output")
+    cat.set_defaults(func=cmd_catalog)
+    return p
+
+
+class _Progress:
+    """A progress bar on stderr, shown only once a run has taken more than two seconds."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label, self.quiet = label, quiet
+        self.start = time.perf_counter()
+        self.last = 0.0
+        self.shown = False
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, sim_s: float) -> None:
+        now = time.perf_counter()
+        elapsed = now - self.start
+        if self.quiet or elapsed < 2.0 or now - self.last < (0.2 if self.tty else 10.0):
+            return
+        self.last, self.shown = now, True
+        frac = done / total if total else 1.0
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        text = f"{self.label} [{bar}] {100 * frac:5.1f}%  {done}/{total} requests arrived  sim {sim_s:,.0f} s  wall {elapsed:.0f} s"
+        print(("\r" if self.tty else "") + text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.shown and self.tty:
+            print(file=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    from simkv.loading import expand_variants, load_scenario
+    from simkv.report import terminal_table
+    from simkv.simulate import run_simulation
+    from simkv.build import build
+    from simkv.workload.stream import generate_stream
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    out = Path(args.output) if args.output else Path("results") / scenario.name
+    stream = generate_stream(scenario.workload, scenario.run)
+    results, wall = {}, time.perf_counter()
+    for name, sub in expand_variants(scenario):
+        bar = _Progress(name, args.quiet)
+        try:
+            sim = build(sub, stream)
+        except SimkvError as err:
+            field = f"{err.field} (variant {name})" if len(scenario.variants) else err.field
+            raise SimkvError(err.message, file=args.scenario, field=field, fix=err.fix) from None
+        results[name] = run_simulation(sim, name, bar)
+        bar.close()
+    wall = time.perf_counter() - wall
+    if args.no_figures:
+        for name, res in results.items():
+            res.save(out if len(results) == 1 else out / name)
+    else:
+        from simkv.output import write_results
+        write_results(results, out)
+    n = stream.num_requests
+    print(f"{scenario.name}: {n:,} requests x {len(results)} run(s) simulated in {wall:.1f} s wall "
+          f"({n * len(results) / wall:,.0f} requests/s)")
+    print(terminal_table(results))
+    print(f"results: {out}/ (summary.json, requests.csv, timeseries.csv{'' if args.no_figures else ', report.md, figures'})")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from simkv.scenario import Scenario
+    print(json.dumps(Scenario.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    from simkv.catalog import builtin_gpus, builtin_models
+    models, gpus = builtin_models(), builtin_gpus()
+    if args.json:
+        print(json.dumps({"models": {k: v.model_dump() for k, v in models.items()},
+                          "gpus": {k: v.model_dump() for k, v in gpus.items()}}, indent=2))
+        return 0
+    print("Models (layers, hidden, heads/kv heads x head dim, intermediate, vocab, params, max context, KV bytes/token bf16):")
+    for name, m in models.items():
+        print(f"  {name:12s} {m.num_layers:3d}  {m.hidden_size:5d}  {m.num_heads:3d}/{m.num_kv_heads:<3d}x{m.head_dim}  "
+              f"{m.intermediate_size:6d}  {m.vocab_size:6d}  {m.num_params / 1e9:6.2f}B  {m.max_position_embeddings:6d}  "
+              f"{m.kv_bytes_per_token('bf16', 1):7,d}")
+    print("\nGPUs (memory GiB, HBM GB/s, dense bf16 TFLOP/s, host link GB/s; measured ceilings where known):")
+    for name, g in gpus.items():
+        meas = (f"  measured: copy {g.measured.copy_gbps:,.0f} GB/s, matmul {g.measured.bf16_matmul_tflops:.0f} TFLOP/s"
+                if g.measured else "  (datasheet only)")
+        print(f"  {name:10s} {g.memory_gib:7.2f}  {g.hbm_bandwidth_gbps:6,.0f}  {g.bf16_tflops:6.1f}  {g.host_link_gbps:4.0f}{meas}")
+    print("\nSources: simkv/catalog/models.yaml and gpus.yaml (each entry names its source). "
+          "Add your own under `models:`/`gpus:` in a scenario or in a file listed in `catalog_files:`.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""The step-time contract the engine calls every simulated step."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from simkv.sched.base import StepPlan
+
+
+class StepCost(Protocol):
+    """Seconds a step takes. Implementations hold their coefficients; they never read files."""
+
+    def seconds(self, plan: StepPlan) -> float:
+        """Time of one step of `plan` (prefills, decodes, or a mix)."""
+
+    def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
+        """Times of `num_steps` consecutive decode-only steps of the same sequences, the first at
+        contexts `decode_ctx`, each later step one token longer per sequence."""

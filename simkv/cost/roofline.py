@@ -1,0 +1,121 @@
+"""Roofline step time: every kernel takes max(FLOPs / compute ceiling, bytes / memory ceiling).
+
+Models, per tensor-parallel shard and per layer: the four linear layers (qkv, o, gate+up or fc1,
+down or fc2) over all tokens of the step; attention per prefill sequence (causal) and one
+decode-attention kernel over the ragged decode contexts (summed per sequence, never averaged);
+memory-bound elementwise ops (2 rmsnorm, 2 residual adds, rope, activation); two all-reduces
+over NVLink when tensor_parallel > 1; lm_head on the sampled tokens; a host overhead per step.
+Ceilings: the measured matmul rate and copy bandwidth (device.json) where the GPU has them, else
+the datasheet.
+Simplifications: no launch gaps or kernel tails (a lower bound on small steps: the calibrated
+model of a later issue learns those), no embedding lookup or sampling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simkv.sched.base import StepPlan
+from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec
+
+ACT_BYTES = 2  # activations are bf16
+
+
+class RooflineCost:
+    """Per-kernel roofline over a model shard on one GPU."""
+
+    def __init__(self, model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int = 1,
+                 weight_dtype: str = "bf16", kv_dtype: str = "bf16", host_overhead_s: float = 0.0) -> None:
+        d = model.shard(tensor_parallel)
+        self.dims = d
+        self.flops_per_s = gpu.achievable_flops(weight_dtype)
+        self.bytes_per_s = gpu.achievable_bandwidth_bps
+        self.link_bytes_per_s = gpu.nvlink_gbps * 1e9
+        self.host_overhead_s = host_overhead_s
+        self.wb = DTYPE_BYTES[weight_dtype]
+        self.kvb = DTYPE_BYTES[kv_dtype]
+        q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+        up = 2 * d.intermediate if d.gated else d.intermediate
+        # (k, n) of each linear layer of one layer
+        self.linears = [(d.hidden, q + 2 * kv), (q, d.hidden), (d.hidden, up), (d.intermediate, d.hidden)]
+        # bytes moved per token per layer by elementwise kernels (read + write)
+        act = 2 * 2 * d.hidden + 2 * 3 * d.hidden + 2 * (q + kv) + (up + d.intermediate)
+        self.elementwise_bytes_per_token = act * ACT_BYTES
+        self.q_width, self.kv_width = q, kv
+        self.layers = d.num_layers
+        self.tp = tensor_parallel
+        self._fixed_cache: dict[tuple[int, int], float] = {}
+
+    # ------------------------------------------------------------ kernels
+    def _linear_s(self, m: int) -> float:
+        total = 0.0
+        for k, n in self.linears:
+            flops = 2.0 * m * k * n
+            moved = k * n * self.wb + m * (k + n) * ACT_BYTES
+            total += max(flops / self.flops_per_s, moved / self.bytes_per_s)
+        return total
+
+    def _lm_head_s(self, m: int) -> float:
+        if m == 0:
+            return 0.0
+        d = self.dims
+        flops = 2.0 * m * d.hidden * d.vocab
+        moved = d.hidden * d.vocab * self.wb + m * (d.hidden + d.vocab) * ACT_BYTES
+        return max(flops / self.flops_per_s, moved / self.bytes_per_s)
+
+    def _allreduce_s(self, m: int) -> float:
+        if self.tp == 1 or m == 0:
+            return 0.0
+        ring = 2.0 * (self.tp - 1) / self.tp * m * self.dims.hidden * ACT_BYTES
+        return 2 * ring / self.link_bytes_per_s  # two all-reduces per layer
+
+    def _prefill_attention_s(self, new: np.ndarray, ctx: np.ndarray) -> float:
+        """Causal attention of `new` query tokens against `ctx` keys (the last `new` of them new)."""
+        if not len(new):
+            return 0.0
+        cached = ctx - new
+        pairs = new * cached + new * (new + 1) / 2.0  # query-key pairs under the causal mask
+        flops = 4.0 * self.dims.heads * self.dims.head_dim * pairs
+        moved = (2 * new * self.q_width) * ACT_BYTES + 2 * ctx * self.kv_width * self.kvb
+        return float(np.maximum(flops / self.flops_per_s, moved / self.bytes_per_s).sum())
+
+    def _decode_attention_parts(self, n: int) -> tuple[float, float, float, float]:
+        """(flops per context token, bytes per context token, fixed flops, fixed bytes) of one
+        decode-attention kernel over n sequences."""
+        flops_per_ctx = 4.0 * self.dims.heads * self.dims.head_dim
+        bytes_per_ctx = 2.0 * self.kv_width * self.kvb
+        return flops_per_ctx, bytes_per_ctx, 0.0, 2.0 * n * self.q_width * ACT_BYTES
+
+    # ------------------------------------------------------------ step
+    def _fixed_s(self, num_tokens: int, num_sampled: int) -> float:
+        """Everything but attention: linears, elementwise, all-reduce per layer; lm_head; host.
+        Memoised: the engine asks for the same batch shapes over and over."""
+        key = (num_tokens, num_sampled)
+        cached = self._fixed_cache.get(key)
+        if cached is None:
+            per_layer = (self._linear_s(num_tokens) + num_tokens * self.elementwise_bytes_per_token / self.bytes_per_s
+                         + self._allreduce_s(num_tokens))
+            cached = self.layers * per_layer + self._lm_head_s(num_sampled) + self.host_overhead_s
+            if len(self._fixed_cache) < 100_000:
+                self._fixed_cache[key] = cached
+        return cached
+
+    def seconds(self, plan: StepPlan) -> float:
+        tokens = plan.num_batched_tokens
+        if tokens == 0:
+            return self.host_overhead_s
+        attn = self._prefill_attention_s(plan.prefill_new, plan.prefill_ctx)
+        n = len(plan.decode_ctx)
+        if n:
+            fpc, bpc, f0, b0 = self._decode_attention_parts(n)
+            total_ctx = float(plan.decode_ctx.sum())
+            attn += max((f0 + fpc * total_ctx) / self.flops_per_s, (b0 + bpc * total_ctx) / self.bytes_per_s)
+        return self._fixed_s(tokens, plan.num_sampled) + self.layers * attn
+
+    def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
+        n = len(decode_ctx)
+        fixed = self._fixed_s(n, n)
+        fpc, bpc, f0, b0 = self._decode_attention_parts(n)
+        total_ctx = float(decode_ctx.sum()) + n * np.arange(num_steps, dtype=np.float64)
+        attn = np.maximum((f0 + fpc * total_ctx) / self.flops_per_s, (b0 + bpc * total_ctx) / self.bytes_per_s)
+        return fixed + self.layers * attn

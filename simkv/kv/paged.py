@@ -1,0 +1,121 @@
+"""Paged KV allocator: a pool of fixed-size blocks handed out on demand (vLLM's PagedAttention).
+
+Models: block pool of `num_blocks` blocks of `block_size` token slots; per-request block tables;
+a block is taken when a request writes its first slot in it; freed blocks return to the end of
+the free queue in reverse order (tail blocks first), so the most recently used are reused last.
+Simplifications: no prefix caching or copy-on-write yet (a later issue adds them); external
+fragmentation is zero by construction, since any free block serves any request.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from simkv.kv.base import KVUsage, OutOfKVMemory, split_held
+
+
+class PagedAllocator:
+    """Block pool with per-request block tables."""
+
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        if num_blocks <= 0 or block_size <= 0:
+            raise ValueError("num_blocks and block_size must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.capacity_tokens = num_blocks * block_size
+        self._free_blocks: deque[int] = deque(range(num_blocks))
+        self._tables: dict[int, list[int]] = {}
+        self._tokens: dict[int, int] = {}
+        self._final: dict[int, int] = {}
+
+    # ------------------------------------------------------------ queries
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free_blocks)
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """Blocks needed to hold `num_tokens` slots."""
+        return -(-num_tokens // self.block_size)
+
+    def block_table(self, req_id: int) -> list[int]:
+        return list(self._tables[req_id])
+
+    def tokens_of(self, req_id: int) -> int:
+        return self._tokens[req_id]
+
+    def owners(self) -> dict[int, list[int]]:
+        """req_id -> block ids (a copy), for invariant checks."""
+        return {r: list(t) for r, t in self._tables.items()}
+
+    def free_block_ids(self) -> list[int]:
+        return list(self._free_blocks)
+
+    # ------------------------------------------------------------ allocation
+    def can_allocate(self, num_tokens: int, reserve_tokens: int | None = None, watermark_tokens: int = 0) -> bool:
+        """Blocks are taken on demand, so only `num_tokens` counts (reserve_tokens is ignored)."""
+        watermark_blocks = self.blocks_for(watermark_tokens)
+        return self.blocks_for(num_tokens) + watermark_blocks <= len(self._free_blocks)
+
+    def allocate(self, req_id: int, num_tokens: int, reserve_tokens: int | None = None,
+                 final_tokens: int | None = None) -> None:
+        if req_id in self._tables:
+            raise ValueError(f"request {req_id} already holds KV memory")
+        if num_tokens < 0:
+            raise ValueError("num_tokens must be >= 0")
+        need = self.blocks_for(num_tokens)
+        if need > len(self._free_blocks):
+            raise OutOfKVMemory(f"request {req_id} needs {need} blocks, {len(self._free_blocks)} free")
+        self._tables[req_id] = [self._free_blocks.popleft() for _ in range(need)]
+        self._tokens[req_id] = num_tokens
+        self._final[req_id] = max(num_tokens, final_tokens if final_tokens is not None else num_tokens)
+
+    def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
+        need = self.blocks_for(self._tokens[req_id] + num_tokens) - len(self._tables[req_id])
+        return need <= len(self._free_blocks)
+
+    def append(self, req_id: int, num_tokens: int = 1) -> None:
+        table = self._tables[req_id]
+        new_tokens = self._tokens[req_id] + num_tokens
+        need = self.blocks_for(new_tokens) - len(table)
+        if need > len(self._free_blocks):
+            raise OutOfKVMemory(f"request {req_id} needs {need} more blocks, {len(self._free_blocks)} free")
+        for _ in range(need):
+            table.append(self._free_blocks.popleft())
+        self._tokens[req_id] = new_tokens
+
+    def grow_to(self, req_id: int, new_tokens: int) -> None:
+        """Append up to a total of `new_tokens` written slots (the engine's bulk path)."""
+        self.append(req_id, new_tokens - self._tokens[req_id])
+
+    def take_blocks(self, req_ids: list[int], counts: list[int]) -> None:
+        """Append counts[i] free blocks to req_ids[i]'s table (the engine's bulk growth path;
+        the caller has checked that enough blocks are free)."""
+        free, tables = self._free_blocks, self._tables
+        total = sum(counts)
+        if total > len(free):
+            raise OutOfKVMemory(f"bulk growth needs {total} blocks, {len(free)} free")
+        taken = [free.popleft() for _ in range(total)]
+        pos = 0
+        for rid, m in zip(req_ids, counts):
+            tables[rid].extend(taken[pos:pos + m])
+            pos += m
+
+    def set_tokens(self, req_ids, new_tokens) -> None:
+        """Bulk-set written slots; each request must already hold the blocks (engine fast path)."""
+        self._tokens.update(zip(req_ids.tolist(), new_tokens.tolist()))
+
+    def free(self, req_id: int) -> None:
+        table = self._tables.pop(req_id)
+        del self._tokens[req_id], self._final[req_id]
+        self._free_blocks.extend(reversed(table))
+
+    # ------------------------------------------------------------ accounting
+    def usage(self, next_reservation: int | None = None) -> KVUsage:
+        tokens = reserved = internal = 0
+        for req_id, table in self._tables.items():
+            held = len(table) * self.block_size
+            t = self._tokens[req_id]
+            r, i = split_held(held, t, self._final[req_id])
+            tokens, reserved, internal = tokens + t, reserved + r, internal + i
+        free = len(self._free_blocks) * self.block_size
+        return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)

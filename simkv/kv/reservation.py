@@ -1,0 +1,31 @@
+"""Reservation policies of contiguous engines: how many slots a request's region gets at admission.
+
+`final_tokens` is the KV slots the request will write (prompt + output - 1).
+- max_model_len: the model's whole context, whatever the request (FasterTransformer, Orca-Max).
+- pow2: the next power of two of the final length (Orca-Pow2: knows the length to within 2x).
+- oracle: exactly the final length (Orca-Oracle: an unrealisable ideal).
+- prompt_plus_max_new: prompt + the client's max_new_tokens (engines that trust the request limit).
+"""
+
+from __future__ import annotations
+
+
+def reservation_tokens(policy: str, *, prompt_tokens: int, final_tokens: int, max_new_tokens: int,
+                       max_model_len: int) -> int:
+    """Slots to reserve for one request under `policy`."""
+    if policy == "max_model_len":
+        return max_model_len
+    if policy == "pow2":
+        return 1 << max(0, (final_tokens - 1).bit_length())
+    if policy == "oracle":
+        return final_tokens
+    if policy == "prompt_plus_max_new":
+        return prompt_tokens + max_new_tokens
+    raise ValueError(f"unknown reservation policy {policy!r}")
+
+
+def largest_reservation(policy: str, max_model_len: int) -> int:
+    """The most slots any admissible request can need under `policy` (for fit checks)."""
+    if policy == "pow2":
+        return 1 << max(0, (max_model_len - 1).bit_length())
+    return max_model_len

@@ -1,0 +1,222 @@
+"""Recording and summarising a run: time-weighted KV breakdown, batch and queue, a bounded time
+series, token gaps as a streaming histogram, and per-request latency percentiles.
+
+Definitions (DESIGN.md): TTFT = first token - arrival; TBT = gaps between a request's tokens
+(stalls included), pooled over all tokens of measured requests; E2E = finish - arrival;
+TPOT = (E2E - TTFT) / (output tokens - 1); queueing = first scheduled - arrival. Requests arriving
+before warm-up are left out; throughput counts tokens of steps ending in the measured window
+[warm-up, end of arrivals].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from simkv.request import DONE, REJECT_REASONS, REJECTED, RequestTable
+from simkv.sched.base import StepOutcome
+
+KV_FIELDS = ("token_tokens", "reserved_tokens", "internal_frag_tokens", "external_frag_tokens", "free_tokens")
+SERIES_COLUMNS = ("time_s",) + KV_FIELDS + ("utilization", "num_running", "num_waiting")
+# token-gap histogram: log-spaced bins from 1 us to 10^4 s, 1000 per decade (0.23% wide)
+_GAP_LO, _GAP_DECADES, _GAP_PER_DECADE = -6.0, 10, 1000
+_GAP_BINS = _GAP_DECADES * _GAP_PER_DECADE
+
+
+def _gap_bin(gap: float) -> int:
+    pos = (math.log10(max(gap, 1e-12)) - _GAP_LO) * _GAP_PER_DECADE
+    return min(max(int(pos), 0), _GAP_BINS - 1)
+
+
+def _gap_bins(gaps: np.ndarray) -> np.ndarray:
+    pos = (np.log10(np.maximum(gaps, 1e-12)) - _GAP_LO) * _GAP_PER_DECADE
+    return np.clip(pos.astype(np.int64), 0, _GAP_BINS - 1)
+
+
+class Recorder:
+    """Accumulates what the summary and the time series need; memory does not grow with steps."""
+
+    def __init__(self, capacity_tokens: int, measure_start_s: float, measure_end_s: float,
+                 max_points: int = 2000) -> None:
+        self.capacity = capacity_tokens
+        self.w0, self.w1 = measure_start_s, measure_end_s
+        self.kv_integral = np.zeros(len(KV_FIELDS))
+        self.kv_peak = np.zeros(len(KV_FIELDS), dtype=np.int64)
+        self.running_integral = self.waiting_integral = 0.0
+        self.max_running = self.max_waiting = 0
+        self.window_tokens = 0
+        self.total_tokens = 0
+        self.num_steps = 0
+        self.gap_hist = np.zeros(_GAP_BINS, dtype=np.int64)
+        self.gap_max_s = 0.0
+        self.max_points = max_points
+        self.dt = max(measure_end_s, 1e-3) / max_points
+        self._next_sample = 0
+        self._rows: list[tuple] = []
+
+    # ------------------------------------------------------------ events
+    def on_steps(self, start_s: float, o: StepOutcome, durations_s: np.ndarray) -> None:
+        ends, kv, k = o.step_end_s, o.kv, len(o.step_end_s)
+        last = float(ends[-1])
+        if k == 1:
+            span = max(0.0, min(last, self.w1) - max(start_s, self.w0))
+            if span > 0:
+                col = kv[:, 0]
+                self.kv_integral += span * col
+                np.maximum(self.kv_peak, col, out=self.kv_peak)
+        else:
+            starts = ends - durations_s
+            overlap = np.clip(np.minimum(ends, self.w1) - np.maximum(starts, self.w0), 0.0, None)
+            span = float(overlap.sum())
+            if span > 0:
+                self.kv_integral += kv @ overlap
+                np.maximum(self.kv_peak, kv[:, overlap > 0].max(axis=1), out=self.kv_peak)
+        if span > 0:
+            self.running_integral += span * o.num_running
+            self.waiting_integral += span * o.num_waiting
+            self.max_running = max(self.max_running, o.num_running)
+            self.max_waiting = max(self.max_waiting, o.num_waiting)
+        self.num_steps += k
+        self.total_tokens += k * o.tokens_per_step
+        if self.w0 <= start_s and last <= self.w1:
+            self.window_tokens += k * o.tokens_per_step
+        elif last >= self.w0 and start_s <= self.w1:
+            self.window_tokens += int(np.count_nonzero((ends >= self.w0) & (ends <= self.w1))) * o.tokens_per_step
+        if o.measured_decoders:
+            if k == 1:
+                d = float(durations_s[0])
+                self.gap_hist[_gap_bin(d)] += o.measured_decoders
+                self.gap_max_s = max(self.gap_max_s, d)
+            else:
+                np.add.at(self.gap_hist, _gap_bins(durations_s), o.measured_decoders)
+                self.gap_max_s = max(self.gap_max_s, float(durations_s.max()))
+        if self._next_sample * self.dt <= last:
+            self._sample(ends, kv, o.num_running, o.num_waiting)
+
+    def on_extra_gaps(self, gaps_s: np.ndarray) -> None:
+        """Token gaps that are not a step's length (a preempted request's first token back)."""
+        if len(gaps_s):
+            np.add.at(self.gap_hist, _gap_bins(gaps_s), 1)
+            self.gap_max_s = max(self.gap_max_s, float(gaps_s.max()))
+
+    def on_idle(self, start_s: float, end_s: float) -> None:
+        """The engine had nothing to run: the whole cache was free."""
+        overlap = max(0.0, min(end_s, self.w1) - max(start_s, self.w0))
+        self.kv_integral[4] += overlap * self.capacity
+        if self._next_sample * self.dt <= end_s:
+            state = np.array([[0], [0], [0], [0], [self.capacity]], dtype=np.int64)
+            self._sample(np.array([end_s]), state, 0, 0)
+
+    # ------------------------------------------------------------ time series
+    def _sample(self, ends, kv, running: int, waiting: int) -> None:
+        """Append the state at every grid time t = s * dt up to ends[-1] (the caller's steps
+        cover every grid time since the previous call)."""
+        while self._next_sample * self.dt <= ends[-1]:
+            t = self._next_sample * self.dt
+            j = min(int(np.searchsorted(ends, t)), len(ends) - 1)
+            row = tuple(int(v) for v in kv[:, j])
+            self._rows.append((self._next_sample, t) + row + (row[0] / self.capacity, running, waiting))
+            self._next_sample += 1
+            if len(self._rows) > self.max_points:
+                self._decimate()
+
+    def _decimate(self) -> None:
+        """Double the sampling interval, keeping the rows on the coarser grid."""
+        self._rows = [(r[0] // 2,) + r[1:] for r in self._rows if r[0] % 2 == 0]
+        self.dt *= 2
+        self._next_sample = (self._next_sample + 1) // 2
+
+    def time_series(self) -> dict[str, np.ndarray]:
+        cols = list(zip(*self._rows)) if self._rows else [[] for _ in range(len(SERIES_COLUMNS) + 1)]
+        return {name: np.asarray(col) for name, col in zip(SERIES_COLUMNS, cols[1:])}
+
+    # ------------------------------------------------------------ token gaps
+    def gap_percentile(self, q: float) -> float | None:
+        total = int(self.gap_hist.sum())
+        if total == 0:
+            return None
+        cum = np.cumsum(self.gap_hist)
+        idx = int(np.searchsorted(cum, q / 100.0 * total))
+        upper = 10 ** (_GAP_LO + (idx + 1) / _GAP_PER_DECADE)
+        return min(upper, self.gap_max_s)
+
+
+def _stats(values: np.ndarray) -> dict:
+    if not len(values):
+        return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"mean": float(values.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "max": float(values.max())}
+
+
+def request_latencies(t: RequestTable) -> dict[str, np.ndarray]:
+    """Per-request latency columns (NaN where undefined)."""
+    ttft = t.first_token_s - t.arrival_s
+    e2e = t.finish_s - t.arrival_s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(t.output_tokens > 1, (e2e - ttft) / (t.output_tokens - 1), np.nan)
+    return {"ttft_s": ttft, "e2e_s": e2e, "tpot_s": tpot, "queue_s": t.first_scheduled_s - t.arrival_s,
+            "max_tbt_s": np.where(t.output_tokens > 1, t.tbt_max_s, np.nan)}
+
+
+def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = None) -> dict:
+    """The run's summary: throughput, latency percentiles, KV breakdown, batch, preemptions."""
+    lat = request_latencies(t)
+    measured = (t.arrival_s >= rec.w0) & (t.status == DONE)
+    window = rec.w1 - rec.w0
+    finished_in_window = np.count_nonzero((t.finish_s >= rec.w0) & (t.finish_s <= rec.w1))
+    span = rec.w1 - rec.w0
+    kv_mean = rec.kv_integral / (span * rec.capacity)
+    kv = {name.replace("_tokens", ""): float(v) for name, v in zip(KV_FIELDS, kv_mean)}
+    kv_peak = {name.replace("_tokens", ""): int(v) / rec.capacity for name, v in zip(KV_FIELDS, rec.kv_peak)}
+    rejected = t.status == REJECTED
+    reasons = {REJECT_REASONS[i]: int(np.count_nonzero(t.reject_reason == i)) for i in range(1, len(REJECT_REASONS))}
+    summary = {
+        "requests": {
+            "total": int(t.num_requests), "measured": int(measured.sum()), "completed": int(np.count_nonzero(t.status == DONE)),
+            "rejected": int(rejected.sum()), "rejected_by_reason": {k: v for k, v in reasons.items() if v},
+            "preempted_requests": int(np.count_nonzero(t.num_preemptions[measured] > 0)),
+            "preemptions": int(t.num_preemptions.sum()),
+        },
+        "throughput": {
+            "measured_window_s": [rec.w0, rec.w1],
+            "output_tokens_per_s": rec.window_tokens / window,
+            "requests_per_s": finished_in_window / window,
+            "total_output_tokens": int(rec.total_tokens),
+            "makespan_s": float(np.nanmax(t.finish_s)) if np.isfinite(t.finish_s).any() else 0.0,
+        },
+        "latency_s": {
+            "ttft": _stats(lat["ttft_s"][measured]),
+            "tbt": {"p50": rec.gap_percentile(50), "p90": rec.gap_percentile(90), "p99": rec.gap_percentile(99),
+                    "max": rec.gap_max_s if rec.gap_hist.any() else None,
+                    "note": "pooled over every token gap of measured requests; percentiles to 0.23%"},
+            "e2e": _stats(lat["e2e_s"][measured]),
+            "tpot": _stats(lat["tpot_s"][measured & (t.output_tokens > 1)]),
+            "queue": _stats(lat["queue_s"][measured]),
+        },
+        "kv_cache": {
+            "capacity_tokens": int(rec.capacity),
+            "mean_fraction": kv, "peak_fraction": kv_peak,
+            "utilization_mean": kv["token"], "utilization_peak": kv_peak["token"],
+        },
+        "batch": {"mean_running": rec.running_integral / span, "max_running": int(rec.max_running),
+                  "mean_waiting": rec.waiting_integral / span, "max_waiting": int(rec.max_waiting),
+                  "steps": int(rec.num_steps)},
+    }
+    if slo is not None and any(v is not None for v in (slo.ttft_s, slo.tpot_s, slo.e2e_s)):
+        summary["slo"] = _slo(lat, measured, slo, window, t)
+    if extra:
+        summary.update(extra)
+    return summary
+
+
+def _slo(lat, measured, slo, window: float, t: RequestTable) -> dict:
+    ok = measured.copy()
+    for key, target in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)):
+        if target is not None:
+            ok &= np.nan_to_num(lat[key], nan=0.0) <= target
+    n = int(measured.sum())
+    return {"targets": {k: v for k, v in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)) if v is not None},
+            "attainment": (int(ok.sum()) / n) if n else None,
+            "goodput_requests_per_s": int(ok.sum()) / window}

@@ -1,0 +1,115 @@
+"""The readable report (Markdown) and the terminal summary table, from Results."""
+
+from __future__ import annotations
+
+from simkv.result import Result
+
+
+def _ms(v) -> str:
+    return "–" if v is None else f"{v * 1e3:.1f}"
+
+
+def _s(v) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+COLUMNS = (
+    ("variant", lambda n, s: n),
+    ("req/s", lambda n, s: f"{s['throughput']['requests_per_s']:.2f}"),
+    ("out tok/s", lambda n, s: f"{s['throughput']['output_tokens_per_s']:.0f}"),
+    ("TTFT p50 s", lambda n, s: _s(s["latency_s"]["ttft"]["p50"])),
+    ("TTFT p99 s", lambda n, s: _s(s["latency_s"]["ttft"]["p99"])),
+    ("TPOT p50 ms", lambda n, s: _ms(s["latency_s"]["tpot"]["p50"])),
+    ("TBT p99 ms", lambda n, s: _ms(s["latency_s"]["tbt"]["p99"])),
+    ("E2E p99 s", lambda n, s: _s(s["latency_s"]["e2e"]["p99"])),
+    ("KV util", lambda n, s: _pct(s["kv_cache"]["utilization_mean"])),
+    ("reserved", lambda n, s: _pct(s["kv_cache"]["mean_fraction"]["reserved"])),
+    ("int frag", lambda n, s: _pct(s["kv_cache"]["mean_fraction"]["internal_frag"])),
+    ("ext frag", lambda n, s: _pct(s["kv_cache"]["mean_fraction"]["external_frag"])),
+    ("batch mean/max", lambda n, s: f"{s['batch']['mean_running']:.1f}/{s['batch']['max_running']}"),
+    ("preempt", lambda n, s: str(s["requests"]["preemptions"])),
+    ("rejected", lambda n, s: str(s["requests"]["rejected"])),
+)
+
+
+def table_rows(results: dict[str, Result]) -> tuple[list[str], list[list[str]]]:
+    header = [c for c, _ in COLUMNS]
+    rows = [[f(name, r.summary) for _, f in COLUMNS] for name, r in results.items()]
+    return header, rows
+
+
+def terminal_table(results: dict[str, Result]) -> str:
+    """A compact fixed-width table, one row per variant."""
+    header, rows = table_rows(results)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def markdown_table(results: dict[str, Result]) -> str:
+    header, rows = table_rows(results)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
+    """report.md: what was simulated, the comparison table, memory plan, figures, definitions."""
+    first = next(iter(results.values()))
+    sc, s = first.scenario, first.summary
+    setup, mem = s["setup"], s["setup"]["memory"]
+    wl = sc.workload if sc is not None else None
+    lines = [f"# simkv report: {s['scenario']}", ""]
+    if sc is not None and sc.description:
+        lines += [sc.description, ""]
+    lines += ["## What was simulated", "",
+              f"- Model **{setup['model']}** on **{setup['gpu']}** × {setup['tensor_parallel']} (tensor parallel), "
+              f"step times from the **{setup['cost_model']}** cost model.",
+              f"- KV cache per GPU: {mem['kv_cache_gib']:.2f} GiB = **{mem['capacity_tokens']:,} token slots** "
+              f"({mem['num_blocks']:,} blocks of {mem['block_size']}); budget {mem['gpu_budget_gib']:.2f} GiB, "
+              f"weights {mem['weights_gib']:.2f} GiB, activations {mem['activation_reserve_gib']:.2f} GiB, "
+              f"{mem['kv_bytes_per_token']:,} bytes per token.",
+              f"- Limits: max_num_seqs {setup['max_num_seqs']}, max_num_batched_tokens {setup['max_num_batched_tokens']}, "
+              f"max_model_len {setup['max_model_len']}."]
+    if wl is not None:
+        lines.append(f"- Workload: arrivals `{wl.arrival.model_dump()}`, prompts `{wl.prompt_tokens.model_dump(exclude_none=True)}`, "
+                     f"outputs `{wl.output_tokens.model_dump(exclude_none=True)}`, max_new_tokens `{wl.max_new_tokens.model_dump()}`.")
+        lines.append(f"- Run: seed {sc.run.seed}, {s['requests']['total']:,} requests, measured window "
+                     f"{s['throughput']['measured_window_s'][0]:.1f}–{s['throughput']['measured_window_s'][1]:.1f} s "
+                     f"(requests arriving in the warm-up are excluded).")
+    if len(results) > 1:
+        lines.append("- Variants (same request stream): " + "; ".join(
+            f"**{n}**: " + (", ".join(f"`{k}={v}`" for k, v in v_set.items()) or "base")
+            for n, v_set in _variant_sets(sc, results)))
+    lines += ["", "## Results", "", markdown_table(results), "",
+              "KV columns are time-averaged fractions of capacity over the measured window; "
+              "`KV util` = token states / capacity.", ""]
+    for name, r in results.items():
+        req = r.summary["requests"]
+        if req["rejected"]:
+            lines.append(f"- {name}: {req['rejected']} request(s) rejected: {req['rejected_by_reason']}.")
+        trunc = r.summary["workload_effects"]["outputs_truncated_at_max_model_len"]
+        if trunc:
+            lines.append(f"- {name}: {trunc} output(s) stopped at max_model_len.")
+        if "slo" in r.summary:
+            slo = r.summary["slo"]
+            lines.append(f"- {name}: SLO {slo['targets']} met by {_pct(slo['attainment'])} of requests; "
+                         f"goodput {slo['goodput_requests_per_s']:.2f} req/s.")
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", "## Definitions", "",
+              "- TTFT = first token − arrival; TPOT = (E2E − TTFT) / (output tokens − 1); TBT = every gap between "
+              "consecutive tokens of a request (stalls included), pooled; E2E = finish − arrival.",
+              "- KV breakdown (vLLM paper, Fig. 2): token states (slots holding a key/value), reserved (held for "
+              "tokens still to come), internal fragmentation (held, never filled), external fragmentation (free slots "
+              "in holes too small for the next waiting request; with nobody waiting, free slots outside the largest "
+              "free extent), free.", ""]
+    return "\n".join(lines)
+
+
+def _variant_sets(sc, results):
+    sets = {v.name: v.set for v in (sc.variants if sc is not None else [])}
+    return [(n, sets.get(n, {})) for n in results]

@@ -1,0 +1,89 @@
+"""`Result`: one simulated run's summary, request table and time series; saved as a results
+folder (summary.json, requests.csv, timeseries.csv) and loaded back."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from simkv.scenario import Scenario
+
+_INT_COLUMNS = {"req_id", "prompt_tokens", "output_tokens", "max_new_tokens", "status", "reject_reason",
+                "num_preemptions", "token_tokens", "reserved_tokens", "internal_frag_tokens",
+                "external_frag_tokens", "free_tokens", "num_running", "num_waiting"}
+
+
+@dataclass
+class Result:
+    """What one simulation produced."""
+
+    name: str
+    scenario: Scenario | None
+    summary: dict
+    requests: dict = field(default_factory=dict)     # column -> array, one row per request
+    timeseries: dict = field(default_factory=dict)   # column -> array, one row per sample
+
+    def save(self, folder: str | Path) -> Path:
+        """Write summary.json, requests.csv, timeseries.csv (and scenario.json) into `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        if self.scenario is not None:
+            (folder / "scenario.json").write_text(self.scenario.model_dump_json(indent=2, exclude_none=True) + "\n")
+        write_columns(folder / "requests.csv", self.requests)
+        write_columns(folder / "timeseries.csv", self.timeseries)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Result":
+        folder = Path(folder)
+        summary = json.loads((folder / "summary.json").read_text())
+        scenario = None
+        if (folder / "scenario.json").exists():
+            scenario = Scenario.model_validate_json((folder / "scenario.json").read_text())
+        return cls(summary.get("variant", folder.name), scenario, summary,
+                   read_columns(folder / "requests.csv"), read_columns(folder / "timeseries.csv"))
+
+    def to_pandas(self):
+        """(requests, timeseries) as pandas DataFrames, when pandas is installed."""
+        import pandas as pd  # optional dependency
+        return pd.DataFrame(dict(self.requests)), pd.DataFrame(dict(self.timeseries))
+
+
+def _fmt(name: str, col) -> list[str]:
+    arr = np.asarray(col)
+    if name in _INT_COLUMNS or arr.dtype.kind in "iub":
+        return [str(int(v)) for v in arr]
+    return ["" if not np.isfinite(v) else repr(round(float(v), 9)) for v in arr]
+
+
+def write_columns(path: Path, columns: dict) -> None:
+    """CSV with a header; NaN written as an empty field."""
+    names = list(columns)
+    formatted = [_fmt(n, columns[n]) for n in names]
+    with path.open("w", newline="") as fh:
+        fh.write(",".join(names) + "\n")
+        for row in zip(*formatted):
+            fh.write(",".join(row) + "\n")
+
+
+def read_columns(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    with path.open() as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return {}
+    names, body = rows[0], rows[1:]
+    out = {}
+    for i, n in enumerate(names):
+        vals = [r[i] for r in body]
+        if n in _INT_COLUMNS:
+            out[n] = np.array([int(v) for v in vals], dtype=np.int64)
+        else:
+            out[n] = np.array([float(v) if v else np.nan for v in vals])
+    return out

@@ -1,0 +1,272 @@
+"""Scenario files as pydantic models: what to simulate (model, hardware, engine, workload, run,
+SLOs) and named variants compared on the identical request stream.
+
+Every field documents its unit. Objects are frozen and reject unknown fields, so a misspelt key
+is an error (with a suggestion, see `simkv.loading`), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      field_validator, model_validator)
+
+from simkv.catalog import builtin_gpus, builtin_models
+from simkv.errors import SimkvError
+from simkv.specs import DType, GpuSpec, ModelSpec, Strict
+
+# ---------------------------------------------------------------- workload
+
+Z99 = 2.3263478740408408  # standard normal 99th percentile
+
+
+class PoissonArrivals(Strict):
+    """Exponential gaps between requests (coefficient of variation 1)."""
+
+    process: Literal["poisson"]
+    rate: PositiveFloat = Field(description="mean arrival rate (requests/s)")
+
+
+class GammaArrivals(Strict):
+    """Gamma-distributed gaps: cv > 1 is burstier than Poisson, cv < 1 smoother."""
+
+    process: Literal["gamma"]
+    rate: PositiveFloat = Field(description="mean arrival rate (requests/s)")
+    cv: PositiveFloat = Field(description="coefficient of variation of the gaps (std/mean, dimensionless)")
+
+
+Arrivals = Annotated[Union[PoissonArrivals, GammaArrivals], Field(discriminator="process")]
+
+
+class _Bounded(Strict):
+    min: PositiveInt = Field(1, description="samples below are raised to this (tokens)")
+    max: PositiveInt | None = Field(None, description="samples above are lowered to this (tokens); none = no bound")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class FixedLength(Strict):
+    """Every request has the same length."""
+
+    dist: Literal["fixed"]
+    value: PositiveInt = Field(description="length (tokens)")
+
+
+class UniformLength(Strict):
+    """Integers uniform on [low, high]."""
+
+    dist: Literal["uniform"]
+    low: PositiveInt = Field(description="smallest length (tokens)")
+    high: PositiveInt = Field(description="largest length (tokens)")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+class ExponentialLength(_Bounded):
+    """Exponential with the given mean, rounded up to whole tokens, then bounded to [min, max]."""
+
+    dist: Literal["exponential"]
+    mean: PositiveFloat = Field(description="mean length before bounding (tokens)")
+
+
+class LognormalLength(_Bounded):
+    """Lognormal given either by (mean, p99) or by the underlying normal's (mu, sigma)."""
+
+    dist: Literal["lognormal"]
+    mean: PositiveFloat | None = Field(None, description="mean length (tokens); with p99")
+    p99: PositiveFloat | None = Field(None, description="99th percentile length (tokens); with mean")
+    mu: float | None = Field(None, description="mean of log(length); with sigma")
+    sigma: PositiveFloat | None = Field(None, description="std of log(length); with mu")
+
+    @model_validator(mode="after")
+    def _one_parametrisation(self):
+        by_moments = self.mean is not None and self.p99 is not None
+        by_params = self.mu is not None and self.sigma is not None
+        if by_moments == by_params:
+            raise ValueError("give either mean and p99, or mu and sigma (exactly one pair)")
+        if by_moments and self.p99 <= self.mean:
+            raise ValueError(f"p99 ({self.p99}) must exceed mean ({self.mean}) for a lognormal")
+        if by_moments and math.log(self.p99 / self.mean) > Z99 ** 2 / 2:
+            raise ValueError(f"no lognormal has mean {self.mean} and p99 {self.p99}: p99/mean must be "
+                             f"<= {math.exp(Z99 ** 2 / 2):.2f}; give mu and sigma instead")
+        return self
+
+
+Lengths = Annotated[Union[FixedLength, UniformLength, ExponentialLength, LognormalLength],
+                    Field(discriminator="dist")]
+
+
+class CapMaxNew(Strict):
+    """Clients ask for a fixed max_new_tokens; outputs longer than the cap are cut at it."""
+
+    policy: Literal["cap"]
+    tokens: PositiveInt = Field(description="the max_new_tokens every client sends (tokens)")
+
+
+class MultipleMaxNew(Strict):
+    """Clients ask for a multiple of the true output length (rounded up)."""
+
+    policy: Literal["multiple"]
+    factor: float = Field(ge=1.0, description="max_new_tokens / true output length (>= 1)")
+
+
+class ExactMaxNew(Strict):
+    """Clients ask for exactly the true output length (an oracle client)."""
+
+    policy: Literal["exact"]
+
+
+MaxNewTokens = Annotated[Union[CapMaxNew, MultipleMaxNew, ExactMaxNew], Field(discriminator="policy")]
+
+
+class Workload(Strict):
+    """Synthetic traffic: when requests arrive and how long they are."""
+
+    arrival: Arrivals = Field(description="arrival process")
+    prompt_tokens: Lengths = Field(description="prompt length distribution (tokens)")
+    output_tokens: Lengths = Field(description="true output length distribution (tokens)")
+    max_new_tokens: MaxNewTokens = Field(default_factory=lambda: MultipleMaxNew(policy="multiple", factor=1.0),
+                                         description="the limit each client asks for (>= true output)")
+    overlong: Literal["reject", "clip"] = Field(
+        "reject", description="prompts that do not fit max_model_len: rejected and counted (as an API "
+        "server does), or clipped to fit; outputs always stop at max_model_len")
+
+
+# ---------------------------------------------------------------- hardware and engine
+
+
+class Hardware(Strict):
+    """The GPUs one replica runs on."""
+
+    gpu: str | GpuSpec = Field(description="catalog name (see `simkv catalog`) or a full GPU spec")
+    tensor_parallel: PositiveInt = Field(1, description="GPUs one replica's weights and KV are split across")
+
+
+Reservation = Literal["max_model_len", "pow2", "oracle", "prompt_plus_max_new"]
+
+
+class Engine(Strict):
+    """How the serving engine allocates KV memory and batches requests."""
+
+    allocator: Literal["paged", "contiguous"] = Field("paged", description="paged blocks on demand, or one contiguous region per request")
+    block_size: PositiveInt = Field(16, description="tokens per KV block (paged); unit of the capacity override")
+    reservation: Reservation = Field("max_model_len", description="contiguous: slots reserved at admission")
+    placement: Literal["first_fit", "best_fit"] = Field("first_fit", description="contiguous: which free extent a region goes to")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory the engine may use (dimensionless)")
+    max_num_seqs: PositiveInt = Field(256, description="most requests running at once (requests)")
+    max_num_batched_tokens: PositiveInt | None = Field(None, description="most tokens processed in one step (tokens); default max(max_model_len, 2048)")
+    max_model_len: PositiveInt | None = Field(None, description="longest prompt + output (tokens); default the model's maximum")
+    watermark: float = Field(0.0, ge=0, lt=1, description="paged: fraction of blocks kept free when admitting (dimensionless)")
+    activation_reserve_gib: NonNegativeFloat | None = Field(None, description="memory held for activations per GPU (GiB); default estimated from the step size")
+    num_gpu_blocks: PositiveInt | None = Field(None, description="measured KV capacity in blocks (overrides the memory arithmetic)")
+    weight_dtype: DType = Field("bf16", description="weight precision")
+    kv_cache_dtype: DType = Field("bf16", description="KV cache precision")
+    host_overhead_s: NonNegativeFloat = Field(0.0, description="CPU time per step not overlapped with the GPU (s)")
+    preemption: Literal["recompute"] = Field("recompute", description="how a preempted request gets its KV back")
+
+
+# ---------------------------------------------------------------- run, SLOs, variants
+
+
+class Run(Strict):
+    """How long to simulate, with which seed, and what to leave out of the statistics."""
+
+    seed: NonNegativeInt = Field(0, description="seed of the request stream (same seed, same results)")
+    num_requests: PositiveInt | None = Field(None, description="requests to generate (requests); or duration_s")
+    duration_s: PositiveFloat | None = Field(None, description="arrivals stop after this time (s); or num_requests")
+    warmup_s: NonNegativeFloat = Field(0.0, description="requests arriving before this are left out of statistics (s)")
+    time_series_points: PositiveInt = Field(2000, ge=10, description="most rows kept in timeseries.csv (rows)")
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if (self.num_requests is None) == (self.duration_s is None):
+            raise ValueError("give exactly one of num_requests and duration_s")
+        if self.duration_s is not None and self.warmup_s >= self.duration_s:
+            raise ValueError(f"warmup_s ({self.warmup_s}) must be below duration_s ({self.duration_s})")
+        return self
+
+
+class Slo(Strict):
+    """Per-request targets; a request meets the SLO when it meets every target given."""
+
+    ttft_s: PositiveFloat | None = Field(None, description="time to first token target (s)")
+    tpot_s: PositiveFloat | None = Field(None, description="time per output token target (s)")
+    e2e_s: PositiveFloat | None = Field(None, description="end-to-end latency target (s)")
+
+
+FORBIDDEN_VARIANT_PREFIXES = ("workload", "run", "variants", "name", "catalog_files")
+
+
+class Variant(Strict):
+    """A named set of dotted overrides, simulated on the same request stream as the others."""
+
+    name: str = Field(min_length=1, description="label in tables and figures")
+    set: dict[str, Any] = Field(default_factory=dict, description="dotted field -> value, e.g. engine.block_size: 32")
+
+    @field_validator("set")
+    @classmethod
+    def _engine_side_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key.split(".")[0] in FORBIDDEN_VARIANT_PREFIXES:
+                raise ValueError(f"'{key}' changes the request stream; variants compare engines on the "
+                                 "identical stream, so only model, hardware, engine, cost and slo may vary")
+        return value
+
+
+class Scenario(Strict):
+    """One simulation study: a replica, its traffic, and optional variants."""
+
+    name: str = Field("scenario", description="label for reports and the default results folder")
+    description: str = Field("", description="what this scenario asks, in a sentence")
+    model: str | ModelSpec = Field(description="catalog name (see `simkv catalog`) or a full model spec")
+    hardware: Hardware
+    engine: Engine = Field(default_factory=Engine)
+    cost: Literal["roofline"] = Field("roofline", description="step-time model")
+    workload: Workload
+    run: Run
+    slo: Slo = Field(default_factory=Slo)
+    variants: list[Variant] = Field(default_factory=list, description="named override sets compared side by side")
+    catalog_files: list[str] = Field(default_factory=list, description="extra catalog YAML files ({models: ..., gpus: ...}), relative to this file; merged into models/gpus when loaded")
+    models: dict[str, ModelSpec] = Field(default_factory=dict, description="user model entries by name, usable in `model:`")
+    gpus: dict[str, GpuSpec] = Field(default_factory=dict, description="user GPU entries by name, usable in `hardware.gpu:`")
+
+    @model_validator(mode="after")
+    def _unique_variants(self):
+        names = [v.name for v in self.variants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    def model_spec(self) -> ModelSpec:
+        """The model: inline spec, a user entry, or the built-in catalog."""
+        return _lookup(self.model, self.models, builtin_models(), "model")
+
+    def gpu_spec(self) -> GpuSpec:
+        """The GPU: inline spec, a user entry, or the built-in catalog."""
+        return _lookup(self.hardware.gpu, self.gpus, builtin_gpus(), "hardware.gpu")
+
+
+def _lookup(value, user: dict, builtin: dict, field: str):
+    if not isinstance(value, str):
+        return value
+    if value in user:
+        return user[value]
+    if value in builtin:
+        return builtin[value]
+    known = sorted(set(user) | set(builtin))
+    close = difflib.get_close_matches(value, known, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise SimkvError(f"unknown name '{value}'", field=field,
+                     fix=f"{hint}known: {', '.join(known)}; or define it under `models:`/`gpus:` or in a catalog file")

@@ -1,0 +1,74 @@
+"""The scheduler contract and the plan it hands the engine each iteration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """What one engine step computes. A decode-only plan may be repeated `max_steps` times
+    unchanged (fast-forward), unless an arrival could change it (`arrival_sensitive`)."""
+
+    # sequences decoding one token each; context = KV slots attended, including the new token
+    decode_ids: np.ndarray = field(default_factory=lambda: _EMPTY)
+    decode_ctx: np.ndarray = field(default_factory=lambda: _EMPTY)
+    # sequences prefilling: tokens computed this step, and context after the step (cached + new)
+    prefill_ids: np.ndarray = field(default_factory=lambda: _EMPTY)
+    prefill_new: np.ndarray = field(default_factory=lambda: _EMPTY)
+    prefill_ctx: np.ndarray = field(default_factory=lambda: _EMPTY)
+    prefill_held: np.ndarray = field(default_factory=lambda: _EMPTY)  # contiguous region sizes
+    # requests preempted (KV freed, requeued) before this step
+    preempted_ids: tuple[int, ...] = ()
+    max_steps: int = 1
+    arrival_sensitive: bool = True
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.decode_ids) + len(self.prefill_ids)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        """Tokens computed in one step: one per decode plus every prefill token."""
+        return len(self.decode_ids) + int(self.prefill_new.sum())
+
+    @property
+    def num_sampled(self) -> int:
+        """Sequences that sample a token this step (lm_head rows)."""
+        return self.num_seqs
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """What `commit` did, for the recorder, over the k committed steps."""
+
+    step_end_s: np.ndarray          # end time of each step
+    kv: np.ndarray                  # (5, k) slots during each step: token states, reserved,
+                                    # internal frag, external frag, free (see simkv.kv.base)
+    num_running: int                # sequences in each step
+    num_waiting: int                # queue depth during the steps
+    tokens_per_step: int            # tokens generated in each step
+    measured_decoders: int          # decoding sequences counted in TBT statistics
+    finished_ids: tuple[int, ...] = ()
+    extra_gaps_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # resumed requests' gaps
+
+
+class Scheduler(Protocol):
+    """What the engine needs from a policy."""
+
+    def add_request(self, req_id: int) -> None:
+        """A request arrived (called by the arrival process)."""
+
+    def has_work(self) -> bool:
+        """Is anything running or waiting?"""
+
+    def schedule(self) -> StepPlan | None:
+        """Plan the next step (allocating prefills, preempting); None when nothing can run."""
+
+    def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
+        """Apply `len(durations_s)` repetitions of `plan` that started at `start_s`."""

@@ -1,0 +1,67 @@
+"""The Python entry points: simulate a scenario (or each of its variants) and get Results."""
+
+from __future__ import annotations
+
+import simpy
+
+from simkv.build import Simulation, build
+from simkv.engine import ProgressFn, Replica
+from simkv.loading import expand_variants
+from simkv.metrics import Recorder, request_latencies, summarize
+from simkv.result import Result
+from simkv.scenario import Scenario
+from simkv.workload.stream import RequestStream, generate_stream
+
+
+def simulate(scenario: Scenario, variant: str | None = None, *, progress: ProgressFn | None = None,
+             stream: RequestStream | None = None) -> Result:
+    """Simulate `scenario` (or its variant named `variant`) and return the Result."""
+    runs = dict(expand_variants(scenario))
+    name = variant if variant is not None else next(iter(runs))
+    if name not in runs:
+        raise KeyError(f"no variant named {name!r}; have {', '.join(runs)}")
+    stream = stream if stream is not None else generate_stream(scenario.workload, scenario.run)
+    return run_simulation(build(runs[name], stream), name, progress)
+
+
+def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> dict[str, Result]:
+    """Every variant of `scenario` on the identical request stream, in file order."""
+    stream = generate_stream(scenario.workload, scenario.run)
+    return {name: run_simulation(build(sub, stream), name, progress) for name, sub in expand_variants(scenario)}
+
+
+def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = None) -> Result:
+    """Run a built simulation to completion (every admitted request finished)."""
+    env = simpy.Environment()
+    run = sim.scenario.run
+    recorder = Recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s, run.time_series_points)
+    replica = Replica(env, sim.table, sim.scheduler, sim.cost, recorder, progress)
+    env.run(until=replica.done)
+    if progress is not None:
+        progress(sim.table.num_requests, sim.table.num_requests, env.now)
+    extra = {"scenario": sim.scenario.name, "variant": name, "setup": _setup(sim),
+             "workload_effects": {"outputs_truncated_at_max_model_len": sim.num_outputs_truncated}}
+    summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra)
+    return Result(name=name, scenario=sim.scenario, summary=summary, requests=_request_columns(sim),
+                  timeseries=recorder.time_series())
+
+
+def _setup(sim: Simulation) -> dict:
+    s, e = sim.scenario, sim.scenario.engine
+    model = s.model if isinstance(s.model, str) else "custom"
+    gpu = s.hardware.gpu if isinstance(s.hardware.gpu, str) else "custom"
+    return {"model": model, "gpu": gpu, "tensor_parallel": s.hardware.tensor_parallel,
+            "allocator": e.allocator, "block_size": e.block_size,
+            "reservation": e.reservation if e.allocator == "contiguous" else None,
+            "max_num_seqs": sim.limits.max_num_seqs, "max_num_batched_tokens": sim.limits.max_num_batched_tokens,
+            "max_model_len": sim.limits.max_model_len, "cost_model": s.cost, "memory": sim.memory.describe()}
+
+
+def _request_columns(sim: Simulation) -> dict:
+    t = sim.table
+    cols = {"req_id": range(t.num_requests), "arrival_s": t.arrival_s, "prompt_tokens": t.prompt_tokens,
+            "output_tokens": t.output_tokens, "max_new_tokens": t.max_new_tokens, "status": t.status,
+            "reject_reason": t.reject_reason, "num_preemptions": t.num_preemptions,
+            "first_scheduled_s": t.first_scheduled_s, "first_token_s": t.first_token_s, "finish_s": t.finish_s}
+    cols.update(request_latencies(t))
+    return cols

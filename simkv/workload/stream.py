@@ -1,0 +1,51 @@
+"""The request stream: arrival times and lengths of every request of a run, as arrays.
+
+The stream depends only on the workload, the run length and the seed, so every variant of a
+scenario sees the identical stream. Each quantity draws from its own child generator, so
+changing the output distribution leaves arrival times unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simkv.scenario import CapMaxNew, MultipleMaxNew, Run, Workload
+from simkv.workload.arrivals import arrival_times
+from simkv.workload.lengths import sample_lengths
+
+
+@dataclass(frozen=True)
+class RequestStream:
+    """Columns of the requests in arrival order (request id = row)."""
+
+    arrival_s: np.ndarray        # float64, nondecreasing
+    prompt_tokens: np.ndarray    # int64 >= 1
+    output_tokens: np.ndarray    # int64 >= 1: the true output length (unknown to the engine)
+    max_new_tokens: np.ndarray   # int64 >= output_tokens: what the client asked for
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.arrival_s)
+
+
+def generate_stream(workload: Workload, run: Run) -> RequestStream:
+    """Sample the whole stream of a run from `run.seed`."""
+    seeds = np.random.SeedSequence(run.seed).spawn(4)
+    rng_arrival, rng_prompt, rng_output, _rng_reserved = (np.random.default_rng(s) for s in seeds)
+    arrivals = arrival_times(workload.arrival, rng_arrival, num_requests=run.num_requests,
+                             duration_s=run.duration_s)
+    n = len(arrivals)
+    prompts = sample_lengths(workload.prompt_tokens, n, rng_prompt)
+    outputs = sample_lengths(workload.output_tokens, n, rng_output)
+    outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
+    return RequestStream(arrivals, prompts, outputs, max_new)
+
+
+def _client_limits(policy, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(policy, CapMaxNew):
+        return np.minimum(outputs, policy.tokens), np.full_like(outputs, policy.tokens)
+    if isinstance(policy, MultipleMaxNew):
+        return outputs, np.ceil(outputs * policy.factor).astype(np.int64)
+    return outputs, outputs.copy()

@@ -1,0 +1,230 @@
+"""Stateful property tests of both KV allocators against a simple model of who holds what."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import note, settings
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, precondition, rule
+
+from simkv.kv import ContiguousAllocator, OutOfKVMemory, PagedAllocator
+
+
+class PagedMachine(RuleBasedStateMachine):
+    """Allocate / append / bulk-grow / free on a small block pool."""
+
+    live = Bundle("live")
+
+    @initialize(num_blocks=st.integers(1, 40), block_size=st.sampled_from([1, 2, 16]))
+    def setup(self, num_blocks, block_size):
+        self.a = PagedAllocator(num_blocks, block_size)
+        self.tokens: dict[int, int] = {}
+        self.final: dict[int, int] = {}
+        self.next_id = 0
+
+    @rule(target=live, num_tokens=st.integers(0, 100), extra=st.integers(0, 60))
+    def allocate(self, num_tokens, extra):
+        rid = self.next_id
+        self.next_id += 1
+        before = self.a.usage()
+        if self.a.can_allocate(num_tokens):
+            self.a.allocate(rid, num_tokens, None, num_tokens + extra)
+            self.tokens[rid], self.final[rid] = num_tokens, num_tokens + extra
+            return rid
+        try:
+            self.a.allocate(rid, num_tokens, None, num_tokens + extra)
+        except OutOfKVMemory:
+            pass
+        else:
+            raise AssertionError("allocate succeeded although can_allocate said no")
+        assert self.a.usage() == before, "a failed allocate changed the state"
+        return multiple()
+
+    @rule(rid=live, n=st.integers(1, 40))
+    def append(self, rid, n):
+        before = self.a.usage()
+        if self.a.can_append(rid, n):
+            self.a.append(rid, n)
+            self.tokens[rid] += n
+        else:
+            try:
+                self.a.append(rid, n)
+            except OutOfKVMemory:
+                assert self.a.usage() == before
+            else:
+                raise AssertionError("append succeeded although can_append said no")
+
+    @precondition(lambda self: bool(self.tokens))
+    @rule(data=st.data())
+    def bulk_grow(self, data):
+        rids = sorted(self.tokens)
+        steps = data.draw(st.integers(1, 20))
+        b = self.a.block_size
+        need = [-(-(self.tokens[r] + steps) // b) - -(-self.tokens[r] // b) for r in rids]
+        if sum(need) > self.a.num_free_blocks:
+            return
+        self.a.take_blocks(rids, need)
+        import numpy as np
+        self.a.set_tokens(np.array(rids), np.array([self.tokens[r] + steps for r in rids]))
+        for r in rids:
+            self.tokens[r] += steps
+
+    @rule(rid=consumes(live))
+    def free(self, rid):
+        self.a.free(rid)
+        del self.tokens[rid], self.final[rid]
+
+    @invariant()
+    def no_block_owned_twice(self):
+        owners = self.a.owners()
+        owned = [b for table in owners.values() for b in table]
+        free = self.a.free_block_ids()
+        assert len(owned) == len(set(owned)), "a block is in two block tables"
+        assert not set(owned) & set(free), "a block is both owned and free"
+        assert sorted(owned + free) == list(range(self.a.num_blocks)), "a block leaked or was invented"
+
+    @invariant()
+    def tables_match_tokens(self):
+        for rid, table in self.a.owners().items():
+            assert len(table) == -(-self.tokens[rid] // self.a.block_size), "blocks not taken on demand"
+            assert self.a.tokens_of(rid) == self.tokens[rid]
+
+    @invariant()
+    def breakdown_sums_to_capacity(self):
+        u = self.a.usage()
+        assert u.total() == u.capacity_tokens == self.a.num_blocks * self.a.block_size
+        assert u.held_tokens + u.free_tokens == u.capacity_tokens  # used + free = capacity
+        assert u.token_tokens == sum(self.tokens.values())
+        assert u.external_frag_tokens == 0
+        assert min(u.token_tokens, u.reserved_tokens, u.internal_frag_tokens, u.free_tokens) >= 0
+
+    def teardown(self):
+        if hasattr(self, "a"):
+            for rid in list(self.tokens):
+                self.a.free(rid)
+            assert self.a.num_free_blocks == self.a.num_blocks, "blocks leaked after every request finished"
+
+
+class ContiguousMachine(RuleBasedStateMachine):
+    """Reserve / append / free regions in a small linear address space."""
+
+    live = Bundle("live")
+
+    @initialize(capacity=st.integers(1, 300), placement=st.sampled_from(["first_fit", "best_fit"]))
+    def setup(self, capacity, placement):
+        self.a = ContiguousAllocator(capacity, placement)
+        self.size: dict[int, int] = {}
+        self.tokens: dict[int, int] = {}
+        self.next_id = 0
+
+    @rule(target=live, reserve=st.integers(1, 120), fill=st.floats(0, 1))
+    def allocate(self, reserve, fill):
+        rid = self.next_id
+        self.next_id += 1
+        num = int(reserve * fill)
+        before = (self.a.usage(), self.a.free_extents())
+        largest = self.a.largest_free_extent()
+        if self.a.can_allocate(num, reserve):
+            self.a.allocate(rid, num, reserve, reserve)
+            self.size[rid], self.tokens[rid] = reserve, num
+            return rid
+        assert largest < reserve, "allocation refused although an extent fits"
+        try:
+            self.a.allocate(rid, num, reserve, reserve)
+        except OutOfKVMemory:
+            pass
+        else:
+            raise AssertionError("allocate succeeded although can_allocate said no")
+        assert (self.a.usage(), self.a.free_extents()) == before, "a failed allocate changed the state"
+        return multiple()
+
+    @rule(rid=live, n=st.integers(1, 30))
+    def append(self, rid, n):
+        if self.tokens[rid] + n <= self.size[rid]:
+            self.a.append(rid, n)
+            self.tokens[rid] += n
+        else:
+            try:
+                self.a.append(rid, n)
+            except OutOfKVMemory:
+                pass
+            else:
+                raise AssertionError("a request outgrew its region")
+
+    @rule(rid=consumes(live))
+    def free(self, rid):
+        self.a.free(rid)
+        del self.size[rid], self.tokens[rid]
+
+    @invariant()
+    def address_space_is_partitioned(self):
+        spans = sorted([(s, n, "free") for s, n in self.a.free_extents()]
+                       + [(s, n, "held") for s, n in self.a.regions().values()])
+        pos = 0
+        for start, n, _ in spans:
+            assert start == pos, f"gap or overlap at slot {pos}: {spans}"
+            assert n > 0
+            pos += n
+        assert pos == self.a.capacity_tokens, "slots outside the address space"
+        frees = self.a.free_extents()
+        for (s1, n1), (s2, _) in zip(frees, frees[1:]):
+            assert s1 + n1 < s2, "adjacent free extents were not coalesced"
+
+    @invariant()
+    def breakdown_sums_to_capacity(self):
+        u = self.a.usage()
+        assert u.total() == u.capacity_tokens
+        assert u.held_tokens == sum(self.size.values())
+        assert u.held_tokens + u.external_frag_tokens + u.free_tokens == u.capacity_tokens
+        assert u.token_tokens == sum(self.tokens.values())
+        largest = self.a.largest_free_extent()
+        assert u.external_frag_tokens == self.a.num_free_tokens - largest
+
+    @invariant()
+    def external_fragmentation_against_a_request(self):
+        for need in (1, 17, 64):
+            ext = self.a.external_frag_tokens(need)
+            assert ext == sum(n for _, n in self.a.free_extents() if n < need)
+
+    def teardown(self):
+        if hasattr(self, "a"):
+            for rid in list(self.size):
+                self.a.free(rid)
+            assert self.a.free_extents() == [(0, self.a.capacity_tokens)], "freeing everything did not coalesce"
+
+
+PagedMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+ContiguousMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestPagedAllocator = PagedMachine.TestCase
+TestContiguousAllocator = ContiguousMachine.TestCase
+
+
+def test_paged_frees_tail_first():
+    a = PagedAllocator(8, 4)
+    a.allocate(0, 12, None, 12)
+    table = a.block_table(0)
+    a.free(0)
+    assert a.free_block_ids()[-3:] == list(reversed(table))
+
+
+def test_contiguous_first_fit_reuses_lowest_hole_and_coalesces():
+    a = ContiguousAllocator(100)
+    for rid, size in enumerate([10, 20, 30]):
+        a.allocate(rid, 0, size, size)
+    a.free(0)
+    a.free(2)
+    assert a.free_extents() == [(0, 10), (30, 70)]
+    a.allocate(9, 0, 5, 5)
+    assert a.regions()[9] == (0, 5)
+    a.free(1)
+    a.free(9)
+    assert a.free_extents() == [(0, 100)]
+
+
+def test_best_fit_picks_smallest_hole():
+    a = ContiguousAllocator(100, "best_fit")
+    for rid, size in enumerate([30, 5, 10, 5]):
+        a.allocate(rid, 0, size, size)
+    a.free(0)   # hole of 30 at 0
+    a.free(2)   # hole of 10 at 35
+    a.allocate(7, 0, 8, 8)
+    assert a.regions()[7] == (35, 8)

@@ -1,0 +1,113 @@
+"""Results files: deterministic, complete, loadable; variants on the identical stream; shipped
+scenarios load; the simulation core does no I/O."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import simkv
+from simkv.result import Result
+
+from conftest import ROOT, small_scenario
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "simkv.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_same_seed_gives_byte_identical_summary(tmp_path):
+    for out in ("a", "b"):
+        proc = _cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / out), "--set", "run.num_requests=400")
+        assert proc.returncode == 0, proc.stderr
+    a, b = (tmp_path / "a" / "summary.json").read_bytes(), (tmp_path / "b" / "summary.json").read_bytes()
+    assert a == b
+    assert (tmp_path / "a" / "requests.csv").read_bytes() == (tmp_path / "b" / "requests.csv").read_bytes()
+    proc = _cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "c"), "--no-figures",
+                "--set", "run.num_requests=400", "--set", "run.seed=1")
+    assert (tmp_path / "c" / "summary.json").read_bytes() != a
+
+
+def test_results_folder_has_everything(tmp_path):
+    proc = _cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path), "--set", "run.num_requests=300")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("summary.json", "requests.csv", "timeseries.csv", "report.md", "kv_breakdown.png",
+                 "latency_cdf.png", "batch_queue.png", "kv_utilization.png", "scenario.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "KV util" in proc.stdout  # the terminal table
+    s = json.loads((tmp_path / "summary.json").read_text())
+    for p in ("p50", "p90", "p99", "max"):
+        for metric in ("ttft", "tbt", "e2e", "tpot"):
+            assert s["latency_s"][metric][p] is not None
+    loaded = Result.load(tmp_path)
+    assert loaded.summary == s
+    assert len(loaded.requests["arrival_s"]) == 300
+    ts = loaded.timeseries
+    total = sum(ts[k] for k in ("token_tokens", "reserved_tokens", "internal_frag_tokens", "external_frag_tokens", "free_tokens"))
+    assert (total == s["kv_cache"]["capacity_tokens"]).all(), "time series breakdown does not sum to capacity"
+
+
+def test_variants_share_the_request_stream(tmp_path):
+    sc = small_scenario(variants=[{"name": "p", "set": {"engine.allocator": "paged"}},
+                                  {"name": "c", "set": {"engine.allocator": "contiguous", "engine.reservation": "pow2"}}])
+    results = simkv.simulate_all(sc)
+    assert list(results) == ["p", "c"]
+    np.testing.assert_array_equal(results["p"].requests["arrival_s"], results["c"].requests["arrival_s"])
+    np.testing.assert_array_equal(results["p"].requests["output_tokens"], results["c"].requests["output_tokens"])
+    assert results["c"].summary["setup"]["reservation"] == "pow2"
+
+
+def test_time_series_is_bounded():
+    sc = small_scenario(run__num_requests=3000, run__time_series_points=50)
+    res = simkv.simulate(sc)
+    assert 25 <= len(res.timeseries["time_s"]) <= 51
+    assert np.all(np.diff(res.timeseries["time_s"]) > 0)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_scenarios_load(path):
+    sc = simkv.load_scenario(path)
+    assert sc.name
+
+
+def test_load_scenario_with_overrides_and_catalog_file(tmp_path):
+    (tmp_path / "cat.yaml").write_text(
+        "models:\n  tiny:\n    num_layers: 2\n    hidden_size: 256\n    num_heads: 4\n    num_kv_heads: 2\n"
+        "    head_dim: 64\n    intermediate_size: 512\n    vocab_size: 1000\n    num_params: 3000000\n"
+        "    max_position_embeddings: 1024\n    source: test\n")
+    text = (ROOT / "scenarios" / "quickstart.yaml").read_text().replace("model: llama3-8b", "model: tiny")
+    text = text.replace("max_model_len: 8192", "max_model_len: 1024") + "catalog_files: [cat.yaml]\n"
+    (tmp_path / "s.yaml").write_text(text)
+    sc = simkv.load_scenario(tmp_path / "s.yaml", ["engine.block_size=32", "run.num_requests=50", "run.warmup_s=0"])
+    assert sc.engine.block_size == 32 and sc.model_spec().num_layers == 2
+    res = simkv.simulate(sc)
+    assert res.summary["requests"]["completed"] + res.summary["requests"]["rejected"] == 50
+
+
+CORE = ["kv", "sched", "cost", "workload", "engine.py", "metrics.py", "request.py", "build.py", "memory.py",
+        "simulate.py", "scenario.py", "specs.py"]
+FORBIDDEN_IMPORTS = {"pathlib", "json", "csv", "matplotlib", "argparse", "atexit", "open"}
+
+
+def test_simulation_core_does_no_io():
+    pkg = ROOT / "simkv"
+    files = [f for c in CORE for f in ((pkg / c).rglob("*.py") if (pkg / c).is_dir() else [pkg / c])]
+    assert len(files) > 10
+    for f in files:
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[0]}
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                names = {node.func.id} & {"print", "open"}
+            else:
+                continue
+            assert not names & (FORBIDDEN_IMPORTS | {"print"}), f"{f.name} uses {names & (FORBIDDEN_IMPORTS | {'print'})}"

@@ -1,0 +1,201 @@
+"""Scheduler and engine invariants: every token generated exactly once, nothing leaked, limits
+respected, the fast-forward path equal to stepping one step at a time."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given, note, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from simkv.build import build
+from simkv.kv import PagedAllocator, ContiguousAllocator
+from simkv.request import DONE, REJECTED, RequestTable
+from simkv.sched.continuous import ContinuousBatchingScheduler
+from simkv.simulate import run_simulation
+from simkv.workload.stream import generate_stream
+
+from conftest import small_scenario
+
+
+def _table(prompts, outputs):
+    n = len(prompts)
+    return RequestTable(np.zeros(n), np.array(prompts, dtype=np.int64), np.array(outputs, dtype=np.int64),
+                        np.array(outputs, dtype=np.int64) * 2, np.zeros(n, dtype=np.int8))
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Arrivals and steps in random order against the FCFS continuous-batching scheduler."""
+
+    @initialize(paged=st.booleans(), blocks=st.integers(8, 40), block_size=st.sampled_from([1, 4, 16]),
+                max_seqs=st.integers(1, 8), reservation=st.sampled_from(["max_model_len", "pow2", "oracle", "prompt_plus_max_new"]),
+                lengths=st.lists(st.tuples(st.integers(1, 60), st.integers(1, 40)), min_size=1, max_size=25))
+    def setup(self, paged, blocks, block_size, max_seqs, reservation, lengths):
+        self.max_model_len = 100
+        cap_blocks = max(blocks, -(-256 // block_size))  # the cache holds a pow2(100)=128 reservation
+        prompts, outputs = zip(*lengths)
+        self.t = _table(prompts, outputs)
+        self.kv = PagedAllocator(cap_blocks, block_size) if paged else ContiguousAllocator(cap_blocks * block_size)
+        self.s = ContinuousBatchingScheduler(self.t, self.kv, max_num_seqs=max_seqs, max_num_batched_tokens=120,
+                                             max_model_len=self.max_model_len, reservation=reservation, max_repeat=7)
+        self.arrived = 0
+        self.now = 0.0
+        self.emitted = np.zeros(len(prompts), dtype=np.int64)
+
+    @rule()
+    def arrive(self):
+        if self.arrived < self.t.num_requests:
+            self.s.add_request(self.arrived)
+            self.arrived += 1
+
+    @rule(dt=st.floats(0.001, 0.1))
+    def step(self, dt):
+        plan = self.s.schedule()
+        if plan is None:
+            assert not self.s.has_work()
+            return
+        assert plan.num_seqs <= self.s.max_num_seqs
+        assert plan.num_batched_tokens <= self.s.max_num_batched_tokens
+        assert len(set(plan.decode_ids.tolist()) | set(plan.prefill_ids.tolist())) == plan.num_seqs
+        k = plan.max_steps
+        before_gen = {int(r): int(g) for r, g in zip(self.s.batch.ids, self.s.batch.gen)}
+        out = self.s.commit(plan, self.now, np.full(k, dt))
+        self.now += k * dt
+        for rid in plan.decode_ids.tolist():
+            self.emitted[rid] += k
+        for rid in plan.prefill_ids.tolist():
+            self.emitted[rid] += 1
+        note(f"plan k={k} decodes={len(plan.decode_ids)} prefills={len(plan.prefill_ids)} preempted={plan.preempted_ids}")
+        if not out.finished_ids:
+            u = self.kv.usage(self.s.next_reservation())
+            got = tuple(int(c[-1]) for c in out.kv)
+            assert got == (u.token_tokens, u.reserved_tokens, u.internal_frag_tokens, u.external_frag_tokens,
+                           u.free_tokens), "vectorised breakdown disagrees with the allocator"
+
+    @invariant()
+    def batch_mirrors_allocator(self):
+        if not hasattr(self, "s"):
+            return
+        b = self.s.batch
+        for rid, kv in zip(b.ids.tolist(), b.kv.tolist()):
+            assert self.kv.tokens_of(rid) == kv
+        held = set(self.kv.owners() if isinstance(self.kv, PagedAllocator) else self.kv.regions())
+        assert held == set(b.ids.tolist()), "allocator and batch disagree on who holds memory"
+        assert len(b) <= self.s.max_num_seqs
+
+    @invariant()
+    def tokens_generated_exactly_once(self):
+        if not hasattr(self, "s"):
+            return
+        assert (self.emitted <= self.t.output_tokens).all(), "a request got more tokens than its output"
+        for rid, g in zip(self.s.batch.ids.tolist(), self.s.batch.gen.tolist()):
+            assert self.emitted[rid] == g
+        done = self.t.status == DONE
+        assert (self.emitted[done] == self.t.output_tokens[done]).all()
+
+    def teardown(self):
+        if not hasattr(self, "s"):
+            return
+        while self.arrived < self.t.num_requests:
+            self.arrive()
+        for _ in range(100_000):
+            plan = self.s.schedule()
+            if plan is None:
+                break
+            self.s.commit(plan, self.now, np.full(plan.max_steps, 0.01))
+        assert (self.t.status == DONE).all(), "a request never finished"
+        assert (self.t.generated == self.t.output_tokens).all()
+        u = self.kv.usage()
+        assert u.free_tokens == u.capacity_tokens, "KV memory leaked after every request finished"
+
+
+SchedulerMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=60, deadline=None)
+TestScheduler = SchedulerMachine.TestCase
+
+
+def _run(scenario, max_repeat=None):
+    stream = generate_stream(scenario.workload, scenario.run)
+    sim = build(scenario, stream)
+    if max_repeat is not None:
+        sim.scheduler.max_repeat = max_repeat
+    return sim, run_simulation(sim, "base")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), rate=st.floats(5, 400), blocks=st.integers(32, 200),
+       allocator=st.sampled_from(["paged", "contiguous"]),
+       reservation=st.sampled_from(["max_model_len", "pow2", "oracle", "prompt_plus_max_new"]))
+def test_simulation_finishes_every_request_once(seed, rate, blocks, allocator, reservation):
+    sc = small_scenario(run__seed=seed, workload__arrival={"process": "poisson", "rate": rate},
+                        engine__num_gpu_blocks=blocks, engine__allocator=allocator, engine__reservation=reservation)
+    sim, res = _run(sc)
+    t = sim.table
+    ok = t.status != REJECTED
+    assert (t.status[ok] == DONE).all()
+    assert (t.generated[ok] == t.output_tokens[ok]).all(), "a token was generated twice or never"
+    assert res.summary["throughput"]["total_output_tokens"] == int(t.output_tokens[ok].sum())
+    assert sim.allocator.usage().free_tokens == sim.allocator.capacity_tokens, "memory leaked"
+    assert (t.first_token_s[ok] >= t.arrival_s[ok]).all()
+    assert (t.finish_s[ok] >= t.first_token_s[ok]).all()
+    assert (t.first_scheduled_s[ok] >= t.arrival_s[ok]).all()
+    kv = res.summary["kv_cache"]["mean_fraction"]
+    assert sum(kv.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("allocator", ["paged", "contiguous"])
+def test_fast_forward_equals_single_steps(allocator):
+    sc = small_scenario(engine__allocator=allocator, run__num_requests=120,
+                        workload__arrival={"process": "poisson", "rate": 20.0})
+    sim1, fast = _run(sc)
+    sim2, slow = _run(sc, max_repeat=1)
+    assert fast.summary["batch"]["steps"] == slow.summary["batch"]["steps"]
+    for col in ("first_token_s", "finish_s", "first_scheduled_s"):
+        np.testing.assert_allclose(getattr(sim1.table, col), getattr(sim2.table, col), rtol=1e-9)
+    np.testing.assert_array_equal(sim1.table.num_preemptions, sim2.table.num_preemptions)
+    for key in ("token", "reserved", "internal_frag", "external_frag", "free"):
+        assert fast.summary["kv_cache"]["mean_fraction"][key] == pytest.approx(
+            slow.summary["kv_cache"]["mean_fraction"][key], rel=1e-9, abs=1e-12)
+
+
+def test_memory_pressure_preempts_newest_and_recomputes():
+    sc = small_scenario(engine__num_gpu_blocks=40, run__num_requests=80,
+                        workload__output_tokens={"dist": "uniform", "low": 100, "high": 300})
+    sim, res = _run(sc)
+    assert res.summary["requests"]["preemptions"] > 0
+    t = sim.table
+    assert (t.generated[t.status == DONE] == t.output_tokens[t.status == DONE]).all()
+    # a preempted request's longest gap includes its time out of the batch
+    pre = t.num_preemptions > 0
+    assert (t.tbt_max_s[pre] > np.median(t.tbt_max_s[~pre & (t.output_tokens > 1)])).all()
+
+
+def test_preemption_victim_is_newest():
+    t = _table([16, 16, 16], [40, 40, 40])
+    kv = PagedAllocator(5, 16)
+    s = ContinuousBatchingScheduler(t, kv, max_num_seqs=8, max_num_batched_tokens=100, max_model_len=100)
+    for rid in range(3):
+        s.add_request(rid)
+    plan = s.schedule()
+    assert plan.prefill_ids.tolist() == [0, 1, 2]
+    s.commit(plan, 0.0, np.array([0.01]))
+    # each holds one full block; growing all three needs 3 more blocks, only 2 free
+    plan = s.schedule()
+    assert plan.preempted_ids == (2,)
+    assert list(s.waiting) == [2]
+    assert plan.decode_ids.tolist() == [0, 1]
+    assert len(plan.prefill_ids) == 0, "no admission in a step that preempted"
+
+
+def test_head_of_line_blocking():
+    """FCFS: a request that does not fit blocks smaller ones behind it."""
+    t = _table([10, 90, 5], [5, 5, 5])
+    kv = ContiguousAllocator(100)
+    s = ContinuousBatchingScheduler(t, kv, max_num_seqs=8, max_num_batched_tokens=200, max_model_len=100,
+                                    reservation="oracle")
+    for rid in range(3):
+        s.add_request(rid)
+    plan = s.schedule()
+    assert plan.prefill_ids.tolist() == [0]      # 14 slots; request 1 needs 94 of the 86 left
+    assert list(s.waiting) == [1, 2]             # request 2 (9 slots) would fit but waits its turn
+    assert s.next_reservation() == 94

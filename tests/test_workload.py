@@ -1,0 +1,82 @@
+"""Request streams: the distributions deliver what their parameters say, and seeds are honoured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simkv.scenario import Run, Workload
+from simkv.workload.stream import generate_stream
+
+
+def _wl(**kw):
+    base = {"arrival": {"process": "poisson", "rate": 10.0},
+            "prompt_tokens": {"dist": "fixed", "value": 10}, "output_tokens": {"dist": "fixed", "value": 5}}
+    base.update(kw)
+    return Workload(**base)
+
+
+def test_poisson_rate_and_cv():
+    s = generate_stream(_wl(), Run(seed=1, num_requests=40_000))
+    gaps = np.diff(np.concatenate([[0.0], s.arrival_s]))
+    assert gaps.mean() == pytest.approx(0.1, rel=0.02)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.03)
+
+
+@pytest.mark.parametrize("cv", [0.5, 3.0])
+def test_gamma_cv(cv):
+    s = generate_stream(_wl(arrival={"process": "gamma", "rate": 4.0, "cv": cv}), Run(seed=2, num_requests=40_000))
+    gaps = np.diff(np.concatenate([[0.0], s.arrival_s]))
+    tol = 4 * cv / np.sqrt(len(gaps))  # four standard errors of the mean
+    assert gaps.mean() == pytest.approx(0.25, rel=tol)
+    assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.1)
+
+
+def test_duration_bounds_arrivals():
+    s = generate_stream(_wl(), Run(seed=1, duration_s=100))
+    assert s.arrival_s.max() < 100 and len(s.arrival_s) == pytest.approx(1000, rel=0.1)
+
+
+def test_lognormal_by_mean_and_p99():
+    s = generate_stream(_wl(prompt_tokens={"dist": "lognormal", "mean": 800, "p99": 5000}), Run(seed=3, num_requests=100_000))
+    assert s.prompt_tokens.mean() == pytest.approx(800, rel=0.03)
+    assert np.percentile(s.prompt_tokens, 99) == pytest.approx(5000, rel=0.05)
+
+
+def test_exponential_bounds_and_mean():
+    s = generate_stream(_wl(output_tokens={"dist": "exponential", "mean": 200, "min": 5, "max": 400}),
+                        Run(seed=4, num_requests=50_000))
+    assert s.output_tokens.min() >= 5 and s.output_tokens.max() == 400
+    unbounded = generate_stream(_wl(output_tokens={"dist": "exponential", "mean": 200}), Run(seed=4, num_requests=50_000))
+    assert unbounded.output_tokens.mean() == pytest.approx(200.5, rel=0.03)  # ceil adds half a token
+
+
+def test_uniform_inclusive():
+    s = generate_stream(_wl(prompt_tokens={"dist": "uniform", "low": 3, "high": 5}), Run(seed=5, num_requests=3000))
+    assert set(np.unique(s.prompt_tokens)) == {3, 4, 5}
+
+
+def test_max_new_tokens_policies():
+    out = {"dist": "exponential", "mean": 300}
+    cap = generate_stream(_wl(output_tokens=out, max_new_tokens={"policy": "cap", "tokens": 256}), Run(seed=6, num_requests=5000))
+    assert (cap.output_tokens <= 256).all() and (cap.max_new_tokens == 256).all()
+    mult = generate_stream(_wl(output_tokens=out, max_new_tokens={"policy": "multiple", "factor": 2}), Run(seed=6, num_requests=5000))
+    assert (mult.max_new_tokens == np.ceil(2 * mult.output_tokens)).all()
+    exact = generate_stream(_wl(output_tokens=out, max_new_tokens={"policy": "exact"}), Run(seed=6, num_requests=5000))
+    assert (exact.max_new_tokens == exact.output_tokens).all()
+
+
+def test_same_seed_same_stream_and_independent_streams():
+    a = generate_stream(_wl(output_tokens={"dist": "exponential", "mean": 50}), Run(seed=9, num_requests=500))
+    b = generate_stream(_wl(output_tokens={"dist": "exponential", "mean": 50}), Run(seed=9, num_requests=500))
+    c = generate_stream(_wl(output_tokens={"dist": "exponential", "mean": 90}), Run(seed=9, num_requests=500))
+    d = generate_stream(_wl(output_tokens={"dist": "exponential", "mean": 50}), Run(seed=10, num_requests=500))
+    np.testing.assert_array_equal(a.arrival_s, b.arrival_s)
+    np.testing.assert_array_equal(a.output_tokens, b.output_tokens)
+    np.testing.assert_array_equal(a.arrival_s, c.arrival_s)  # changing outputs leaves arrivals alone
+    assert not np.array_equal(a.arrival_s, d.arrival_s)
+
+
+def test_lognormal_rejects_impossible_mean_p99():
+    with pytest.raises(Exception, match="no lognormal"):
+        _wl(prompt_tokens={"dist": "lognormal", "mean": 10, "p99": 1000})
