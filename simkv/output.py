@@ -14,8 +14,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from simkv.plots import FIGURES
-from simkv.report import markdown_report, table_rows
-from simkv.result import Result
+import numpy as np
+
+from simkv.report import markdown_report
+from simkv.result import Result, flat_metrics, write_columns
 
 
 def write_results(results: dict[str, Result], folder: str | Path) -> Path:
@@ -28,8 +30,11 @@ def write_results(results: dict[str, Result], folder: str | Path) -> Path:
             res.save(folder / _safe(name))
         summaries = {name: res.summary for name, res in results.items()}
         (folder / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
-        header, rows = table_rows(results)
-        (folder / "comparison.csv").write_text("\n".join(",".join(r) for r in [header] + rows) + "\n")
+        rows = {name: flat_metrics(res.summary) for name, res in results.items()}
+        columns = {"variant": list(rows)}
+        for key in next(iter(rows.values())):
+            columns[key] = [np.nan if row.get(key) is None else row[key] for row in rows.values()]
+        write_columns(folder / "comparison.csv", columns)
     figures = write_figures(results, folder)
     (folder / "report.md").write_text(markdown_report(results, figures))
     return folder

@@ -54,8 +54,28 @@ class Result:
         return pd.DataFrame(dict(self.requests)), pd.DataFrame(dict(self.timeseries))
 
 
+def flat_metrics(summary: dict) -> dict[str, float | int | None]:
+    """The headline numbers of a summary as one flat row (comparison.csv, later sweeps)."""
+    lat, kv, tp, b, r = (summary["latency_s"], summary["kv_cache"], summary["throughput"], summary["batch"],
+                         summary["requests"])
+    row = {"requests_per_s": tp["requests_per_s"], "output_tokens_per_s": tp["output_tokens_per_s"]}
+    for metric in ("ttft", "tbt", "e2e", "tpot"):
+        for q in ("p50", "p90", "p99", "max"):
+            row[f"{metric}_{q}_s"] = lat[metric][q]
+    for part, value in kv["mean_fraction"].items():
+        row[f"kv_{part}_mean"] = value
+    row["kv_utilization_peak"] = kv["utilization_peak"]
+    row.update(mean_running=b["mean_running"], max_running=b["max_running"], mean_waiting=b["mean_waiting"],
+               preemptions=r["preemptions"], rejected=r["rejected"], completed=r["completed"])
+    if "slo" in summary:
+        row.update(slo_attainment=summary["slo"]["attainment"], goodput_requests_per_s=summary["slo"]["goodput_requests_per_s"])
+    return row
+
+
 def _fmt(name: str, col) -> list[str]:
     arr = np.asarray(col)
+    if arr.dtype.kind in "OUS":
+        return [str(v) for v in arr]
     if name in _INT_COLUMNS or arr.dtype.kind in "iub":
         return [str(int(v)) for v in arr]
     return ["" if not np.isfinite(v) else repr(round(float(v), 9)) for v in arr]

@@ -36,21 +36,23 @@ class RunningBatch:
         self.final = np.zeros(0, _I64)    # KV slots the request will ever write
         self.held = np.zeros(0, _I64)     # contiguous: region size (paged: unused)
         self.measured = np.zeros(0, bool)  # arrived after warm-up
+        self.tbt_max = np.zeros(0)        # longest token gap so far (written to the table on exit)
         self.extra_gaps_s = _NO_GAPS      # token gaps of resumed requests in the last commit
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _columns(self):
-        return self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured
+        return self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max
 
     def _set_columns(self, cols) -> None:
-        self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured = cols
+        self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max = cols
 
     def preempt_newest(self) -> int:
         """Free the newest sequence's KV (recompute preemption) and drop it from the batch."""
         rid = int(self.ids[-1])
         self.t.generated[rid] = self.gen[-1]
+        self.t.tbt_max_s[rid] = self.tbt_max[-1]
         self.kv_alloc.free(rid)
         self._set_columns([c[:-1] for c in self._columns()])
         return rid
@@ -102,8 +104,7 @@ class RunningBatch:
         measured = 0
         if n_dec:
             longest = float(durations_s.max()) if k > 1 else float(durations_s[0])
-            ids = self.ids
-            t.tbt_max_s[ids] = np.maximum(t.tbt_max_s[ids], longest)
+            np.maximum(self.tbt_max, longest, out=self.tbt_max)
             measured = int(np.count_nonzero(self.measured))
             self._grow(k)
             self.gen = self.gen + k
@@ -125,20 +126,21 @@ class RunningBatch:
         first = g == 0
         t.first_token_s[pid[first]] = end_s
         measured = t.arrival_s[pid] >= self.warmup_s
+        tbt_max = t.tbt_max_s[pid]
         if not first.all():
-            resumed = pid[~first]
-            gaps = end_s - t.last_token_s[resumed]
-            t.tbt_max_s[resumed] = np.maximum(t.tbt_max_s[resumed], gaps)
-            self.extra_gaps_s = gaps[measured[~first]]
+            resumed = ~first
+            gaps = end_s - t.last_token_s[pid[resumed]]
+            tbt_max[resumed] = np.maximum(tbt_max[resumed], gaps)
+            self.extra_gaps_s = gaps[measured[resumed]]
         new_cols = (pid, plan.prefill_ctx, g + 1, t.output_tokens[pid], t.final_kv_tokens[pid],
-                    plan.prefill_held, measured)
+                    plan.prefill_held, measured, tbt_max)
         self._set_columns([np.concatenate([old, new]) for old, new in zip(self._columns(), new_cols)])
 
     def _window_usage(self, k: int, next_reservation: int | None) -> np.ndarray:
         """(5, k) breakdown per step (after each step's writes, before finished requests free)."""
-        cap = self.kv_alloc.capacity_tokens
+        out = np.empty((5, k), _I64)
         if k == 1:
-            tokens = self.kv[None, :]
+            tokens = self.kv
         else:  # tokens after step j: kv_now - (k - 1 - j) for every sequence
             tokens = self.kv[None, :] - np.arange(k - 1, -1, -1, dtype=_I64)[:, None]
         if self.paged:
@@ -147,9 +149,10 @@ class RunningBatch:
         else:
             held = np.broadcast_to(self.held, tokens.shape)
             external = self.kv_alloc.external_frag_tokens(next_reservation)
-        tok, res, internal = split_window(tokens, held, self.final)
-        free = cap - held.sum(axis=-1) - external
-        return np.stack([tok, res, internal, np.full(k, external, _I64), free])
+        out[0], out[1], out[2] = split_window(tokens, held, self.final)
+        out[3] = external
+        out[4] = self.kv_alloc.capacity_tokens - held.sum(axis=-1) - external
+        return out
 
     def _finish(self, end_s: float) -> tuple[int, ...]:
         done = self.gen >= self.out
@@ -160,6 +163,7 @@ class RunningBatch:
         t.finish_s[ids] = end_s
         t.last_token_s[ids] = end_s
         t.generated[ids] = self.gen[done]
+        t.tbt_max_s[ids] = self.tbt_max[done]
         t.status[ids] = DONE
         for rid in ids.tolist():
             self.kv_alloc.free(rid)

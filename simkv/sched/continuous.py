@@ -54,10 +54,10 @@ class ContinuousBatchingScheduler:
     def schedule(self) -> StepPlan | None:
         if not self.has_work():
             return None
-        preempted = self._make_room_for_decodes()
+        preempted, blocks_needed = self._make_room_for_decodes()
         b = self.batch
         decode_ids, decode_ctx = b.ids.copy(), b.kv + 1
-        admitted = [] if preempted else self._admit(b.decode_blocks_needed(1))
+        admitted = [] if preempted else self._admit(blocks_needed)
         if not len(decode_ids) and not admitted:
             if self.waiting:
                 raise RuntimeError(f"request {self.waiting[0]} can never be admitted to an empty engine")
@@ -75,17 +75,20 @@ class ContinuousBatchingScheduler:
         return self.batch.commit(plan, start_s, durations_s, len(self.waiting), self.next_reservation())
 
     # ------------------------------------------------------------ policy
-    def _make_room_for_decodes(self) -> tuple[int, ...]:
-        """Preempt newest-first until every running sequence can write its next slot."""
+    def _make_room_for_decodes(self) -> tuple[tuple[int, ...], int]:
+        """Preempt newest-first until every running sequence can write its next slot; returns
+        the victims and the blocks the remaining decodes will take this step."""
         b = self.batch
         if not b.paged:
-            return ()
+            return (), 0
         victims = []
-        while len(b) and b.decode_blocks_needed(1) > self.kv.num_free_blocks:
+        need = b.decode_blocks_needed(1)
+        while need > self.kv.num_free_blocks:
             victims.append(b.preempt_newest())
+            need = b.decode_blocks_needed(1)
         for rid in victims:  # newest first, so the oldest victim ends up at the front
             self.waiting.appendleft(rid)
-        return tuple(victims)
+        return tuple(victims), need
 
     def _admit(self, decode_blocks: int) -> list[tuple[int, int, int]]:
         """Admit from the head of the queue while everything fits; (req_id, tokens, held) each."""
