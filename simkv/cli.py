@@ -53,7 +53,7 @@ class _Progress:
     def __init__(self, label: str, quiet: bool) -> None:
         self.label, self.quiet = label, quiet
         self.start = time.perf_counter()
-        self.last = 0.0
+        self.last = self.start if not sys.stderr.isatty() else 0.0
         self.shown = False
         self.tty = sys.stderr.isatty()
 
@@ -91,7 +91,7 @@ def cmd_run(args) -> int:
         except SimkvError as err:
             field = f"{err.field} (variant {name})" if len(scenario.variants) else err.field
             raise SimkvError(err.message, file=args.scenario, field=field, fix=err.fix) from None
-        results[name] = run_simulation(sim, name, bar)
+        results[name] = run_simulation(sim, name, bar, next((v.set for v in scenario.variants if v.name == name), {}))
         bar.close()
     wall = time.perf_counter() - wall
     if args.no_figures:

@@ -205,18 +205,21 @@ def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = 
                   "steps": int(rec.num_steps)},
     }
     if slo is not None and any(v is not None for v in (slo.ttft_s, slo.tpot_s, slo.e2e_s)):
-        summary["slo"] = _slo(lat, measured, slo, window, t)
+        summary["slo"] = _slo(lat, measured, slo, window, rec.w1, t)
     if extra:
         summary.update(extra)
     return summary
 
 
-def _slo(lat, measured, slo, window: float, t: RequestTable) -> dict:
+def _slo(lat, measured, slo, window: float, window_end: float, t: RequestTable) -> dict:
+    """Attainment over measured requests; goodput = requests finishing in the window that met
+    every target, per second (so goodput <= requests_per_s)."""
     ok = measured.copy()
     for key, target in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)):
         if target is not None:
             ok &= np.nan_to_num(lat[key], nan=0.0) <= target
     n = int(measured.sum())
+    in_window = ok & (t.finish_s >= t.arrival_s.min()) & (t.finish_s <= window_end)
     return {"targets": {k: v for k, v in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)) if v is not None},
             "attainment": (int(ok.sum()) / n) if n else None,
-            "goodput_requests_per_s": int(ok.sum()) / window}
+            "goodput_requests_per_s": int(in_window.sum()) / window}

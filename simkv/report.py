@@ -76,15 +76,15 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
               f"- Limits: max_num_seqs {setup['max_num_seqs']}, max_num_batched_tokens {setup['max_num_batched_tokens']}, "
               f"max_model_len {setup['max_model_len']}."]
     if wl is not None:
-        lines.append(f"- Workload: arrivals `{wl.arrival.model_dump()}`, prompts `{wl.prompt_tokens.model_dump(exclude_none=True)}`, "
-                     f"outputs `{wl.output_tokens.model_dump(exclude_none=True)}`, max_new_tokens `{wl.max_new_tokens.model_dump()}`.")
+        lines.append(f"- Workload: {_describe(wl.arrival)} arrivals; prompts {_describe(wl.prompt_tokens)} tokens; "
+                     f"outputs {_describe(wl.output_tokens)} tokens; max_new_tokens {_describe(wl.max_new_tokens)}.")
         lines.append(f"- Run: seed {sc.run.seed}, {s['requests']['total']:,} requests, measured window "
                      f"{s['throughput']['measured_window_s'][0]:.1f}–{s['throughput']['measured_window_s'][1]:.1f} s "
                      f"(requests arriving in the warm-up are excluded).")
     if len(results) > 1:
         lines.append("- Variants (same request stream): " + "; ".join(
-            f"**{n}**: " + (", ".join(f"`{k}={v}`" for k, v in v_set.items()) or "base")
-            for n, v_set in _variant_sets(sc, results)))
+            f"**{n}**: " + (", ".join(f"`{k}={v}`" for k, v in r.summary.get("overrides", {}).items()) or "no overrides")
+            for n, r in results.items()))
     lines += ["", "## Results", "", markdown_table(results), "",
               "KV columns are time-averaged fractions of capacity over the measured window; "
               "`KV util` = token states / capacity.", ""]
@@ -110,6 +110,10 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _variant_sets(sc, results):
-    sets = {v.name: v.set for v in (sc.variants if sc is not None else [])}
-    return [(n, sets.get(n, {})) for n in results]
+def _describe(spec) -> str:
+    """`exponential (mean 1000, max 6144)` from a tagged spec."""
+    data = spec.model_dump(exclude_none=True)
+    kind = data.pop("process", None) or data.pop("dist", None) or data.pop("policy", None)
+    if data.get("min") == 1:
+        data.pop("min")
+    return f"{kind} ({', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}' for k, v in data.items())})" if data else kind

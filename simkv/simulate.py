@@ -21,17 +21,24 @@ def simulate(scenario: Scenario, variant: str | None = None, *, progress: Progre
     if name not in runs:
         raise KeyError(f"no variant named {name!r}; have {', '.join(runs)}")
     stream = stream if stream is not None else generate_stream(scenario.workload, scenario.run)
-    return run_simulation(build(runs[name], stream), name, progress)
+    return run_simulation(build(runs[name], stream), name, progress, _overrides(scenario, name))
 
 
 def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> dict[str, Result]:
     """Every variant of `scenario` on the identical request stream, in file order."""
     stream = generate_stream(scenario.workload, scenario.run)
-    return {name: run_simulation(build(sub, stream), name, progress) for name, sub in expand_variants(scenario)}
+    return {name: run_simulation(build(sub, stream), name, progress, _overrides(scenario, name))
+            for name, sub in expand_variants(scenario)}
 
 
-def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = None) -> Result:
-    """Run a built simulation to completion (every admitted request finished)."""
+def _overrides(scenario: Scenario, name: str) -> dict:
+    return next((dict(v.set) for v in scenario.variants if v.name == name), {})
+
+
+def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = None,
+                   overrides: dict | None = None) -> Result:
+    """Run a built simulation to completion (every admitted request finished); `overrides` are
+    the variant's dotted settings, recorded in the summary."""
     env = simpy.Environment()
     run = sim.scenario.run
     recorder = Recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s, run.time_series_points)
@@ -39,7 +46,7 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
     env.run(until=replica.done)
     if progress is not None:
         progress(sim.table.num_requests, sim.table.num_requests, env.now)
-    extra = {"scenario": sim.scenario.name, "variant": name, "setup": _setup(sim),
+    extra = {"scenario": sim.scenario.name, "variant": name, "overrides": overrides or {}, "setup": _setup(sim),
              "workload_effects": {"outputs_truncated_at_max_model_len": sim.num_outputs_truncated}}
     summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra)
     return Result(name=name, scenario=sim.scenario, summary=summary, requests=_request_columns(sim),
