@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simkv.calibration_data import calibration_for
+from simkv.cost.calibrated import CalibratedCost
 from simkv.cost.roofline import RooflineCost
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.contiguous import ContiguousAllocator
@@ -39,12 +41,13 @@ class Simulation:
     table: RequestTable
     allocator: object
     scheduler: ContinuousBatchingScheduler
-    cost: RooflineCost
+    cost: object
     memory: MemoryPlan
     limits: EngineLimits
     measure_start_s: float
     measure_end_s: float
     num_outputs_truncated: int
+    cost_name: str = "roofline"
 
 
 def resolve_limits(scenario: Scenario) -> EngineLimits:
@@ -93,10 +96,27 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
         table, allocator, max_num_seqs=limits.max_num_seqs, max_num_batched_tokens=limits.max_num_batched_tokens,
         max_model_len=limits.max_model_len, reservation=e.reservation,
         watermark_blocks=int(e.watermark * mem.num_blocks), warmup_s=scenario.run.warmup_s)
+    cost, cost_name = make_cost(scenario, limits.max_num_batched_tokens)
+    start, end = _measured_window(scenario, stream)
+    return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name)
+
+
+def make_cost(scenario: Scenario, max_tokens: int = 16384):
+    """(step-time model, its description): calibrated where the GPU has measurements."""
+    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), scenario.engine
+    tp = scenario.hardware.tensor_parallel
+    gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
+    if scenario.cost == "calibrated":
+        calibration = calibration_for(gpu_name) if gpu_name else None
+        if calibration is not None:
+            cost = CalibratedCost(calibration, model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype,
+                                  kv_dtype=e.kv_cache_dtype, host_overhead_s=e.host_overhead_s, max_tokens=max_tokens)
+            return cost, f"calibrated ({gpu_name} measurements)"
     cost = RooflineCost(model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype,
                         host_overhead_s=e.host_overhead_s)
-    start, end = _measured_window(scenario, stream)
-    return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated)
+    if scenario.cost == "calibrated":
+        return cost, f"roofline (no calibration measurements for '{gpu_name or 'custom GPU'}')"
+    return cost, "roofline"
 
 
 def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[RequestTable, int]:

@@ -41,6 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     schema = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     schema.set_defaults(func=cmd_schema)
+    st = sub.add_parser("step-time", help="predict engine step times for a table of step shapes")
+    st.add_argument("--gpu", default="h100", help="catalog GPU (default h100)")
+    st.add_argument("--model", default="llama3-8b", help="catalog model (default llama3-8b)")
+    st.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
+    st.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16", help="weight precision")
+    st.add_argument("--cost", choices=["calibrated", "roofline"], default="calibrated")
+    st.add_argument("--batches", required=True, metavar="FILE.csv",
+                    help="columns prefill_seqs,prefill_len,decode_batch,decode_ctx[,layers]")
+    st.add_argument("-o", "--output", metavar="OUT.csv", help="write the table with predicted_ms (default: print)")
+    st.set_defaults(func=cmd_step_time)
+    cost = sub.add_parser("cost", help="step-time model tools")
+    cost_sub = cost.add_subparsers(dest="cost_command")
+    rep = cost_sub.add_parser("report", help="cross-validate the calibrated model; write docs/cost-model.md and figures")
+    rep.add_argument("--gpu", action="append", help="GPU to validate (repeatable; default all with measurements)")
+    rep.add_argument("-o", "--output", default="docs/cost-model.md", help="markdown file (its generated section is replaced)")
+    rep.add_argument("--figures", default="docs/figures/cost-model", help="folder for the figures")
+    rep.set_defaults(func=cmd_cost_report)
     cat = sub.add_parser("catalog", help="list the models and GPUs simkv knows")
     cat.add_argument("--json", action="store_true", help="machine-readable output")
     cat.set_defaults(func=cmd_catalog)
@@ -105,6 +122,30 @@ def cmd_run(args) -> int:
           f"({n * len(results) / wall:,.0f} requests/s)")
     print(terminal_table(results))
     print(f"results: {out}/ (summary.json, requests.csv, timeseries.csv{'' if args.no_figures else ', report.md, figures'})")
+    return 0
+
+
+def cmd_step_time(args) -> int:
+    from simkv.steptime_table import predict_table
+    text = predict_table(Path(args.batches), gpu=args.gpu, model=args.model, tensor_parallel=args.tp,
+                         dtype=args.dtype, cost=args.cost)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_cost_report(args) -> int:
+    from simkv.cost_report import error_stats, write_report
+    results = write_report(Path(args.output), Path(args.figures), args.gpu)
+    for v in results:
+        loo, lomo = error_stats(v.loo, v.measured), error_stats(v.lomo, v.measured)
+        print(f"{v.gpu}: leave-one-out |error| median {100 * loo['median']:.1f}%, p90 {100 * loo['p90']:.1f}%, "
+              f"max {100 * loo['max']:.1f}%; model-shape-out median {100 * lomo['median']:.1f}%, "
+              f"p90 {100 * lomo['p90']:.1f}%, max {100 * lomo['max']:.1f}%")
+    print(f"wrote {args.output} and {args.figures}/")
     return 0
 
 

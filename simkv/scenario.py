@@ -232,7 +232,9 @@ class Scenario(Strict):
     model: str | ModelSpec = Field(description="catalog name (see `simkv catalog`) or a full model spec")
     hardware: Hardware
     engine: Engine = Field(default_factory=Engine)
-    cost: Literal["roofline"] = Field("roofline", description="step-time model")
+    cost: Literal["calibrated", "roofline"] = Field(
+        "calibrated", description="step-time model: calibrated on the GPU's measurements (falls back to the "
+        "roofline for GPUs without measurements), or the roofline of measured/datasheet ceilings")
     workload: Workload
     run: Run
     slo: Slo = Field(default_factory=Slo)

@@ -61,7 +61,7 @@ def _setup(sim: Simulation) -> dict:
             "allocator": e.allocator, "block_size": e.block_size,
             "reservation": e.reservation if e.allocator == "contiguous" else None,
             "max_num_seqs": sim.limits.max_num_seqs, "max_num_batched_tokens": sim.limits.max_num_batched_tokens,
-            "max_model_len": sim.limits.max_model_len, "cost_model": s.cost, "memory": sim.memory.describe()}
+            "max_model_len": sim.limits.max_model_len, "cost_model": sim.cost_name, "memory": sim.memory.describe()}
 
 
 def _request_columns(sim: Simulation) -> dict:

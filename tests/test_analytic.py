@@ -11,15 +11,17 @@ from simkv.cost.roofline import RooflineCost
 from simkv.memory import plan_memory
 from simkv.sched.base import StepPlan
 from simkv import simulate
+from simkv.build import make_cost
 
 from conftest import small_scenario
 
 
-def test_lone_request_latency_is_sum_of_step_times():
+@pytest.mark.parametrize("cost_name", ["calibrated", "roofline"])
+def test_lone_request_latency_is_sum_of_step_times(cost_name):
     sc = small_scenario(run__num_requests=1, workload__prompt_tokens={"dist": "fixed", "value": 300},
-                        workload__output_tokens={"dist": "fixed", "value": 40})
+                        workload__output_tokens={"dist": "fixed", "value": 40}, cost=cost_name)
     res = simulate(sc)
-    cost = RooflineCost(builtin_models()["llama3-8b"], builtin_gpus()["h100"])
+    cost, _ = make_cost(sc)
     p = np.array([300])
     prefill = cost.seconds(StepPlan(prefill_ids=np.array([0]), prefill_new=p, prefill_ctx=p, prefill_held=np.zeros(1, np.int64)))
     decodes = cost.decode_run_seconds(np.array([301]), 39)

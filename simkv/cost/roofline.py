@@ -112,6 +112,10 @@ class RooflineCost:
             attn += max((f0 + fpc * total_ctx) / self.flops_per_s, (b0 + bpc * total_ctx) / self.bytes_per_s)
         return self._fixed_s(tokens, plan.num_sampled) + self.layers * attn
 
+    def layer_seconds(self, plan: StepPlan) -> float:
+        """One decoder layer of the step (no lm_head, no host overhead)."""
+        return (self.seconds(plan) - self._lm_head_s(plan.num_sampled) - self.host_overhead_s) / self.layers
+
     def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
         n = len(decode_ctx)
         fixed = self._fixed_s(n, n)

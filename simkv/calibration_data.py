@@ -1,0 +1,71 @@
+"""Reading the GPU calibration measurements shipped in `simkv/cost/data/<gpu>/` (an I/O edge:
+the cost models take the parsed columns and never read files themselves).
+
+The CSVs are copied unchanged from the team's calibration runs; `simkv/cost/data/README.md`
+says how they were measured. Every time is converted from milliseconds to seconds here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+
+_TEXT_COLUMNS = {"model", "op", "kind", "dtype"}
+
+
+@dataclass(frozen=True)
+class CalibrationTables:
+    """One GPU's measurements as column arrays (times in seconds)."""
+
+    gpu: str
+    device: dict
+    gemm: dict           # model, op, m, k, n, dtype, s
+    elementwise: dict    # model, op, m, s
+    attention: dict      # model, kind, batch, q_len, kv_len, s
+    layer_steps: dict    # model, layers, kind, prefill_seqs, prefill_len, decode_batch, decode_ctx, s
+
+
+def available_gpus() -> list[str]:
+    """GPUs with measurement folders."""
+    root = resources.files("simkv.cost").joinpath("data")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.joinpath("layer_steps.csv").is_file())
+
+
+def _columns(text: str) -> dict:
+    rows = list(csv.reader(text.splitlines()))
+    header, body = rows[0], [r for r in rows[1:] if r]
+    out = {}
+    for i, name in enumerate(header):
+        values = [r[i] for r in body]
+        if name in _TEXT_COLUMNS:
+            out[name] = np.array(values)
+        else:
+            out[name] = np.array([float(v) for v in values])
+    if "ms" in out:
+        out["s"] = out.pop("ms") / 1e3
+    return out
+
+
+@lru_cache(maxsize=None)
+def load_tables(gpu: str) -> CalibrationTables:
+    """The measurements of `gpu` (e.g. 'h100'). Raises KeyError if none are shipped."""
+    root = resources.files("simkv.cost").joinpath("data", gpu)
+    if not root.joinpath("layer_steps.csv").is_file():
+        raise KeyError(f"no calibration measurements for '{gpu}' (have: {', '.join(available_gpus())})")
+    read = lambda name: _columns(root.joinpath(name).read_text(encoding="utf-8"))
+    return CalibrationTables(gpu, json.loads(root.joinpath("device.json").read_text()), read("gemm.csv"),
+                             read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"))
+
+
+@lru_cache(maxsize=None)
+def calibration_for(gpu: str):
+    """The fitted Calibration of `gpu`, or None when no measurements are shipped for it."""
+    from simkv.cost.calibrated import Calibration
+    if gpu not in available_gpus():
+        return None
+    return Calibration.fit(load_tables(gpu))

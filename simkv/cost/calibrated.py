@@ -1,0 +1,181 @@
+"""Calibrated step time: isolated-operator models corrected to graph-replayed layers.
+
+Models: one decoder layer of a step with m tokens costs
+    c_linear * GEMMs(m) + c_attention * attention(plan) + c_qkv * qkv_bytes(m) / BW
+      + c_elementwise * elementwise_bytes(m) / BW + c_0
+where GEMMs and attention are the operator models' isolated times (simkv.cost.operators), and the
+two byte terms carry the memory traffic a graph does and isolated tables miss or overstate (the
+q/k/v layout copies and cache writes; elementwise kernels whose inputs are still in L2). The
+non-negative coefficients are fitted, in relative error, on the GPU's graph-replayed
+`layer_steps.csv`. A whole step is layers x layer + lm_head on the sampled tokens (a GEMM with the
+same graph factor as the layer's GEMMs) + two all-reduces per layer when tensor_parallel > 1
+(NVLink roofline, not measured) + the engine's host overhead per step.
+Simplifications: all-reduce is not calibrated; fp8 reuses the bf16 layer correction with fp8
+GEMM times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import nnls
+
+from simkv.calibration_data import CalibrationTables
+from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, elementwise_widths
+from simkv.sched.base import StepPlan
+from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec, ShardDims
+
+FEATURES = ("linear", "attention", "qkv_bytes", "elementwise_bytes", "constant")
+ACT_BYTES = 2
+
+
+def per_token_bytes(d: ShardDims) -> tuple[float, float]:
+    """(q/k/v layout and cache-write bytes, elementwise bytes) moved per token per layer."""
+    w = elementwise_widths(d)
+    qkv = (d.heads + 2 * d.kv_heads) * d.head_dim * 2 * ACT_BYTES
+    ew = (2 * 2 * d.hidden + 2 * 3 * d.hidden + 2 * (d.heads + d.kv_heads) * d.head_dim + 3 * w["silu_mul"]) * ACT_BYTES
+    return qkv, ew
+
+
+def layer_features(lc: LayerCosts, bytes_per_s: float, m: float, attention_s: float) -> np.ndarray:
+    qkv, ew = per_token_bytes(lc.d)
+    return np.array([float(lc.linear(m)), attention_s, m * qkv / bytes_per_s, m * ew / bytes_per_s, 1.0])
+
+
+def layer_step_features(tables: CalibrationTables, ops: OperatorSet, rows: np.ndarray | None = None) -> np.ndarray:
+    """Feature matrix of the measured single-layer steps (all rows, or the boolean `rows`)."""
+    L, shapes = tables.layer_steps, calibration_shapes()
+    bw = tables.device["d2d_copy_GBps_read_plus_write"] * 1e9
+    idx = np.flatnonzero(rows) if rows is not None else np.arange(len(L["s"]))
+    out = []
+    for i in idx:
+        lc = LayerCosts(ops, shapes[str(L["model"][i])])
+        ps, pl = int(L["prefill_seqs"][i]), int(L["prefill_len"][i])
+        b, c = int(L["decode_batch"][i]), int(L["decode_ctx"][i])
+        att = ps * float(lc.prefill_attention(pl, 0)) if ps else 0.0
+        att += lc.decode_attention(np.full(b, c)) if b else 0.0
+        out.append(layer_features(lc, bw, ps * pl + b, att))
+    return np.array(out)
+
+
+def fit_correction(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients minimising the relative error of x @ coef against y."""
+    coef, _ = nnls(x / y[:, None], np.ones(len(y)))
+    return coef
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A GPU's operator models and fitted graph correction."""
+
+    gpu: str
+    ops: OperatorSet
+    coef: np.ndarray
+    bytes_per_s: float
+
+    @classmethod
+    def fit(cls, tables: CalibrationTables, exclude_models: tuple[str, ...] = ()) -> "Calibration":
+        ops = OperatorSet.from_tables(tables, exclude_models)
+        keep = ~np.isin(tables.layer_steps["model"], exclude_models)
+        x = layer_step_features(tables, ops, keep)
+        coef = fit_correction(x, tables.layer_steps["s"][keep])
+        return cls(tables.gpu, ops, coef, tables.device["d2d_copy_GBps_read_plus_write"] * 1e9)
+
+
+class CalibratedCost:
+    """StepCost from a GPU's calibration for one model shard (see module docstring)."""
+
+    def __init__(self, calibration: Calibration, model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int = 1,
+                 weight_dtype: str = "bf16", kv_dtype: str = "bf16", host_overhead_s: float = 0.0,
+                 max_tokens: int = 16384) -> None:
+        d = model.shard(tensor_parallel)
+        self.cal, self.d = calibration, d
+        self.lc = LayerCosts(calibration.ops, d, weight_dtype)
+        self.layers = d.num_layers
+        self.tp = tensor_parallel
+        self.host_overhead_s = host_overhead_s
+        self.link_bytes_per_s = gpu.nvlink_gbps * 1e9
+        self.kv_scale = DTYPE_BYTES[kv_dtype] / 2  # decode attention reads KV bytes
+        c_lin, self.c_att, c_qkv, c_ew, c0 = calibration.coef
+        qkv, ew = per_token_bytes(d)
+        self._per_token = (c_qkv * qkv + c_ew * ew) / calibration.bytes_per_s
+        self._c_lin, self._c0 = c_lin, c0
+        self._fixed = np.zeros(0)
+        self._grow_fixed(max_tokens)
+        tokens = np.arange(0, max_tokens + 1)
+        self._prefill = np.where(tokens > 0, self.lc.prefill_attention(np.maximum(tokens, 1), 0), 0.0)
+        self._lm_head = c_lin * self.lc.lm_head(np.arange(0, 1025))
+        self._decode_curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------ precomputed parts
+    def _grow_fixed(self, m_max: int) -> None:
+        """fixed[m]: everything of a layer but attention, for m = 0..m_max tokens, plus all-reduce."""
+        m = np.arange(0, m_max + 1, dtype=float)
+        lin = self.lc.linear(np.maximum(m, 1))
+        layer = self._c_lin * lin + self._per_token * m + self._c0
+        if self.tp > 1:
+            layer = layer + 2 * (2.0 * (self.tp - 1) / self.tp * m * self.d.hidden * ACT_BYTES) / self.link_bytes_per_s
+        self._fixed = np.where(m > 0, layer, 0.0)
+
+    def layer_fixed_s(self, m: int) -> float:
+        if m >= len(self._fixed):
+            self._grow_fixed(max(m, 2 * len(self._fixed)))
+        return float(self._fixed[m])
+
+    def lm_head_s(self, num_sampled: int) -> float:
+        if num_sampled < len(self._lm_head):
+            return float(self._lm_head[num_sampled])
+        return float(self._c_lin * self.lc.lm_head(num_sampled))
+
+    def _decode_curve(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        curve = self._decode_curves.get(batch)
+        if curve is None:
+            knots, secs = self.cal.ops.attention.decode_curve(batch * self.d.kv_heads)
+            curve = self._decode_curves[batch] = (knots * 128 / (self.d.head_dim * self.kv_scale), secs / batch)
+        return curve
+
+    def decode_attention_s(self, contexts: np.ndarray) -> float:
+        """One decode-attention kernel: the sum over sequences of each one's share."""
+        if not len(contexts):
+            return 0.0
+        knots, share = self._decode_curve(len(contexts))
+        return float(np.interp(contexts, knots, share).sum())
+
+    def prefill_attention_s(self, new: np.ndarray, ctx: np.ndarray) -> float:
+        """Causal attention of each prefill (a table lookup when nothing is cached)."""
+        if not len(new):
+            return 0.0
+        if len(new) == 1:
+            n, c = int(new[0]), int(ctx[0])
+            if n == c and n < len(self._prefill):
+                return float(self._prefill[n])
+        elif (new == ctx).all() and new.max() < len(self._prefill):
+            return float(self._prefill[new].sum())
+        return float(self.lc.prefill_attention(new, ctx - new).sum())
+
+    # ------------------------------------------------------------ StepCost
+    def layer_seconds(self, plan: StepPlan) -> float:
+        m = plan.num_batched_tokens
+        if m == 0:
+            return 0.0
+        att = self.prefill_attention_s(plan.prefill_new, plan.prefill_ctx) + self.decode_attention_s(plan.decode_ctx)
+        return self.layer_fixed_s(m) + self.c_att * att
+
+    def seconds(self, plan: StepPlan) -> float:
+        if plan.num_batched_tokens == 0:
+            return self.host_overhead_s
+        return self.layers * self.layer_seconds(plan) + self.lm_head_s(plan.num_sampled) + self.host_overhead_s
+
+    def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
+        n = len(decode_ctx)
+        knots, share = self._decode_curve(n)
+        ctx = decode_ctx[None, :] + np.arange(num_steps)[:, None]
+        att = np.interp(ctx, knots, share).sum(axis=1)
+        fixed = self.layer_fixed_s(n)
+        return self.layers * (fixed + self.c_att * att) + self.lm_head_s(n) + self.host_overhead_s
+
+    def swap_seconds(self, num_tokens: int, kv_bytes_per_token: int, to_host: bool, gpu: GpuSpec) -> float:
+        """Moving `num_tokens` of KV between GPU and host memory at the measured pinned-copy rate."""
+        rate = gpu.device_to_host_bps if to_host else gpu.host_to_device_bps
+        return num_tokens * kv_bytes_per_token / rate

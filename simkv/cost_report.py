@@ -1,0 +1,160 @@
+"""`simkv cost report`: how well the calibrated step-time model predicts the measured
+graph-replayed layers, cross-validated, with a predicted-vs-measured figure (an output edge).
+
+Three views per GPU: leave-one-out over layer_steps rows (the correction refitted without the
+row; operator tables kept), leave-one-model-shape-out (that model's operator tables and layer
+rows all hidden: its GEMMs come from efficiency curves, its attention and elementwise kernels
+from the other models), and two baselines (the plain sum of isolated operators, the roofline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from simkv.calibration_data import available_gpus, load_tables  # noqa: E402
+from simkv.catalog import builtin_gpus, builtin_models  # noqa: E402
+from simkv.cost.api import plan_from_shape  # noqa: E402
+from simkv.cost.calibrated import Calibration, fit_correction, layer_step_features  # noqa: E402
+from simkv.cost.layer import CALIBRATION_MODELS, OperatorSet  # noqa: E402
+from simkv.cost.roofline import RooflineCost  # noqa: E402
+
+
+@dataclass
+class GpuValidation:
+    gpu: str
+    measured: np.ndarray
+    model: np.ndarray
+    kind: np.ndarray
+    loo: np.ndarray        # leave-one-out predictions (s)
+    lomo: np.ndarray       # leave-one-model-shape-out predictions (s)
+    op_sum: np.ndarray     # isolated operators summed, no correction
+    roofline: np.ndarray
+    coef: np.ndarray
+
+
+def validate(gpu: str) -> GpuValidation:
+    tables = load_tables(gpu)
+    L = tables.layer_steps
+    y = L["s"]
+    ops = OperatorSet.from_tables(tables)
+    x = layer_step_features(tables, ops)
+    loo = np.empty_like(y)
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        loo[i] = x[i] @ fit_correction(x[keep], y[keep])
+    lomo = np.empty_like(y)
+    for name in CALIBRATION_MODELS:
+        sel = L["model"] == name
+        cal = Calibration.fit(tables, (name,))
+        lomo[sel] = layer_step_features(tables, cal.ops, sel) @ cal.coef
+    op_sum = x[:, :4] @ np.array([1.0, 1.0, 0.0, 0.0]) + _isolated_elementwise(tables, ops)
+    return GpuValidation(gpu, y, L["model"], L["kind"], loo, lomo, op_sum, _roofline(tables), fit_correction(x, y))
+
+
+def _isolated_elementwise(tables, ops) -> np.ndarray:
+    from simkv.cost.layer import LayerCosts, calibration_shapes
+    L, shapes = tables.layer_steps, calibration_shapes()
+    out = []
+    for i in range(len(L["s"])):
+        m = L["prefill_seqs"][i] * L["prefill_len"][i] + L["decode_batch"][i]
+        out.append(float(LayerCosts(ops, shapes[str(L["model"][i])]).elementwise(m)))
+    return np.array(out)
+
+
+def _roofline(tables) -> np.ndarray:
+    L, models, gpu = tables.layer_steps, builtin_models(), builtin_gpus()[tables.gpu]
+    costs = {name: RooflineCost(models[m], gpu, tensor_parallel=tp) for name, (m, tp) in CALIBRATION_MODELS.items()}
+    return np.array([costs[str(L["model"][i])].layer_seconds(plan_from_shape(
+        int(L["prefill_seqs"][i]), int(L["prefill_len"][i]), int(L["decode_batch"][i]), int(L["decode_ctx"][i])))
+        for i in range(len(L["s"]))])
+
+
+def error_stats(pred: np.ndarray, measured: np.ndarray) -> dict:
+    err = np.abs(pred / measured - 1)
+    return {"n": int(len(err)), "median": float(np.median(err)), "p90": float(np.percentile(err, 90)),
+            "max": float(err.max())}
+
+
+def _row(label: str, st: dict) -> str:
+    return f"| {label} | {st['n']} | {100 * st['median']:.1f}% | {100 * st['p90']:.1f}% | {100 * st['max']:.1f}% |"
+
+
+def report_markdown(results: list[GpuValidation], figure_dir: str) -> str:
+    lines = []
+    for v in results:
+        lines += [f"### {v.gpu.upper()}", "",
+                  f"Fitted coefficients (linear, attention, qkv bytes, elementwise bytes, constant): "
+                  f"{', '.join(f'{c:.3g}' for c in v.coef)}.", "",
+                  "| predictor | rows | median abs error | p90 | max |", "|---|---:|---:|---:|---:|",
+                  _row("**calibrated, leave-one-out**", error_stats(v.loo, v.measured)),
+                  _row("calibrated, leave-one-model-shape-out", error_stats(v.lomo, v.measured)),
+                  _row("sum of isolated operators (no correction)", error_stats(v.op_sum, v.measured)),
+                  _row("roofline of measured ceilings", error_stats(v.roofline, v.measured)), "",
+                  "Leave-one-out by model shape and by step kind:", "",
+                  "| subset | rows | median | p90 | max | model-shape-out median | p90 | max |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, sel in [(m, v.model == m) for m in CALIBRATION_MODELS] + [(k, v.kind == k) for k in ("prefill", "decode", "mixed")]:
+            a, b = error_stats(v.loo[sel], v.measured[sel]), error_stats(v.lomo[sel], v.measured[sel])
+            lines.append(f"| {label} | {a['n']} | {100 * a['median']:.1f}% | {100 * a['p90']:.1f}% | {100 * a['max']:.1f}% "
+                         f"| {100 * b['median']:.1f}% | {100 * b['p90']:.1f}% | {100 * b['max']:.1f}% |")
+        lines += ["", f"![predicted vs measured, {v.gpu}]({figure_dir}/predicted-vs-measured-{v.gpu}.png)", ""]
+    return "\n".join(lines)
+
+
+def figure(v: GpuValidation):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), sharey=True)
+    colours = {"prefill": "#2b6cb0", "decode": "#dd6b20", "mixed": "#38a169"}
+    for ax, pred, title in ((axes[0], v.loo, "calibrated, leave-one-out"),
+                            (axes[1], v.lomo, "calibrated, leave-one-model-shape-out")):
+        for kind, colour in colours.items():
+            sel = v.kind == kind
+            ax.scatter(v.measured[sel] * 1e3, pred[sel] * 1e3, s=14, c=colour, label=kind, alpha=0.8)
+        lo, hi = v.measured.min() * 1e3 * 0.8, v.measured.max() * 1e3 * 1.25
+        grid = np.array([lo, hi])
+        ax.plot(grid, grid, "k-", lw=0.8)
+        for f in (0.9, 1.1):
+            ax.plot(grid, grid * f, "k:", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured layer step (ms, CUDA-graph replay)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("predicted layer step (ms)")
+    axes[0].legend(title="step kind (dotted: ±10%)")
+    fig.suptitle(f"Calibrated step-time model on {v.gpu.upper()}: one decoder layer of "
+                 "llama3-8b, llama2-7b, llama3-70b (TP4 shard)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(markdown_path: Path, figure_dir: Path, gpus: list[str] | None = None) -> list[GpuValidation]:
+    """Validate each GPU, write the figures and the generated section of the markdown file
+    (between the GENERATED markers, keeping the hand-written text around them)."""
+    results = [validate(g) for g in (gpus or available_gpus())]
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    for v in results:
+        fig = figure(v)
+        for ext in ("png", "svg"):
+            fig.savefig(figure_dir / f"predicted-vs-measured-{v.gpu}.{ext}", dpi=110)
+        plt.close(fig)
+    try:
+        rel = figure_dir.resolve().relative_to(markdown_path.parent.resolve())
+    except ValueError:
+        rel = figure_dir
+    body = report_markdown(results, str(rel))
+    start, end = "<!-- GENERATED by `simkv cost report`: do not edit below -->", "<!-- END GENERATED -->"
+    text = markdown_path.read_text() if markdown_path.exists() else f"# Step-time model\n\n{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1] if end in rest else ""
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text(f"{head}{start}\n\n{body}\n{end}{tail}")
+    return results
