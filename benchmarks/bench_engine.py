@@ -31,7 +31,8 @@ from simkv.loading import expand_variants
 from simkv.simulate import run_simulation
 from simkv.workload.stream import generate_stream
 n, variant, max_repeat = int(sys.argv[1]), sys.argv[2], int(sys.argv[4])
-sc = simkv.load_scenario(sys.argv[3], [f"run.num_requests={n}", "run.duration_s=null", "run.warmup_s=60"])
+extra = sys.argv[5:]
+sc = simkv.load_scenario(sys.argv[3], [f"run.num_requests={n}", "run.duration_s=null", "run.warmup_s=0", *extra])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 sim = build(dict(expand_variants(sc))[variant], generate_stream(sc.workload, sc.run))
@@ -46,9 +47,10 @@ print(json.dumps({"wall_s": wall, "rss_before_mib": before / 1024, "rss_peak_mib
 """
 
 
-def run_point(n: int, variant: str, max_repeat: int = 0) -> dict:
+def run_point(n: int, variant: str, max_repeat: int = 0, overrides: tuple[str, ...] = ()) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(n), variant, str(SCENARIO), str(max_repeat)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(n), variant, str(SCENARIO), str(max_repeat), *overrides],
+                          capture_output=True,
                           text=True, env=env, cwd=ROOT, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -57,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,30000,100000")
     ap.add_argument("--variants", default="paged,contiguous-max_model_len")
-    ap.add_argument("--baseline", type=int, default=10000,
+    ap.add_argument("--baseline", type=int, default=5000,
                     help="also time this many paged requests stepping one step at a time (0: skip)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -70,9 +72,12 @@ def main() -> None:
                   f"{r['sim_span_s']:10,.0f} {r['mean_batch']:10.1f} {r['rss_peak_mib'] - r['rss_before_mib']:14.1f}")
     if args.baseline:
         n = args.baseline
-        fast, slow = run_point(n, "paged"), run_point(n, "paged", max_repeat=1)
-        print(f"\nfast-forward on {n:,} paged requests: {fast['wall_s']:.2f} s; one step at a time: "
-              f"{slow['wall_s']:.2f} s ({slow['wall_s'] / fast['wall_s']:.1f}x slower, same {fast['steps']:,} steps)")
+        print(f"\nfast-forward vs one step at a time, {n:,} paged requests:")
+        for label, overrides in (("scenario load", ()), ("light load, 3 req/s", ("workload.arrival.rate=3",))):
+            fast = run_point(n, "paged", overrides=overrides)
+            slow = run_point(n, "paged", max_repeat=1, overrides=overrides)
+            print(f"  {label:20s} {fast['steps']:9,d} steps, mean batch {fast['mean_batch']:6.1f}: "
+                  f"{fast['wall_s']:6.2f} s vs {slow['wall_s']:6.2f} s ({slow['wall_s'] / fast['wall_s']:.1f}x)")
 
 
 if __name__ == "__main__":
