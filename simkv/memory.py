@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simkv.errors import ScenarioDoesNotFit
-from simkv.specs import DTYPE_BYTES, GIB, GpuSpec, ModelSpec
+from simkv.specs import GIB, GpuSpec, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,3 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int, gpu_mem
     num_blocks = int(kv // (per_token * block_size))
     return MemoryPlan(budget, weights, activations, num_blocks * block_size * per_token, per_token,
                       num_blocks, block_size)
-
-
-def dtype_bytes(dtype: str) -> int:
-    return DTYPE_BYTES[dtype]

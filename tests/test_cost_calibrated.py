@@ -14,6 +14,7 @@ from simkv.calibration_data import calibration_for, load_tables
 from simkv.cost import cost_model, plan_from_shape, step_time
 from simkv.cost.calibrated import layer_step_features
 from simkv.cost_report import error_stats, validate
+from simkv.sched import StepPlan
 
 from conftest import ROOT, small_scenario
 
@@ -79,8 +80,7 @@ def test_decode_run_equals_individual_steps():
     cost, _ = cost_model("h200", "llama3-8b")
     ctx = np.array([100, 900, 4000, 7000])
     run = cost.decode_run_seconds(ctx, 20)
-    single = [cost.seconds(simkv.cost.plan_from_shape(0, 0, 0, 0)) if False else
-              cost.seconds(simkv.sched.StepPlan(decode_ids=np.arange(4), decode_ctx=ctx + j)) for j in range(20)]
+    single = [cost.seconds(StepPlan(decode_ids=np.arange(4), decode_ctx=ctx + j)) for j in range(20)]
     np.testing.assert_allclose(run, single, rtol=1e-12)
 
 

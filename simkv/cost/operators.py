@@ -45,9 +45,6 @@ class GemmModel:
         moved = k * n * wb + m * k * wb + m * n * ACT_BYTES
         return np.maximum(flops / self.flops[dtype], moved / self.bw)
 
-    def measured(self, k: int, n: int, dtype: str) -> bool:
-        return (k, n, dtype) in self.curves
-
     def time(self, m, k: int, n: int, dtype: str) -> np.ndarray:
         """Seconds for each m."""
         key = (k, n, dtype)
