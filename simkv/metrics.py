@@ -83,14 +83,15 @@ class Recorder:
             self.window_tokens += k * o.tokens_per_step
         elif last >= self.w0 and start_s <= self.w1:
             self.window_tokens += int(np.count_nonzero((ends >= self.w0) & (ends <= self.w1))) * o.tokens_per_step
-        if o.measured_decoders:
+        if o.measured_decoders and k > o.gap_steps_from:
             if k == 1:
                 d = float(durations_s[0])
                 self.gap_hist[_gap_bin(d)] += o.measured_decoders
                 self.gap_max_s = max(self.gap_max_s, d)
             else:
-                np.add.at(self.gap_hist, _gap_bins(durations_s), o.measured_decoders)
-                self.gap_max_s = max(self.gap_max_s, float(durations_s.max()))
+                gaps = durations_s[o.gap_steps_from:]
+                np.add.at(self.gap_hist, _gap_bins(gaps), o.measured_decoders)
+                self.gap_max_s = max(self.gap_max_s, float(gaps.max()))
         if self._next_sample * self.dt <= last:
             self._sample(ends, kv, o.num_running, o.num_waiting)
 

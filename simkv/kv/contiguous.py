@@ -39,6 +39,10 @@ class ContiguousAllocator:
     def regions(self) -> dict[int, tuple[int, int]]:
         return dict(self._regions)
 
+    def held_tokens(self, req_id: int) -> int:
+        """Slots in `req_id`'s region."""
+        return self._regions[req_id][1]
+
     def tokens_of(self, req_id: int) -> int:
         return self._tokens[req_id]
 

@@ -17,12 +17,13 @@ from simkv.kv.base import KVUsage, OutOfKVMemory, split_held
 class PagedAllocator:
     """Block pool with per-request block tables."""
 
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, reserve_upfront: bool = False) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("num_blocks and block_size must be positive")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.capacity_tokens = num_blocks * block_size
+        self.reserve_upfront = reserve_upfront  # take blocks for reserve_tokens at admission (TGI)
         self._free_blocks: deque[int] = deque(range(num_blocks))
         self._tables: dict[int, list[int]] = {}
         self._tokens: dict[int, int] = {}
@@ -40,6 +41,10 @@ class PagedAllocator:
     def block_table(self, req_id: int) -> list[int]:
         return list(self._tables[req_id])
 
+    def held_tokens(self, req_id: int) -> int:
+        """Slots in the blocks `req_id` holds."""
+        return len(self._tables[req_id]) * self.block_size
+
     def tokens_of(self, req_id: int) -> int:
         return self._tokens[req_id]
 
@@ -51,10 +56,16 @@ class PagedAllocator:
         return list(self._free_blocks)
 
     # ------------------------------------------------------------ allocation
+    def _admission_tokens(self, num_tokens: int, reserve_tokens: int | None) -> int:
+        if self.reserve_upfront and reserve_tokens is not None:
+            return max(num_tokens, reserve_tokens)
+        return num_tokens
+
     def can_allocate(self, num_tokens: int, reserve_tokens: int | None = None, watermark_tokens: int = 0) -> bool:
-        """Blocks are taken on demand, so only `num_tokens` counts (reserve_tokens is ignored)."""
+        """Blocks for `num_tokens` (for `reserve_tokens` when reserving up front) plus the watermark."""
         watermark_blocks = self.blocks_for(watermark_tokens)
-        return self.blocks_for(num_tokens) + watermark_blocks <= len(self._free_blocks)
+        need = self.blocks_for(self._admission_tokens(num_tokens, reserve_tokens))
+        return need + watermark_blocks <= len(self._free_blocks)
 
     def allocate(self, req_id: int, num_tokens: int, reserve_tokens: int | None = None,
                  final_tokens: int | None = None) -> None:
@@ -62,7 +73,7 @@ class PagedAllocator:
             raise ValueError(f"request {req_id} already holds KV memory")
         if num_tokens < 0:
             raise ValueError("num_tokens must be >= 0")
-        need = self.blocks_for(num_tokens)
+        need = self.blocks_for(self._admission_tokens(num_tokens, reserve_tokens))
         if need > len(self._free_blocks):
             raise OutOfKVMemory(f"request {req_id} needs {need} blocks, {len(self._free_blocks)} free")
         self._tables[req_id] = [self._free_blocks.popleft() for _ in range(need)]

@@ -23,6 +23,8 @@ class StepPlan:
     prefill_new: np.ndarray = field(default_factory=lambda: _EMPTY)
     prefill_ctx: np.ndarray = field(default_factory=lambda: _EMPTY)
     prefill_held: np.ndarray = field(default_factory=lambda: _EMPTY)  # contiguous region sizes
+    # whether each prefill completes its prompt and samples a token (empty: all do)
+    prefill_done: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     # requests preempted (KV freed, requeued) before this step
     preempted_ids: tuple[int, ...] = ()
     max_steps: int = 1
@@ -40,6 +42,8 @@ class StepPlan:
     @property
     def num_sampled(self) -> int:
         """Sequences that sample a token this step (lm_head rows)."""
+        if len(self.prefill_done):
+            return len(self.decode_ids) + int(self.prefill_done.sum())
         return self.num_seqs
 
 
@@ -53,9 +57,10 @@ class StepOutcome:
     num_running: int                # sequences in each step
     num_waiting: int                # queue depth during the steps
     tokens_per_step: int            # tokens generated in each step
-    measured_decoders: int          # decoding sequences counted in TBT statistics
+    measured_decoders: int          # measured decoders whose token gaps are the step durations
     finished_ids: tuple[int, ...] = ()
-    extra_gaps_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # resumed requests' gaps
+    extra_gaps_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # other token gaps
+    gap_steps_from: int = 0         # the durations before this index are covered by extra_gaps_s
 
 
 class Scheduler(Protocol):

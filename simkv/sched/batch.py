@@ -1,10 +1,12 @@
 """The running batch: per-sequence arrays and the mechanics every policy shares (grow KV,
 emit tokens, record token times, finish and free). Policies decide *who* runs; this applies it.
 
-Models: each step, every sequence in the plan produces one token at the step's end; a decode
-writes one KV slot; a prefill of a preempted request recomputes prompt + generated tokens.
-Per-request token gaps: count and sum follow from the token times (gaps telescope), so only
-the longest gap is tracked per request.
+Models: a request is first *prefilling* (its prompt, plus any tokens generated before a
+recompute preemption, is computed in one or more chunks), then *decoding* (one token per step
+it takes part in). The step that computes the last prompt token samples the first new token.
+Decoders take part in a step all together or not at all (a prefill-only step stalls them), so
+their token gaps are the step times since their last token. Per-request gap count and sum
+telescope to the token times; only the longest gap is tracked per request.
 """
 
 from __future__ import annotations
@@ -20,8 +22,21 @@ _I64 = np.int64
 _NO_GAPS = np.zeros(0)
 
 
+class Prefill:
+    """A request whose prompt is still being computed."""
+
+    __slots__ = ("rid", "computed", "target", "held", "order")
+
+    def __init__(self, rid: int, computed: int, target: int, held: int, order: int) -> None:
+        self.rid, self.computed, self.target, self.held, self.order = rid, computed, target, held, order
+
+    @property
+    def remaining(self) -> int:
+        return self.target - self.computed
+
+
 class RunningBatch:
-    """Struct-of-arrays of the running sequences, in admission order (newest last)."""
+    """Decoding sequences as struct-of-arrays (admission order), prefilling ones as a dict."""
 
     def __init__(self, table: RequestTable, allocator, warmup_s: float = 0.0) -> None:
         self.t = table
@@ -29,37 +44,77 @@ class RunningBatch:
         self.paged = isinstance(allocator, PagedAllocator)
         self.block_size = allocator.block_size if self.paged else 1
         self.warmup_s = warmup_s
+        self.prefilling: dict[int, Prefill] = {}
+        self._next_order = 0
+        self._uniform_last_tok: float | None = None  # all decoders' last token time, when shared
         self.ids = np.zeros(0, _I64)
         self.kv = np.zeros(0, _I64)       # KV slots written
         self.gen = np.zeros(0, _I64)      # tokens generated so far
         self.out = np.zeros(0, _I64)      # true output length
         self.final = np.zeros(0, _I64)    # KV slots the request will ever write
-        self.held = np.zeros(0, _I64)     # contiguous: region size (paged: unused)
+        self.held = np.zeros(0, _I64)     # contiguous / reserved: slots held (paged on demand: unused)
         self.measured = np.zeros(0, bool)  # arrived after warm-up
         self.tbt_max = np.zeros(0)        # longest token gap so far (written to the table on exit)
-        self.extra_gaps_s = _NO_GAPS      # token gaps of resumed requests in the last commit
+        self.last_tok = np.zeros(0)       # time of the last token
+        self.order = np.zeros(0, _I64)    # admission order
+        self.extra_gaps_s = _NO_GAPS
+        self._gap_steps_from = 0
 
     def __len__(self) -> int:
+        return len(self.ids) + len(self.prefilling)
+
+    @property
+    def num_decoding(self) -> int:
         return len(self.ids)
 
     def _columns(self):
-        return self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max
+        return (self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max,
+                self.last_tok, self.order)
 
     def _set_columns(self, cols) -> None:
-        self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max = cols
+        (self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max,
+         self.last_tok, self.order) = cols
+
+    # ------------------------------------------------------------ membership
+    def start_prefill(self, rid: int, computed: int, held: int) -> Prefill:
+        """Admit `rid` (its KV already allocated by the policy): prompt + generated tokens to compute."""
+        target = int(self.t.prompt_tokens[rid] + self.t.generated[rid])
+        state = self.prefilling[rid] = Prefill(rid, computed, target, held, self._next_order)
+        self._next_order += 1
+        return state
+
+    def newest(self) -> int:
+        """The most recently admitted running request (decoding or prefilling)."""
+        best_rid, best = -1, -1
+        if len(self.order):
+            best, best_rid = int(self.order[-1]), int(self.ids[-1])
+        for p in self.prefilling.values():
+            if p.order > best:
+                best, best_rid = p.order, p.rid
+        return best_rid
+
+    def preempt(self, rid: int) -> None:
+        """Free `rid`'s KV and drop it from the batch (recompute preemption)."""
+        if rid in self.prefilling:
+            del self.prefilling[rid]
+        else:
+            i = int(np.flatnonzero(self.ids == rid)[0])
+            self.t.generated[rid] = self.gen[i]
+            self.t.tbt_max_s[rid] = self.tbt_max[i]
+            self.t.last_token_s[rid] = self.last_tok[i]
+            keep = np.ones(len(self.ids), bool)
+            keep[i] = False
+            self._set_columns([c[keep] for c in self._columns()])
+        self.kv_alloc.free(rid)
 
     def preempt_newest(self) -> int:
-        """Free the newest sequence's KV (recompute preemption) and drop it from the batch."""
-        rid = int(self.ids[-1])
-        self.t.generated[rid] = self.gen[-1]
-        self.t.tbt_max_s[rid] = self.tbt_max[-1]
-        self.kv_alloc.free(rid)
-        self._set_columns([c[:-1] for c in self._columns()])
+        rid = self.newest()
+        self.preempt(rid)
         return rid
 
     # ------------------------------------------------------------ paged growth
     def decode_blocks_needed(self, steps: int = 1) -> int:
-        """New blocks the batch needs to decode `steps` more tokens each (paged; 0 otherwise)."""
+        """New blocks the decoders need to decode `steps` more tokens each (paged; 0 otherwise)."""
         if not self.paged or not len(self.ids):
             return 0
         b = self.block_size
@@ -82,7 +137,7 @@ class RunningBatch:
 
     def _grow(self, steps: int) -> None:
         new_kv = self.kv + steps
-        if self.paged:
+        if self.paged and not getattr(self.kv_alloc, "reserve_upfront", False):
             b = self.block_size
             need = (new_kv + (b - 1)) // b - (self.kv + (b - 1)) // b
             idx = np.flatnonzero(need)
@@ -99,42 +154,77 @@ class RunningBatch:
         ends = start_s + np.cumsum(durations_s) if k > 1 else start_s + durations_s
         for rid in plan.preempted_ids:
             t.num_preemptions[rid] += 1
-            t.last_token_s[rid] = start_s
-        n_dec = len(self.ids)
+        n_dec = len(plan.decode_ids)
+        self.extra_gaps_s = _NO_GAPS
+        self._gap_steps_from = 0
         measured = 0
         if n_dec:
+            measured = self._decode(start_s, ends, durations_s)
+        elif len(self.ids):
+            self._uniform_last_tok = None  # the decoders sat this step out
+        n_sampled = n_dec
+        if len(plan.prefill_ids):
+            n_sampled += self._advance_prefills(plan, start_s, float(ends[0]))
+        usage = self._window_usage(k, next_reservation)
+        finished = self._finish(float(ends[-1]))
+        return StepOutcome(ends, usage, n_dec + len(plan.prefill_ids), num_waiting, n_sampled, measured,
+                           finished, self.extra_gaps_s, self._gap_steps_from)
+
+    def _decode(self, start_s: float, ends: np.ndarray, durations_s: np.ndarray) -> int:
+        """Every decoder emits one token per step; returns the measured decoders (their gaps in
+        later steps are the step durations; the first step's are passed one by one when they differ)."""
+        k = len(ends)
+        first = float(ends[0])
+        if self._uniform_last_tok == start_s:
             longest = float(durations_s.max()) if k > 1 else float(durations_s[0])
             np.maximum(self.tbt_max, longest, out=self.tbt_max)
             measured = int(np.count_nonzero(self.measured))
-            self._grow(k)
-            self.gen = self.gen + k
-        self.extra_gaps_s = _NO_GAPS
-        n_pre = len(plan.prefill_ids)
-        if n_pre:
-            self._start_prefills(plan, start_s, float(ends[0]))
-        usage = self._window_usage(k, next_reservation)
-        finished = self._finish(float(ends[-1]))
-        return StepOutcome(ends, usage, n_dec + n_pre, num_waiting, n_dec + n_pre, measured,
-                           finished, self.extra_gaps_s)
+        else:  # some decoders waited longer than this step for their next token
+            gaps = first - self.last_tok
+            np.maximum(self.tbt_max, gaps, out=self.tbt_max)
+            if k > 1:
+                np.maximum(self.tbt_max, float(durations_s[1:].max()), out=self.tbt_max)
+            self.extra_gaps_s = gaps[self.measured]
+            self._gap_steps_from = 1
+            measured = int(np.count_nonzero(self.measured))
+        self._grow(k)
+        self.gen = self.gen + k
+        last = float(ends[-1])
+        self.last_tok = np.full(len(self.ids), last)
+        self._uniform_last_tok = last
+        return measured
 
-    def _start_prefills(self, plan: StepPlan, start_s: float, end_s: float) -> None:
+    def _advance_prefills(self, plan: StepPlan, start_s: float, end_s: float) -> int:
+        """Credit each chunk; requests whose prompt is complete sample their first token (or,
+        after a recompute, their next one) and join the decoders. Returns tokens sampled."""
         t = self.t
         pid = plan.prefill_ids
         fresh = np.isnan(t.first_scheduled_s[pid])
         t.first_scheduled_s[pid[fresh]] = start_s
-        g = t.generated[pid]
+        for rid, new in zip(pid.tolist(), plan.prefill_new.tolist()):
+            self.prefilling[rid].computed += new
+        done = pid[plan.prefill_done] if len(plan.prefill_done) else pid
+        if not len(done):
+            return 0
+        states = [self.prefilling.pop(rid) for rid in done.tolist()]
+        g = t.generated[done]
         first = g == 0
-        t.first_token_s[pid[first]] = end_s
-        measured = t.arrival_s[pid] >= self.warmup_s
-        tbt_max = t.tbt_max_s[pid]
+        t.first_token_s[done[first]] = end_s
+        measured = t.arrival_s[done] >= self.warmup_s
+        tbt_max = t.tbt_max_s[done]
         if not first.all():
             resumed = ~first
-            gaps = end_s - t.last_token_s[pid[resumed]]
+            gaps = end_s - t.last_token_s[done[resumed]]
             tbt_max[resumed] = np.maximum(tbt_max[resumed], gaps)
-            self.extra_gaps_s = gaps[measured[resumed]]
-        new_cols = (pid, plan.prefill_ctx, g + 1, t.output_tokens[pid], t.final_kv_tokens[pid],
-                    plan.prefill_held, measured, tbt_max)
+            self.extra_gaps_s = np.concatenate([self.extra_gaps_s, gaps[measured[resumed]]])
+        n = len(done)
+        new_cols = (done, np.array([s.target for s in states], _I64), g + 1, t.output_tokens[done],
+                    t.final_kv_tokens[done], np.array([s.held for s in states], _I64), measured, tbt_max,
+                    np.full(n, end_s), np.array([s.order for s in states], _I64))
         self._set_columns([np.concatenate([old, new]) for old, new in zip(self._columns(), new_cols)])
+        if self._uniform_last_tok != end_s:
+            self._uniform_last_tok = end_s if len(self.ids) == n else None
+        return n
 
     def _window_usage(self, k: int, next_reservation: int | None) -> np.ndarray:
         """(5, k) breakdown per step (after each step's writes, before finished requests free)."""
@@ -143,16 +233,30 @@ class RunningBatch:
             tokens = self.kv
         else:  # tokens after step j: kv_now - (k - 1 - j) for every sequence
             tokens = self.kv[None, :] - np.arange(k - 1, -1, -1, dtype=_I64)[:, None]
-        if self.paged:
+        if self.paged and not getattr(self.kv_alloc, "reserve_upfront", False):
             held = held_slots_paged(tokens, self.block_size)
-            external = 0
         else:
             held = np.broadcast_to(self.held, tokens.shape)
-            external = self.kv_alloc.external_frag_tokens(next_reservation)
+        external = 0 if self.paged else self.kv_alloc.external_frag_tokens(next_reservation)
         out[0], out[1], out[2] = split_window(tokens, held, self.final)
         out[3] = external
         out[4] = self.kv_alloc.capacity_tokens - held.sum(axis=-1) - external
+        if self.prefilling:
+            extra = self._prefilling_usage()
+            out[:3] += extra[:, None]
+            out[4] -= int(extra.sum())
         return out
+
+    def _prefilling_usage(self) -> np.ndarray:
+        """(token, reserved, internal) slots of the requests still prefilling."""
+        tok = res = internal = 0
+        for p in self.prefilling.values():
+            held = self.kv_alloc.held_tokens(p.rid)
+            final = int(self.t.final_kv_tokens[p.rid])
+            empty = held - p.computed
+            r = min(empty, max(0, final - p.computed))
+            tok, res, internal = tok + p.computed, res + r, internal + empty - r
+        return np.array([tok, res, internal], _I64)
 
     def _finish(self, end_s: float) -> tuple[int, ...]:
         done = self.gen >= self.out

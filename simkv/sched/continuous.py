@@ -64,7 +64,8 @@ class ContinuousBatchingScheduler:
             return None
         if admitted:
             ids, new, held = (np.array(col, dtype=np.int64) for col in zip(*admitted))
-            return StepPlan(decode_ids, decode_ctx, ids, new, new.copy(), held, preempted_ids=preempted)
+            return StepPlan(decode_ids, decode_ctx, ids, new, new.copy(), held, np.ones(len(ids), bool),
+                            preempted_ids=preempted)
         if preempted:
             return StepPlan(decode_ids, decode_ctx, preempted_ids=preempted)
         steps = min(int((b.out - b.gen).min()), self.max_repeat)
@@ -106,6 +107,7 @@ class ContinuousBatchingScheduler:
             if not self.kv.can_allocate(new, held, keep_free):
                 break
             self.kv.allocate(rid, new, held, int(t.final_kv_tokens[rid]))
+            b.start_prefill(rid, 0, held)
             self.waiting.popleft()
             admitted.append((rid, new, held))
             budget -= new
