@@ -20,7 +20,15 @@ from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.memory import MemoryPlan, plan_memory
 from simkv.request import RequestTable
 from simkv.scenario import Scenario
+from simkv.presets import apply_preset
+from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED
+from simkv.scenario import Engine
+from simkv.sched.chunked import ChunkedPrefillScheduler
 from simkv.sched.continuous import ContinuousBatchingScheduler
+from simkv.sched.prefill_first import PrefillFirstScheduler
+from simkv.sched.static import StaticBatchScheduler
+from simkv.sched.tgi import TgiScheduler
+from simkv.specs import GIB
 from simkv.workload.stream import RequestStream
 
 
@@ -40,7 +48,7 @@ class Simulation:
     scenario: Scenario
     table: RequestTable
     allocator: object
-    scheduler: ContinuousBatchingScheduler
+    scheduler: object
     cost: object
     memory: MemoryPlan
     limits: EngineLimits
@@ -48,17 +56,21 @@ class Simulation:
     measure_end_s: float
     num_outputs_truncated: int
     cost_name: str = "roofline"
+    engine: Engine | None = None   # the engine with its preset applied
 
 
-def resolve_limits(scenario: Scenario) -> EngineLimits:
+WHOLE_PROMPT_SCHEDULERS = ("fcfs", "prefill-first", "static")
+
+
+def resolve_limits(scenario: Scenario, e: Engine) -> EngineLimits:
     """Fill engine defaults and check them against the model."""
-    model, e = scenario.model_spec(), scenario.engine
+    model = scenario.model_spec()
     max_len = e.max_model_len or model.max_position_embeddings
     if max_len > model.max_position_embeddings:
         raise SimkvError(f"max_model_len {max_len} exceeds the model's {model.max_position_embeddings}-token context",
                          field="engine.max_model_len", fix=f"set it to at most {model.max_position_embeddings}")
     batched = e.max_num_batched_tokens or max(max_len, 2048)
-    if batched < max_len:
+    if batched < max_len and e.scheduler in WHOLE_PROMPT_SCHEDULERS:
         raise SimkvError(f"max_num_batched_tokens {batched} is below max_model_len {max_len}: without chunked "
                          "prefill a long prompt could never be scheduled",
                          field="engine.max_num_batched_tokens", fix=f"set it to at least {max_len}, or lower engine.max_model_len")
@@ -67,13 +79,14 @@ def resolve_limits(scenario: Scenario) -> EngineLimits:
 
 def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     """Wire up one simulation of `scenario` over `stream`."""
-    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), scenario.engine
+    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), apply_preset(scenario.engine)
     tp = scenario.hardware.tensor_parallel
     try:
         model.shard(tp)
     except ValueError as err:
         raise SimkvError(str(err), field="hardware.tensor_parallel", fix="use a degree that divides the head counts") from None
-    limits = resolve_limits(scenario)
+    limits = resolve_limits(scenario, e)
+    _check_policy(e)
     if e.weight_dtype == "fp8" and gpu.fp8_tflops is None:
         raise SimkvError(f"{gpu.description} has no fp8 tensor cores", field="engine.weight_dtype", fix="use bf16")
     mem = plan_memory(model, gpu, tensor_parallel=tp, gpu_memory_utilization=e.gpu_memory_utilization,
@@ -88,22 +101,66 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
                 "or add tensor parallelism")
     table, truncated = _request_table(stream, limits.max_model_len, scenario.workload.overlong)
     if e.allocator == "paged":
-        allocator = PagedAllocator(mem.num_blocks, e.block_size)
+        allocator = PagedAllocator(mem.num_blocks, e.block_size, reserve_upfront=e.reserve_upfront)
+        if e.reserve_upfront:
+            _reject_unplaceable(table, "prompt_plus_max_new", limits.max_model_len, mem.capacity_tokens)
     else:
         allocator = ContiguousAllocator(mem.capacity_tokens, e.placement)
         _reject_unplaceable(table, e.reservation, limits.max_model_len, mem.capacity_tokens)
-    scheduler = ContinuousBatchingScheduler(
-        table, allocator, max_num_seqs=limits.max_num_seqs, max_num_batched_tokens=limits.max_num_batched_tokens,
-        max_model_len=limits.max_model_len, reservation=e.reservation,
-        watermark_blocks=int(e.watermark * mem.num_blocks), warmup_s=scenario.run.warmup_s)
-    cost, cost_name = make_cost(scenario, limits.max_num_batched_tokens)
+    if e.scheduler == "tgi":
+        over = (table.prompt_tokens > e.max_batch_prefill_tokens) & (table.reject_reason == 0)
+        table.reject_reason[over] = PROMPT_OVER_PREFILL_BUDGET
+        table.status[over] = REJECTED
+    kv_per_token = model.kv_bytes_per_token(e.kv_cache_dtype, tp)
+    scheduler = make_scheduler(e, table, allocator, limits, mem, scenario.run.warmup_s, kv_per_token)
+    cost, cost_name = make_cost(scenario, max(limits.max_num_batched_tokens, e.max_batch_prefill_tokens, 16384))
     start, end = _measured_window(scenario, stream)
-    return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name)
+    return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)
+
+
+def _check_policy(e: Engine) -> None:
+    if e.scheduler in ("chunked", "prefill-first", "tgi") and e.allocator != "paged":
+        raise SimkvError(f"the {e.scheduler} scheduler works on a paged KV cache", field="engine.allocator",
+                         fix="set engine.allocator: paged, or use scheduler fcfs/static for contiguous memory")
+    if e.scheduler == "tgi" and not e.reserve_upfront:
+        raise SimkvError("the tgi scheduler reserves prompt + max_new_tokens at admission", field="engine.reserve_upfront",
+                         fix="set engine.reserve_upfront: true (the tgi preset does)")
+    if e.reserve_upfront and e.scheduler != "tgi":
+        raise SimkvError("up-front reservation is modelled for the tgi scheduler only", field="engine.reserve_upfront",
+                         fix="remove it, or use engine.scheduler: tgi")
+    if e.preemption == "swap" and e.scheduler != "prefill-first":
+        raise SimkvError("swap preemption is modelled for the prefill-first (vLLM v0) scheduler only",
+                         field="engine.preemption", fix="use recompute, or engine.preset: vllm-v0")
+
+
+def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimits, mem: MemoryPlan,
+                   warmup_s: float, kv_bytes_per_token: int):
+    """The batching policy the (preset-resolved) engine names."""
+    common = dict(max_num_seqs=limits.max_num_seqs, warmup_s=warmup_s)
+    watermark = int(e.watermark * mem.num_blocks)
+    if e.scheduler == "chunked":
+        return ChunkedPrefillScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
+                                       max_model_len=limits.max_model_len, watermark_blocks=watermark, **common)
+    if e.scheduler == "prefill-first":
+        swap_tokens = int(e.swap_space_gib * GIB // kv_bytes_per_token)
+        return PrefillFirstScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
+                                     max_model_len=limits.max_model_len, watermark_blocks=watermark,
+                                     preemption=e.preemption, swap_capacity_tokens=swap_tokens, **common)
+    if e.scheduler == "tgi":
+        return TgiScheduler(table, allocator, max_batch_prefill_tokens=e.max_batch_prefill_tokens,
+                            waiting_served_ratio=e.waiting_served_ratio, max_waiting_tokens=e.max_waiting_tokens,
+                            max_concurrent_requests=e.max_concurrent_requests, **common)
+    if e.scheduler == "static":
+        return StaticBatchScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
+                                    max_model_len=limits.max_model_len, reservation=e.reservation, **common)
+    return ContinuousBatchingScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
+                                       max_model_len=limits.max_model_len, reservation=e.reservation,
+                                       watermark_blocks=watermark, **common)
 
 
 def make_cost(scenario: Scenario, max_tokens: int = 16384):
     """(step-time model, its description): calibrated where the GPU has measurements."""
-    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), scenario.engine
+    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), apply_preset(scenario.engine)
     tp = scenario.hardware.tensor_parallel
     gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
     if scenario.cost == "calibrated":

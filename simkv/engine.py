@@ -14,7 +14,7 @@ import numpy as np
 import simpy
 
 from simkv.metrics import Recorder
-from simkv.request import REJECTED, RequestTable
+from simkv.request import REFUSED_BY_ENGINE, REJECTED, RequestTable
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -45,7 +45,10 @@ class Replica:
             self._next_arrival = rid + 1
             if status[rid] == REJECTED:
                 continue
-            self.scheduler.add_request(rid)
+            if not self.scheduler.add_request(rid):
+                status[rid] = REJECTED
+                self.t.reject_reason[rid] = REFUSED_BY_ENGINE
+                continue
             if not self._wake.triggered:
                 self._wake.succeed()
         self._arrivals_done = True

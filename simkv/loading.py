@@ -124,7 +124,8 @@ def expand_variants(scenario: Scenario) -> list[tuple[str, Scenario]]:
     """[(name, scenario with that variant's overrides)], or [('base', scenario)] without variants."""
     if not scenario.variants:
         return [("base", scenario)]
-    base = scenario.model_dump(exclude={"variants"}, exclude_none=True)
+    # exclude_unset keeps "the scenario did not say" distinguishable, so presets can fill those fields
+    base = scenario.model_dump(exclude={"variants"}, exclude_unset=True)
     out = []
     for i, variant in enumerate(scenario.variants):
         raw = apply_overrides(base, variant.set, origin=f"variants[{i}] ({variant.name})")

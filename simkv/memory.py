@@ -5,7 +5,8 @@ activation reserve) / KV bytes per token per GPU, rounded down to whole blocks (
 reports as "# GPU blocks"); a measured block count overrides the arithmetic.
 Activation reserve (unless given): the peak of one forward pass of max_num_batched_tokens tokens,
 estimated as the live bf16 tensors of one layer (input, qkv, attention output, MLP up and
-activation) plus fp32 logits of max_num_seqs sampled rows. This is an estimate; set
+activation) plus fp32 logits of max_num_seqs sampled rows, for at most 16,384 tokens (larger
+steps are assumed to reuse activation buffers in pieces). This is an estimate; set
 engine.activation_reserve_gib to what your engine reports for exact numbers.
 """
 
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 
 from simkv.errors import ScenarioDoesNotFit
 from simkv.specs import GIB, GpuSpec, ModelSpec
+
+
+ACTIVATION_TOKENS_CAP = 16384
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ def estimate_activation_bytes(model: ModelSpec, tensor_parallel: int, max_num_ba
     up = 2 * d.intermediate if d.gated else d.intermediate
     per_token = 2 * d.hidden + (d.heads + 2 * d.kv_heads) * d.head_dim + d.heads * d.head_dim + up + d.intermediate
     logits = max_num_seqs * d.vocab * 4
-    return max_num_batched_tokens * per_token * 2 + logits
+    return min(max_num_batched_tokens, ACTIVATION_TOKENS_CAP) * per_token * 2 + logits
 
 
 def plan_memory(model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int, gpu_memory_utilization: float,

@@ -9,7 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 WAITING, DONE, REJECTED = 0, 1, 2
-REJECT_REASONS = ("", "prompt longer than max_model_len", "reservation larger than the KV cache")
+REJECT_REASONS = ("", "prompt longer than max_model_len", "reservation larger than the KV cache",
+                  "refused by the engine (queue full: max_concurrent_requests)",
+                  "prompt longer than the engine's prefill budget (max_batch_prefill_tokens)")
+REFUSED_BY_ENGINE = 3
+PROMPT_OVER_PREFILL_BUDGET = 4
 
 
 class RequestTable:

@@ -156,9 +156,18 @@ class Hardware(Strict):
 Reservation = Literal["max_model_len", "pow2", "oracle", "prompt_plus_max_new"]
 
 
-class Engine(Strict):
-    """How the serving engine allocates KV memory and batches requests."""
+PresetName = Literal["simkv", "vllm-v1", "vllm-v0", "tgi", "orca-max", "orca-pow2", "orca-oracle",
+                     "fastertransformer", "sarathi-serve"]
 
+
+class Engine(Strict):
+    """How the serving engine allocates KV memory and batches requests. A preset fills in every
+    field the scenario leaves unset (see `simkv catalog --presets` and docs/engines.md)."""
+
+    preset: PresetName = Field("simkv", description="engine whose policies and defaults to use")
+    scheduler: Literal["fcfs", "chunked", "prefill-first", "tgi", "static"] = Field(
+        "fcfs", description="batching policy: fcfs (mixed whole prompts), chunked (token budget, vLLM v1 / "
+        "Sarathi), prefill-first (vLLM v0), tgi (TGI router), static (FasterTransformer)")
     allocator: Literal["paged", "contiguous"] = Field("paged", description="paged blocks on demand, or one contiguous region per request")
     block_size: PositiveInt = Field(16, description="tokens per KV block (paged); unit of the capacity override")
     reservation: Reservation = Field("max_model_len", description="contiguous: slots reserved at admission")
@@ -173,7 +182,13 @@ class Engine(Strict):
     weight_dtype: DType = Field("bf16", description="weight precision")
     kv_cache_dtype: DType = Field("bf16", description="KV cache precision")
     host_overhead_s: NonNegativeFloat = Field(0.0, description="CPU time per step not overlapped with the GPU (s)")
-    preemption: Literal["recompute"] = Field("recompute", description="how a preempted request gets its KV back")
+    reserve_upfront: bool = Field(False, description="paged: take the blocks for prompt + max_new_tokens at admission (TGI)")
+    preemption: Literal["recompute", "swap"] = Field("recompute", description="how a preempted request gets its KV back (swap: prefill-first only)")
+    swap_space_gib: NonNegativeFloat = Field(4.0, description="host memory for swapped-out KV per GPU (GiB)")
+    max_batch_prefill_tokens: PositiveInt = Field(4096, description="tgi: most prompt tokens in one prefill step (tokens)")
+    waiting_served_ratio: NonNegativeFloat = Field(0.3, description="tgi: prefill only once waiting >= ratio x running (dimensionless)")
+    max_waiting_tokens: PositiveInt = Field(20, description="tgi: force a prefill after this many decode steps (steps)")
+    max_concurrent_requests: PositiveInt = Field(128, description="tgi: requests in the system beyond which arrivals are refused (requests)")
 
 
 # ---------------------------------------------------------------- run, SLOs, variants

@@ -54,11 +54,11 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
 
 
 def _setup(sim: Simulation) -> dict:
-    s, e = sim.scenario, sim.scenario.engine
+    s, e = sim.scenario, sim.engine
     model = s.model if isinstance(s.model, str) else "custom"
     gpu = s.hardware.gpu if isinstance(s.hardware.gpu, str) else "custom"
     return {"model": model, "gpu": gpu, "tensor_parallel": s.hardware.tensor_parallel,
-            "allocator": e.allocator, "block_size": e.block_size,
+            "preset": e.preset, "scheduler": e.scheduler, "allocator": e.allocator, "block_size": e.block_size,
             "reservation": e.reservation if e.allocator == "contiguous" else None,
             "max_num_seqs": sim.limits.max_num_seqs, "max_num_batched_tokens": sim.limits.max_num_batched_tokens,
             "max_model_len": sim.limits.max_model_len, "cost_model": sim.cost_name, "memory": sim.memory.describe()}

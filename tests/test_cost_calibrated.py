@@ -131,7 +131,11 @@ def test_swap_time_uses_measured_host_link():
                                          "prompt_tokens": {"dist": "fixed", "value": 1},
                                          "output_tokens": {"dist": "fixed", "value": 1}},
                             "run": {"num_requests": 1}}).gpu_spec()
-    assert cost.swap_seconds(1000, 131072, True, gpu) == pytest.approx(1000 * 131072 / 55.1428624316297e9)
+    assert cost.swap_seconds(1000, to_host=True) == pytest.approx(1000 * 131072 / 55.1428624316297e9)
+    plan = StepPlan(decode_ids=np.arange(2), decode_ctx=np.array([10, 10]), swap_out_tokens=1000, swap_in_tokens=500)
+    base = StepPlan(decode_ids=np.arange(2), decode_ctx=np.array([10, 10]))
+    assert cost.seconds(plan) - cost.seconds(base) == pytest.approx(
+        131072 * (1000 / 55.1428624316297e9 + 500 / 55.23799693743447e9))
 
 
 def test_step_time_cli(tmp_path):

@@ -12,7 +12,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from simkv.build import build
 from simkv.kv import PagedAllocator, ContiguousAllocator
 from simkv.request import DONE, REJECTED, RequestTable
+from simkv.sched.chunked import ChunkedPrefillScheduler
 from simkv.sched.continuous import ContinuousBatchingScheduler
+from simkv.sched.prefill_first import PrefillFirstScheduler
+from simkv.sched.static import StaticBatchScheduler
+from simkv.sched.tgi import TgiScheduler
 from simkv.simulate import run_simulation
 from simkv.workload.stream import generate_stream
 
@@ -25,20 +29,46 @@ def _table(prompts, outputs):
                         np.array(outputs, dtype=np.int64) * 2, np.zeros(n, dtype=np.int8))
 
 
-class SchedulerMachine(RuleBasedStateMachine):
-    """Arrivals and steps in random order against the FCFS continuous-batching scheduler."""
+POLICIES = ["fcfs-paged", "fcfs-contiguous", "chunked", "prefill-first-swap", "prefill-first-recompute", "tgi",
+            "static"]
 
-    @initialize(paged=st.booleans(), blocks=st.integers(8, 40), block_size=st.sampled_from([1, 4, 16]),
+
+def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget):
+    """A scheduler and its allocator for `policy`, all sized for requests of <= 100 tokens."""
+    kw = dict(max_num_seqs=max_seqs, max_repeat=7)
+    if policy in ("fcfs-contiguous", "static"):
+        kv = ContiguousAllocator(blocks * block_size)
+    else:
+        kv = PagedAllocator(blocks, block_size, reserve_upfront=policy == "tgi")
+    if policy.startswith("fcfs"):
+        s = ContinuousBatchingScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100,
+                                        reservation=reservation, **kw)
+    elif policy == "chunked":
+        s = ChunkedPrefillScheduler(table, kv, max_num_batched_tokens=budget, max_model_len=100, **kw)
+    elif policy.startswith("prefill-first"):
+        s = PrefillFirstScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100,
+                                  preemption=policy.rsplit("-", 1)[1], swap_capacity_tokens=150, **kw)
+    elif policy == "tgi":
+        s = TgiScheduler(table, kv, max_batch_prefill_tokens=120, max_concurrent_requests=10_000, **kw)
+    else:
+        s = StaticBatchScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100, reservation=reservation, **kw)
+    return s, kv
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Arrivals and steps in random order against every batching policy."""
+
+    @initialize(policy=st.sampled_from(POLICIES), blocks=st.integers(8, 40), block_size=st.sampled_from([1, 4, 16]),
                 max_seqs=st.integers(1, 8), reservation=st.sampled_from(["max_model_len", "pow2", "oracle", "prompt_plus_max_new"]),
+                budget=st.integers(8, 120),
                 lengths=st.lists(st.tuples(st.integers(1, 60), st.integers(1, 40)), min_size=1, max_size=25))
-    def setup(self, paged, blocks, block_size, max_seqs, reservation, lengths):
+    def setup(self, policy, blocks, block_size, max_seqs, reservation, budget, lengths):
         self.max_model_len = 100
         cap_blocks = max(blocks, -(-256 // block_size))  # the cache holds a pow2(100)=128 reservation
         prompts, outputs = zip(*lengths)
         self.t = _table(prompts, outputs)
-        self.kv = PagedAllocator(cap_blocks, block_size) if paged else ContiguousAllocator(cap_blocks * block_size)
-        self.s = ContinuousBatchingScheduler(self.t, self.kv, max_num_seqs=max_seqs, max_num_batched_tokens=120,
-                                             max_model_len=self.max_model_len, reservation=reservation, max_repeat=7)
+        self.policy = policy
+        self.s, self.kv = _scheduler(policy, self.t, cap_blocks, block_size, max_seqs, reservation, budget)
         self.arrived = 0
         self.now = 0.0
         self.emitted = np.zeros(len(prompts), dtype=np.int64)
@@ -56,18 +86,23 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert not self.s.has_work()
             return
         assert plan.num_seqs <= self.s.max_num_seqs
-        assert plan.num_batched_tokens <= self.s.max_num_batched_tokens
+        if self.policy != "tgi":
+            assert plan.num_batched_tokens <= self.s.max_num_batched_tokens
+        if self.policy in ("tgi", "static") or self.policy.startswith("prefill-first"):
+            assert not (len(plan.decode_ids) and len(plan.prefill_ids)), "this policy never mixes prefill and decode"
+        if self.policy == "tgi":
+            assert not plan.preempted_ids, "TGI never preempts"
         assert len(set(plan.decode_ids.tolist()) | set(plan.prefill_ids.tolist())) == plan.num_seqs
         k = plan.max_steps
-        before_gen = {int(r): int(g) for r, g in zip(self.s.batch.ids, self.s.batch.gen)}
         out = self.s.commit(plan, self.now, np.full(k, dt))
         self.now += k * dt
         for rid in plan.decode_ids.tolist():
             self.emitted[rid] += k
-        for rid in plan.prefill_ids.tolist():
+        done = plan.prefill_done if len(plan.prefill_done) else np.ones(len(plan.prefill_ids), bool)
+        for rid in plan.prefill_ids[done].tolist():
             self.emitted[rid] += 1
         note(f"plan k={k} decodes={len(plan.decode_ids)} prefills={len(plan.prefill_ids)} preempted={plan.preempted_ids}")
-        if not out.finished_ids:
+        if not out.finished_ids and not self.s.batch.deferred:
             u = self.kv.usage(self.s.next_reservation())
             got = tuple(int(c[-1]) for c in out.kv)
             assert got == (u.token_tokens, u.reserved_tokens, u.internal_frag_tokens, u.external_frag_tokens,
@@ -80,8 +115,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         b = self.s.batch
         for rid, kv in zip(b.ids.tolist(), b.kv.tolist()):
             assert self.kv.tokens_of(rid) == kv
+        for rid, p in b.prefilling.items():
+            assert self.kv.tokens_of(rid) == p.computed
         held = set(self.kv.owners() if isinstance(self.kv, PagedAllocator) else self.kv.regions())
-        assert held == set(b.ids.tolist()), "allocator and batch disagree on who holds memory"
+        expected = set(b.ids.tolist()) | set(b.prefilling) | set(b.deferred)
+        assert held == expected, "allocator and batch disagree on who holds memory"
         assert len(b) <= self.s.max_num_seqs
 
     @invariant()
@@ -110,7 +148,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert u.free_tokens == u.capacity_tokens, "KV memory leaked after every request finished"
 
 
-SchedulerMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=60, deadline=None)
+SchedulerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
 TestScheduler = SchedulerMachine.TestCase
 
 

@@ -96,6 +96,8 @@ class CalibratedCost:
         self.tp = tensor_parallel
         self.host_overhead_s = host_overhead_s
         self.link_bytes_per_s = gpu.nvlink_gbps * 1e9
+        self.kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype, tensor_parallel)
+        self.d2h_bytes_per_s, self.h2d_bytes_per_s = gpu.device_to_host_bps, gpu.host_to_device_bps
         self.kv_scale = DTYPE_BYTES[kv_dtype] / 2  # decode attention reads KV bytes
         c_lin, self.c_att, c_qkv, c_ew, c0 = calibration.coef
         qkv, ew = per_token_bytes(d)
@@ -163,9 +165,17 @@ class CalibratedCost:
         return self.layer_fixed_s(m) + self.c_att * att
 
     def seconds(self, plan: StepPlan) -> float:
+        swap = self.transfer_seconds(plan)
         if plan.num_batched_tokens == 0:
-            return self.host_overhead_s
-        return self.layers * self.layer_seconds(plan) + self.lm_head_s(plan.num_sampled) + self.host_overhead_s
+            return self.host_overhead_s + swap
+        return self.layers * self.layer_seconds(plan) + self.lm_head_s(plan.num_sampled) + self.host_overhead_s + swap
+
+    def transfer_seconds(self, plan: StepPlan) -> float:
+        """Swap traffic of the step at the measured pinned host<->device rates (not overlapped)."""
+        if not (plan.swap_out_tokens or plan.swap_in_tokens):
+            return 0.0
+        return self.kv_bytes_per_token * (plan.swap_out_tokens / self.d2h_bytes_per_s
+                                          + plan.swap_in_tokens / self.h2d_bytes_per_s)
 
     def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
         n = len(decode_ctx)
@@ -175,7 +185,7 @@ class CalibratedCost:
         fixed = self.layer_fixed_s(n)
         return self.layers * (fixed + self.c_att * att) + self.lm_head_s(n) + self.host_overhead_s
 
-    def swap_seconds(self, num_tokens: int, kv_bytes_per_token: int, to_host: bool, gpu: GpuSpec) -> float:
+    def swap_seconds(self, num_tokens: int, to_host: bool) -> float:
         """Moving `num_tokens` of KV between GPU and host memory at the measured pinned-copy rate."""
-        rate = gpu.device_to_host_bps if to_host else gpu.host_to_device_bps
-        return num_tokens * kv_bytes_per_token / rate
+        rate = self.d2h_bytes_per_s if to_host else self.h2d_bytes_per_s
+        return num_tokens * self.kv_bytes_per_token / rate

@@ -44,6 +44,8 @@ class RooflineCost:
         self.q_width, self.kv_width = q, kv
         self.layers = d.num_layers
         self.tp = tensor_parallel
+        self.kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype, tensor_parallel)
+        self.d2h_bytes_per_s, self.h2d_bytes_per_s = gpu.device_to_host_bps, gpu.host_to_device_bps
         self._fixed_cache: dict[tuple[int, int], float] = {}
 
     # ------------------------------------------------------------ kernels
@@ -100,7 +102,15 @@ class RooflineCost:
                 self._fixed_cache[key] = cached
         return cached
 
+    def transfer_seconds(self, plan: StepPlan) -> float:
+        """Swap traffic of the step at the host link rates (not overlapped)."""
+        return self.kv_bytes_per_token * (plan.swap_out_tokens / self.d2h_bytes_per_s
+                                          + plan.swap_in_tokens / self.h2d_bytes_per_s)
+
     def seconds(self, plan: StepPlan) -> float:
+        return self._compute_seconds(plan) + self.transfer_seconds(plan)
+
+    def _compute_seconds(self, plan: StepPlan) -> float:
         tokens = plan.num_batched_tokens
         if tokens == 0:
             return self.host_overhead_s
@@ -114,7 +124,7 @@ class RooflineCost:
 
     def layer_seconds(self, plan: StepPlan) -> float:
         """One decoder layer of the step (no lm_head, no host overhead)."""
-        return (self.seconds(plan) - self._lm_head_s(plan.num_sampled) - self.host_overhead_s) / self.layers
+        return (self._compute_seconds(plan) - self._lm_head_s(plan.num_sampled) - self.host_overhead_s) / self.layers
 
     def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
         n = len(decode_ctx)

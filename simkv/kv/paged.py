@@ -38,6 +38,9 @@ class PagedAllocator:
         """Blocks needed to hold `num_tokens` slots."""
         return -(-num_tokens // self.block_size)
 
+    def num_blocks_of(self, req_id: int) -> int:
+        return len(self._tables[req_id])
+
     def block_table(self, req_id: int) -> list[int]:
         return list(self._tables[req_id])
 

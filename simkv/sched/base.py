@@ -25,8 +25,10 @@ class StepPlan:
     prefill_held: np.ndarray = field(default_factory=lambda: _EMPTY)  # contiguous region sizes
     # whether each prefill completes its prompt and samples a token (empty: all do)
     prefill_done: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    # requests preempted (KV freed, requeued) before this step
+    # requests preempted (KV freed and requeued, or swapped to host) before this step
     preempted_ids: tuple[int, ...] = ()
+    swap_out_tokens: int = 0   # KV tokens copied device -> host in this step
+    swap_in_tokens: int = 0    # KV tokens copied host -> device in this step
     max_steps: int = 1
     arrival_sensitive: bool = True
 
@@ -66,8 +68,8 @@ class StepOutcome:
 class Scheduler(Protocol):
     """What the engine needs from a policy."""
 
-    def add_request(self, req_id: int) -> None:
-        """A request arrived (called by the arrival process)."""
+    def add_request(self, req_id: int) -> bool:
+        """A request arrived (called by the arrival process); False if the engine refuses it."""
 
     def has_work(self) -> bool:
         """Is anything running or waiting?"""

@@ -38,8 +38,10 @@ class Prefill:
 class RunningBatch:
     """Decoding sequences as struct-of-arrays (admission order), prefilling ones as a dict."""
 
-    def __init__(self, table: RequestTable, allocator, warmup_s: float = 0.0) -> None:
+    def __init__(self, table: RequestTable, allocator, warmup_s: float = 0.0, defer_free: bool = False) -> None:
         self.t = table
+        self.defer_free = defer_free      # static batches: finished requests keep memory until release
+        self.deferred: list[int] = []
         self.kv_alloc = allocator
         self.paged = isinstance(allocator, PagedAllocator)
         self.block_size = allocator.block_size if self.paged else 1
@@ -106,6 +108,23 @@ class RunningBatch:
             keep[i] = False
             self._set_columns([c[keep] for c in self._columns()])
         self.kv_alloc.free(rid)
+
+    def swap_out(self, rid: int) -> tuple:
+        """Drop decoder `rid` from the batch and free its blocks, returning its row (KV kept on host)."""
+        i = int(np.flatnonzero(self.ids == rid)[0])
+        row = tuple(c[i] for c in self._columns())
+        keep = np.ones(len(self.ids), bool)
+        keep[i] = False
+        self._set_columns([c[keep] for c in self._columns()])
+        self.kv_alloc.free(rid)
+        return row
+
+    def swap_in(self, row: tuple) -> None:
+        """Bring a swapped-out decoder back with its KV intact."""
+        rid, kv = int(row[0]), int(row[1])
+        self.kv_alloc.allocate(rid, kv, None, int(row[4]))
+        self._set_columns([np.append(c, v) for c, v in zip(self._columns(), row)])
+        self._uniform_last_tok = None
 
     def preempt_newest(self) -> int:
         rid = self.newest()
@@ -245,7 +264,20 @@ class RunningBatch:
             extra = self._prefilling_usage()
             out[:3] += extra[:, None]
             out[4] -= int(extra.sum())
+        if self.deferred:  # finished but still holding memory: it serves nobody
+            dead = self._deferred_held()
+            out[2] += dead
+            out[4] -= dead
         return out
+
+    def release_deferred(self) -> None:
+        """Free the memory of finished requests held back by a static batch."""
+        for rid in self.deferred:
+            self.kv_alloc.free(rid)
+        self.deferred = []
+
+    def _deferred_held(self) -> int:
+        return sum(self.kv_alloc.held_tokens(rid) for rid in self.deferred)
 
     def _prefilling_usage(self) -> np.ndarray:
         """(token, reserved, internal) slots of the requests still prefilling."""
@@ -269,8 +301,11 @@ class RunningBatch:
         t.generated[ids] = self.gen[done]
         t.tbt_max_s[ids] = self.tbt_max[done]
         t.status[ids] = DONE
-        for rid in ids.tolist():
-            self.kv_alloc.free(rid)
+        if self.defer_free:
+            self.deferred.extend(ids.tolist())
+        else:
+            for rid in ids.tolist():
+                self.kv_alloc.free(rid)
         keep = ~done
         self._set_columns([c[keep] for c in self._columns()])
         return tuple(ids.tolist())

@@ -41,8 +41,9 @@ class ContinuousBatchingScheduler:
         self.waiting: deque[int] = deque()
 
     # ------------------------------------------------------------ protocol
-    def add_request(self, req_id: int) -> None:
+    def add_request(self, req_id: int) -> bool:
         self.waiting.append(req_id)
+        return True
 
     def has_work(self) -> bool:
         return bool(self.waiting) or len(self.batch) > 0

@@ -1,0 +1,141 @@
+"""Token-budget scheduling with chunked prefill: vLLM v1 and Sarathi-Serve.
+
+Models: each step hands out a budget of `max_num_batched_tokens` tokens: first one token to every
+running decode, then the next chunk of requests already prefilling (in admission order), then
+new requests from the head of the queue, each taking as much of the remaining budget as its
+prompt needs (a partial chunk when the budget runs out). When a running request cannot get the
+blocks it needs, the newest running request is preempted by recompute (vLLM v1: the last of the
+running list) until it fits, and nothing new is admitted in that step. Sarathi-Serve's
+stall-free batching is the same algorithm with a small budget (chunk size 512), so decodes are
+never stalled by a long prompt.
+Simplifications: no prefix caching yet; prefill chunks of different requests are costed per
+sequence (their attention kernels) and together for the linear layers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from simkv.request import RequestTable
+from simkv.sched.base import StepOutcome, StepPlan
+from simkv.sched.batch import RunningBatch
+from simkv.sched.continuous import MAX_REPEAT
+
+
+class ChunkedPrefillScheduler:
+    """vLLM v1 (budget 8192) and Sarathi-Serve (budget 512) behind the Scheduler protocol."""
+
+    def __init__(self, table: RequestTable, allocator, *, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int, watermark_blocks: int = 0, warmup_s: float = 0.0,
+                 max_repeat: int = MAX_REPEAT) -> None:
+        self.t = table
+        self.kv = allocator
+        self.batch = RunningBatch(table, allocator, warmup_s)
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.watermark_blocks = watermark_blocks
+        self.max_repeat = max_repeat
+        self.waiting: deque[int] = deque()
+
+    def add_request(self, req_id: int) -> bool:
+        self.waiting.append(req_id)
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or len(self.batch) > 0
+
+    def next_reservation(self) -> int | None:
+        return None  # paged: no external fragmentation
+
+    def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
+        return self.batch.commit(plan, start_s, durations_s, len(self.waiting), None)
+
+    # ------------------------------------------------------------ schedule
+    def schedule(self) -> StepPlan | None:
+        if not self.has_work():
+            return None
+        b = self.batch
+        preempted = self._make_room_for_decodes()
+        budget = self.max_num_batched_tokens - b.num_decoding
+        chunks: list[tuple[int, int]] = []  # (rid, tokens this step)
+        budget, more = self._continue_prefills(budget, chunks, preempted)
+        if not preempted and not more:
+            self._admit(budget, chunks)
+        decode_ids, decode_ctx = b.ids.copy(), b.kv + 1
+        if not len(decode_ids) and not chunks:
+            if self.waiting and not len(b):
+                raise RuntimeError(f"request {self.waiting[0]} can never be admitted to an empty engine")
+            return None
+        if chunks:
+            return self._plan_with_chunks(decode_ids, decode_ctx, chunks, tuple(preempted))
+        if preempted:
+            return StepPlan(decode_ids, decode_ctx, preempted_ids=tuple(preempted))
+        steps = b.max_decode_steps(min(int((b.out - b.gen).min()), self.max_repeat))
+        return StepPlan(decode_ids, decode_ctx, max_steps=steps, arrival_sensitive=not self.waiting)
+
+    def _plan_with_chunks(self, decode_ids, decode_ctx, chunks, preempted) -> StepPlan:
+        b = self.batch
+        ids = np.array([rid for rid, _ in chunks], dtype=np.int64)
+        new = np.array([n for _, n in chunks], dtype=np.int64)
+        states = [b.prefilling[rid] for rid, _ in chunks]
+        ctx = np.array([s.computed for s in states], dtype=np.int64) + new
+        done = np.array([s.remaining == n for s, (_, n) in zip(states, chunks)])
+        return StepPlan(decode_ids, decode_ctx, ids, new, ctx, np.zeros(len(ids), np.int64), done,
+                        preempted_ids=preempted)
+
+    def _make_room_for_decodes(self) -> list[int]:
+        """Preempt the newest running requests until every decode can write its next slot."""
+        b, victims = self.batch, []
+        while b.num_decoding and b.decode_blocks_needed(1) > self.kv.num_free_blocks:
+            victims.append(self._preempt_newest())
+        return victims
+
+    def _preempt_newest(self) -> int:
+        rid = self.batch.preempt_newest()
+        self.waiting.appendleft(rid)
+        return rid
+
+    def _continue_prefills(self, budget: int, chunks: list, preempted: list) -> tuple[int, bool]:
+        """Next chunks of requests already prefilling; returns the budget left and whether one of
+        them was left waiting for memory (then nothing new is admitted either)."""
+        b = self.batch
+        decode_blocks = b.decode_blocks_needed(1)
+        for state in sorted(b.prefilling.values(), key=lambda s: s.order):
+            if state.rid not in b.prefilling:  # preempted for an earlier chunk
+                continue
+            if budget <= 0:
+                return budget, True
+            n = min(state.remaining, budget)
+            while state.rid in b.prefilling and not self._can_grow(state.rid, state.computed + n, decode_blocks):
+                victim = self._preempt_newest()
+                preempted.append(victim)
+                decode_blocks = b.decode_blocks_needed(1)
+            if state.rid not in b.prefilling:
+                return budget, True
+            self.kv.grow_to(state.rid, state.computed + n)
+            chunks.append((state.rid, n))
+            budget -= n
+        return budget, False
+
+    def _can_grow(self, rid: int, tokens: int, keep_blocks: int) -> bool:
+        need = self.kv.blocks_for(tokens) - self.kv.num_blocks_of(rid)
+        return need + keep_blocks <= self.kv.num_free_blocks
+
+    def _admit(self, budget: int, chunks: list) -> None:
+        """New requests from the head of the queue while budget, seats and blocks allow."""
+        b, t = self.batch, self.t
+        keep = (self.watermark_blocks + b.decode_blocks_needed(1)) * self.kv.block_size
+        while self.waiting and budget > 0 and len(b) < self.max_num_seqs:
+            rid = self.waiting[0]
+            target = int(t.prompt_tokens[rid] + t.generated[rid])
+            n = min(target, budget)
+            if not self.kv.can_allocate(n, None, keep):
+                break
+            self.kv.allocate(rid, n, None, int(t.final_kv_tokens[rid]))
+            b.start_prefill(rid, 0, 0)
+            self.waiting.popleft()
+            chunks.append((rid, n))
+            budget -= n

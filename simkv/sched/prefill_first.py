@@ -1,0 +1,128 @@
+"""vLLM v0's default scheduler: prefill-prioritised steps that never mix prefill and decode.
+
+Models (vllm `core/scheduler.py`, `_schedule_default`): with nothing swapped out, a step first
+tries to admit waiting requests (whole prompts, within max_num_batched_tokens and max_num_seqs,
+keeping a `watermark` of blocks free); if any are admitted the step prefills only them and the
+running requests wait. Otherwise every running request decodes; when the blocks run short the
+newest running request is preempted — by swap (its KV copied to host memory at the measured
+device-to-host rate, within the swap space) or by recompute — and requests swapped out earlier
+are swapped back in (host-to-device) before anything new is admitted, resuming with their KV
+intact.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from simkv.request import RequestTable
+from simkv.sched.base import StepOutcome, StepPlan
+from simkv.sched.batch import RunningBatch
+from simkv.sched.continuous import MAX_REPEAT
+
+
+class PrefillFirstScheduler:
+    """Prefill-or-decode steps with swap or recompute preemption."""
+
+    def __init__(self, table: RequestTable, allocator, *, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int, watermark_blocks: int = 0, preemption: str = "swap",
+                 swap_capacity_tokens: int = 0, warmup_s: float = 0.0, max_repeat: int = MAX_REPEAT) -> None:
+        self.t = table
+        self.kv = allocator
+        self.batch = RunningBatch(table, allocator, warmup_s)
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.watermark_blocks = watermark_blocks
+        self.preemption = preemption
+        self.swap_capacity_tokens = swap_capacity_tokens
+        self.max_repeat = max_repeat
+        self.waiting: deque[int] = deque()
+        self.swapped: deque[tuple] = deque()   # saved decoder rows, oldest first
+        self.swapped_tokens = 0
+
+    def add_request(self, req_id: int) -> bool:
+        self.waiting.append(req_id)
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or bool(self.swapped) or len(self.batch) > 0
+
+    def next_reservation(self) -> int | None:
+        return None
+
+    def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
+        return self.batch.commit(plan, start_s, durations_s, len(self.waiting) + len(self.swapped), None)
+
+    def schedule(self) -> StepPlan | None:
+        if not self.has_work():
+            return None
+        if not self.swapped and self.waiting:
+            admitted = self._admit()
+            if admitted:
+                ids, new = (np.array(c, dtype=np.int64) for c in zip(*admitted))
+                return StepPlan(prefill_ids=ids, prefill_new=new, prefill_ctx=new.copy(),
+                                prefill_held=np.zeros(len(ids), np.int64), prefill_done=np.ones(len(ids), bool))
+        preempted, out_tokens = self._make_room()
+        in_tokens = 0 if preempted else self._swap_in()
+        b = self.batch
+        if not b.num_decoding:
+            if not preempted and self.waiting and not self.swapped:
+                raise RuntimeError(f"request {self.waiting[0]} can never be admitted to an empty engine")
+            if not preempted:
+                return None
+        plan_kw = dict(preempted_ids=tuple(preempted), swap_out_tokens=out_tokens, swap_in_tokens=in_tokens)
+        if preempted or in_tokens or self.waiting or self.swapped:
+            return StepPlan(b.ids.copy(), b.kv + 1, **plan_kw)
+        steps = b.max_decode_steps(min(int((b.out - b.gen).min()), self.max_repeat))
+        return StepPlan(b.ids.copy(), b.kv + 1, max_steps=steps, arrival_sensitive=True)
+
+    def _admit(self) -> list[tuple[int, int]]:
+        t, b = self.t, self.batch
+        budget, out = self.max_num_batched_tokens, []
+        keep = self.watermark_blocks * self.kv.block_size
+        while self.waiting and len(b) < self.max_num_seqs:
+            rid = self.waiting[0]
+            prompt = int(t.prompt_tokens[rid] + t.generated[rid])
+            if prompt > budget or not self.kv.can_allocate(prompt, None, keep):
+                break
+            self.kv.allocate(rid, prompt, None, int(t.final_kv_tokens[rid]))
+            b.start_prefill(rid, 0, 0)
+            self.waiting.popleft()
+            out.append((rid, prompt))
+            budget -= prompt
+        return out
+
+    def _make_room(self) -> tuple[list[int], int]:
+        """Preempt newest-first until every decode can write its next slot; returns the victims
+        and the KV tokens swapped out."""
+        b, victims, swapped_out = self.batch, [], 0
+        while b.num_decoding and b.decode_blocks_needed(1) > self.kv.num_free_blocks:
+            rid = b.newest()
+            tokens = self.kv.tokens_of(rid)
+            if self.preemption == "swap" and self.swapped_tokens + tokens <= self.swap_capacity_tokens:
+                self.swapped.append(b.swap_out(rid))
+                self.swapped_tokens += tokens
+                swapped_out += tokens
+            else:
+                b.preempt(rid)
+                self.waiting.appendleft(rid)
+            victims.append(rid)
+        return victims, swapped_out
+
+    def _swap_in(self) -> int:
+        """Bring swapped requests back, oldest first, while blocks (and the watermark) allow."""
+        b, moved = self.batch, 0
+        keep = self.watermark_blocks + b.decode_blocks_needed(1)
+        while self.swapped and len(b) < self.max_num_seqs:
+            row = self.swapped[0]
+            tokens = int(row[1])
+            if self.kv.blocks_for(tokens + 1) + keep > self.kv.num_free_blocks:
+                break
+            self.swapped.popleft()
+            self.swapped_tokens -= tokens
+            b.swap_in(row)
+            keep = self.watermark_blocks + b.decode_blocks_needed(1)
+            moved += tokens
+        return moved
