@@ -16,6 +16,7 @@ from simkv.cost.roofline import RooflineCost
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.contiguous import ContiguousAllocator
 from simkv.kv.paged import PagedAllocator
+from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.memory import MemoryPlan, plan_memory
 from simkv.request import RequestTable
@@ -100,7 +101,9 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
             fix=f"lower engine.max_model_len to {mem.capacity_tokens} or less, raise gpu_memory_utilization, "
                 "or add tensor parallelism")
     table, truncated = _request_table(stream, limits.max_model_len, scenario.workload.overlong)
-    if e.allocator == "paged":
+    if e.allocator == "paged" and e.prefix_caching:
+        allocator = PrefixCachingAllocator(mem.num_blocks, e.block_size)
+    elif e.allocator == "paged":
         allocator = PagedAllocator(mem.num_blocks, e.block_size, reserve_upfront=e.reserve_upfront)
         if e.reserve_upfront:
             _reject_unplaceable(table, "prompt_plus_max_new", limits.max_model_len, mem.capacity_tokens)
@@ -128,6 +131,9 @@ def _check_policy(e: Engine) -> None:
     if e.reserve_upfront and e.scheduler != "tgi":
         raise SimkvError("up-front reservation is modelled for the tgi scheduler only", field="engine.reserve_upfront",
                          fix="remove it, or use engine.scheduler: tgi")
+    if e.prefix_caching and (e.scheduler != "chunked" or e.allocator != "paged"):
+        raise SimkvError("prefix caching is modelled for the chunked scheduler (vLLM v1) on a paged cache",
+                         field="engine.prefix_caching", fix="use engine.preset: vllm-v1, or remove it")
     if e.preemption == "swap" and e.scheduler != "prefill-first":
         raise SimkvError("swap preemption is modelled for the prefill-first (vLLM v0) scheduler only",
                          field="engine.preemption", fix="use recompute, or engine.preset: vllm-v0")
@@ -140,7 +146,8 @@ def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimi
     watermark = int(e.watermark * mem.num_blocks)
     if e.scheduler == "chunked":
         return ChunkedPrefillScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
-                                       max_model_len=limits.max_model_len, watermark_blocks=watermark, **common)
+                                       max_model_len=limits.max_model_len, watermark_blocks=watermark,
+                                       prefix_caching=e.prefix_caching, **common)
     if e.scheduler == "prefill-first":
         swap_tokens = int(e.swap_space_gib * GIB // kv_bytes_per_token)
         return PrefillFirstScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
@@ -187,7 +194,8 @@ def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[
     output = np.minimum(stream.output_tokens, room)
     truncated = int(np.count_nonzero((output < stream.output_tokens) & (reason == 0)))
     max_new = np.maximum(np.minimum(stream.max_new_tokens, room), output)
-    return RequestTable(stream.arrival_s, prompt, output, max_new, reason), truncated
+    prefix_tokens = None if stream.prefix_tokens is None else np.minimum(stream.prefix_tokens, prompt)
+    return RequestTable(stream.arrival_s, prompt, output, max_new, reason, stream.prefix_id, prefix_tokens), truncated
 
 
 def _reject_unplaceable(table: RequestTable, policy: str, max_len: int, capacity: int) -> None:

@@ -205,6 +205,10 @@ def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = 
                   "mean_waiting": rec.waiting_integral / span, "max_waiting": int(rec.max_waiting),
                   "steps": int(rec.num_steps)},
     }
+    queried = int(t.prefix_query_tokens[measured].sum())
+    if queried:
+        hit = int(t.prefix_hit_tokens[measured].sum())
+        summary["kv_cache"]["prefix_cache"] = {"hit_tokens": hit, "query_tokens": queried, "hit_rate": hit / queried}
     if slo is not None and any(v is not None for v in (slo.ttft_s, slo.tpot_s, slo.e2e_s)):
         summary["slo"] = _slo(lat, measured, slo, window, rec.w1, t)
     if extra:

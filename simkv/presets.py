@@ -15,9 +15,11 @@ PRESETS: dict[str, dict] = {
     "vllm-v1": {
         "source": "vLLM V1 engine (vllm/v1/core/sched/scheduler.py, kv_cache_manager.py): token budget "
                   "max_num_batched_tokens (8192 for the OpenAI server on a large GPU), chunked prefill always on, "
-                  "block size 16, gpu_memory_utilization 0.9, recompute preemption of the last running request",
+                  "block size 16, gpu_memory_utilization 0.9, automatic prefix caching on, recompute preemption of the "
+                  "last running request",
         "defaults": {"scheduler": "chunked", "allocator": "paged", "block_size": 16, "gpu_memory_utilization": 0.9,
-                     "max_num_batched_tokens": 8192, "max_num_seqs": 256, "preemption": "recompute", "watermark": 0.0},
+                     "max_num_batched_tokens": 8192, "max_num_seqs": 256, "preemption": "recompute", "watermark": 0.0,
+                     "prefix_caching": True},
     },
     "vllm-v0": {
         "source": "vLLM V0 scheduler (vllm/core/scheduler.py _schedule_default): prefill-prioritised steps, "

@@ -20,7 +20,8 @@ class RequestTable:
     """Static lengths plus runtime outcomes of every request of a run."""
 
     def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
-                 max_new_tokens: np.ndarray, reject_reason: np.ndarray) -> None:
+                 max_new_tokens: np.ndarray, reject_reason: np.ndarray, prefix_id: np.ndarray | None = None,
+                 prefix_tokens: np.ndarray | None = None) -> None:
         n = len(arrival_s)
         self.num_requests = n
         self.arrival_s = arrival_s
@@ -37,3 +38,7 @@ class RequestTable:
         self.last_token_s = np.full(n, np.nan)
         self.num_preemptions = np.zeros(n, dtype=np.int32)
         self.tbt_max_s = np.zeros(n)   # longest gap between consecutive tokens
+        self.prefix_id = prefix_id if prefix_id is not None else np.full(n, -1, dtype=np.int64)
+        self.prefix_tokens = prefix_tokens if prefix_tokens is not None else np.zeros(n, dtype=np.int64)
+        self.prefix_hit_tokens = np.zeros(n, dtype=np.int64)    # prompt tokens found in the prefix cache
+        self.prefix_query_tokens = np.zeros(n, dtype=np.int64)  # prompt tokens looked up

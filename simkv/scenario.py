@@ -130,6 +130,14 @@ class ExactMaxNew(Strict):
 MaxNewTokens = Annotated[Union[CapMaxNew, MultipleMaxNew, ExactMaxNew], Field(discriminator="policy")]
 
 
+class SharedPrefix(Strict):
+    """System prompts shared by a fraction of requests (what prefix caching can reuse)."""
+
+    fraction: float = Field(ge=0, le=1, description="share of requests that start with a shared prefix (dimensionless)")
+    tokens: PositiveInt = Field(description="length of each shared prefix, added before the sampled prompt (tokens)")
+    num_prefixes: PositiveInt = Field(1, description="distinct shared prefixes, picked uniformly (count)")
+
+
 class Workload(Strict):
     """Synthetic traffic: when requests arrive and how long they are."""
 
@@ -138,6 +146,7 @@ class Workload(Strict):
     output_tokens: Lengths = Field(description="true output length distribution (tokens)")
     max_new_tokens: MaxNewTokens = Field(default_factory=lambda: MultipleMaxNew(policy="multiple", factor=1.0),
                                          description="the limit each client asks for (>= true output)")
+    shared_prefix: SharedPrefix | None = Field(None, description="shared system prompts; none by default")
     overlong: Literal["reject", "clip"] = Field(
         "reject", description="prompts that do not fit max_model_len: rejected and counted (as an API "
         "server does), or clipped to fit; outputs always stop at max_model_len")
@@ -182,6 +191,7 @@ class Engine(Strict):
     weight_dtype: DType = Field("bf16", description="weight precision")
     kv_cache_dtype: DType = Field("bf16", description="KV cache precision")
     host_overhead_s: NonNegativeFloat = Field(0.0, description="CPU time per step not overlapped with the GPU (s)")
+    prefix_caching: bool = Field(False, description="reuse cached KV blocks of identical prompt prefixes (chunked scheduler)")
     reserve_upfront: bool = Field(False, description="paged: take the blocks for prompt + max_new_tokens at admission (TGI)")
     preemption: Literal["recompute", "swap"] = Field("recompute", description="how a preempted request gets its KV back (swap: prefill-first only)")
     swap_space_gib: NonNegativeFloat = Field(4.0, description="host memory for swapped-out KV per GPU (GiB)")

@@ -7,6 +7,7 @@ from hypothesis import note, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, precondition, rule
 
 from simkv.kv import ContiguousAllocator, OutOfKVMemory, PagedAllocator
+from simkv.kv.prefix_cache import PrefixCachingAllocator
 
 
 class PagedMachine(RuleBasedStateMachine):
@@ -192,6 +193,89 @@ class ContiguousMachine(RuleBasedStateMachine):
             assert self.a.free_extents() == [(0, self.a.capacity_tokens)], "freeing everything did not coalesce"
 
 
+class PrefixCacheMachine(RuleBasedStateMachine):
+    """Requests sharing cached prefix blocks: reference counts, LRU free queue, lazy eviction."""
+
+    live = Bundle("live")
+
+    @initialize(num_blocks=st.integers(2, 30), block_size=st.sampled_from([1, 4]))
+    def setup(self, num_blocks, block_size):
+        self.a = PrefixCachingAllocator(num_blocks, block_size)
+        self.hashes: dict[int, list] = {}
+        self.next_id = 0
+
+    @rule(target=live, prefix=st.integers(0, 2), shared=st.integers(0, 6), own=st.integers(0, 6), extra=st.integers(0, 3))
+    def allocate(self, prefix, shared, own, extra):
+        rid = self.next_id
+        self.next_id += 1
+        b = self.a.block_size
+        hashes = [("p", prefix, i) for i in range(shared)] + [("r", rid, i) for i in range(shared, shared + own)]
+        tokens = len(hashes) * b + extra
+        hits = self.a.match_prefix(hashes)
+        before = (self.a.usage(), self.a.free_block_ids(), self.a.cached_blocks())
+        if not self.a.can_allocate_cached(hashes, hits, tokens):
+            assert (self.a.usage(), self.a.free_block_ids(), self.a.cached_blocks()) == before
+            return multiple()
+        self.a.allocate_cached(rid, hashes, hits, tokens, tokens)
+        table = self.a.block_table(rid)
+        for i in range(hits):
+            assert table[i] == before[2][hashes[i]], "a cache hit did not reuse the cached block"
+        self.a.register(rid, hashes, tokens)
+        self.hashes[rid] = hashes
+        return rid
+
+    @rule(rid=live, n=st.integers(1, 8))
+    def append(self, rid, n):
+        if self.a.can_append(rid, n):
+            self.a.append(rid, n)
+
+    @rule(rid=consumes(live))
+    def free(self, rid):
+        self.a.free(rid)
+        del self.hashes[rid]
+
+    @invariant()
+    def references_match_block_tables(self):
+        if not hasattr(self, "a"):
+            return
+        owners = self.a.owners()
+        counts = {}
+        for table in owners.values():
+            assert len(table) == len(set(table)), "a block twice in one table"
+            for blk in table:
+                counts[blk] = counts.get(blk, 0) + 1
+        free = self.a.free_block_ids()
+        assert not set(free) & set(counts), "a referenced block is in the free queue"
+        assert sorted(free + list(counts)) == list(range(self.a.num_blocks)), "a block leaked"
+        for blk in range(self.a.num_blocks):
+            assert self.a.ref_count(blk) == counts.get(blk, 0)
+        assert self.a.shared_excess == sum(c - 1 for c in counts.values())
+
+    @invariant()
+    def cache_map_is_consistent(self):
+        if not hasattr(self, "a"):
+            return
+        for h, blk in self.a.cached_blocks().items():
+            assert self.a._hash_of[blk] == h
+
+    @invariant()
+    def breakdown_sums_to_capacity(self):
+        if not hasattr(self, "a"):
+            return
+        u = self.a.usage()
+        assert u.total() == u.capacity_tokens
+        used_blocks = self.a.num_blocks - self.a.num_free_blocks
+        assert u.held_tokens == used_blocks * self.a.block_size  # shared blocks counted once
+
+    def teardown(self):
+        if hasattr(self, "a"):
+            for rid in list(self.hashes):
+                self.a.free(rid)
+            assert self.a.num_free_blocks == self.a.num_blocks
+
+
+PrefixCacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestPrefixCachingAllocator = PrefixCacheMachine.TestCase
 PagedMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 ContiguousMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestPagedAllocator = PagedMachine.TestCase

@@ -206,3 +206,34 @@ def test_policy_and_allocator_mismatch_is_a_clear_error():
         _run(small_scenario(engine={"scheduler": "chunked", "allocator": "contiguous", "max_model_len": 512}))
     with pytest.raises(simkv.SimkvError, match="swap preemption"):
         _run(small_scenario(engine={"preemption": "swap", "max_model_len": 512}))
+
+
+def test_prefix_cache_hit_skips_the_cached_tokens_prefill():
+    from simkv.kv.prefix_cache import PrefixCachingAllocator
+    t = RequestTable(np.zeros(3), np.array([100, 90, 100], dtype=np.int64), np.array([5, 5, 5], dtype=np.int64),
+                     np.array([5, 5, 5], dtype=np.int64), np.zeros(3, dtype=np.int8),
+                     np.array([7, 7, -1], dtype=np.int64), np.array([64, 64, 0], dtype=np.int64))
+    s = ChunkedPrefillScheduler(t, PrefixCachingAllocator(40, 16), max_num_seqs=8, max_num_batched_tokens=512,
+                                max_model_len=512, prefix_caching=True)
+    s.add_request(0)
+    first = _step(s)
+    assert first.prefill_new.tolist() == [100] and first.prefill_ctx.tolist() == [100]
+    s.add_request(1), s.add_request(2)
+    plan = _step(s, 0.01)
+    chunks = dict(zip(plan.prefill_ids.tolist(), zip(plan.prefill_new.tolist(), plan.prefill_ctx.tolist())))
+    assert chunks[1] == (26, 90)      # 64 prefix tokens found in the cache: only 26 computed
+    assert chunks[2] == (100, 100)    # no shared prefix: all computed
+    assert t.prefix_hit_tokens.tolist() == [0, 64, 0]
+    assert s.kv.shared_excess == 4    # the 4 prefix blocks are in two block tables
+
+
+def test_prefix_caching_lowers_ttft_on_shared_system_prompts():
+    over = dict(engine={"preset": "vllm-v1", "max_model_len": 4096, "num_gpu_blocks": 2000},
+                workload__shared_prefix={"fraction": 0.9, "tokens": 1024, "num_prefixes": 2},
+                workload__arrival={"process": "poisson", "rate": 40.0}, run__num_requests=200)
+    on = _run(small_scenario(**over))[1].summary
+    over["engine"] = dict(over["engine"], prefix_caching=False)
+    off = _run(small_scenario(**over))[1].summary
+    assert on["kv_cache"]["prefix_cache"]["hit_rate"] > 0.7
+    assert "prefix_cache" not in off["kv_cache"]
+    assert on["latency_s"]["ttft"]["p50"] < 0.7 * off["latency_s"]["ttft"]["p50"]

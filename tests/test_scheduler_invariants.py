@@ -11,6 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from simkv.build import build
 from simkv.kv import PagedAllocator, ContiguousAllocator
+from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.request import DONE, REJECTED, RequestTable
 from simkv.sched.chunked import ChunkedPrefillScheduler
 from simkv.sched.continuous import ContinuousBatchingScheduler
@@ -24,12 +25,16 @@ from conftest import small_scenario
 
 
 def _table(prompts, outputs):
+    """Requests with the given lengths; every other one starts with one of two shared prefixes."""
     n = len(prompts)
-    return RequestTable(np.zeros(n), np.array(prompts, dtype=np.int64), np.array(outputs, dtype=np.int64),
-                        np.array(outputs, dtype=np.int64) * 2, np.zeros(n, dtype=np.int8))
+    prompts = np.array(prompts, dtype=np.int64)
+    prefix_id = np.where(np.arange(n) % 2 == 0, np.arange(n) // 2 % 2, -1).astype(np.int64)
+    prefix_tokens = np.where(prefix_id >= 0, np.minimum(prompts, 40), 0).astype(np.int64)
+    return RequestTable(np.zeros(n), prompts, np.array(outputs, dtype=np.int64),
+                        np.array(outputs, dtype=np.int64) * 2, np.zeros(n, dtype=np.int8), prefix_id, prefix_tokens)
 
 
-POLICIES = ["fcfs-paged", "fcfs-contiguous", "chunked", "prefill-first-swap", "prefill-first-recompute", "tgi",
+POLICIES = ["fcfs-paged", "fcfs-contiguous", "chunked", "chunked-prefix", "prefill-first-swap", "prefill-first-recompute", "tgi",
             "static"]
 
 
@@ -38,13 +43,16 @@ def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget)
     kw = dict(max_num_seqs=max_seqs, max_repeat=7)
     if policy in ("fcfs-contiguous", "static"):
         kv = ContiguousAllocator(blocks * block_size)
+    elif policy == "chunked-prefix":
+        kv = PrefixCachingAllocator(blocks, block_size)
     else:
         kv = PagedAllocator(blocks, block_size, reserve_upfront=policy == "tgi")
     if policy.startswith("fcfs"):
         s = ContinuousBatchingScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100,
                                         reservation=reservation, **kw)
-    elif policy == "chunked":
-        s = ChunkedPrefillScheduler(table, kv, max_num_batched_tokens=budget, max_model_len=100, **kw)
+    elif policy.startswith("chunked"):
+        s = ChunkedPrefillScheduler(table, kv, max_num_batched_tokens=budget, max_model_len=100,
+                                    prefix_caching=policy == "chunked-prefix", **kw)
     elif policy.startswith("prefill-first"):
         s = PrefillFirstScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100,
                                   preemption=policy.rsplit("-", 1)[1], swap_capacity_tokens=150, **kw)

@@ -264,6 +264,10 @@ class RunningBatch:
             extra = self._prefilling_usage()
             out[:3] += extra[:, None]
             out[4] -= int(extra.sum())
+        shared = getattr(self.kv_alloc, "shared_excess", 0)
+        if shared:  # a block in several block tables (prefix cache) holds its tokens once
+            out[0] -= shared * self.block_size
+            out[4] += shared * self.block_size
         if self.deferred:  # finished but still holding memory: it serves nobody
             dead = self._deferred_held()
             out[2] += dead

@@ -8,8 +8,11 @@ blocks it needs, the newest running request is preempted by recompute (vLLM v1: 
 running list) until it fits, and nothing new is admitted in that step. Sarathi-Serve's
 stall-free batching is the same algorithm with a small budget (chunk size 512), so decodes are
 never stalled by a long prompt.
-Simplifications: no prefix caching yet; prefill chunks of different requests are costed per
-sequence (their attention kernels) and together for the linear layers.
+With prefix caching (vLLM v1's default) a new request starts from the longest run of cached full
+blocks of its prompt (see simkv.kv.prefix_cache) and computes only the rest; a preempted
+request's computed blocks stay cached until evicted, so its recompute may be shortened too.
+Simplifications: prefill chunks of different requests are costed per sequence (their attention
+kernels) and together for the linear layers.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class ChunkedPrefillScheduler:
 
     def __init__(self, table: RequestTable, allocator, *, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, watermark_blocks: int = 0, warmup_s: float = 0.0,
-                 max_repeat: int = MAX_REPEAT) -> None:
+                 max_repeat: int = MAX_REPEAT, prefix_caching: bool = False) -> None:
         self.t = table
         self.kv = allocator
         self.batch = RunningBatch(table, allocator, warmup_s)
@@ -38,6 +41,10 @@ class ChunkedPrefillScheduler:
         self.max_model_len = max_model_len
         self.watermark_blocks = watermark_blocks
         self.max_repeat = max_repeat
+        self.prefix_caching = prefix_caching
+        if prefix_caching and not hasattr(allocator, "allocate_cached"):
+            raise ValueError("prefix caching needs a PrefixCachingAllocator")
+        self._hashes: dict[int, list] = {}   # prefilling request -> content names of its full blocks
         self.waiting: deque[int] = deque()
 
     def add_request(self, req_id: int) -> bool:
@@ -51,7 +58,19 @@ class ChunkedPrefillScheduler:
         return None  # paged: no external fragmentation
 
     def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
+        if self.prefix_caching:  # computed full blocks become reusable
+            for rid, new, ctx in zip(plan.prefill_ids.tolist(), plan.prefill_new.tolist(), plan.prefill_ctx.tolist()):
+                self.kv.register(rid, self._hashes[rid], ctx)
+                if ctx == self.batch.prefilling[rid].target:
+                    del self._hashes[rid]
         return self.batch.commit(plan, start_s, durations_s, len(self.waiting), None)
+
+    def block_hashes(self, rid: int, num_tokens: int) -> list:
+        """Content names of the full blocks of `rid`'s first `num_tokens` tokens: block i of a
+        shared prefix is the same content for every request using it; anything else is the request's own."""
+        b = self.kv.block_size
+        pid, shared = int(self.t.prefix_id[rid]), int(self.t.prefix_tokens[rid]) // b
+        return [("p", pid, i) if i < shared else ("r", rid, i) for i in range(num_tokens // b)]
 
     # ------------------------------------------------------------ schedule
     def schedule(self) -> StepPlan | None:
@@ -94,7 +113,13 @@ class ChunkedPrefillScheduler:
         return victims
 
     def _preempt_newest(self) -> int:
-        rid = self.batch.preempt_newest()
+        b = self.batch
+        rid = b.newest()
+        if self.prefix_caching:  # its computed blocks stay cached (until evicted) for the recompute
+            tokens = b.prefilling[rid].computed if rid in b.prefilling else self.kv.tokens_of(rid)
+            self.kv.register(rid, self.block_hashes(rid, tokens), tokens)
+            self._hashes.pop(rid, None)
+        b.preempt(rid)
         self.waiting.appendleft(rid)
         return rid
 
@@ -131,6 +156,11 @@ class ChunkedPrefillScheduler:
         while self.waiting and budget > 0 and len(b) < self.max_num_seqs:
             rid = self.waiting[0]
             target = int(t.prompt_tokens[rid] + t.generated[rid])
+            if self.prefix_caching:
+                if not self._admit_cached(rid, target, budget, keep, chunks):
+                    break
+                budget -= chunks[-1][1]
+                continue
             n = min(target, budget)
             if not self.kv.can_allocate(n, None, keep):
                 break
@@ -139,3 +169,22 @@ class ChunkedPrefillScheduler:
             self.waiting.popleft()
             chunks.append((rid, n))
             budget -= n
+
+    def _admit_cached(self, rid: int, target: int, budget: int, keep: int, chunks: list) -> bool:
+        """Admit `rid` reusing its cached prefix blocks; False if it does not fit."""
+        hashes = self.block_hashes(rid, target)
+        hits = self.kv.match_prefix(hashes)
+        if hits * self.kv.block_size >= target:  # fully cached: recompute the last token (vLLM does)
+            hits -= 1
+        cached = hits * self.kv.block_size
+        n = min(target - cached, budget)
+        if not self.kv.can_allocate_cached(hashes, hits, cached + n, keep):
+            return False
+        self.kv.allocate_cached(rid, hashes, hits, cached + n, int(self.t.final_kv_tokens[rid]))
+        self.batch.start_prefill(rid, cached, 0)
+        self.t.prefix_hit_tokens[rid] += cached
+        self.t.prefix_query_tokens[rid] += target
+        self._hashes[rid] = hashes
+        self.waiting.popleft()
+        chunks.append((rid, n))
+        return True

@@ -24,6 +24,8 @@ class RequestStream:
     prompt_tokens: np.ndarray    # int64 >= 1
     output_tokens: np.ndarray    # int64 >= 1: the true output length (unknown to the engine)
     max_new_tokens: np.ndarray   # int64 >= output_tokens: what the client asked for
+    prefix_id: np.ndarray | None = None      # int64: shared prefix of each request, -1 for none
+    prefix_tokens: np.ndarray | None = None  # int64: tokens of that prefix at the prompt's start
 
     @property
     def num_requests(self) -> int:
@@ -33,14 +35,24 @@ class RequestStream:
 def generate_stream(workload: Workload, run: Run) -> RequestStream:
     """Sample the whole stream of a run from `run.seed`."""
     seeds = np.random.SeedSequence(run.seed).spawn(4)
-    rng_arrival, rng_prompt, rng_output, _rng_reserved = (np.random.default_rng(s) for s in seeds)
+    rng_arrival, rng_prompt, rng_output, rng_prefix = (np.random.default_rng(s) for s in seeds)
     arrivals = arrival_times(workload.arrival, rng_arrival, num_requests=run.num_requests,
                              duration_s=run.duration_s)
     n = len(arrivals)
     prompts = sample_lengths(workload.prompt_tokens, n, rng_prompt)
     outputs = sample_lengths(workload.output_tokens, n, rng_output)
     outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
-    return RequestStream(arrivals, prompts, outputs, max_new)
+    prefix_id, prefix_tokens = _shared_prefixes(workload.shared_prefix, n, rng_prefix)
+    return RequestStream(arrivals, prompts + prefix_tokens, outputs, max_new, prefix_id, prefix_tokens)
+
+
+def _shared_prefixes(spec, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Which requests start with which shared prefix (-1: none), and its length."""
+    if spec is None:
+        return np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    shared = rng.random(n) < spec.fraction
+    ids = np.where(shared, rng.integers(0, spec.num_prefixes, n), -1).astype(np.int64)
+    return ids, np.where(shared, spec.tokens, 0).astype(np.int64)
 
 
 def _client_limits(policy, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

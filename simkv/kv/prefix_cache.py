@@ -1,0 +1,156 @@
+"""Paged KV allocator with automatic prefix caching (vLLM's block pool).
+
+Models (vllm/v1/core/block_pool.py, kv_cache_manager.py): every full block is identified by a
+hash of its content chained on the previous block's (simkv names the content: block i of shared
+prefix p, or block i of request r's own tokens), registered once its tokens are computed. A new
+request reuses the longest run of cached blocks at the start of its prompt (reference counts: a
+block may be in several block tables), computing only the rest; if the whole prompt is cached the
+last token is recomputed. Freed blocks keep their hash and join the free queue in reverse order
+(tail blocks first, so they are evicted first); the queue is in least-recently-used order, and a
+cached block is evicted only when it is taken for a new allocation. A cached free block that is
+hit leaves the queue in O(1).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Hashable
+
+from simkv.kv.base import KVUsage, OutOfKVMemory, split_held
+from simkv.kv.paged import PagedAllocator
+
+
+class PrefixCachingAllocator(PagedAllocator):
+    """Block pool with reference counts, content hashes and an LRU free queue."""
+
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        super().__init__(num_blocks, block_size)
+        self._free_lru: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self._free_blocks = None  # replaced by the LRU queue
+        self._ref = [0] * num_blocks
+        self._hash_of: dict[int, Hashable] = {}
+        self._block_of: dict[Hashable, int] = {}
+        self._registered: dict[int, int] = {}   # req_id -> leading blocks already hashed
+        self.shared_excess = 0                   # sum over blocks of (references - 1)
+
+    # ------------------------------------------------------------ queries
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free_lru)
+
+    def free_block_ids(self) -> list[int]:
+        return list(self._free_lru)
+
+    def ref_count(self, block: int) -> int:
+        return self._ref[block]
+
+    def cached_blocks(self) -> dict:
+        return dict(self._block_of)
+
+    def match_prefix(self, hashes: list) -> int:
+        """How many leading blocks of `hashes` are cached (pure)."""
+        n = 0
+        for h in hashes:
+            if h not in self._block_of:
+                break
+            n += 1
+        return n
+
+    def _free_hits(self, hashes: list, hits: int) -> int:
+        return sum(1 for h in hashes[:hits] if self._ref[self._block_of[h]] == 0)
+
+    def can_allocate_cached(self, hashes: list, hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
+        """Would `allocate_cached` succeed with `hits` cached leading blocks for `num_tokens` slots?"""
+        need = max(0, self.blocks_for(num_tokens) - hits) + self._free_hits(hashes, hits)
+        return need + self.blocks_for(watermark_tokens) <= len(self._free_lru)
+
+    # ------------------------------------------------------------ allocation
+    def _take(self) -> int:
+        """A free block for new content: the least recently used, its old hash evicted."""
+        block, _ = self._free_lru.popitem(last=False)
+        old = self._hash_of.pop(block, None)
+        if old is not None and self._block_of.get(old) == block:
+            del self._block_of[old]
+        self._ref[block] = 1
+        return block
+
+    def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int) -> None:
+        """Reuse the first `hits` cached blocks of `hashes`, then take new blocks up to `num_tokens`."""
+        if req_id in self._tables:
+            raise ValueError(f"request {req_id} already holds KV memory")
+        if not self.can_allocate_cached(hashes, hits, num_tokens):
+            raise OutOfKVMemory(f"request {req_id} does not fit ({len(self._free_lru)} free blocks)")
+        table = []
+        for h in hashes[:hits]:
+            block = self._block_of[h]
+            if self._ref[block] == 0:
+                del self._free_lru[block]
+            else:
+                self.shared_excess += 1
+            self._ref[block] += 1
+            table.append(block)
+        table.extend(self._take() for _ in range(self.blocks_for(num_tokens) - len(table)))
+        self._tables[req_id] = table
+        self._tokens[req_id] = num_tokens
+        self._final[req_id] = max(num_tokens, final_tokens)
+        self._registered[req_id] = hits
+
+    def can_allocate(self, num_tokens: int, reserve_tokens: int | None = None, watermark_tokens: int = 0) -> bool:
+        return self.blocks_for(num_tokens) + self.blocks_for(watermark_tokens) <= len(self._free_lru)
+
+    def allocate(self, req_id: int, num_tokens: int, reserve_tokens: int | None = None,
+                 final_tokens: int | None = None) -> None:
+        self.allocate_cached(req_id, [], 0, num_tokens, final_tokens if final_tokens is not None else num_tokens)
+
+    def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
+        need = self.blocks_for(self._tokens[req_id] + num_tokens) - len(self._tables[req_id])
+        return need <= len(self._free_lru)
+
+    def append(self, req_id: int, num_tokens: int = 1) -> None:
+        table = self._tables[req_id]
+        new_tokens = self._tokens[req_id] + num_tokens
+        need = self.blocks_for(new_tokens) - len(table)
+        if need > len(self._free_lru):
+            raise OutOfKVMemory(f"request {req_id} needs {need} more blocks, {len(self._free_lru)} free")
+        table.extend(self._take() for _ in range(need))
+        self._tokens[req_id] = new_tokens
+
+    def take_blocks(self, req_ids: list[int], counts: list[int]) -> None:
+        if sum(counts) > len(self._free_lru):
+            raise OutOfKVMemory(f"bulk growth needs {sum(counts)} blocks, {len(self._free_lru)} free")
+        for rid, m in zip(req_ids, counts):
+            self._tables[rid].extend(self._take() for _ in range(m))
+
+    def register(self, req_id: int, hashes: list, num_tokens: int) -> None:
+        """Name the full blocks among the first `num_tokens` computed slots of `req_id` by `hashes`
+        (first come keeps a hash: a block with the same content computed later stays private)."""
+        table = self._tables[req_id]
+        full = min(num_tokens // self.block_size, len(hashes), len(table))
+        for i in range(self._registered.get(req_id, 0), full):
+            h = hashes[i]
+            if h not in self._block_of and table[i] not in self._hash_of:
+                self._block_of[h] = table[i]
+                self._hash_of[table[i]] = h
+        self._registered[req_id] = max(full, self._registered.get(req_id, 0))
+
+    def free(self, req_id: int) -> None:
+        table = self._tables.pop(req_id)
+        del self._tokens[req_id], self._final[req_id]
+        self._registered.pop(req_id, None)
+        for block in reversed(table):
+            self._ref[block] -= 1
+            if self._ref[block] == 0:
+                self._free_lru[block] = None
+            else:
+                self.shared_excess -= 1
+
+    # ------------------------------------------------------------ accounting
+    def usage(self, next_reservation: int | None = None) -> KVUsage:
+        tokens = reserved = internal = 0
+        for req_id, table in self._tables.items():
+            t = self._tokens[req_id]
+            r, i = split_held(len(table) * self.block_size, t, self._final[req_id])
+            tokens, reserved, internal = tokens + t, reserved + r, internal + i
+        tokens -= self.shared_excess * self.block_size  # a shared (full) block holds its tokens once
+        free = len(self._free_lru) * self.block_size
+        return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)
