@@ -10,7 +10,7 @@ from simkv.errors import SimkvError
 from simkv.loading import load_scenario
 from simkv.result import Result
 from simkv.scenario import Scenario
-from simkv.simulate import simulate, simulate_all
+from simkv.simulate import simulate, simulate_all, simulate_sweep
 
 __version__ = "0.1.0"
-__all__ = ["load_scenario", "simulate", "simulate_all", "Result", "Scenario", "SimkvError", "__version__"]
+__all__ = ["load_scenario", "simulate", "simulate_all", "simulate_sweep", "Result", "Scenario", "SimkvError", "__version__"]

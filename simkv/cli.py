@@ -91,38 +91,62 @@ class _Progress:
 
 
 def cmd_run(args) -> int:
-    from simkv.loading import expand_variants, load_scenario
+    from simkv.loading import expand_sweep, load_scenario
     from simkv.report import terminal_table
-    from simkv.simulate import run_simulation
-    from simkv.build import build
-    from simkv.workload.stream import generate_stream
 
     scenario = load_scenario(args.scenario, args.overrides)
     out = Path(args.output) if args.output else Path("results") / scenario.name
-    stream = generate_stream(scenario.workload, scenario.run)
-    results, wall = {}, time.perf_counter()
-    for name, sub in expand_variants(scenario):
-        bar = _Progress(name, args.quiet)
-        try:
-            sim = build(sub, stream)
-        except SimkvError as err:
-            field = f"{err.field} (variant {name})" if len(scenario.variants) else err.field
-            raise SimkvError(err.message, file=args.scenario, field=field, fix=err.fix) from None
-        results[name] = run_simulation(sim, name, bar, next((v.set for v in scenario.variants if v.name == name), {}))
-        bar.close()
+    wall = time.perf_counter()
+    points, total = [], 0
+    for value, point in expand_sweep(scenario):
+        label = "" if value is None else f"{scenario.sweep.field}={value} "
+        results, n = _run_point(point, args, label)
+        points.append((value, results))
+        total += n * len(results)
+        if value is not None:
+            print(f"{label}")
+            print(terminal_table(results))
     wall = time.perf_counter() - wall
+    if scenario.sweep is not None:
+        from simkv.output import write_sweep
+        write_sweep(scenario.sweep.field, points, out, f"{scenario.name}: {scenario.description or ''}"[:140])
+        print(f"{scenario.name}: {total:,} simulated requests in {wall:.1f} s wall ({total / wall:,.0f} requests/s)")
+        print(f"results: {out}/ (sweep.csv, sweep.png, report.md, one folder per value)")
+        return 0
+    results = points[0][1]
     if args.no_figures:
         for name, res in results.items():
             res.save(out if len(results) == 1 else out / name)
     else:
         from simkv.output import write_results
         write_results(results, out)
-    n = stream.num_requests
-    print(f"{scenario.name}: {n:,} requests x {len(results)} run(s) simulated in {wall:.1f} s wall "
-          f"({n * len(results) / wall:,.0f} requests/s)")
+    print(f"{scenario.name}: {total // len(results):,} requests x {len(results)} run(s) simulated in {wall:.1f} s wall "
+          f"({total / wall:,.0f} requests/s)")
     print(terminal_table(results))
     print(f"results: {out}/ (summary.json, requests.csv, timeseries.csv{'' if args.no_figures else ', report.md, figures'})")
     return 0
+
+
+def _run_point(scenario, args, label: str):
+    """Every variant of one scenario on its request stream: ({variant: Result}, requests)."""
+    from simkv.build import build
+    from simkv.loading import expand_variants
+    from simkv.simulate import run_simulation
+    from simkv.workload.stream import generate_stream
+
+    stream = generate_stream(scenario.workload, scenario.run)
+    results = {}
+    for name, sub in expand_variants(scenario):
+        bar = _Progress(f"{label}{name}", args.quiet)
+        try:
+            sim = build(sub, stream)
+        except SimkvError as err:
+            where = ", ".join(p for p in (label.strip(), f"variant {name}" if scenario.variants else "") if p)
+            field = f"{err.field} ({where})" if where else err.field
+            raise SimkvError(err.message, file=args.scenario, field=field, fix=err.fix) from None
+        results[name] = run_simulation(sim, name, bar, next((v.set for v in scenario.variants if v.name == name), {}))
+        bar.close()
+    return results, stream.num_requests
 
 
 def cmd_step_time(args) -> int:

@@ -30,8 +30,9 @@ def load_scenario(path: str | Path, overrides: Iterable[str] | dict[str, Any] = 
     scenario = validate_scenario(raw, origin=str(path))
     try:
         scenario.model_spec(), scenario.gpu_spec()
-        for _ in expand_variants(scenario):
-            pass
+        for _, point in expand_sweep(scenario):
+            for _ in expand_variants(point):
+                pass
     except SimkvError as err:
         raise err.located(str(path)) from None
     return scenario
@@ -120,12 +121,30 @@ def validate_scenario(raw: dict, origin: str) -> Scenario:
         raise err.located(origin) from None
 
 
+def expand_sweep(scenario: Scenario) -> list[tuple[object, Scenario]]:
+    """[(value, scenario at that value, without the sweep)], or [(None, scenario)] without a sweep."""
+    if scenario.sweep is None:
+        return [(None, scenario)]
+    base = scenario.model_dump(exclude={"sweep"}, exclude_unset=True)
+    out = []
+    for value in scenario.sweep.values:
+        raw = apply_overrides(base, {scenario.sweep.field: value}, origin="sweep")
+        try:
+            point = Scenario(**raw)
+        except ValidationError as err:
+            inner = _translate(err, None)
+            raise SimkvError(f"at {scenario.sweep.field}={value!r}: {inner.message}", field=f"sweep: {inner.field}",
+                             fix=inner.fix) from None
+        out.append((value, point))
+    return out
+
+
 def expand_variants(scenario: Scenario) -> list[tuple[str, Scenario]]:
     """[(name, scenario with that variant's overrides)], or [('base', scenario)] without variants."""
     if not scenario.variants:
         return [("base", scenario)]
     # exclude_unset keeps "the scenario did not say" distinguishable, so presets can fill those fields
-    base = scenario.model_dump(exclude={"variants"}, exclude_unset=True)
+    base = scenario.model_dump(exclude={"variants", "sweep"}, exclude_unset=True)
     out = []
     for i, variant in enumerate(scenario.variants):
         raw = apply_overrides(base, variant.set, origin=f"variants[{i}] ({variant.name})")

@@ -54,3 +54,25 @@ def write_figures(results: dict[str, Result], folder: Path) -> list[str]:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def write_sweep(field: str, points: list[tuple[object, dict[str, Result]]], folder: str | Path, title: str) -> Path:
+    """Each point's files in `<field>=<value>/`, plus sweep.csv, sweep.png/svg and report.md."""
+    from simkv.plots import sweep_curves
+    from simkv.report import sweep_report
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for value, results in points:
+        sub = folder / _safe(f"{field.rsplit('.', 1)[-1]}={value}")
+        for name, res in results.items():
+            res.save(sub / _safe(name) if len(results) > 1 else sub)
+            rows.append({"value": value, "variant": name, **flat_metrics(res.summary)})
+    columns = {key: [np.nan if r.get(key) is None else r[key] for r in rows] for key in rows[0]}
+    write_columns(folder / "sweep.csv", columns)
+    fig = sweep_curves(rows, field, title)
+    for ext in ("png", "svg"):
+        fig.savefig(folder / f"sweep.{ext}", dpi=110)
+    plt.close(fig)
+    (folder / "report.md").write_text(sweep_report(field, rows, points, "sweep.png"))
+    return folder

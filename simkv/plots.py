@@ -128,6 +128,43 @@ def utilization_over_time(results: dict[str, Result]) -> Figure:
     return fig
 
 
+SWEEP_PANELS = (
+    ("output_tokens_per_s", "output throughput (tokens/s)", False),
+    ("ttft_p99_s", "TTFT p99 (s; dashed p50)", True),
+    ("tbt_p99_s", "TBT p99 (s; dashed p50)", True),
+    ("e2e_p99_s", "E2E p99 (s; dashed p50)", True),
+    ("kv_token_mean", "KV utilization (time-averaged)", False),
+    ("max_running", "peak concurrent requests", False),
+    ("preemptions", "preemptions (count)", False),
+    ("rejected", "rejected requests (count)", False),
+)
+
+
+def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:
+    """Headline metrics against the swept value, one line per variant (rows: flat metrics with
+    'value' and 'variant')."""
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    for ax, (key, label, with_p50) in zip(axes.flat, SWEEP_PANELS):
+        for i, name in enumerate(variants):
+            pts = [r for r in rows if r["variant"] == name]
+            x = [float(r["value"]) for r in pts]
+            colour = f"C{i}"
+            ax.plot(x, [np.nan if r[key] is None else r[key] for r in pts], "o-", color=colour, label=name, ms=4)
+            if with_p50:
+                p50 = key.replace("_p99_", "_p50_")
+                ax.plot(x, [np.nan if r[p50] is None else r[p50] for r in pts], "--", color=colour, lw=1)
+        if with_p50:
+            ax.set_yscale("log")
+        ax.set_xlabel(field)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "kv_breakdown.png": kv_breakdown_over_time,
     "kv_breakdown_mean.png": kv_breakdown_bars,

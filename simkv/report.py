@@ -117,3 +117,32 @@ def _describe(spec) -> str:
     if data.get("min") == 1:
         data.pop("min")
     return f"{kind} ({', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}' for k, v in data.items())})" if data else kind
+
+
+def sweep_report(field: str, rows: list[dict], points, figure: str) -> str:
+    """report.md of a sweep: what was simulated, then each variant's metrics at every value."""
+    first = next(iter(points[0][1].values()))
+    sc, s = first.scenario, first.summary
+    setup = s["setup"]
+    lines = [f"# simkv sweep report: {s['scenario']}", ""]
+    if sc is not None and sc.description:
+        lines += [sc.description, ""]
+    lines += [f"- Model **{setup['model']}** on **{setup['gpu']}** × {setup['tensor_parallel']}, step times "
+              f"from the {setup['cost_model']} cost model; swept `{field}` over "
+              f"{', '.join(str(v) for v, _ in points)}.",
+              f"- Variants (same request stream at each value): " + "; ".join(
+                  f"**{n}**: " + (", ".join(f"`{k}={v}`" for k, v in r.summary.get("overrides", {}).items()) or "no overrides")
+                  for n, r in points[0][1].items()), "",
+              f"![sweep]({figure})", ""]
+    head = ("| " + field + " | req/s | out tok/s | TTFT p50 / p99 s | TBT p50 / p99 ms | E2E p50 / p99 s | "
+            "E2E p99/p50 | KV util | peak running | preempt | rejected |")
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        lines += [f"### {name}", "", head, "|" + "---|" * 11]
+        for r in (r for r in rows if r["variant"] == name):
+            spread = (r["e2e_p99_s"] / r["e2e_p50_s"]) if r["e2e_p50_s"] else None
+            lines.append(f"| {r['value']} | {r['requests_per_s']:.2f} | {r['output_tokens_per_s']:.0f} | "
+                         f"{_s(r['ttft_p50_s'])} / {_s(r['ttft_p99_s'])} | {_ms(r['tbt_p50_s'])} / {_ms(r['tbt_p99_s'])} | "
+                         f"{_s(r['e2e_p50_s'])} / {_s(r['e2e_p99_s'])} | {'–' if spread is None else f'{spread:.1f}'} | "
+                         f"{_pct(r['kv_token_mean'])} | {r['max_running']} | {r['preemptions']} | {r['rejected']} |")
+        lines.append("")
+    return "\n".join(lines)

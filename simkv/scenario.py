@@ -249,6 +249,21 @@ class Variant(Strict):
         return value
 
 
+class Sweep(Strict):
+    """One field stepped over values (e.g. the arrival rate from light load to overload); every
+    variant runs at every value."""
+
+    field: str = Field(min_length=1, description="dotted field to step, e.g. workload.arrival.rate")
+    values: list[Any] = Field(min_length=1, description="the values, in order (the field's unit)")
+
+    @field_validator("field")
+    @classmethod
+    def _not_structural(cls, value: str) -> str:
+        if value.split(".")[0] in ("variants", "sweep", "name", "catalog_files"):
+            raise ValueError(f"'{value}' cannot be swept")
+        return value
+
+
 class Scenario(Strict):
     """One simulation study: a replica, its traffic, and optional variants."""
 
@@ -264,6 +279,7 @@ class Scenario(Strict):
     run: Run
     slo: Slo = Field(default_factory=Slo)
     variants: list[Variant] = Field(default_factory=list, description="named override sets compared side by side")
+    sweep: Sweep | None = Field(None, description="step one field over values; each variant runs at each value")
     catalog_files: list[str] = Field(default_factory=list, description="extra catalog YAML files ({models: ..., gpus: ...}), relative to this file; merged into models/gpus when loaded")
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="user model entries by name, usable in `model:`")
     gpus: dict[str, GpuSpec] = Field(default_factory=dict, description="user GPU entries by name, usable in `hardware.gpu:`")

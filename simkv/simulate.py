@@ -6,7 +6,7 @@ import simpy
 
 from simkv.build import Simulation, build
 from simkv.engine import ProgressFn, Replica
-from simkv.loading import expand_variants
+from simkv.loading import expand_sweep, expand_variants
 from simkv.metrics import Recorder, request_latencies, summarize
 from simkv.result import Result
 from simkv.scenario import Scenario
@@ -29,6 +29,11 @@ def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> d
     stream = generate_stream(scenario.workload, scenario.run)
     return {name: run_simulation(build(sub, stream), name, progress, _overrides(scenario, name))
             for name, sub in expand_variants(scenario)}
+
+
+def simulate_sweep(scenario: Scenario, *, progress: ProgressFn | None = None) -> list[tuple[object, dict[str, Result]]]:
+    """[(swept value, {variant: Result})] for every value of the scenario's sweep (one point without)."""
+    return [(value, simulate_all(point, progress=progress)) for value, point in expand_sweep(scenario)]
 
 
 def _overrides(scenario: Scenario, name: str) -> dict:
