@@ -14,6 +14,7 @@ from simkv.calibration_data import calibration_for
 from simkv.cost.calibrated import CalibratedCost
 from simkv.cost.roofline import RooflineCost
 from simkv.errors import ScenarioDoesNotFit, SimkvError
+from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
 from simkv.kv.paged import PagedAllocator
 from simkv.kv.prefix_cache import PrefixCachingAllocator
@@ -106,10 +107,11 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     elif e.allocator == "paged":
         allocator = PagedAllocator(mem.num_blocks, e.block_size, reserve_upfront=e.reserve_upfront)
         if e.reserve_upfront:
-            _reject_unplaceable(table, "prompt_plus_max_new", limits.max_model_len, mem.capacity_tokens)
+            _reject_unplaceable(table, "prompt_plus_max_new", limits.max_model_len, allocator)
     else:
-        allocator = ContiguousAllocator(mem.capacity_tokens, e.placement)
-        _reject_unplaceable(table, e.reservation, limits.max_model_len, mem.capacity_tokens)
+        allocator = (BuddyAllocator(mem.capacity_tokens) if e.placement == "buddy"
+                     else ContiguousAllocator(mem.capacity_tokens, e.placement))
+        _reject_unplaceable(table, e.reservation, limits.max_model_len, allocator)
     if e.scheduler == "tgi":
         over = (table.prompt_tokens > e.max_batch_prefill_tokens) & (table.reject_reason == 0)
         table.reject_reason[over] = PROMPT_OVER_PREFILL_BUDGET
@@ -198,15 +200,15 @@ def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[
     return RequestTable(stream.arrival_s, prompt, output, max_new, reason, stream.prefix_id, prefix_tokens), truncated
 
 
-def _reject_unplaceable(table: RequestTable, policy: str, max_len: int, capacity: int) -> None:
-    """Contiguous: a request whose reservation exceeds the whole cache can never run."""
-    if largest_reservation(policy, max_len) <= capacity:
+def _reject_unplaceable(table: RequestTable, policy: str, max_len: int, allocator) -> None:
+    """A request whose reservation the empty cache cannot place can never run."""
+    if allocator.can_allocate(0, largest_reservation(policy, max_len)):
         return
     for rid in np.flatnonzero(table.reject_reason == 0).tolist():
         size = reservation_tokens(policy, prompt_tokens=int(table.prompt_tokens[rid]),
                                   final_tokens=int(table.final_kv_tokens[rid]),
                                   max_new_tokens=int(table.max_new_tokens[rid]), max_model_len=max_len)
-        if size > capacity:
+        if not allocator.can_allocate(0, size):
             table.reject_reason[rid] = 2
             table.status[rid] = 2
 

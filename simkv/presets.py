@@ -38,16 +38,17 @@ PRESETS: dict[str, dict] = {
     },
     "orca-max": {
         "source": "Orca (OSDI'22) as modelled in the PagedAttention paper (SOSP'23 Fig. 2): iteration-level "
-                  "batching, contiguous reservation of the maximum sequence length",
-        "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "max_model_len"},
+                  "batching, a buddy allocator, contiguous reservation of the maximum sequence length",
+        "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "max_model_len",
+                     "placement": "buddy"},
     },
     "orca-pow2": {
         "source": "Orca-Pow2 (PagedAttention paper): contiguous reservation of the next power of two of the final length",
-        "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "pow2"},
+        "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "pow2", "placement": "buddy"},
     },
     "orca-oracle": {
         "source": "Orca-Oracle (PagedAttention paper): contiguous reservation of exactly the final length",
-        "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "oracle"},
+        "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "oracle", "placement": "buddy"},
     },
     "fastertransformer": {
         "source": "NVIDIA FasterTransformer: static request-level batches, contiguous max-length KV buffers; "

@@ -180,7 +180,8 @@ class Engine(Strict):
     allocator: Literal["paged", "contiguous"] = Field("paged", description="paged blocks on demand, or one contiguous region per request")
     block_size: PositiveInt = Field(16, description="tokens per KV block (paged); unit of the capacity override")
     reservation: Reservation = Field("max_model_len", description="contiguous: slots reserved at admission")
-    placement: Literal["first_fit", "best_fit"] = Field("first_fit", description="contiguous: which free extent a region goes to")
+    placement: Literal["first_fit", "best_fit", "buddy"] = Field(
+        "first_fit", description="contiguous: which free extent a region goes to (buddy: power-of-two blocks, Orca)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory the engine may use (dimensionless)")
     max_num_seqs: PositiveInt = Field(256, description="most requests running at once (requests)")
     max_num_batched_tokens: PositiveInt | None = Field(None, description="most tokens processed in one step (tokens); default max(max_model_len, 2048)")

@@ -7,6 +7,7 @@ from hypothesis import note, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, precondition, rule
 
 from simkv.kv import ContiguousAllocator, OutOfKVMemory, PagedAllocator
+from simkv.kv.buddy import BuddyAllocator, round_up_pow2
 from simkv.kv.prefix_cache import PrefixCachingAllocator
 
 
@@ -110,9 +111,9 @@ class ContiguousMachine(RuleBasedStateMachine):
 
     live = Bundle("live")
 
-    @initialize(capacity=st.integers(1, 300), placement=st.sampled_from(["first_fit", "best_fit"]))
+    @initialize(capacity=st.integers(1, 300), placement=st.sampled_from(["first_fit", "best_fit", "buddy"]))
     def setup(self, capacity, placement):
-        self.a = ContiguousAllocator(capacity, placement)
+        self.a = BuddyAllocator(capacity) if placement == "buddy" else ContiguousAllocator(capacity, placement)
         self.size: dict[int, int] = {}
         self.tokens: dict[int, int] = {}
         self.next_id = 0
@@ -126,9 +127,14 @@ class ContiguousMachine(RuleBasedStateMachine):
         largest = self.a.largest_free_extent()
         if self.a.can_allocate(num, reserve):
             self.a.allocate(rid, num, reserve, reserve)
-            self.size[rid], self.tokens[rid] = reserve, num
+            self.size[rid], self.tokens[rid] = self.a.held_tokens(rid), num
+            if isinstance(self.a, BuddyAllocator):
+                start, size = self.a.regions()[rid]
+                assert size == round_up_pow2(reserve) and (start - self._top_base(start)) % size == 0, "unaligned buddy block"
+                assert self.a.held_tokens(rid) == reserve
             return rid
-        assert largest < reserve, "allocation refused although an extent fits"
+        need = round_up_pow2(reserve) if isinstance(self.a, BuddyAllocator) else reserve
+        assert largest < need, "allocation refused although an extent fits"
         try:
             self.a.allocate(rid, num, reserve, reserve)
         except OutOfKVMemory:
@@ -137,6 +143,9 @@ class ContiguousMachine(RuleBasedStateMachine):
             raise AssertionError("allocate succeeded although can_allocate said no")
         assert (self.a.usage(), self.a.free_extents()) == before, "a failed allocate changed the state"
         return multiple()
+
+    def _top_base(self, start):
+        return next(t for t, ts in self.a._top if t <= start < t + ts)
 
     @rule(rid=live, n=st.integers(1, 30))
     def append(self, rid, n):
@@ -167,8 +176,15 @@ class ContiguousMachine(RuleBasedStateMachine):
             pos += n
         assert pos == self.a.capacity_tokens, "slots outside the address space"
         frees = self.a.free_extents()
-        for (s1, n1), (s2, _) in zip(frees, frees[1:]):
-            assert s1 + n1 < s2, "adjacent free extents were not coalesced"
+        if isinstance(self.a, BuddyAllocator):
+            free = {(s, n) for s, n in frees}
+            for s, n in frees:  # no free block may have a free buddy of its size (they must merge)
+                base, top = next((t, ts) for t, ts in self.a._top if t <= s < t + ts)
+                if n < top:
+                    assert (base + ((s - base) ^ n), n) not in free, "free buddies were not merged"
+        else:
+            for (s1, n1), (s2, _) in zip(frees, frees[1:]):
+                assert s1 + n1 < s2, "adjacent free extents were not coalesced"
 
     @invariant()
     def breakdown_sums_to_capacity(self):
@@ -178,19 +194,23 @@ class ContiguousMachine(RuleBasedStateMachine):
         assert u.held_tokens + u.external_frag_tokens + u.free_tokens == u.capacity_tokens
         assert u.token_tokens == sum(self.tokens.values())
         largest = self.a.largest_free_extent()
-        assert u.external_frag_tokens == self.a.num_free_tokens - largest
+        slack = self.a._slack if isinstance(self.a, BuddyAllocator) else 0
+        assert u.external_frag_tokens == slack + self.a.num_free_tokens - largest
 
     @invariant()
     def external_fragmentation_against_a_request(self):
         for need in (1, 17, 64):
             ext = self.a.external_frag_tokens(need)
-            assert ext == sum(n for _, n in self.a.free_extents() if n < need)
+            unit = round_up_pow2(need) if isinstance(self.a, BuddyAllocator) else need
+            slack = self.a._slack if isinstance(self.a, BuddyAllocator) else 0
+            assert ext == slack + sum(n for _, n in self.a.free_extents() if n < unit)
 
     def teardown(self):
         if hasattr(self, "a"):
             for rid in list(self.size):
                 self.a.free(rid)
-            assert self.a.free_extents() == [(0, self.a.capacity_tokens)], "freeing everything did not coalesce"
+            expected = sorted(self.a._top) if isinstance(self.a, BuddyAllocator) else [(0, self.a.capacity_tokens)]
+            assert self.a.free_extents() == expected, "freeing everything did not coalesce"
 
 
 class PrefixCacheMachine(RuleBasedStateMachine):

@@ -11,6 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from simkv.build import build
 from simkv.kv import PagedAllocator, ContiguousAllocator
+from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.request import DONE, REJECTED, RequestTable
 from simkv.sched.chunked import ChunkedPrefillScheduler
@@ -34,7 +35,7 @@ def _table(prompts, outputs):
                         np.array(outputs, dtype=np.int64) * 2, np.zeros(n, dtype=np.int8), prefix_id, prefix_tokens)
 
 
-POLICIES = ["fcfs-paged", "fcfs-contiguous", "chunked", "chunked-prefix", "prefill-first-swap", "prefill-first-recompute", "tgi",
+POLICIES = ["fcfs-paged", "fcfs-contiguous", "fcfs-buddy", "chunked", "chunked-prefix", "prefill-first-swap", "prefill-first-recompute", "tgi",
             "static"]
 
 
@@ -43,6 +44,8 @@ def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget)
     kw = dict(max_num_seqs=max_seqs, max_repeat=7)
     if policy in ("fcfs-contiguous", "static"):
         kv = ContiguousAllocator(blocks * block_size)
+    elif policy == "fcfs-buddy":
+        kv = BuddyAllocator(blocks * block_size)
     elif policy == "chunked-prefix":
         kv = PrefixCachingAllocator(blocks, block_size)
     else:
@@ -125,7 +128,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert self.kv.tokens_of(rid) == kv
         for rid, p in b.prefilling.items():
             assert self.kv.tokens_of(rid) == p.computed
-        held = set(self.kv.owners() if isinstance(self.kv, PagedAllocator) else self.kv.regions())
+        held = set(self.kv.owners() if isinstance(self.kv, PagedAllocator) else self.kv.regions())  # noqa: E501
         expected = set(b.ids.tolist()) | set(b.prefilling) | set(b.deferred)
         assert held == expected, "allocator and batch disagree on who holds memory"
         assert len(b) <= self.s.max_num_seqs
