@@ -111,3 +111,31 @@ def test_simulation_core_does_no_io():
             else:
                 continue
             assert not names & (FORBIDDEN_IMPORTS | {"print"}), f"{f.name} uses {names & (FORBIDDEN_IMPORTS | {'print'})}"
+
+
+def test_sweep_runs_every_variant_at_every_value(tmp_path):
+    text = (ROOT / "scenarios" / "quickstart.yaml").read_text()
+    text += ("sweep: {field: workload.arrival.rate, values: [2, 8]}\n"
+             "variants:\n  - {name: paged, set: {engine.allocator: paged}}\n"
+             "  - {name: tgi, set: {engine.preset: tgi}}\n")
+    (tmp_path / "s.yaml").write_text(text)
+    proc = _cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"), "--set", "run.num_requests=150",
+                "--set", "run.warmup_s=0")
+    assert proc.returncode == 0, proc.stderr
+    import csv
+    rows = list(csv.DictReader((tmp_path / "out" / "sweep.csv").open()))
+    assert [(r["value"], r["variant"]) for r in rows] == [("2", "paged"), ("2", "tgi"), ("8", "paged"), ("8", "tgi")]
+    assert float(rows[2]["requests_per_s"]) > float(rows[0]["requests_per_s"])
+    for name in ("sweep.png", "sweep.svg", "report.md"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert (tmp_path / "out" / "rate_8" / "tgi" / "summary.json").exists()
+    points = simkv.simulate_sweep(simkv.load_scenario(tmp_path / "s.yaml", ["run.num_requests=60", "run.warmup_s=0"]))
+    assert [v for v, _ in points] == [2, 8] and list(points[0][1]) == ["paged", "tgi"]
+
+
+def test_bad_sweep_value_names_the_sweep(tmp_path):
+    text = (ROOT / "scenarios" / "quickstart.yaml").read_text() + "sweep: {field: workload.arrival.rate, values: [2, -1]}\n"
+    (tmp_path / "s.yaml").write_text(text)
+    proc = _cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr
+    assert "sweep" in proc.stderr and "rate=-1" in proc.stderr and "Traceback" not in proc.stderr
