@@ -55,6 +55,40 @@ def split_held(held: int, tokens: int, final_tokens: int) -> tuple[int, int]:
     return reserved, empty - reserved
 
 
+def sum_breakdown(entries) -> tuple[int, int, int]:
+    """(token states, reserved, internal) summed over (held, tokens, final) of each request."""
+    tokens = reserved = internal = 0
+    for held, t, final in entries:
+        r, i = split_held(held, t, final)
+        tokens, reserved, internal = tokens + t, reserved + r, internal + i
+    return tokens, reserved, internal
+
+
+class RegionGrowth:
+    """Token growth inside a reservation made at admission (contiguous and buddy allocators):
+    a request writes into its region and can never grow past `held_tokens`."""
+
+    _tokens: dict[int, int]
+
+    def held_tokens(self, req_id: int) -> int:  # pragma: no cover - provided by the allocator
+        raise NotImplementedError
+
+    def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
+        return self._tokens[req_id] + num_tokens <= self.held_tokens(req_id)
+
+    def append(self, req_id: int, num_tokens: int = 1) -> None:
+        if not self.can_append(req_id, num_tokens):
+            raise OutOfKVMemory(f"request {req_id} outgrew its reservation of {self.held_tokens(req_id)} slots")
+        self._tokens[req_id] += num_tokens
+
+    def grow_to(self, req_id: int, new_tokens: int) -> None:
+        self.append(req_id, new_tokens - self._tokens[req_id])
+
+    def set_tokens(self, req_ids, new_tokens) -> None:
+        """Bulk-set written slots; the scheduler guarantees each fits its region (engine fast path)."""
+        self._tokens.update(zip(req_ids.tolist(), new_tokens.tolist()))
+
+
 class KVAllocator(Protocol):
     """What schedulers need from a KV allocator. Failing calls raise OutOfKVMemory and change nothing."""
 

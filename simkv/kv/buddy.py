@@ -13,14 +13,14 @@ shows its rounding as external fragmentation, as in the PagedAttention paper's F
 
 from __future__ import annotations
 
-from simkv.kv.base import KVUsage, OutOfKVMemory, split_held
+from simkv.kv.base import KVUsage, OutOfKVMemory, RegionGrowth, sum_breakdown
 
 
 def round_up_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-class BuddyAllocator:
+class BuddyAllocator(RegionGrowth):
     """Power-of-two blocks with split and merge."""
 
     placement = "buddy"
@@ -94,20 +94,6 @@ class BuddyAllocator:
         self._final[req_id] = max(num_tokens, final_tokens if final_tokens is not None else num_tokens)
         self._num_free -= size
 
-    def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
-        return self._tokens[req_id] + num_tokens <= self._reserved[req_id]
-
-    def append(self, req_id: int, num_tokens: int = 1) -> None:
-        if not self.can_append(req_id, num_tokens):
-            raise OutOfKVMemory(f"request {req_id} outgrew its reservation of {self._reserved[req_id]} slots")
-        self._tokens[req_id] += num_tokens
-
-    def grow_to(self, req_id: int, new_tokens: int) -> None:
-        self.append(req_id, new_tokens - self._tokens[req_id])
-
-    def set_tokens(self, req_ids, new_tokens) -> None:
-        self._tokens.update(zip(req_ids.tolist(), new_tokens.tolist()))
-
     def free(self, req_id: int) -> None:
         start, size = self._regions.pop(req_id)
         self._slack -= size - self._reserved.pop(req_id)
@@ -134,11 +120,8 @@ class BuddyAllocator:
         return self._slack + sum(size * len(starts) for size, starts in self._free.items() if size < need)
 
     def usage(self, next_reservation: int | None = None) -> KVUsage:
-        tokens = reserved = internal = 0
-        for req_id, held in self._reserved.items():
-            t = self._tokens[req_id]
-            r, i = split_held(held, t, self._final[req_id])
-            tokens, reserved, internal = tokens + t, reserved + r, internal + i
+        tokens, reserved, internal = sum_breakdown(
+            (held, self._tokens[r], self._final[r]) for r, held in self._reserved.items())
         external = self.external_frag_tokens(next_reservation)
         free = self.capacity_tokens - tokens - reserved - internal - external
         return KVUsage(self.capacity_tokens, tokens, reserved, internal, external, free)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import bisect
 
-from simkv.kv.base import KVUsage, OutOfKVMemory, split_held
+from simkv.kv.base import KVUsage, OutOfKVMemory, RegionGrowth, sum_breakdown
 
 
-class ContiguousAllocator:
+class ContiguousAllocator(RegionGrowth):
     """First-fit / best-fit placement over a sorted list of free extents."""
 
     def __init__(self, capacity_tokens: int, placement: str = "first_fit") -> None:
@@ -85,21 +85,6 @@ class ContiguousAllocator:
         self._final[req_id] = max(num_tokens, final_tokens if final_tokens is not None else num_tokens)
         self._num_free -= size
 
-    def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
-        return self._tokens[req_id] + num_tokens <= self._regions[req_id][1]
-
-    def append(self, req_id: int, num_tokens: int = 1) -> None:
-        if not self.can_append(req_id, num_tokens):
-            raise OutOfKVMemory(f"request {req_id} outgrew its reserved region of {self._regions[req_id][1]} slots")
-        self._tokens[req_id] += num_tokens
-
-    def grow_to(self, req_id: int, new_tokens: int) -> None:
-        self.append(req_id, new_tokens - self._tokens[req_id])
-
-    def set_tokens(self, req_ids, new_tokens) -> None:
-        """Bulk-set written slots; the scheduler guarantees each fits its region (engine fast path)."""
-        self._tokens.update(zip(req_ids.tolist(), new_tokens.tolist()))
-
     def free(self, req_id: int) -> None:
         start, size = self._regions.pop(req_id)
         del self._tokens[req_id], self._final[req_id]
@@ -125,10 +110,7 @@ class ContiguousAllocator:
         return sum(s for s in self._sizes.values() if s < next_reservation)
 
     def usage(self, next_reservation: int | None = None) -> KVUsage:
-        tokens = reserved = internal = 0
-        for req_id, (_, size) in self._regions.items():
-            t = self._tokens[req_id]
-            r, i = split_held(size, t, self._final[req_id])
-            tokens, reserved, internal = tokens + t, reserved + r, internal + i
+        tokens, reserved, internal = sum_breakdown(
+            (size, self._tokens[r], self._final[r]) for r, (_, size) in self._regions.items())
         external = self.external_frag_tokens(next_reservation)
         return KVUsage(self.capacity_tokens, tokens, reserved, internal, external, self._num_free - external)

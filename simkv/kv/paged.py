@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from simkv.kv.base import KVUsage, OutOfKVMemory, split_held
+from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
 
 
 class PagedAllocator:
@@ -125,11 +125,7 @@ class PagedAllocator:
 
     # ------------------------------------------------------------ accounting
     def usage(self, next_reservation: int | None = None) -> KVUsage:
-        tokens = reserved = internal = 0
-        for req_id, table in self._tables.items():
-            held = len(table) * self.block_size
-            t = self._tokens[req_id]
-            r, i = split_held(held, t, self._final[req_id])
-            tokens, reserved, internal = tokens + t, reserved + r, internal + i
+        tokens, reserved, internal = sum_breakdown(
+            (len(table) * self.block_size, self._tokens[r], self._final[r]) for r, table in self._tables.items())
         free = len(self._free_blocks) * self.block_size
         return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)

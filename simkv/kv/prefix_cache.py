@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Hashable
 
-from simkv.kv.base import KVUsage, OutOfKVMemory, split_held
+from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
 from simkv.kv.paged import PagedAllocator
 
 
@@ -146,11 +146,8 @@ class PrefixCachingAllocator(PagedAllocator):
 
     # ------------------------------------------------------------ accounting
     def usage(self, next_reservation: int | None = None) -> KVUsage:
-        tokens = reserved = internal = 0
-        for req_id, table in self._tables.items():
-            t = self._tokens[req_id]
-            r, i = split_held(len(table) * self.block_size, t, self._final[req_id])
-            tokens, reserved, internal = tokens + t, reserved + r, internal + i
+        tokens, reserved, internal = sum_breakdown(
+            (len(table) * self.block_size, self._tokens[r], self._final[r]) for r, table in self._tables.items())
         tokens -= self.shared_excess * self.block_size  # a shared (full) block holds its tokens once
         free = len(self._free_lru) * self.block_size
         return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)

@@ -45,6 +45,7 @@ class RunningBatch:
         self.kv_alloc = allocator
         self.paged = isinstance(allocator, PagedAllocator)
         self.block_size = allocator.block_size if self.paged else 1
+        self.on_demand = self.paged and not getattr(allocator, "reserve_upfront", False)  # blocks as tokens are written
         self.warmup_s = warmup_s
         self.prefilling: dict[int, Prefill] = {}
         self._next_order = 0
@@ -134,7 +135,7 @@ class RunningBatch:
     # ------------------------------------------------------------ paged growth
     def decode_blocks_needed(self, steps: int = 1) -> int:
         """New blocks the decoders need to decode `steps` more tokens each (paged; 0 otherwise)."""
-        if not self.paged or not len(self.ids):
+        if not self.on_demand or not len(self.ids):
             return 0
         b = self.block_size
         if steps == 1:  # a sequence needs a block when its next slot starts one
@@ -143,7 +144,7 @@ class RunningBatch:
 
     def max_decode_steps(self, limit: int) -> int:
         """Most decode steps (<= limit) whose block growth fits the free pool (>= 1 assumed)."""
-        if not self.paged or limit == 1:
+        if not self.on_demand or limit == 1:
             return limit
         free = self.kv_alloc.num_free_blocks
         if self.decode_blocks_needed(limit) <= free:
@@ -156,7 +157,7 @@ class RunningBatch:
 
     def _grow(self, steps: int) -> None:
         new_kv = self.kv + steps
-        if self.paged and not getattr(self.kv_alloc, "reserve_upfront", False):
+        if self.on_demand:
             b = self.block_size
             need = (new_kv + (b - 1)) // b - (self.kv + (b - 1)) // b
             idx = np.flatnonzero(need)
@@ -252,7 +253,7 @@ class RunningBatch:
             tokens = self.kv
         else:  # tokens after step j: kv_now - (k - 1 - j) for every sequence
             tokens = self.kv[None, :] - np.arange(k - 1, -1, -1, dtype=_I64)[:, None]
-        if self.paged and not getattr(self.kv_alloc, "reserve_upfront", False):
+        if self.on_demand:
             held = held_slots_paged(tokens, self.block_size)
         else:
             held = np.broadcast_to(self.held, tokens.shape)

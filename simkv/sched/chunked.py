@@ -17,42 +17,22 @@ kernels) and together for the linear layers.
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
 from simkv.request import RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
-from simkv.sched.batch import RunningBatch
-from simkv.sched.continuous import MAX_REPEAT
+from simkv.sched.queue import QueuedScheduler
 
 
-class ChunkedPrefillScheduler:
+class ChunkedPrefillScheduler(QueuedScheduler):
     """vLLM v1 (budget 8192) and Sarathi-Serve (budget 512) behind the Scheduler protocol."""
 
-    def __init__(self, table: RequestTable, allocator, *, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int, watermark_blocks: int = 0, warmup_s: float = 0.0,
-                 max_repeat: int = MAX_REPEAT, prefix_caching: bool = False) -> None:
-        self.t = table
-        self.kv = allocator
-        self.batch = RunningBatch(table, allocator, warmup_s)
-        self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_model_len = max_model_len
-        self.watermark_blocks = watermark_blocks
-        self.max_repeat = max_repeat
+    def __init__(self, table: RequestTable, allocator, *, prefix_caching: bool = False, **limits) -> None:
+        super().__init__(table, allocator, **limits)
         self.prefix_caching = prefix_caching
         if prefix_caching and not hasattr(allocator, "allocate_cached"):
             raise ValueError("prefix caching needs a PrefixCachingAllocator")
         self._hashes: dict[int, list] = {}   # prefilling request -> content names of its full blocks
-        self.waiting: deque[int] = deque()
-
-    def add_request(self, req_id: int) -> bool:
-        self.waiting.append(req_id)
-        return True
-
-    def has_work(self) -> bool:
-        return bool(self.waiting) or len(self.batch) > 0
 
     def next_reservation(self) -> int | None:
         return None  # paged: no external fragmentation
@@ -63,7 +43,7 @@ class ChunkedPrefillScheduler:
                 self.kv.register(rid, self._hashes[rid], ctx)
                 if ctx == self.batch.prefilling[rid].target:
                     del self._hashes[rid]
-        return self.batch.commit(plan, start_s, durations_s, len(self.waiting), None)
+        return super().commit(plan, start_s, durations_s)
 
     def block_hashes(self, rid: int, num_tokens: int) -> list:
         """Content names of the full blocks of `rid`'s first `num_tokens` tokens: block i of a
@@ -86,14 +66,13 @@ class ChunkedPrefillScheduler:
         decode_ids, decode_ctx = b.ids.copy(), b.kv + 1
         if not len(decode_ids) and not chunks:
             if self.waiting and not len(b):
-                raise RuntimeError(f"request {self.waiting[0]} can never be admitted to an empty engine")
+                raise self.stuck()
             return None
         if chunks:
             return self._plan_with_chunks(decode_ids, decode_ctx, chunks, tuple(preempted))
         if preempted:
             return StepPlan(decode_ids, decode_ctx, preempted_ids=tuple(preempted))
-        steps = b.max_decode_steps(min(int((b.out - b.gen).min()), self.max_repeat))
-        return StepPlan(decode_ids, decode_ctx, max_steps=steps, arrival_sensitive=not self.waiting)
+        return self.repeated_decodes(arrival_sensitive=not self.waiting)
 
     def _plan_with_chunks(self, decode_ids, decode_ctx, chunks, preempted) -> StepPlan:
         b = self.batch

@@ -11,46 +11,16 @@ Simplifications: no chunked prefill, no prefix caching, no swap (later policies 
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
-from simkv.kv.reservation import reservation_tokens
-from simkv.request import RequestTable
-from simkv.sched.base import StepOutcome, StepPlan
-from simkv.sched.batch import RunningBatch
+from simkv.sched.base import StepPlan
+from simkv.sched.queue import MAX_REPEAT, QueuedScheduler
 
-MAX_REPEAT = 1024  # most identical decode steps fast-forwarded at once
+__all__ = ["ContinuousBatchingScheduler", "MAX_REPEAT"]
 
 
-class ContinuousBatchingScheduler:
-    """The core policy; later presets plug in behind the same `Scheduler` protocol."""
-
-    def __init__(self, table: RequestTable, allocator, *, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int, reservation: str = "max_model_len", watermark_blocks: int = 0,
-                 warmup_s: float = 0.0, max_repeat: int = MAX_REPEAT) -> None:
-        self.t = table
-        self.kv = allocator
-        self.batch = RunningBatch(table, allocator, warmup_s)
-        self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_model_len = max_model_len
-        self.reservation = reservation
-        self.watermark_blocks = watermark_blocks
-        self.max_repeat = max_repeat
-        self.waiting: deque[int] = deque()
-
-    # ------------------------------------------------------------ protocol
-    def add_request(self, req_id: int) -> bool:
-        self.waiting.append(req_id)
-        return True
-
-    def has_work(self) -> bool:
-        return bool(self.waiting) or len(self.batch) > 0
-
-    @property
-    def num_running(self) -> int:
-        return len(self.batch)
+class ContinuousBatchingScheduler(QueuedScheduler):
+    """The core policy; the engine presets plug in behind the same `Scheduler` protocol."""
 
     def schedule(self) -> StepPlan | None:
         if not self.has_work():
@@ -61,7 +31,7 @@ class ContinuousBatchingScheduler:
         admitted = [] if preempted else self._admit(blocks_needed)
         if not len(decode_ids) and not admitted:
             if self.waiting:
-                raise RuntimeError(f"request {self.waiting[0]} can never be admitted to an empty engine")
+                raise self.stuck()
             return None
         if admitted:
             ids, new, held = (np.array(col, dtype=np.int64) for col in zip(*admitted))
@@ -69,12 +39,7 @@ class ContinuousBatchingScheduler:
                             preempted_ids=preempted)
         if preempted:
             return StepPlan(decode_ids, decode_ctx, preempted_ids=preempted)
-        steps = min(int((b.out - b.gen).min()), self.max_repeat)
-        steps = b.max_decode_steps(steps)
-        return StepPlan(decode_ids, decode_ctx, max_steps=steps, arrival_sensitive=not self.waiting)
-
-    def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
-        return self.batch.commit(plan, start_s, durations_s, len(self.waiting), self.next_reservation())
+        return self.repeated_decodes(arrival_sensitive=not self.waiting)
 
     # ------------------------------------------------------------ policy
     def _make_room_for_decodes(self) -> tuple[tuple[int, ...], int]:
@@ -115,17 +80,8 @@ class ContinuousBatchingScheduler:
             running += 1
         return admitted
 
-    def reservation_for(self, rid: int) -> int:
-        t = self.t
-        return reservation_tokens(self.reservation, prompt_tokens=int(t.prompt_tokens[rid]),
-                                  final_tokens=int(t.final_kv_tokens[rid]),
-                                  max_new_tokens=int(t.max_new_tokens[rid]), max_model_len=self.max_model_len)
-
     def next_reservation(self) -> int | None:
-        """Slots the head of the queue needs (defines external fragmentation), None if nobody waits."""
-        if not self.waiting:
-            return None
-        rid = self.waiting[0]
-        if self.batch.paged:
+        if self.waiting and self.batch.paged:
+            rid = self.waiting[0]
             return int(self.t.prompt_tokens[rid] + self.t.generated[rid])
-        return self.reservation_for(rid)
+        return super().next_reservation()

@@ -17,43 +17,29 @@ from collections import deque
 import numpy as np
 
 from simkv.request import RequestTable
-from simkv.sched.base import StepOutcome, StepPlan
-from simkv.sched.batch import RunningBatch
-from simkv.sched.continuous import MAX_REPEAT
+from simkv.sched.base import StepPlan
+from simkv.sched.queue import QueuedScheduler
 
 
-class PrefillFirstScheduler:
+class PrefillFirstScheduler(QueuedScheduler):
     """Prefill-or-decode steps with swap or recompute preemption."""
 
-    def __init__(self, table: RequestTable, allocator, *, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int, watermark_blocks: int = 0, preemption: str = "swap",
-                 swap_capacity_tokens: int = 0, warmup_s: float = 0.0, max_repeat: int = MAX_REPEAT) -> None:
-        self.t = table
-        self.kv = allocator
-        self.batch = RunningBatch(table, allocator, warmup_s)
-        self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_model_len = max_model_len
-        self.watermark_blocks = watermark_blocks
+    def __init__(self, table: RequestTable, allocator, *, preemption: str = "swap", swap_capacity_tokens: int = 0,
+                 **limits) -> None:
+        super().__init__(table, allocator, **limits)
         self.preemption = preemption
         self.swap_capacity_tokens = swap_capacity_tokens
-        self.max_repeat = max_repeat
-        self.waiting: deque[int] = deque()
         self.swapped: deque[tuple] = deque()   # saved decoder rows, oldest first
         self.swapped_tokens = 0
 
-    def add_request(self, req_id: int) -> bool:
-        self.waiting.append(req_id)
-        return True
-
     def has_work(self) -> bool:
-        return bool(self.waiting) or bool(self.swapped) or len(self.batch) > 0
+        return bool(self.swapped) or super().has_work()
+
+    def num_waiting(self) -> int:
+        return len(self.waiting) + len(self.swapped)
 
     def next_reservation(self) -> int | None:
         return None
-
-    def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
-        return self.batch.commit(plan, start_s, durations_s, len(self.waiting) + len(self.swapped), None)
 
     def schedule(self) -> StepPlan | None:
         if not self.has_work():
@@ -69,14 +55,13 @@ class PrefillFirstScheduler:
         b = self.batch
         if not b.num_decoding:
             if not preempted and self.waiting and not self.swapped:
-                raise RuntimeError(f"request {self.waiting[0]} can never be admitted to an empty engine")
+                raise self.stuck()
             if not preempted:
                 return None
         plan_kw = dict(preempted_ids=tuple(preempted), swap_out_tokens=out_tokens, swap_in_tokens=in_tokens)
         if preempted or in_tokens or self.waiting or self.swapped:
             return StepPlan(b.ids.copy(), b.kv + 1, **plan_kw)
-        steps = b.max_decode_steps(min(int((b.out - b.gen).min()), self.max_repeat))
-        return StepPlan(b.ids.copy(), b.kv + 1, max_steps=steps, arrival_sensitive=True)
+        return self.repeated_decodes(arrival_sensitive=True)
 
     def _admit(self) -> list[tuple[int, int]]:
         t, b = self.t, self.batch

@@ -13,45 +13,32 @@ Simplifications: no prefill chunking, no speculative decoding.
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
 from simkv.request import RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
-from simkv.sched.batch import RunningBatch
-from simkv.sched.continuous import MAX_REPEAT
+from simkv.sched.queue import QueuedScheduler
 
 
-class TgiScheduler:
+class TgiScheduler(QueuedScheduler):
     """TGI's prefill-or-decode loop over a reserving paged allocator."""
 
     def __init__(self, table: RequestTable, allocator, *, max_batch_prefill_tokens: int = 4096,
                  waiting_served_ratio: float = 0.3, max_waiting_tokens: int = 20,
-                 max_concurrent_requests: int = 128, max_num_seqs: int = 1024, warmup_s: float = 0.0,
-                 max_repeat: int = MAX_REPEAT) -> None:
+                 max_concurrent_requests: int = 128, max_num_seqs: int = 1024, **limits) -> None:
         if not getattr(allocator, "reserve_upfront", False):
             raise ValueError("TGI reserves prompt + max_new_tokens at admission: use a reserving allocator")
-        self.t = table
-        self.kv = allocator
-        self.batch = RunningBatch(table, allocator, warmup_s)
+        super().__init__(table, allocator, max_num_seqs=max_num_seqs, reservation="prompt_plus_max_new", **limits)
         self.max_batch_prefill_tokens = max_batch_prefill_tokens
         self.waiting_served_ratio = waiting_served_ratio
         self.max_waiting_tokens = max_waiting_tokens
         self.max_concurrent_requests = max_concurrent_requests
-        self.max_num_seqs = max_num_seqs
-        self.max_repeat = max_repeat
-        self.waiting: deque[int] = deque()
         self.decode_steps_since_prefill = 0
 
     def add_request(self, req_id: int) -> bool:
         if len(self.waiting) + len(self.batch) >= self.max_concurrent_requests:
             return False
-        self.waiting.append(req_id)
-        return True
-
-    def has_work(self) -> bool:
-        return bool(self.waiting) or len(self.batch) > 0
+        return super().add_request(req_id)
 
     def next_reservation(self) -> int | None:
         return None
@@ -61,10 +48,7 @@ class TgiScheduler:
             self.decode_steps_since_prefill = 0
         else:
             self.decode_steps_since_prefill += len(durations_s)
-        return self.batch.commit(plan, start_s, durations_s, len(self.waiting), None)
-
-    def reservation_for(self, rid: int) -> int:
-        return int(self.t.prompt_tokens[rid] + self.t.max_new_tokens[rid])
+        return super().commit(plan, start_s, durations_s)
 
     def schedule(self) -> StepPlan | None:
         if not self.has_work():
@@ -79,13 +63,12 @@ class TgiScheduler:
                             prefill_done=np.ones(len(ids), bool))
         if not b.num_decoding:
             if self.waiting:
-                raise RuntimeError(f"request {self.waiting[0]} can never be admitted to an empty engine")
+                raise self.stuck()
             return None
-        steps = min(int((b.out - b.gen).min()), self.max_repeat)
+        due = None
         if self.waiting:  # the next prefill may become due after some decode steps
-            due = self.max_waiting_tokens - self.decode_steps_since_prefill
-            steps = max(1, min(steps, due)) if due > 0 else 1
-        return StepPlan(b.ids.copy(), b.kv + 1, max_steps=steps, arrival_sensitive=True)
+            due = max(1, self.max_waiting_tokens - self.decode_steps_since_prefill)
+        return self.repeated_decodes(arrival_sensitive=True, limit=due)
 
     def _next_prefill_batch(self) -> list[tuple[int, int, int]]:
         b, t = self.batch, self.t

@@ -1,0 +1,74 @@
+"""What every batching policy shares: the request table, the KV allocator, the running batch
+and a first-come-first-served waiting queue (preempted requests rejoin at its front)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from simkv.kv.reservation import reservation_tokens
+from simkv.request import RequestTable
+from simkv.sched.base import StepOutcome, StepPlan
+from simkv.sched.batch import RunningBatch
+
+MAX_REPEAT = 1024  # most identical decode steps fast-forwarded at once
+
+
+class QueuedScheduler:
+    """Base of the policies in this package; subclasses implement `schedule()`."""
+
+    def __init__(self, table: RequestTable, allocator, *, max_num_seqs: int, max_num_batched_tokens: int = 0,
+                 max_model_len: int = 0, reservation: str = "max_model_len", watermark_blocks: int = 0,
+                 warmup_s: float = 0.0, max_repeat: int = MAX_REPEAT, defer_free: bool = False) -> None:
+        self.t = table
+        self.kv = allocator
+        self.batch = RunningBatch(table, allocator, warmup_s, defer_free=defer_free)
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.reservation = reservation
+        self.watermark_blocks = watermark_blocks
+        self.max_repeat = max_repeat
+        self.waiting: deque[int] = deque()
+
+    # ------------------------------------------------------------ protocol
+    def add_request(self, req_id: int) -> bool:
+        self.waiting.append(req_id)
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or len(self.batch) > 0
+
+    @property
+    def num_running(self) -> int:
+        return len(self.batch)
+
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def next_reservation(self) -> int | None:
+        """Slots the head of the queue needs (defines external fragmentation); None if nobody waits."""
+        return self.reservation_for(self.waiting[0]) if self.waiting else None
+
+    def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
+        return self.batch.commit(plan, start_s, durations_s, self.num_waiting(), self.next_reservation())
+
+    # ------------------------------------------------------------ helpers
+    def reservation_for(self, rid: int) -> int:
+        """Slots a contiguous region for `rid` gets under the reservation policy."""
+        t = self.t
+        return reservation_tokens(self.reservation, prompt_tokens=int(t.prompt_tokens[rid]),
+                                  final_tokens=int(t.final_kv_tokens[rid]),
+                                  max_new_tokens=int(t.max_new_tokens[rid]), max_model_len=self.max_model_len)
+
+    def repeated_decodes(self, arrival_sensitive: bool, limit: int | None = None) -> StepPlan:
+        """All decoders for as many identical steps as nothing can change: up to the first
+        completion, within the free blocks, `limit` and max_repeat."""
+        b = self.batch
+        steps = min(int((b.out - b.gen).min()), self.max_repeat, limit or self.max_repeat)
+        return StepPlan(b.ids.copy(), b.kv + 1, max_steps=b.max_decode_steps(max(1, steps)),
+                        arrival_sensitive=arrival_sensitive)
+
+    def stuck(self) -> RuntimeError:
+        return RuntimeError(f"request {self.waiting[0]} can never be admitted to an empty engine")
