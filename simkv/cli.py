@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_cost_report)
     cat = sub.add_parser("catalog", help="list the models and GPUs simkv knows")
     cat.add_argument("--json", action="store_true", help="machine-readable output")
+    cat.add_argument("--presets", action="store_true", help="list the engine presets with their defaults and sources")
     cat.set_defaults(func=cmd_catalog)
     return p
 
@@ -181,6 +182,12 @@ def cmd_schema(args) -> int:
 
 def cmd_catalog(args) -> int:
     from simkv.catalog import builtin_gpus, builtin_models
+    if args.presets:
+        from simkv.presets import PRESETS
+        for name, preset in PRESETS.items():
+            knobs = ", ".join(f"{k}={v}" for k, v in preset["defaults"].items())
+            print(f"{name}\n  defaults: {knobs}\n  source: {preset['source']}")
+        return 0
     models, gpus = builtin_models(), builtin_gpus()
     if args.json:
         print(json.dumps({"models": {k: v.model_dump() for k, v in models.items()},
