@@ -110,7 +110,7 @@ def cmd_run(args) -> int:
     wall = time.perf_counter() - wall
     if scenario.sweep is not None:
         from simkv.output import write_sweep
-        write_sweep(scenario.sweep.field, points, out, f"{scenario.name}: {scenario.description or ''}"[:140])
+        write_sweep(scenario.sweep.field, points, out, _title(scenario))
         print(f"{scenario.name}: {total:,} simulated requests in {wall:.1f} s wall ({total / wall:,.0f} requests/s)")
         print(f"results: {out}/ (sweep.csv, sweep.png, report.md, one folder per value)")
         return 0
@@ -126,6 +126,14 @@ def cmd_run(args) -> int:
     print(terminal_table(results))
     print(f"results: {out}/ (summary.json, requests.csv, timeseries.csv{'' if args.no_figures else ', report.md, figures'})")
     return 0
+
+
+def _title(scenario) -> str:
+    """A figure title: the scenario name and the start of its description."""
+    text = (scenario.description or "").split(":")[0].strip()
+    if len(text) > 110:
+        text = text[:110].rsplit(" ", 1)[0] + "…"
+    return f"{scenario.name}: {text}" if text else scenario.name
 
 
 def _run_point(scenario, args, label: str):

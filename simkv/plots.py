@@ -140,6 +140,29 @@ SWEEP_PANELS = (
 )
 
 
+def field_label(field: str) -> str:
+    """`workload.arrival.rate (requests/s)`: the dotted field with the unit its schema documents."""
+    import re
+    import typing
+
+    from pydantic import BaseModel
+
+    from simkv.scenario import Scenario
+    models: list = [Scenario]
+    desc = None
+    for part in field.split("."):
+        found = [m.model_fields[part] for m in models if part in m.model_fields]
+        if not found:
+            return field
+        desc = found[0].description
+        models = [a for a in typing.get_args(found[0].annotation) + (found[0].annotation,)
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        models += [m for a in typing.get_args(found[0].annotation) for m in typing.get_args(a)
+                   if isinstance(m, type) and issubclass(m, BaseModel)]
+    unit = re.search(r"\(([^()]*)\)\s*$", desc or "")
+    return f"{field} ({unit.group(1)})" if unit else field
+
+
 def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:
     """Headline metrics against the swept value, one line per variant (rows: flat metrics with
     'value' and 'variant')."""
@@ -156,7 +179,9 @@ def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:
                 ax.plot(x, [np.nan if r[p50] is None else r[p50] for r in pts], "--", color=colour, lw=1)
         if with_p50:
             ax.set_yscale("log")
-        ax.set_xlabel(field)
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_xlabel(field_label(field))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].legend(fontsize=8)
