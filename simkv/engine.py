@@ -86,7 +86,8 @@ class Replica:
                 continue
             durations = self._durations(plan)
             start = env.now
-            yield env.timeout(float(durations.sum()))
+            # the same cumulative sum as commit's step ends, so token times match env.now exactly
+            yield env.timeout(float(durations[0] if len(durations) == 1 else np.cumsum(durations)[-1]))
             outcome = sched.commit(plan, start, durations)
             rec.on_steps(start, outcome, durations)
             rec.on_extra_gaps(outcome.extra_gaps_s)
