@@ -237,3 +237,19 @@ def test_prefix_caching_lowers_ttft_on_shared_system_prompts():
     assert on["kv_cache"]["prefix_cache"]["hit_rate"] > 0.7
     assert "prefix_cache" not in off["kv_cache"]
     assert on["latency_s"]["ttft"]["p50"] < 0.7 * off["latency_s"]["ttft"]["p50"]
+
+
+def test_prefix_cache_shares_blocks_scheduled_in_the_same_step():
+    """vLLM V1 names blocks when it schedules them, so a request admitted later in the same step
+    reuses a shared prefix another request is computing in that step."""
+    from simkv.kv.prefix_cache import PrefixCachingAllocator
+    t = RequestTable(np.zeros(2), np.array([100, 80], dtype=np.int64), np.array([5, 5], dtype=np.int64),
+                     np.array([5, 5], dtype=np.int64), np.zeros(2, dtype=np.int8),
+                     np.array([3, 3], dtype=np.int64), np.array([64, 64], dtype=np.int64))
+    s = ChunkedPrefillScheduler(t, PrefixCachingAllocator(40, 16), max_num_seqs=8, max_num_batched_tokens=512,
+                                max_model_len=512, prefix_caching=True)
+    s.add_request(0), s.add_request(1)
+    plan = _step(s)
+    chunks = dict(zip(plan.prefill_ids.tolist(), zip(plan.prefill_new.tolist(), plan.prefill_ctx.tolist())))
+    assert chunks == {0: (100, 100), 1: (16, 80)}
+    assert (t.generated == 1).all()

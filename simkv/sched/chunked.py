@@ -38,12 +38,18 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         return None  # paged: no external fragmentation
 
     def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
-        if self.prefix_caching:  # computed full blocks become reusable
-            for rid, new, ctx in zip(plan.prefill_ids.tolist(), plan.prefill_new.tolist(), plan.prefill_ctx.tolist()):
-                self.kv.register(rid, self._hashes[rid], ctx)
+        if self.prefix_caching:  # prompts whose last chunk ran no longer need their block names
+            for rid, ctx in zip(plan.prefill_ids.tolist(), plan.prefill_ctx.tolist()):
                 if ctx == self.batch.prefilling[rid].target:
                     del self._hashes[rid]
         return super().commit(plan, start_s, durations_s)
+
+    def _cache_scheduled(self, rid: int, tokens: int) -> None:
+        """Name the full blocks this step will have computed, at scheduling time (as vLLM V1's
+        allocate_slots does): a request scheduled later in the same step can already reuse them,
+        since each layer writes the step's keys and values before its attention reads them."""
+        if self.prefix_caching:
+            self.kv.register(rid, self._hashes[rid], tokens)
 
     def block_hashes(self, rid: int, num_tokens: int) -> list:
         """Content names of the full blocks of `rid`'s first `num_tokens` tokens: block i of a
@@ -120,6 +126,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
             if state.rid not in b.prefilling:
                 return budget, True
             self.kv.grow_to(state.rid, state.computed + n)
+            self._cache_scheduled(state.rid, state.computed + n)
             chunks.append((state.rid, n))
             budget -= n
         return budget, False
@@ -164,6 +171,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         self.t.prefix_hit_tokens[rid] += cached
         self.t.prefix_query_tokens[rid] += target
         self._hashes[rid] = hashes
+        self._cache_scheduled(rid, cached + n)
         self.waiting.popleft()
         chunks.append((rid, n))
         return True
