@@ -3,8 +3,10 @@ whole simulations."""
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 import simkv
 from simkv.build import build
@@ -253,3 +255,23 @@ def test_prefix_cache_shares_blocks_scheduled_in_the_same_step():
     chunks = dict(zip(plan.prefill_ids.tolist(), zip(plan.prefill_new.tolist(), plan.prefill_ctx.tolist())))
     assert chunks == {0: (100, 100), 1: (16, 80)}
     assert s.batch.gen.tolist() == [1, 1]          # both prompts complete and sample their first token
+
+
+@settings(max_examples=40, deadline=None)
+@given(preset=st.sampled_from(sorted(PRESETS)), seed=st.integers(0, 10_000), rate=st.floats(2, 300),
+       blocks=st.integers(40, 300), max_seqs=st.integers(1, 32), shared=st.booleans())
+def test_any_preset_on_any_small_engine_finishes_every_token_once(preset, seed, rate, blocks, max_seqs, shared):
+    over = dict(engine={"preset": preset, "max_model_len": 512, "num_gpu_blocks": blocks, "max_num_seqs": max_seqs,
+                        "max_batch_prefill_tokens": 600, "max_concurrent_requests": 10_000},
+                run__seed=seed, run__num_requests=50, workload__arrival={"process": "poisson", "rate": rate})
+    if shared:
+        over["workload__shared_prefix"] = {"fraction": 0.7, "tokens": 96, "num_prefixes": 2}
+    sim, res = _run(small_scenario(**over))
+    t = sim.table
+    ok = t.status != 2
+    assert (t.status[ok] == 1).all()
+    assert (t.generated[ok] == t.output_tokens[ok]).all(), "a token was generated twice or never"
+    assert res.summary["throughput"]["total_output_tokens"] == int(t.output_tokens[ok].sum())
+    owned = sim.allocator.owners() if hasattr(sim.allocator, "owners") else sim.allocator.regions()
+    assert not owned, "memory still held after every request finished"
+    assert sum(res.summary["kv_cache"]["mean_fraction"].values()) == pytest.approx(1.0)
