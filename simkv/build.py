@@ -197,7 +197,8 @@ def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[
     truncated = int(np.count_nonzero((output < stream.output_tokens) & (reason == 0)))
     max_new = np.maximum(np.minimum(stream.max_new_tokens, room), output)
     prefix_tokens = None if stream.prefix_tokens is None else np.minimum(stream.prefix_tokens, prompt)
-    return RequestTable(stream.arrival_s, prompt, output, max_new, reason, stream.prefix_id, prefix_tokens), truncated
+    table = RequestTable(stream.arrival_s, prompt, output, max_new, reason, stream.prefix_id, prefix_tokens, stream.group)
+    return table, truncated
 
 
 def _reject_unplaceable(table: RequestTable, policy: str, max_len: int, allocator) -> None:

@@ -161,8 +161,36 @@ def request_latencies(t: RequestTable) -> dict[str, np.ndarray]:
             "max_tbt_s": np.where(t.output_tokens > 1, t.tbt_max_s, np.nan)}
 
 
+class RequestGroups:
+    """Per-request view of a table whose requests fan out into several sequences (parallel
+    sampling): a request's first token is its earliest sequence's, it finishes with its last, and
+    its output is its longest sequence (TPOT is the pace of the longest). Rows of a request are
+    consecutive."""
+
+    def __init__(self, t: RequestTable) -> None:
+        starts = np.flatnonzero(np.r_[True, t.group[1:] != t.group[:-1]])
+        first = lambda col: col[starts]
+        self.num_requests = len(starts)
+        self.arrival_s = first(t.arrival_s)
+        self.first_scheduled_s = np.fmin.reduceat(t.first_scheduled_s, starts)
+        self.first_token_s = np.fmin.reduceat(t.first_token_s, starts)
+        self.finish_s = np.maximum.reduceat(t.finish_s, starts)       # NaN while any sequence runs
+        self.output_tokens = np.maximum.reduceat(t.output_tokens, starts)
+        self.status = np.where(np.minimum.reduceat((t.status == DONE).astype(np.int8), starts) == 1, DONE,
+                               first(t.status)).astype(np.int8)
+        self.reject_reason = first(t.reject_reason)
+        self.num_preemptions = np.add.reduceat(t.num_preemptions, starts)
+        self.tbt_max_s = np.maximum.reduceat(t.tbt_max_s, starts)
+        self.prefix_hit_tokens = np.add.reduceat(t.prefix_hit_tokens, starts)
+        self.prefix_query_tokens = np.add.reduceat(t.prefix_query_tokens, starts)
+        self.sequences_per_request = np.diff(np.r_[starts, len(t.group)])
+
+
 def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = None) -> dict:
-    """The run's summary: throughput, latency percentiles, KV breakdown, batch, preemptions."""
+    """The run's summary: throughput, latency percentiles, KV breakdown, batch, preemptions.
+    Request statistics are per request; with parallel sampling a request is all its sequences."""
+    if len(t.group) and (np.diff(t.group) == 0).any():
+        t = RequestGroups(t)
     lat = request_latencies(t)
     measured = (t.arrival_s >= rec.w0) & (t.status == DONE)
     window = rec.w1 - rec.w0
@@ -211,6 +239,8 @@ def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = 
         summary["kv_cache"]["prefix_cache"] = {"hit_tokens": hit, "query_tokens": queried, "hit_rate": hit / queried}
     if slo is not None and any(v is not None for v in (slo.ttft_s, slo.tpot_s, slo.e2e_s)):
         summary["slo"] = _slo(lat, measured, slo, window, rec.w1, t)
+    if isinstance(t, RequestGroups):
+        summary["requests"]["sequences"] = int(t.sequences_per_request.sum())
     if extra:
         summary.update(extra)
     return summary

@@ -21,7 +21,7 @@ class RequestTable:
 
     def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
                  max_new_tokens: np.ndarray, reject_reason: np.ndarray, prefix_id: np.ndarray | None = None,
-                 prefix_tokens: np.ndarray | None = None) -> None:
+                 prefix_tokens: np.ndarray | None = None, group: np.ndarray | None = None) -> None:
         n = len(arrival_s)
         self.num_requests = n
         self.arrival_s = arrival_s
@@ -40,5 +40,7 @@ class RequestTable:
         self.tbt_max_s = np.zeros(n)   # longest gap between consecutive tokens
         self.prefix_id = prefix_id if prefix_id is not None else np.full(n, -1, dtype=np.int64)
         self.prefix_tokens = prefix_tokens if prefix_tokens is not None else np.zeros(n, dtype=np.int64)
+        # the request a sequence belongs to: parallel sampling fans one request out into several rows
+        self.group = group if group is not None else np.arange(n, dtype=np.int64)
         self.prefix_hit_tokens = np.zeros(n, dtype=np.int64)    # prompt tokens found in the prefix cache
         self.prefix_query_tokens = np.zeros(n, dtype=np.int64)  # prompt tokens looked up

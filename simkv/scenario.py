@@ -138,6 +138,12 @@ class SharedPrefix(Strict):
     num_prefixes: PositiveInt = Field(1, description="distinct shared prefixes, picked uniformly (count)")
 
 
+class Sampling(Strict):
+    """Parallel sampling: each request asks for n sequences from one prompt."""
+
+    n: PositiveInt = Field(1, description="sequences sampled per request (count); each has its own output length")
+
+
 class Workload(Strict):
     """Synthetic traffic: when requests arrive and how long they are."""
 
@@ -147,6 +153,7 @@ class Workload(Strict):
     max_new_tokens: MaxNewTokens = Field(default_factory=lambda: MultipleMaxNew(policy="multiple", factor=1.0),
                                          description="the limit each client asks for (>= true output)")
     shared_prefix: SharedPrefix | None = Field(None, description="shared system prompts; none by default")
+    sampling: Sampling = Field(default_factory=Sampling, description="sequences per request (parallel sampling)")
     overlong: Literal["reject", "clip"] = Field(
         "reject", description="prompts that do not fit max_model_len: rejected and counted (as an API "
         "server does), or clipped to fit; outputs always stop at max_model_len")

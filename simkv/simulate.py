@@ -71,7 +71,7 @@ def _setup(sim: Simulation) -> dict:
 
 def _request_columns(sim: Simulation) -> dict:
     t = sim.table
-    cols = {"req_id": range(t.num_requests), "arrival_s": t.arrival_s, "prompt_tokens": t.prompt_tokens,
+    cols = {"req_id": range(t.num_requests), "group": t.group, "arrival_s": t.arrival_s, "prompt_tokens": t.prompt_tokens,
             "output_tokens": t.output_tokens, "max_new_tokens": t.max_new_tokens, "status": t.status,
             "reject_reason": t.reject_reason, "num_preemptions": t.num_preemptions,
             "first_scheduled_s": t.first_scheduled_s, "first_token_s": t.first_token_s, "finish_s": t.finish_s}

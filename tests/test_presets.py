@@ -275,3 +275,26 @@ def test_any_preset_on_any_small_engine_finishes_every_token_once(preset, seed, 
     owned = sim.allocator.owners() if hasattr(sim.allocator, "owners") else sim.allocator.regions()
     assert not owned, "memory still held after every request finished"
     assert sum(res.summary["kv_cache"]["mean_fraction"].values()) == pytest.approx(1.0)
+
+
+def test_parallel_sampling_shares_the_prompt_only_where_the_engine_can():
+    over = dict(workload__sampling={"n": 4}, workload__prompt_tokens={"dist": "uniform", "low": 300, "high": 400},
+                workload__output_tokens={"dist": "uniform", "low": 5, "high": 60},
+                workload__arrival={"process": "poisson", "rate": 5.0}, run__num_requests=40)
+    shared = _run(small_scenario(engine={"preset": "vllm-v1", "max_model_len": 512, "num_gpu_blocks": 800}, **over))
+    copied = _run(small_scenario(engine={"preset": "simkv", "max_model_len": 512, "num_gpu_blocks": 800}, **over))
+    for sim, res in (shared, copied):
+        s, t = res.summary, sim.table
+        assert s["requests"]["total"] == 40 and s["requests"]["sequences"] == 160 and s["requests"]["completed"] == 40
+        assert (t.generated == t.output_tokens).all()
+        assert len(set(t.group.tolist())) == 40 and (np.bincount(t.group) == 4).all()
+        assert len(set(t.output_tokens[t.group == 0].tolist())) > 1  # each sequence has its own length
+    hit = shared[1].summary["kv_cache"]["prefix_cache"]["hit_rate"]
+    assert 0.6 < hit < 0.75                           # 3 of 4 sequences reuse the prompt's full blocks
+    held = lambda res: 1 - res.summary["kv_cache"]["mean_fraction"]["free"]
+    assert held(shared[1]) < 0.5 * held(copied[1])    # paged + prefix cache holds one copy of each prompt
+    e2e = shared[1].requests["e2e_s"]
+    groups = shared[0].table.group
+    # a request ends with its last sequence
+    assert shared[1].summary["latency_s"]["e2e"]["max"] == pytest.approx(
+        max(np.nanmax(e2e[groups == g]) for g in range(40)))

@@ -53,10 +53,14 @@ class ChunkedPrefillScheduler(QueuedScheduler):
 
     def block_hashes(self, rid: int, num_tokens: int) -> list:
         """Content names of the full blocks of `rid`'s first `num_tokens` tokens: block i of a
-        shared prefix is the same content for every request using it; anything else is the request's own."""
-        b = self.kv.block_size
-        pid, shared = int(self.t.prefix_id[rid]), int(self.t.prefix_tokens[rid]) // b
-        return [("p", pid, i) if i < shared else ("r", rid, i) for i in range(num_tokens // b)]
+        shared prefix is the same content for every request using it; the rest of the prompt is
+        the same for the sequences of one request (parallel sampling); generated tokens are the
+        sequence's own."""
+        b, t = self.kv.block_size, self.t
+        pid, shared = int(t.prefix_id[rid]), int(t.prefix_tokens[rid]) // b
+        group, prompt = int(t.group[rid]), int(t.prompt_tokens[rid]) // b
+        return [("p", pid, i) if i < shared else ("g", group, i) if i < prompt else ("r", rid, i)
+                for i in range(num_tokens // b)]
 
     # ------------------------------------------------------------ schedule
     def schedule(self) -> StepPlan | None:

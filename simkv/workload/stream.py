@@ -26,6 +26,7 @@ class RequestStream:
     max_new_tokens: np.ndarray   # int64 >= output_tokens: what the client asked for
     prefix_id: np.ndarray | None = None      # int64: shared prefix of each request, -1 for none
     prefix_tokens: np.ndarray | None = None  # int64: tokens of that prefix at the prompt's start
+    group: np.ndarray | None = None          # int64: the request each sequence belongs to (parallel sampling)
 
     @property
     def num_requests(self) -> int:
@@ -34,16 +35,24 @@ class RequestStream:
 
 def generate_stream(workload: Workload, run: Run) -> RequestStream:
     """Sample the whole stream of a run from `run.seed`."""
-    seeds = np.random.SeedSequence(run.seed).spawn(4)
-    rng_arrival, rng_prompt, rng_output, rng_prefix = (np.random.default_rng(s) for s in seeds)
+    seeds = np.random.SeedSequence(run.seed).spawn(5)
+    rng_arrival, rng_prompt, rng_output, rng_prefix, rng_samples = (np.random.default_rng(s) for s in seeds)
     arrivals = arrival_times(workload.arrival, rng_arrival, num_requests=run.num_requests,
                              duration_s=run.duration_s)
     n = len(arrivals)
     prompts = sample_lengths(workload.prompt_tokens, n, rng_prompt)
     outputs = sample_lengths(workload.output_tokens, n, rng_output)
-    outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
     prefix_id, prefix_tokens = _shared_prefixes(workload.shared_prefix, n, rng_prefix)
-    return RequestStream(arrivals, prompts + prefix_tokens, outputs, max_new, prefix_id, prefix_tokens)
+    prompts = prompts + prefix_tokens
+    group = np.arange(n, dtype=np.int64)
+    k = workload.sampling.n
+    if k > 1:  # each request fans out into k sequences: same prompt, own output lengths
+        extra = sample_lengths(workload.output_tokens, n * (k - 1), rng_samples).reshape(n, k - 1)
+        outputs = np.column_stack([outputs, extra]).ravel()
+        arrivals, prompts, group = (np.repeat(a, k) for a in (arrivals, prompts, group))
+        prefix_id, prefix_tokens = np.repeat(prefix_id, k), np.repeat(prefix_tokens, k)
+    outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
+    return RequestStream(arrivals, prompts, outputs, max_new, prefix_id, prefix_tokens, group)
 
 
 def _shared_prefixes(spec, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
