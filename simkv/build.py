@@ -102,7 +102,11 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
             fix=f"lower engine.max_model_len to {mem.capacity_tokens} or less, raise gpu_memory_utilization, "
                 "or add tensor parallelism")
     table, truncated = _request_table(stream, limits.max_model_len, scenario.workload.overlong)
-    if e.allocator == "paged" and e.prefix_caching:
+    beams = scenario.workload.sampling.beam_width > 1
+    if beams and e.reserve_upfront:
+        raise SimkvError("beam search is not modelled for an engine that reserves at admission (tgi)",
+                         field="workload.sampling.beam_width", fix="use another preset, or parallel sampling (n)")
+    if e.allocator == "paged" and (e.prefix_caching or beams):  # reference-counted blocks
         allocator = PrefixCachingAllocator(mem.num_blocks, e.block_size)
     elif e.allocator == "paged":
         allocator = PagedAllocator(mem.num_blocks, e.block_size, reserve_upfront=e.reserve_upfront)
@@ -117,7 +121,9 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
         table.reject_reason[over] = PROMPT_OVER_PREFILL_BUDGET
         table.status[over] = REJECTED
     kv_per_token = model.kv_bytes_per_token(e.kv_cache_dtype, tp)
+    table.beam_reselect = scenario.workload.sampling.beam_reselect or 0.0
     scheduler = make_scheduler(e, table, allocator, limits, mem, scenario.run.warmup_s, kv_per_token)
+    scheduler.batch.rng = np.random.default_rng(np.random.SeedSequence([scenario.run.seed, 7]))
     cost, cost_name = make_cost(scenario, max(limits.max_num_batched_tokens, e.max_batch_prefill_tokens, 16384))
     start, end = _measured_window(scenario, stream)
     return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)

@@ -42,5 +42,6 @@ class RequestTable:
         self.prefix_tokens = prefix_tokens if prefix_tokens is not None else np.zeros(n, dtype=np.int64)
         # the request a sequence belongs to: parallel sampling fans one request out into several rows
         self.group = group if group is not None else np.arange(n, dtype=np.int64)
+        self.beam_reselect = 0.0   # beam search: chance per step that a beam takes another's hypothesis
         self.prefix_hit_tokens = np.zeros(n, dtype=np.int64)    # prompt tokens found in the prefix cache
         self.prefix_query_tokens = np.zeros(n, dtype=np.int64)  # prompt tokens looked up

@@ -139,9 +139,25 @@ class SharedPrefix(Strict):
 
 
 class Sampling(Strict):
-    """Parallel sampling: each request asks for n sequences from one prompt."""
+    """Parallel sampling (n sequences from one prompt) or beam search (beam_width beams)."""
 
     n: PositiveInt = Field(1, description="sequences sampled per request (count); each has its own output length")
+    beam_width: PositiveInt = Field(1, description="beams per request (count); all run for the request's output length")
+    beam_reselect: float | None = Field(
+        None, ge=0, le=1, description="beam search: chance per step that a beam continues another beam's hypothesis "
+        "(dimensionless); paged engines then share that beam's blocks; required with beam_width > 1")
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        if self.n > 1 and self.beam_width > 1:
+            raise ValueError("give n (parallel sampling) or beam_width (beam search), not both")
+        if (self.beam_width > 1) != (self.beam_reselect is not None):
+            raise ValueError("beam_reselect is required with beam_width > 1, and only then")
+        return self
+
+    @property
+    def sequences(self) -> int:
+        return max(self.n, self.beam_width)
 
 
 class Workload(Strict):

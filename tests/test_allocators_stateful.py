@@ -249,6 +249,34 @@ class PrefixCacheMachine(RuleBasedStateMachine):
         if self.a.can_append(rid, n):
             self.a.append(rid, n)
 
+    @rule(target=live, rid=live)
+    def twin(self, rid):
+        """A beam of the same length as `rid` (its own blocks)."""
+        tokens = self.a.tokens_of(rid)
+        new = self.next_id
+        self.next_id += 1
+        if not self.a.can_allocate(tokens):
+            return multiple()
+        self.a.allocate(new, tokens, None, tokens)
+        self.hashes[new] = []
+        return new
+
+    @rule(child=live, parent=live)
+    def fork(self, child, parent):
+        """Beam search re-selection: child continues parent's hypothesis."""
+        if child == parent or self.a.tokens_of(child) != self.a.tokens_of(parent):
+            return
+        before = (self.a.usage(), self.a.free_block_ids())
+        parent_table = self.a.block_table(parent)
+        if self.a.fork_into(child, parent):
+            b, tokens = self.a.block_size, self.a.tokens_of(parent)
+            table = self.a.block_table(child)
+            assert table[:tokens // b] == parent_table[:tokens // b], "full blocks not shared"
+            if tokens % b:
+                assert table[-1] != parent_table[-1], "the partial block was not copied"
+        else:
+            assert (self.a.usage(), self.a.free_block_ids()) == before
+
     @rule(rid=consumes(live))
     def free(self, rid):
         self.a.free(rid)

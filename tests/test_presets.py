@@ -259,13 +259,19 @@ def test_prefix_cache_shares_blocks_scheduled_in_the_same_step():
 
 @settings(max_examples=40, deadline=None)
 @given(preset=st.sampled_from(sorted(PRESETS)), seed=st.integers(0, 10_000), rate=st.floats(2, 300),
-       blocks=st.integers(40, 300), max_seqs=st.integers(1, 32), shared=st.booleans())
-def test_any_preset_on_any_small_engine_finishes_every_token_once(preset, seed, rate, blocks, max_seqs, shared):
+       blocks=st.integers(40, 300), max_seqs=st.integers(1, 32), shared=st.booleans(),
+       sampling=st.sampled_from([None, {"n": 3}, {"beam_width": 3, "beam_reselect": 0.4}]))
+def test_any_preset_on_any_small_engine_finishes_every_token_once(preset, seed, rate, blocks, max_seqs, shared,
+                                                                  sampling):
     over = dict(engine={"preset": preset, "max_model_len": 512, "num_gpu_blocks": blocks, "max_num_seqs": max_seqs,
                         "max_batch_prefill_tokens": 600, "max_concurrent_requests": 10_000},
                 run__seed=seed, run__num_requests=50, workload__arrival={"process": "poisson", "rate": rate})
     if shared:
         over["workload__shared_prefix"] = {"fraction": 0.7, "tokens": 96, "num_prefixes": 2}
+    if sampling is not None:
+        if preset == "tgi" and "beam_width" in sampling:
+            return  # not modelled: refused with a clear error (tested below)
+        over["workload__sampling"] = sampling
     sim, res = _run(small_scenario(**over))
     t = sim.table
     ok = t.status != 2
@@ -298,3 +304,21 @@ def test_parallel_sampling_shares_the_prompt_only_where_the_engine_can():
     # a request ends with its last sequence
     assert shared[1].summary["latency_s"]["e2e"]["max"] == pytest.approx(
         max(np.nanmax(e2e[groups == g]) for g in range(40)))
+
+
+
+def test_beam_search_shares_blocks_in_paged_engines_and_copies_in_contiguous_ones():
+    def held(preset, reselect):
+        over = dict(workload__sampling={"beam_width": 4, "beam_reselect": reselect},
+                    workload__prompt_tokens={"dist": "uniform", "low": 30, "high": 60},
+                    workload__output_tokens={"dist": "uniform", "low": 150, "high": 250},
+                    workload__arrival={"process": "poisson", "rate": 2.0}, run__num_requests=20)
+        sim, res = _run(small_scenario(engine={"preset": preset, "max_model_len": 512, "num_gpu_blocks": 2000}, **over))
+        assert res.summary["requests"]["completed"] == 20 and res.summary["requests"]["sequences"] == 80
+        assert (sim.table.generated == sim.table.output_tokens).all()
+        return 1 - res.summary["kv_cache"]["mean_fraction"]["free"] - res.summary["kv_cache"]["mean_fraction"]["external_frag"]
+    assert held("vllm-v0", 0.5) < 0.7 * held("vllm-v0", 0.0)      # converging beams share their blocks
+    assert held("orca-oracle", 0.5) == pytest.approx(held("orca-oracle", 0.0))  # contiguous beams copy
+    with pytest.raises(simkv.SimkvError, match="beam search"):
+        _run(small_scenario(engine={"preset": "tgi", "max_model_len": 512},
+                            workload__sampling={"beam_width": 2, "beam_reselect": 0.1}))

@@ -133,6 +133,34 @@ class PrefixCachingAllocator(PagedAllocator):
                 self._hash_of[table[i]] = h
         self._registered[req_id] = max(full, self._registered.get(req_id, 0))
 
+    def fork_into(self, child: int, parent: int) -> bool:
+        """Beam search: `child` drops its blocks and continues `parent`'s hypothesis, sharing its
+        full blocks (reference counts) and copying its partial last block (copy-on-write done at
+        once, since the child writes into it next). Returns False, changing nothing, if no block
+        is free for the copy."""
+        tokens = self._tokens[parent]
+        if self._tokens[child] != tokens:
+            raise ValueError("beams fork only between sequences of the same length")
+        full = tokens // self.block_size
+        copy = 1 if tokens % self.block_size else 0
+        freed = sum(1 for b in self._tables[child] if self._ref[b] == 1)
+        if copy > len(self._free_lru) + freed:
+            return False
+        for block in reversed(self._tables[child]):
+            self._ref[block] -= 1
+            if self._ref[block] == 0:
+                self._free_lru[block] = None
+            else:
+                self.shared_excess -= 1
+        table = list(self._tables[parent][:full])
+        for block in table:
+            self._ref[block] += 1
+            self.shared_excess += 1
+        table.extend(self._take() for _ in range(copy))
+        self._tables[child] = table
+        self._registered[child] = 0
+        return True
+
     def free(self, req_id: int) -> None:
         table = self._tables.pop(req_id)
         del self._tokens[req_id], self._final[req_id]

@@ -62,6 +62,7 @@ class RunningBatch:
         self.order = np.zeros(0, _I64)    # admission order
         self.extra_gaps_s = _NO_GAPS
         self._gap_steps_from = 0
+        self.rng = np.random.default_rng(0)   # beam re-selection; seeded by the builder
 
     def __len__(self) -> int:
         return len(self.ids) + len(self.prefilling)
@@ -209,10 +210,30 @@ class RunningBatch:
             measured = int(np.count_nonzero(self.measured))
         self._grow(k)
         self.gen = self.gen + k
+        if self.t.beam_reselect and hasattr(self.kv_alloc, "fork_into"):
+            self._reselect_beams()
         last = float(ends[-1])
         self.last_tok = np.full(len(self.ids), last)
         self._uniform_last_tok = last
         return measured
+
+    @property
+    def has_beams(self) -> bool:
+        """Beam groups are decoding (their re-selection changes memory every step)."""
+        return bool(self.t.beam_reselect) and len(self.ids) > len(np.unique(self.t.group[self.ids]))
+
+    def _reselect_beams(self) -> None:
+        """After a step each beam continues, with chance beam_reselect, the hypothesis of a beam
+        of its request chosen at random (one of the same length): the paged cache then shares
+        that beam's blocks instead of holding the old ones."""
+        ids = self.ids
+        groups = self.t.group[ids]
+        movers = np.flatnonzero(self.rng.random(len(ids)) < self.t.beam_reselect)
+        for i in movers.tolist():
+            peers = np.flatnonzero((groups == groups[i]) & (self.kv == self.kv[i]))
+            j = int(peers[self.rng.integers(len(peers))])
+            if j != i:
+                self.kv_alloc.fork_into(int(ids[i]), int(ids[j]))
 
     def _advance_prefills(self, plan: StepPlan, start_s: float, end_s: float) -> int:
         """Credit each chunk; requests whose prompt is complete sample their first token (or,

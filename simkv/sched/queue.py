@@ -66,6 +66,8 @@ class QueuedScheduler:
         """All decoders for as many identical steps as nothing can change: up to the first
         completion, within the free blocks, `limit` and max_repeat."""
         b = self.batch
+        if b.has_beams:  # beams re-select every step: no fast-forward
+            limit = 1
         steps = min(int((b.out - b.gen).min()), self.max_repeat, limit or self.max_repeat)
         return StepPlan(b.ids.copy(), b.kv + 1, max_steps=b.max_decode_steps(max(1, steps)),
                         arrival_sensitive=arrival_sensitive)

@@ -45,10 +45,13 @@ def generate_stream(workload: Workload, run: Run) -> RequestStream:
     prefix_id, prefix_tokens = _shared_prefixes(workload.shared_prefix, n, rng_prefix)
     prompts = prompts + prefix_tokens
     group = np.arange(n, dtype=np.int64)
-    k = workload.sampling.n
-    if k > 1:  # each request fans out into k sequences: same prompt, own output lengths
-        extra = sample_lengths(workload.output_tokens, n * (k - 1), rng_samples).reshape(n, k - 1)
-        outputs = np.column_stack([outputs, extra]).ravel()
+    k = workload.sampling.sequences
+    if k > 1:  # each request fans out into k sequences with the same prompt
+        if workload.sampling.n > 1:  # parallel samples end on their own
+            extra = sample_lengths(workload.output_tokens, n * (k - 1), rng_samples).reshape(n, k - 1)
+            outputs = np.column_stack([outputs, extra]).ravel()
+        else:  # beams all run for the request's length
+            outputs = np.repeat(outputs, k)
         arrivals, prompts, group = (np.repeat(a, k) for a in (arrivals, prompts, group))
         prefix_id, prefix_tokens = np.repeat(prefix_id, k), np.repeat(prefix_tokens, k)
     outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
