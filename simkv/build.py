@@ -204,6 +204,7 @@ def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[
     max_new = np.maximum(np.minimum(stream.max_new_tokens, room), output)
     prefix_tokens = None if stream.prefix_tokens is None else np.minimum(stream.prefix_tokens, prompt)
     table = RequestTable(stream.arrival_s, prompt, output, max_new, reason, stream.prefix_id, prefix_tokens, stream.group)
+    table.trace_blocks = stream.block_ids
     return table, truncated
 
 

@@ -51,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="columns prefill_seqs,prefill_len,decode_batch,decode_ctx[,layers]")
     st.add_argument("-o", "--output", metavar="OUT.csv", help="write the table with predicted_ms (default: print)")
     st.set_defaults(func=cmd_step_time)
+    trace = sub.add_parser("trace", help="request trace tools")
+    trace_sub = trace.add_subparsers(dest="trace_command")
+    ts = trace_sub.add_parser("stats", help="count, span, rate and length statistics of a trace")
+    ts.add_argument("trace", help="a shipped trace name (azure2023_conv, mooncake_conversation, ...) or a file")
+    ts.add_argument("--format", choices=["csv", "jsonl"], help="file format (default from the name)")
+    ts.add_argument("--arrival", help="arrival time column of your file (omit for lengths only)")
+    ts.add_argument("--prompt", help="prompt tokens column of your file")
+    ts.add_argument("--output", help="output tokens column of your file")
+    ts.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "datetime"])
+    ts.add_argument("--json", action="store_true", help="machine-readable output")
+    ts.set_defaults(func=cmd_trace_stats)
     cost = sub.add_parser("cost", help="step-time model tools")
     cost_sub = cost.add_subparsers(dest="cost_command")
     rep = cost_sub.add_parser("report", help="cross-validate the calibrated model; write docs/cost-model.md and figures")
@@ -143,7 +154,8 @@ def _run_point(scenario, args, label: str):
     from simkv.simulate import run_simulation
     from simkv.workload.stream import generate_stream
 
-    stream = generate_stream(scenario.workload, scenario.run)
+    from simkv.trace_io import trace_for
+    stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
     results = {}
     for name, sub in expand_variants(scenario):
         bar = _Progress(f"{label}{name}", args.quiet)
@@ -179,6 +191,36 @@ def cmd_cost_report(args) -> int:
               f"max {100 * loo['max']:.1f}%; model-shape-out median {100 * lomo['median']:.1f}%, "
               f"p90 {100 * lomo['p90']:.1f}%, max {100 * lomo['max']:.1f}%")
     print(f"wrote {args.output} and {args.figures}/")
+    return 0
+
+
+def cmd_trace_stats(args) -> int:
+    from pydantic import ValidationError
+
+    from simkv.scenario import TraceSpec
+    from simkv.trace_io import BUILTIN, read_trace, trace_stats
+    try:
+        if args.trace in BUILTIN:
+            spec = TraceSpec(name=args.trace)
+        else:
+            spec = TraceSpec(path=args.trace, format=args.format, time_unit=args.time_unit,
+                             columns={"arrival": args.arrival, "prompt": args.prompt, "output": args.output})
+    except ValidationError:
+        raise SimkvError("give the file's columns", file=args.trace,
+                         fix="--prompt COLUMN --output COLUMN [--arrival COLUMN --time-unit s|ms|us|datetime]") from None
+    stats = trace_stats(read_trace(spec, Path.cwd()))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{stats['trace']}: {stats['requests']:,} requests")
+    if "span_s" in stats:
+        cv = stats["interarrival_cv"]
+        print(f"  span {stats['span_s']:,.1f} s, mean rate {stats['mean_rate_per_s']:.2f} req/s, "
+              f"inter-arrival CV {cv:.2f}" if cv is not None else "")
+    for key in ("prompt_tokens", "output_tokens"):
+        d = stats[key]
+        print(f"  {key.split('_')[0]:6s} tokens mean {d['mean']:,.1f} / p50 {d['p50']:,.1f} / p99 {d['p99']:,.1f} / "
+              f"max {d['max']:,} (min {d['min']:,}); lognormal mu {d['lognormal_mu']:.3f}, sigma {d['lognormal_sigma']:.3f}")
     return 0
 
 

@@ -26,6 +26,7 @@ def load_scenario(path: str | Path, overrides: Iterable[str] | dict[str, Any] = 
     path = Path(path)
     raw = read_yaml_mapping(path)
     _merge_catalog_files(raw, path)
+    _resolve_trace_path(raw, path)
     raw = apply_overrides(raw, overrides, origin=str(path))
     scenario = validate_scenario(raw, origin=str(path))
     try:
@@ -76,6 +77,13 @@ def _merge_catalog_files(raw: dict, path: Path) -> None:
             raise SimkvError(str(err), file=str(cat_path), fix="see `simkv schema` for the model and GPU fields") from None
         raw.setdefault("models", {}).update({k: v.model_dump() for k, v in models.items()})
         raw.setdefault("gpus", {}).update({k: v.model_dump() for k, v in gpus.items()})
+
+
+def _resolve_trace_path(raw: dict, path: Path) -> None:
+    """A trace file is named relative to the scenario; keep it findable from anywhere."""
+    trace = (raw.get("workload") or {}).get("trace") if isinstance(raw.get("workload"), dict) else None
+    if isinstance(trace, dict) and isinstance(trace.get("path"), str):
+        trace["path"] = str((path.parent / trace["path"]).resolve())
 
 
 def parse_override(text: str) -> tuple[str, Any]:

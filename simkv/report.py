@@ -75,7 +75,13 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
               f"{mem['kv_bytes_per_token']:,} bytes per token.",
               f"- Limits: max_num_seqs {setup['max_num_seqs']}, max_num_batched_tokens {setup['max_num_batched_tokens']}, "
               f"max_model_len {setup['max_model_len']}."]
-    if wl is not None:
+    if wl is not None and wl.trace is not None:
+        tr = wl.trace
+        arrivals = f"{_describe(wl.arrival)} arrivals with lengths resampled from" if wl.arrival else "replay of"
+        lines.append(f"- Workload: {arrivals} the trace `{tr.name or tr.path}` (speed {tr.speed:g}x, sample "
+                     f"{tr.sample:g}{', window ' + str(list(tr.window_s)) + ' s' if tr.window_s else ''}); "
+                     f"max_new_tokens {_describe(wl.max_new_tokens)}.")
+    elif wl is not None:
         lines.append(f"- Workload: {_describe(wl.arrival)} arrivals; prompts {_describe(wl.prompt_tokens)} tokens; "
                      f"outputs {_describe(wl.output_tokens)} tokens; max_new_tokens {_describe(wl.max_new_tokens)}.")
         lines.append(f"- Run: seed {sc.run.seed}, {s['requests']['total']:,} requests, measured window "

@@ -43,5 +43,6 @@ class RequestTable:
         # the request a sequence belongs to: parallel sampling fans one request out into several rows
         self.group = group if group is not None else np.arange(n, dtype=np.int64)
         self.beam_reselect = 0.0   # beam search: chance per step that a beam takes another's hypothesis
+        self.trace_blocks: list | None = None   # Mooncake-style prefix block ids per request (512 tokens each)
         self.prefix_hit_tokens = np.zeros(n, dtype=np.int64)    # prompt tokens found in the prefix cache
         self.prefix_query_tokens = np.zeros(n, dtype=np.int64)  # prompt tokens looked up

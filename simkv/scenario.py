@@ -160,16 +160,59 @@ class Sampling(Strict):
         return max(self.n, self.beam_width)
 
 
-class Workload(Strict):
-    """Synthetic traffic: when requests arrive and how long they are."""
+class TraceColumns(Strict):
+    """Which columns (CSV header names or JSON keys) hold what."""
 
-    arrival: Arrivals = Field(description="arrival process")
-    prompt_tokens: Lengths = Field(description="prompt length distribution (tokens)")
-    output_tokens: Lengths = Field(description="true output length distribution (tokens)")
+    arrival: str | None = Field(None, description="arrival time column; none: lengths only (arrivals from workload.arrival)")
+    prompt: str = Field(description="prompt (input) tokens column")
+    output: str = Field(description="output (generated) tokens column")
+
+
+class TraceSpec(Strict):
+    """Requests from a trace: a shipped one by name, or your own CSV / JSON Lines file."""
+
+    name: Literal["azure2023_conv", "mooncake_conversation", "mooncake_synthetic", "lengths_sharegpt_8k_llama2",
+                  "lengths_arxiv_summarization_llama2", "lengths_bwb_llama2"] | None = Field(
+        None, description="a trace shipped with simkv (see `simkv trace stats NAME`)")
+    path: str | None = Field(None, description="your own trace file, relative to the scenario file")
+    format: Literal["csv", "jsonl"] | None = Field(None, description="file format; default from the file name")
+    columns: TraceColumns | None = Field(None, description="column mapping (required for your own file)")
+    time_unit: Literal["s", "ms", "us", "datetime"] = Field("s", description="unit of the arrival column (datetime: 'YYYY-MM-DD HH:MM:SS[.f]')")
+    window_s: tuple[NonNegativeFloat, PositiveFloat] | None = Field(None, description="keep arrivals in [start, end) after the first (s)")
+    sample: float = Field(1.0, gt=0, le=1, description="keep this share of the requests, chosen at random with run.seed (dimensionless)")
+    speed: PositiveFloat = Field(1.0, description="replay k times faster: arrival gaps divided by k (dimensionless)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give either name (a shipped trace) or path (your own file)")
+        if self.path is not None and self.columns is None:
+            raise ValueError("your own trace needs columns: {arrival: ..., prompt: ..., output: ...}")
+        if self.window_s is not None and self.window_s[1] <= self.window_s[0]:
+            raise ValueError("window_s must be [start, end) with end > start")
+        return self
+
+
+class Workload(Strict):
+    """Traffic: when requests arrive and how long they are (synthetic, or from a trace)."""
+
+    trace: TraceSpec | None = Field(None, description="take arrivals and lengths (or only lengths) from a trace")
+    arrival: Arrivals | None = Field(None, description="arrival process (not needed when a trace has arrival times)")
+    prompt_tokens: Lengths | None = Field(None, description="prompt length distribution (tokens); not with a trace")
+    output_tokens: Lengths | None = Field(None, description="true output length distribution (tokens); not with a trace")
     max_new_tokens: MaxNewTokens = Field(default_factory=lambda: MultipleMaxNew(policy="multiple", factor=1.0),
                                          description="the limit each client asks for (>= true output)")
     shared_prefix: SharedPrefix | None = Field(None, description="shared system prompts; none by default")
     sampling: Sampling = Field(default_factory=Sampling, description="sequences per request (parallel sampling)")
+    @model_validator(mode="after")
+    def _lengths_from_somewhere(self):
+        if self.trace is None and (self.arrival is None or self.prompt_tokens is None or self.output_tokens is None):
+            missing = [k for k in ("arrival", "prompt_tokens", "output_tokens") if getattr(self, k) is None]
+            raise ValueError(f"without a trace, give {', '.join(missing)}")
+        if self.trace is not None and (self.prompt_tokens is not None or self.output_tokens is not None):
+            raise ValueError("lengths come from the trace: remove prompt_tokens/output_tokens")
+        return self
+
     overlong: Literal["reject", "clip"] = Field(
         "reject", description="prompts that do not fit max_model_len: rejected and counted (as an API "
         "server does), or clipped to fit; outputs always stop at max_model_len")
@@ -239,7 +282,7 @@ class Run(Strict):
 
     @model_validator(mode="after")
     def _one_length(self):
-        if (self.num_requests is None) == (self.duration_s is None):
+        if self.num_requests is not None and self.duration_s is not None:
             raise ValueError("give exactly one of num_requests and duration_s")
         if self.duration_s is not None and self.warmup_s >= self.duration_s:
             raise ValueError(f"warmup_s ({self.warmup_s}) must be below duration_s ({self.duration_s})")
@@ -307,6 +350,13 @@ class Scenario(Strict):
     catalog_files: list[str] = Field(default_factory=list, description="extra catalog YAML files ({models: ..., gpus: ...}), relative to this file; merged into models/gpus when loaded")
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="user model entries by name, usable in `model:`")
     gpus: dict[str, GpuSpec] = Field(default_factory=dict, description="user GPU entries by name, usable in `hardware.gpu:`")
+
+    @model_validator(mode="after")
+    def _run_length(self):
+        replay = self.workload.trace is not None and self.workload.arrival is None
+        if not replay and self.run.num_requests is None and self.run.duration_s is None:
+            raise ValueError("run: give exactly one of num_requests and duration_s (a trace replay may give neither)")
+        return self
 
     @model_validator(mode="after")
     def _unique_variants(self):

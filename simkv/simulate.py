@@ -10,6 +10,7 @@ from simkv.loading import expand_sweep, expand_variants
 from simkv.metrics import Recorder, request_latencies, summarize
 from simkv.result import Result
 from simkv.scenario import Scenario
+from simkv.trace_io import trace_for
 from simkv.workload.stream import RequestStream, generate_stream
 
 
@@ -20,13 +21,14 @@ def simulate(scenario: Scenario, variant: str | None = None, *, progress: Progre
     name = variant if variant is not None else next(iter(runs))
     if name not in runs:
         raise KeyError(f"no variant named {name!r}; have {', '.join(runs)}")
-    stream = stream if stream is not None else generate_stream(scenario.workload, scenario.run)
+    stream = stream if stream is not None else generate_stream(scenario.workload, scenario.run,
+                                                               trace_for(scenario.workload.trace))
     return run_simulation(build(runs[name], stream), name, progress, _overrides(scenario, name))
 
 
 def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> dict[str, Result]:
     """Every variant of `scenario` on the identical request stream, in file order."""
-    stream = generate_stream(scenario.workload, scenario.run)
+    stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
     return {name: run_simulation(build(sub, stream), name, progress, _overrides(scenario, name))
             for name, sub in expand_variants(scenario)}
 

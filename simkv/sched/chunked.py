@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from simkv.request import RequestTable
+
+MOONCAKE_BLOCK_TOKENS = 512  # the block size of the traces' hash_ids
 from simkv.sched.base import StepOutcome, StepPlan
 from simkv.sched.queue import QueuedScheduler
 
@@ -57,8 +59,12 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         the same for the sequences of one request (parallel sampling); generated tokens are the
         sequence's own."""
         b, t = self.kv.block_size, self.t
-        pid, shared = int(t.prefix_id[rid]), int(t.prefix_tokens[rid]) // b
         group, prompt = int(t.group[rid]), int(t.prompt_tokens[rid]) // b
+        if t.trace_blocks is not None:  # a trace names its prompt's 512-token blocks, chained
+            ids, per = t.trace_blocks[rid], MOONCAKE_BLOCK_TOKENS
+            return [("m", ids[min(i * b // per, len(ids) - 1)], i) if i < prompt and b <= per else ("r", rid, i)
+                    for i in range(num_tokens // b)]
+        pid, shared = int(t.prefix_id[rid]), int(t.prefix_tokens[rid]) // b
         return [("p", pid, i) if i < shared else ("g", group, i) if i < prompt else ("r", rid, i)
                 for i in range(num_tokens // b)]
 

@@ -27,21 +27,29 @@ class RequestStream:
     prefix_id: np.ndarray | None = None      # int64: shared prefix of each request, -1 for none
     prefix_tokens: np.ndarray | None = None  # int64: tokens of that prefix at the prompt's start
     group: np.ndarray | None = None          # int64: the request each sequence belongs to (parallel sampling)
+    block_ids: list | None = None            # trace prefix block ids per request (Mooncake), or None
 
     @property
     def num_requests(self) -> int:
         return len(self.arrival_s)
 
 
-def generate_stream(workload: Workload, run: Run) -> RequestStream:
-    """Sample the whole stream of a run from `run.seed`."""
+def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
+    """Sample the whole stream of a run from `run.seed`; `trace` (simkv.trace_io.TraceData) is
+    the trace the workload names, read by the caller."""
     seeds = np.random.SeedSequence(run.seed).spawn(5)
     rng_arrival, rng_prompt, rng_output, rng_prefix, rng_samples = (np.random.default_rng(s) for s in seeds)
-    arrivals = arrival_times(workload.arrival, rng_arrival, num_requests=run.num_requests,
-                             duration_s=run.duration_s)
+    block_ids = None
+    if workload.trace is not None:
+        if trace is None:
+            raise ValueError("this workload replays a trace: pass the TraceData (simkv.trace_io.trace_for)")
+        arrivals, prompts, outputs, block_ids = _from_trace(workload, run, trace, rng_arrival, rng_prompt)
+    else:
+        arrivals = arrival_times(workload.arrival, rng_arrival, num_requests=run.num_requests,
+                                 duration_s=run.duration_s)
+        prompts = sample_lengths(workload.prompt_tokens, len(arrivals), rng_prompt)
+        outputs = sample_lengths(workload.output_tokens, len(arrivals), rng_output)
     n = len(arrivals)
-    prompts = sample_lengths(workload.prompt_tokens, n, rng_prompt)
-    outputs = sample_lengths(workload.output_tokens, n, rng_output)
     prefix_id, prefix_tokens = _shared_prefixes(workload.shared_prefix, n, rng_prefix)
     prompts = prompts + prefix_tokens
     group = np.arange(n, dtype=np.int64)
@@ -54,8 +62,37 @@ def generate_stream(workload: Workload, run: Run) -> RequestStream:
             outputs = np.repeat(outputs, k)
         arrivals, prompts, group = (np.repeat(a, k) for a in (arrivals, prompts, group))
         prefix_id, prefix_tokens = np.repeat(prefix_id, k), np.repeat(prefix_tokens, k)
+        if block_ids is not None:
+            block_ids = [ids for ids in block_ids for _ in range(k)]
     outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
-    return RequestStream(arrivals, prompts, outputs, max_new, prefix_id, prefix_tokens, group)
+    return RequestStream(arrivals, prompts, outputs, max_new, prefix_id, prefix_tokens, group, block_ids)
+
+
+def _from_trace(workload: Workload, run: Run, trace, rng_arrival, rng_rows):
+    """Replay a trace's arrivals and lengths exactly (windowed, sampled, sped up), or, for a
+    lengths-only trace or when workload.arrival is given, resample its (prompt, output) rows."""
+    spec = workload.trace
+    if trace.arrival_s is None or workload.arrival is not None:
+        if workload.arrival is None:
+            raise ValueError(f"{trace.origin} has no arrival times: give workload.arrival")
+        arrivals = arrival_times(workload.arrival, rng_arrival, num_requests=run.num_requests, duration_s=run.duration_s)
+        rows = rng_rows.integers(0, trace.num_requests, len(arrivals))
+    else:
+        t = trace.arrival_s
+        keep = np.ones(len(t), bool)
+        if spec.window_s is not None:
+            keep &= (t >= spec.window_s[0]) & (t < spec.window_s[1])
+        if spec.sample < 1:
+            keep &= rng_rows.random(len(t)) < spec.sample
+        rows = np.flatnonzero(keep)
+        start = spec.window_s[0] if spec.window_s is not None else 0.0
+        arrivals = (t[rows] - start) / spec.speed
+        if run.duration_s is not None:
+            rows, arrivals = rows[arrivals < run.duration_s], arrivals[arrivals < run.duration_s]
+        if run.num_requests is not None:
+            rows, arrivals = rows[:run.num_requests], arrivals[:run.num_requests]
+    blocks = [trace.block_ids[i] for i in rows.tolist()] if trace.block_ids is not None else None
+    return arrivals, trace.prompt_tokens[rows].copy(), trace.output_tokens[rows].copy(), blocks
 
 
 def _shared_prefixes(spec, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,143 @@
+"""Trace replay: the shipped traces' statistics, exact replay, speed/window/sample, user files,
+Mooncake prefix ids on the prefix cache, and bad traces."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import simkv
+from simkv.build import build
+from simkv.scenario import TraceSpec
+from simkv.simulate import run_simulation
+from simkv.trace_io import read_trace, trace_stats, trace_for
+from simkv.workload.stream import generate_stream
+
+from conftest import ROOT
+
+# the traces README's table (../shared/traces/README.md, copied to simkv/workload/traces/)
+README = {
+    "azure2023_conv": (19366, 3501.7, 5.53, (1154.7, 1020, 4142, 14050), (211.1, 129, 601, 1000)),
+    "mooncake_conversation": (12031, 3537.0, 3.40, (12035.1, 6909, 85400.4, 126195), (342.6, 350, 1118.5, 2000)),
+    "mooncake_synthetic": (3993, 1022.0, 3.91, (15325.5, 11587, 66456.2, 191378), (149.1, 69, 768.1, 893)),
+    "lengths_sharegpt_8k_llama2": (30731, None, None, (2340.0, 1730, 7433.7, 8141), (438.7, 415, 998, 1024)),
+    "lengths_arxiv_summarization_llama2": (28257, None, None, (2588.1, 2730, 3933.4, 4054), (291.4, 167, 3271.3, 4056)),
+    "lengths_bwb_llama2": (33768, None, None, (1067.2, 1037, 1800, 3504), (1612.8, 1601, 2533, 2858)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(README))
+def test_trace_stats_reproduce_the_readme(name):
+    n, span, rate, prompt, output = README[name]
+    s = trace_stats(read_trace(TraceSpec(name=name)))
+    assert s["requests"] == n
+    if span is not None:
+        assert round(s["span_s"], 1) == span and round(s["mean_rate_per_s"], 2) == rate
+    for key, want in (("prompt_tokens", prompt), ("output_tokens", output)):
+        d = s[key]
+        assert (round(d["mean"], 1), round(d["p50"], 1), round(d["p99"], 1), d["max"]) == pytest.approx(want)
+
+
+def _scenario(trace: dict, **run):
+    return simkv.Scenario(**{"model": "qwen2.5-7b", "hardware": {"gpu": "h100"},
+                             "engine": {"max_model_len": 32768, "max_num_batched_tokens": 32768},
+                             "workload": {"trace": trace, "max_new_tokens": {"policy": "exact"}},
+                             "run": {"seed": 1, **run}})
+
+
+def test_replay_keeps_every_arrival_and_length_exactly():
+    data = read_trace(TraceSpec(name="azure2023_conv"))
+    sc = _scenario({"name": "azure2023_conv"}, num_requests=500)
+    stream = generate_stream(sc.workload, sc.run, trace_for(sc.workload.trace))
+    np.testing.assert_array_equal(stream.arrival_s, data.arrival_s[:500])
+    np.testing.assert_array_equal(stream.prompt_tokens, data.prompt_tokens[:500])
+    np.testing.assert_array_equal(stream.output_tokens, data.output_tokens[:500])
+    res = simkv.simulate(sc)
+    np.testing.assert_array_equal(res.requests["arrival_s"], data.arrival_s[:500])
+    assert res.summary["requests"]["completed"] == 500
+
+
+def test_speed_window_and_sample():
+    full = generate_stream(*_parts({"name": "azure2023_conv"}))
+    fast = generate_stream(*_parts({"name": "azure2023_conv", "speed": 2.0}))
+    assert fast.arrival_s[-1] == pytest.approx(full.arrival_s[-1] / 2)           # 2x speed halves the span
+    win = generate_stream(*_parts({"name": "azure2023_conv", "window_s": [600, 1200]}))
+    assert win.arrival_s.min() >= 0 and win.arrival_s.max() < 600
+    assert len(win.arrival_s) == int(((full.arrival_s >= 600) & (full.arrival_s < 1200)).sum())
+    half = generate_stream(*_parts({"name": "azure2023_conv", "sample": 0.5}))
+    assert len(half.arrival_s) == pytest.approx(len(full.arrival_s) / 2, rel=0.05)
+
+
+def _parts(trace: dict):
+    sc = _scenario(trace)
+    return sc.workload, sc.run, trace_for(sc.workload.trace)
+
+
+def test_lengths_only_trace_is_resampled_under_an_arrival_process():
+    sc = simkv.Scenario(**{"model": "llama3-8b", "hardware": {"gpu": "h100"},
+                           "workload": {"trace": {"name": "lengths_sharegpt_8k_llama2"},
+                                        "arrival": {"process": "poisson", "rate": 5}},
+                           "run": {"seed": 2, "num_requests": 2000}})
+    stream = generate_stream(sc.workload, sc.run, trace_for(sc.workload.trace))
+    table = read_trace(TraceSpec(name="lengths_sharegpt_8k_llama2"))
+    pairs = set(zip(table.prompt_tokens.tolist(), table.output_tokens.tolist()))
+    assert all(p in pairs for p in zip(stream.prompt_tokens.tolist(), stream.output_tokens.tolist()))
+    assert stream.prompt_tokens.mean() == pytest.approx(2340, rel=0.08)
+
+
+def test_user_csv_and_jsonl_with_column_mapping(tmp_path):
+    (tmp_path / "t.csv").write_text("ts_ms,inp,out\n0,100,20\n1500,50,5\n1500,70,9\n")
+    (tmp_path / "t.jsonl").write_text('{"t": 0.0, "p": 100, "o": 20}\n{"t": 1.5, "p": 50, "o": 5}\n')
+    a = read_trace(TraceSpec(path="t.csv", time_unit="ms", columns={"arrival": "ts_ms", "prompt": "inp", "output": "out"}), tmp_path)
+    b = read_trace(TraceSpec(path="t.jsonl", columns={"arrival": "t", "prompt": "p", "output": "o"}), tmp_path)
+    assert a.arrival_s.tolist() == [0.0, 1.5, 1.5] and a.prompt_tokens.tolist() == [100, 50, 70]
+    assert b.arrival_s.tolist() == [0.0, 1.5] and b.output_tokens.tolist() == [20, 5]
+
+
+def test_mooncake_block_ids_feed_the_prefix_cache():
+    def run(caching):
+        sc = simkv.Scenario(**{"model": "qwen2.5-7b", "hardware": {"gpu": "h100"},
+                               "engine": {"preset": "vllm-v1", "max_model_len": 32768, "prefix_caching": caching},
+                               "workload": {"trace": {"name": "mooncake_synthetic"},
+                                            "max_new_tokens": {"policy": "exact"}},
+                               "run": {"seed": 0}})
+        return simkv.simulate(sc).summary
+    on, off = run(True), run(False)
+    assert on["kv_cache"]["prefix_cache"]["hit_rate"] > 0.1     # 20% measured (README's ideal: 65%, infinite cache)
+    assert "prefix_cache" not in off["kv_cache"]
+    assert on["latency_s"]["ttft"]["p99"] < 0.5 * off["latency_s"]["ttft"]["p99"]
+
+
+BAD = {
+    "missing column": ("t,p\n0,5\n", "no column 'o'"),
+    "non-numeric tokens": ("t,p,o\n0,five,3\n", "not a number"),
+    "negative timestamp": ("t,p,o\n-1,5,3\n", "negative"),
+    "decreasing timestamps": ("t,p,o\n5,5,3\n2,5,3\n", "earlier than the line before"),
+    "empty file": ("", "empty"),
+    "header only": ("t,p,o\n", "no requests"),
+    "zero tokens": ("t,p,o\n0,0,3\n", ">= 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_traces_give_clear_errors(tmp_path, case):
+    text, needle = BAD[case]
+    (tmp_path / "t.csv").write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "trace", "stats", str(tmp_path / "t.csv"),
+                           "--arrival", "t", "--prompt", "p", "--output", "o"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout
+    assert needle in proc.stderr and "t.csv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_large_trace_is_read_line_by_line(tmp_path):
+    path = tmp_path / "big.csv"
+    with path.open("w") as fh:
+        fh.write("t,p,o\n")
+        for i in range(300_000):
+            fh.write(f"{i * 0.01:.2f},{100 + i % 900},{1 + i % 300}\n")
+    data = read_trace(TraceSpec(path=str(path), columns={"arrival": "t", "prompt": "p", "output": "o"}))
+    assert data.num_requests == 300_000 and data.prompt_tokens.dtype == np.int64
+    assert data.arrival_s[-1] == pytest.approx(2999.99)
