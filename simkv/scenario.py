@@ -38,7 +38,48 @@ class GammaArrivals(Strict):
     cv: PositiveFloat = Field(description="coefficient of variation of the gaps (std/mean, dimensionless)")
 
 
-Arrivals = Annotated[Union[PoissonArrivals, GammaArrivals], Field(discriminator="process")]
+class OnOffArrivals(Strict):
+    """Bursts: Poisson arrivals at `rate_on` during on-periods, none during off-periods; both
+    period lengths are exponential (a two-state Markov-modulated Poisson process)."""
+
+    process: Literal["onoff"]
+    rate_on: PositiveFloat = Field(description="arrival rate while on (requests/s)")
+    on_s: PositiveFloat = Field(description="mean length of an on-period (s)")
+    off_s: PositiveFloat = Field(description="mean length of an off-period (s)")
+
+
+class PiecewiseArrivals(Strict):
+    """A time-varying Poisson rate given at knots (e.g. a diurnal curve), optionally repeating."""
+
+    process: Literal["piecewise"]
+    times_s: list[NonNegativeFloat] = Field(min_length=1, description="knot times, increasing, the first 0 (s)")
+    rates: list[NonNegativeFloat] = Field(min_length=1, description="rate at each knot (requests/s)")
+    interpolate: Literal["step", "linear"] = Field("step", description="hold each rate to the next knot, or interpolate")
+    period_s: PositiveFloat | None = Field(None, description="repeat the curve with this period (s); none: hold the last rate")
+
+    @model_validator(mode="after")
+    def _knots(self):
+        if len(self.times_s) != len(self.rates):
+            raise ValueError("times_s and rates must have the same length")
+        if self.times_s[0] != 0 or any(b <= a for a, b in zip(self.times_s, self.times_s[1:])):
+            raise ValueError("times_s must start at 0 and increase")
+        if max(self.rates) <= 0:
+            raise ValueError("at least one rate must be positive")
+        return self
+
+
+class SpikeArrivals(Strict):
+    """Poisson at `rate`, multiplied by `factor` from `start_s` for `duration_s` (a load spike)."""
+
+    process: Literal["spike"]
+    rate: PositiveFloat = Field(description="base arrival rate (requests/s)")
+    factor: PositiveFloat = Field(description="rate multiplier during the spike (dimensionless)")
+    start_s: NonNegativeFloat = Field(description="when the spike starts (s)")
+    duration_s: PositiveFloat = Field(description="how long it lasts (s)")
+
+
+Arrivals = Annotated[Union[PoissonArrivals, GammaArrivals, OnOffArrivals, PiecewiseArrivals, SpikeArrivals],
+                     Field(discriminator="process")]
 
 
 class _Bounded(Strict):

@@ -80,3 +80,26 @@ def test_same_seed_same_stream_and_independent_streams():
 def test_lognormal_rejects_impossible_mean_p99():
     with pytest.raises(Exception, match="no lognormal"):
         _wl(prompt_tokens={"dist": "lognormal", "mean": 10, "p99": 1000})
+
+
+def test_load_spike_doubles_the_rate_then_returns():
+    wl = _wl(arrival={"process": "spike", "rate": 10.0, "factor": 2.0, "start_s": 100, "duration_s": 50})
+    t = generate_stream(wl, Run(seed=3, duration_s=300)).arrival_s
+    before, during, after = ((t >= 0) & (t < 100)).sum() / 100, ((t >= 100) & (t < 150)).sum() / 50, (t >= 150).sum() / 150
+    assert before == pytest.approx(10, rel=0.12) and during == pytest.approx(20, rel=0.12) and after == pytest.approx(10, rel=0.12)
+
+
+def test_piecewise_diurnal_curve_and_onoff_bursts():
+    wl = _wl(arrival={"process": "piecewise", "times_s": [0, 50], "rates": [2.0, 20.0], "period_s": 100})
+    t = generate_stream(wl, Run(seed=4, duration_s=2000)).arrival_s
+    phase = np.mod(t, 100)
+    assert (phase < 50).sum() / 1000 == pytest.approx(2, rel=0.1) and (phase >= 50).sum() / 1000 == pytest.approx(20, rel=0.1)
+    lin = _wl(arrival={"process": "piecewise", "times_s": [0, 100], "rates": [0.0, 20.0], "interpolate": "linear"})
+    t = generate_stream(lin, Run(seed=4, duration_s=100)).arrival_s
+    assert len(t) == pytest.approx(1000, rel=0.1) and (t < 50).sum() < (t >= 50).sum() / 2
+    bursty = _wl(arrival={"process": "onoff", "rate_on": 50.0, "on_s": 2.0, "off_s": 8.0})
+    t = generate_stream(bursty, Run(seed=5, num_requests=5000)).arrival_s
+    assert len(t) == 5000 and np.all(np.diff(t) >= 0)
+    gaps = np.diff(t)
+    assert gaps.std() / gaps.mean() > 2          # far burstier than Poisson (CV 1)
+    assert len(t) / t[-1] == pytest.approx(50 * 2 / 10, rel=0.15)   # mean rate = rate_on x on share
