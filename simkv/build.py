@@ -205,6 +205,7 @@ def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[
     prefix_tokens = None if stream.prefix_tokens is None else np.minimum(stream.prefix_tokens, prompt)
     table = RequestTable(stream.arrival_s, prompt, output, max_new, reason, stream.prefix_id, prefix_tokens, stream.group)
     table.trace_blocks = stream.block_ids
+    table.class_id = stream.class_id
     return table, truncated
 
 

@@ -184,11 +184,14 @@ class RequestGroups:
         self.prefix_hit_tokens = np.add.reduceat(t.prefix_hit_tokens, starts)
         self.prefix_query_tokens = np.add.reduceat(t.prefix_query_tokens, starts)
         self.sequences_per_request = np.diff(np.r_[starts, len(t.group)])
+        self.class_id = None if t.class_id is None else first(t.class_id)
 
 
-def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = None) -> dict:
+def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = None,
+              classes: list[tuple[str, object]] | None = None) -> dict:
     """The run's summary: throughput, latency percentiles, KV breakdown, batch, preemptions.
-    Request statistics are per request; with parallel sampling a request is all its sequences."""
+    Request statistics are per request; with parallel sampling a request is all its sequences.
+    `classes` ([(name, slo)]) adds per-class request statistics."""
     if len(t.group) and (np.diff(t.group) == 0).any():
         t = RequestGroups(t)
     lat = request_latencies(t)
@@ -241,9 +244,26 @@ def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = 
         summary["slo"] = _slo(lat, measured, slo, window, rec.w1, t)
     if isinstance(t, RequestGroups):
         summary["requests"]["sequences"] = int(t.sequences_per_request.sum())
+    if classes and t.class_id is not None:
+        summary["classes"] = {name: _class_summary(t, lat, measured, t.class_id == i, cls_slo or slo, rec)
+                              for i, (name, cls_slo) in enumerate(classes)}
     if extra:
         summary.update(extra)
     return summary
+
+
+def _class_summary(t, lat, measured, mine, slo, rec: Recorder) -> dict:
+    """One class's request counts, latency percentiles and SLO attainment."""
+    m = measured & mine
+    window = rec.w1 - rec.w0
+    out = {"requests": int(mine.sum()), "measured": int(m.sum()),
+           "rejected": int(np.count_nonzero(mine & (t.status == REJECTED))),
+           "requests_per_s": int(np.count_nonzero(mine & (t.finish_s >= rec.w0) & (t.finish_s <= rec.w1))) / window,
+           "latency_s": {"ttft": _stats(lat["ttft_s"][m]), "tpot": _stats(lat["tpot_s"][m & (t.output_tokens > 1)]),
+                         "e2e": _stats(lat["e2e_s"][m]), "queue": _stats(lat["queue_s"][m])}}
+    if slo is not None and any(v is not None for v in (slo.ttft_s, slo.tpot_s, slo.e2e_s)):
+        out["slo"] = _slo(lat, m, slo, window, rec.w1, t)
+    return out
 
 
 def _slo(lat, measured, slo, window: float, window_end: float, t: RequestTable) -> dict:

@@ -75,7 +75,11 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
               f"{mem['kv_bytes_per_token']:,} bytes per token.",
               f"- Limits: max_num_seqs {setup['max_num_seqs']}, max_num_batched_tokens {setup['max_num_batched_tokens']}, "
               f"max_model_len {setup['max_model_len']}."]
-    if wl is not None and wl.trace is not None:
+    if wl is not None and wl.classes:
+        for c in wl.classes:
+            lines.append(f"- Class **{c.name}**: {_describe(c.arrival)} arrivals; prompts {_describe(c.prompt_tokens)} "
+                         f"tokens; outputs {_describe(c.output_tokens)} tokens.")
+    elif wl is not None and wl.trace is not None:
         tr = wl.trace
         arrivals = f"{_describe(wl.arrival)} arrivals with lengths resampled from" if wl.arrival else "replay of"
         lines.append(f"- Workload: {arrivals} the trace `{tr.name or tr.path}` (speed {tr.speed:g}x, sample "
@@ -105,6 +109,17 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
             slo = r.summary["slo"]
             lines.append(f"- {name}: SLO {slo['targets']} met by {_pct(slo['attainment'])} of requests; "
                          f"goodput {slo['goodput_requests_per_s']:.2f} req/s.")
+    for name, r in results.items():
+        if "classes" in r.summary:
+            lines += ["", f"Per request class ({name}):", "",
+                      "| class | requests | req/s | TTFT p50 / p99 s | TPOT p50 ms | E2E p50 / p99 s | SLO met |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            for cname, c in r.summary["classes"].items():
+                lat = c["latency_s"]
+                met = _pct(c["slo"]["attainment"]) if "slo" in c else "–"
+                lines.append(f"| {cname} | {c['requests']} | {c['requests_per_s']:.2f} | {_s(lat['ttft']['p50'])} / "
+                             f"{_s(lat['ttft']['p99'])} | {_ms(lat['tpot']['p50'])} | {_s(lat['e2e']['p50'])} / "
+                             f"{_s(lat['e2e']['p99'])} | {met} |")
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "## Definitions", "",
               "- TTFT = first token − arrival; TPOT = (E2E − TTFT) / (output tokens − 1); TBT = every gap between "

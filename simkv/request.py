@@ -44,5 +44,6 @@ class RequestTable:
         self.group = group if group is not None else np.arange(n, dtype=np.int64)
         self.beam_reselect = 0.0   # beam search: chance per step that a beam takes another's hypothesis
         self.trace_blocks: list | None = None   # Mooncake-style prefix block ids per request (512 tokens each)
+        self.class_id: np.ndarray | None = None  # request class (index into workload.classes), or None
         self.prefix_hit_tokens = np.zeros(n, dtype=np.int64)    # prompt tokens found in the prefix cache
         self.prefix_query_tokens = np.zeros(n, dtype=np.int64)  # prompt tokens looked up

@@ -12,7 +12,7 @@ import numpy as np
 
 from simkv.scenario import Scenario
 
-_INT_COLUMNS = {"req_id", "group", "prompt_tokens", "output_tokens", "max_new_tokens", "status", "reject_reason",
+_INT_COLUMNS = {"req_id", "group", "class_id", "prompt_tokens", "output_tokens", "max_new_tokens", "status", "reject_reason",
                 "num_preemptions", "token_tokens", "reserved_tokens", "internal_frag_tokens",
                 "external_frag_tokens", "free_tokens", "num_running", "num_waiting"}
 

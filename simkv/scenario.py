@@ -234,10 +234,24 @@ class TraceSpec(Strict):
         return self
 
 
+class RequestClass(Strict):
+    """One kind of traffic (e.g. interactive chat vs batch summarisation) with its own arrivals,
+    lengths and SLO; classes are merged into one stream and reported separately."""
+
+    name: str = Field(min_length=1, description="label in the per-class summary")
+    arrival: Arrivals = Field(description="this class's arrival process")
+    prompt_tokens: Lengths = Field(description="this class's prompt lengths (tokens)")
+    output_tokens: Lengths = Field(description="this class's true output lengths (tokens)")
+    max_new_tokens: MaxNewTokens = Field(default_factory=lambda: MultipleMaxNew(policy="multiple", factor=1.0),
+                                         description="what this class's clients ask for")
+    slo: "Slo | None" = Field(None, description="this class's targets (default: the scenario's slo)")
+
+
 class Workload(Strict):
     """Traffic: when requests arrive and how long they are (synthetic, or from a trace)."""
 
     trace: TraceSpec | None = Field(None, description="take arrivals and lengths (or only lengths) from a trace")
+    classes: list[RequestClass] | None = Field(None, description="several kinds of traffic, merged and reported per class")
     arrival: Arrivals | None = Field(None, description="arrival process (not needed when a trace has arrival times)")
     prompt_tokens: Lengths | None = Field(None, description="prompt length distribution (tokens); not with a trace")
     output_tokens: Lengths | None = Field(None, description="true output length distribution (tokens); not with a trace")
@@ -247,6 +261,13 @@ class Workload(Strict):
     sampling: Sampling = Field(default_factory=Sampling, description="sequences per request (parallel sampling)")
     @model_validator(mode="after")
     def _lengths_from_somewhere(self):
+        if self.classes is not None:
+            if self.trace is not None or self.arrival or self.prompt_tokens or self.output_tokens:
+                raise ValueError("with classes, each class gives its arrival and lengths: remove the top-level ones")
+            names = [c.name for c in self.classes]
+            if len(set(names)) != len(names) or not names:
+                raise ValueError("classes need distinct names")
+            return self
         if self.trace is None and (self.arrival is None or self.prompt_tokens is None or self.output_tokens is None):
             missing = [k for k in ("arrival", "prompt_tokens", "output_tokens") if getattr(self, k) is None]
             raise ValueError(f"without a trace, give {', '.join(missing)}")
@@ -428,3 +449,8 @@ def _lookup(value, user: dict, builtin: dict, field: str):
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise SimkvError(f"unknown name '{value}'", field=field,
                      fix=f"{hint}known: {', '.join(known)}; or define it under `models:`/`gpus:` or in a catalog file")
+
+
+RequestClass.model_rebuild()
+Workload.model_rebuild()
+Scenario.model_rebuild()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import simpy
 
 from simkv.build import Simulation, build
@@ -55,7 +56,8 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
         progress(sim.table.num_requests, sim.table.num_requests, env.now)
     extra = {"scenario": sim.scenario.name, "variant": name, "overrides": overrides or {}, "setup": _setup(sim),
              "workload_effects": {"outputs_truncated_at_max_model_len": sim.num_outputs_truncated}}
-    summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra)
+    classes = [(c.name, c.slo) for c in sim.scenario.workload.classes] if sim.scenario.workload.classes else None
+    summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra, classes=classes)
     return Result(name=name, scenario=sim.scenario, summary=summary, requests=_request_columns(sim),
                   timeseries=recorder.time_series())
 
@@ -73,7 +75,8 @@ def _setup(sim: Simulation) -> dict:
 
 def _request_columns(sim: Simulation) -> dict:
     t = sim.table
-    cols = {"req_id": range(t.num_requests), "group": t.group, "arrival_s": t.arrival_s, "prompt_tokens": t.prompt_tokens,
+    cols = {"req_id": range(t.num_requests), "group": t.group, "arrival_s": t.arrival_s,
+            "class_id": t.class_id if t.class_id is not None else np.zeros(t.num_requests, dtype=np.int64), "prompt_tokens": t.prompt_tokens,
             "output_tokens": t.output_tokens, "max_new_tokens": t.max_new_tokens, "status": t.status,
             "reject_reason": t.reject_reason, "num_preemptions": t.num_preemptions,
             "first_scheduled_s": t.first_scheduled_s, "first_token_s": t.first_token_s, "finish_s": t.finish_s}

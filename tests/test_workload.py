@@ -103,3 +103,26 @@ def test_piecewise_diurnal_curve_and_onoff_bursts():
     gaps = np.diff(t)
     assert gaps.std() / gaps.mean() > 2          # far burstier than Poisson (CV 1)
     assert len(t) / t[-1] == pytest.approx(50 * 2 / 10, rel=0.15)   # mean rate = rate_on x on share
+
+
+def test_request_classes_merge_and_report_separately():
+    import simkv
+    sc = simkv.Scenario(**{
+        "model": "llama3-8b", "hardware": {"gpu": "h100"}, "engine": {"max_model_len": 8192},
+        "workload": {"classes": [
+            {"name": "interactive", "arrival": {"process": "poisson", "rate": 8},
+             "prompt_tokens": {"dist": "fixed", "value": 200}, "output_tokens": {"dist": "fixed", "value": 50},
+             "slo": {"ttft_s": 0.5}},
+            {"name": "batch", "arrival": {"process": "poisson", "rate": 2},
+             "prompt_tokens": {"dist": "fixed", "value": 3000}, "output_tokens": {"dist": "fixed", "value": 600}}]},
+        "run": {"seed": 1, "duration_s": 120, "warmup_s": 10}, "slo": {"e2e_s": 60}})
+    s = generate_stream(sc.workload, sc.run)
+    assert np.all(np.diff(s.arrival_s) >= 0)
+    assert set(s.prompt_tokens[s.class_id == 0].tolist()) == {200} and set(s.prompt_tokens[s.class_id == 1].tolist()) == {3000}
+    assert (s.class_id == 0).sum() == pytest.approx(960, rel=0.1) and (s.class_id == 1).sum() == pytest.approx(240, rel=0.2)
+    res = simkv.simulate(sc)
+    per = res.summary["classes"]
+    assert per["interactive"]["requests"] + per["batch"]["requests"] == res.summary["requests"]["total"]
+    assert per["interactive"]["slo"]["targets"] == {"ttft_s": 0.5}           # its own SLO
+    assert per["batch"]["slo"]["targets"] == {"e2e_s": 60.0}                 # the scenario's
+    assert per["batch"]["latency_s"]["e2e"]["p50"] > per["interactive"]["latency_s"]["e2e"]["p50"]

@@ -27,6 +27,7 @@ class RequestStream:
     prefix_id: np.ndarray | None = None      # int64: shared prefix of each request, -1 for none
     prefix_tokens: np.ndarray | None = None  # int64: tokens of that prefix at the prompt's start
     group: np.ndarray | None = None          # int64: the request each sequence belongs to (parallel sampling)
+    class_id: np.ndarray | None = None       # int64: index into workload.classes, or None
     block_ids: list | None = None            # trace prefix block ids per request (Mooncake), or None
 
     @property
@@ -40,6 +41,8 @@ def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
     seeds = np.random.SeedSequence(run.seed).spawn(5)
     rng_arrival, rng_prompt, rng_output, rng_prefix, rng_samples = (np.random.default_rng(s) for s in seeds)
     block_ids = None
+    if workload.classes is not None:
+        return _merge_classes(workload, run)
     if workload.trace is not None:
         if trace is None:
             raise ValueError("this workload replays a trace: pass the TraceData (simkv.trace_io.trace_for)")
@@ -65,7 +68,7 @@ def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
         if block_ids is not None:
             block_ids = [ids for ids in block_ids for _ in range(k)]
     outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
-    return RequestStream(arrivals, prompts, outputs, max_new, prefix_id, prefix_tokens, group, block_ids)
+    return RequestStream(arrivals, prompts, outputs, max_new, prefix_id, prefix_tokens, group=group, block_ids=block_ids)
 
 
 def _from_trace(workload: Workload, run: Run, trace, rng_arrival, rng_rows):
@@ -110,3 +113,25 @@ def _client_limits(policy, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     if isinstance(policy, MultipleMaxNew):
         return outputs, np.ceil(outputs * policy.factor).astype(np.int64)
     return outputs, outputs.copy()
+
+
+def _merge_classes(workload: Workload, run: Run) -> RequestStream:
+    """Each class's stream from its own seed (run.seed, class index), merged by arrival time."""
+    parts = []
+    for i, cls in enumerate(workload.classes):
+        sub = workload.model_copy(update={"classes": None, "arrival": cls.arrival, "prompt_tokens": cls.prompt_tokens,
+                                          "output_tokens": cls.output_tokens, "max_new_tokens": cls.max_new_tokens})
+        seed = int(np.random.SeedSequence([run.seed, i]).generate_state(1)[0])
+        parts.append(generate_stream(sub, run.model_copy(update={"seed": seed})))
+    arrival = np.concatenate([p.arrival_s for p in parts])
+    order = np.argsort(arrival, kind="stable")
+    if run.num_requests is not None:
+        order = order[:run.num_requests]
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])[order]
+    class_id = np.concatenate([np.full(p.num_requests, i, dtype=np.int64) for i, p in enumerate(parts)])[order]
+    # requests of a class keep their fan-out groups, renumbered to stay distinct
+    offsets = np.cumsum([0] + [int(p.group.max()) + 1 for p in parts[:-1]])
+    group = np.concatenate([p.group + off for p, off in zip(parts, offsets)])[order]
+    _, group = np.unique(group, return_inverse=True)
+    return RequestStream(arrival[order], cat("prompt_tokens"), cat("output_tokens"), cat("max_new_tokens"),
+                         cat("prefix_id"), cat("prefix_tokens"), group=group.astype(np.int64), class_id=class_id)
