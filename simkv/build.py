@@ -206,6 +206,7 @@ def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[
     table = RequestTable(stream.arrival_s, prompt, output, max_new, reason, stream.prefix_id, prefix_tokens, stream.group)
     table.trace_blocks = stream.block_ids
     table.class_id = stream.class_id
+    table.session, table.next_turn, table.think_s = stream.session, stream.next_turn, stream.think_s
     return table, truncated
 
 
@@ -227,7 +228,7 @@ def _measured_window(scenario: Scenario, stream: RequestStream) -> tuple[float, 
     if stream.num_requests == 0:
         raise SimkvError(f"the workload produced no requests in {run.duration_s} s", field="run.duration_s",
                          fix="lengthen run.duration_s or raise workload.arrival.rate")
-    end = run.duration_s if run.duration_s is not None else float(stream.arrival_s[-1])
+    end = run.duration_s if run.duration_s is not None else float(np.nanmax(stream.arrival_s))
     if run.warmup_s >= end:
         raise SimkvError(f"warmup_s ({run.warmup_s} s) leaves nothing to measure: the last request arrives at "
                          f"{end:.1f} s", field="run.warmup_s", fix="lower run.warmup_s or add requests")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import heapq
+
 import numpy as np
 import simpy
 
 from simkv.metrics import Recorder
-from simkv.request import REFUSED_BY_ENGINE, REJECTED, RequestTable
+from simkv.request import REFUSED_BY_ENGINE, REJECTED, SESSION_ENDED, RequestTable
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -30,34 +32,74 @@ class Replica:
         self.cost = cost
         self.recorder = recorder
         self.progress = progress
+        # rows that arrive on their own (a session's later turns arrive after earlier answers)
+        self._initial = (np.flatnonzero(~np.isnan(table.arrival_s)) if table.next_turn is not None
+                         else np.arange(table.num_requests))
         self._next_arrival = 0
-        self._arrivals_done = False
+        self._initial_done = False
+        self._follow_ups: list[float] = []  # heap of pending follow-up arrival times
         self._wake = env.event()
         self.done = env.process(self._step_loop())
         env.process(self._arrivals())
 
+    @property
+    def _arrivals_done(self) -> bool:
+        return self._initial_done and not self._follow_ups
+
+    def _admit(self, rid: int) -> None:
+        if self.t.status[rid] == REJECTED:
+            self._end_session(rid)
+            return
+        if not self.scheduler.add_request(rid):
+            self.t.status[rid] = REJECTED
+            self.t.reject_reason[rid] = REFUSED_BY_ENGINE
+            self._end_session(rid)
+            return
+        if not self._wake.triggered:
+            self._wake.succeed()
+
     def _arrivals(self):
-        env, arrival, status = self.env, self.t.arrival_s, self.t.status
-        for rid in range(self.t.num_requests):
+        env, arrival = self.env, self.t.arrival_s
+        for i, rid in enumerate(self._initial.tolist()):
             delay = arrival[rid] - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            self._next_arrival = rid + 1
-            if status[rid] == REJECTED:
-                continue
-            if not self.scheduler.add_request(rid):
-                status[rid] = REJECTED
-                self.t.reject_reason[rid] = REFUSED_BY_ENGINE
-                continue
-            if not self._wake.triggered:
-                self._wake.succeed()
-        self._arrivals_done = True
+            self._next_arrival = i + 1
+            self._admit(rid)
+        self._initial_done = True
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    # ------------------------------------------------------------ sessions
+    def _end_session(self, rid: int) -> None:
+        """A turn that cannot run ends its conversation: later turns are never sent."""
+        nxt = self.t.next_turn
+        while nxt is not None and nxt[rid] >= 0:
+            rid = int(nxt[rid])
+            self.t.status[rid] = REJECTED
+            self.t.reject_reason[rid] = SESSION_ENDED
+
+    def _answered(self, finished: tuple[int, ...]) -> None:
+        """Schedule each finished turn's follow-up a think time later."""
+        for rid in finished:
+            nxt = int(self.t.next_turn[rid])
+            if nxt >= 0:
+                at = self.env.now + float(self.t.think_s[nxt])
+                heapq.heappush(self._follow_ups, at)
+                self.env.process(self._follow_up(nxt, at))
+
+    def _follow_up(self, rid: int, at: float):
+        yield self.env.timeout(at - self.env.now)
+        heapq.heappop(self._follow_ups)
+        self.t.arrival_s[rid] = self.env.now
+        self._admit(rid)
         if not self._wake.triggered:
             self._wake.succeed()
 
     def _next_arrival_s(self) -> float:
         i = self._next_arrival
-        return float(self.t.arrival_s[i]) if i < self.t.num_requests else np.inf
+        nxt = float(self.t.arrival_s[self._initial[i]]) if i < len(self._initial) else np.inf
+        return min(nxt, self._follow_ups[0]) if self._follow_ups else nxt
 
     def _durations(self, plan) -> np.ndarray:
         if plan.max_steps == 1:
@@ -89,6 +131,8 @@ class Replica:
             # the same cumulative sum as commit's step ends, so token times match env.now exactly
             yield env.timeout(float(durations[0] if len(durations) == 1 else np.cumsum(durations)[-1]))
             outcome = sched.commit(plan, start, durations)
+            if self.t.next_turn is not None and outcome.finished_ids:
+                self._answered(outcome.finished_ids)
             rec.on_steps(start, outcome, durations)
             rec.on_extra_gaps(outcome.extra_gaps_s)
             iterations += 1

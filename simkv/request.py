@@ -11,9 +11,11 @@ import numpy as np
 WAITING, DONE, REJECTED = 0, 1, 2
 REJECT_REASONS = ("", "prompt longer than max_model_len", "reservation larger than the KV cache",
                   "refused by the engine (queue full: max_concurrent_requests)",
-                  "prompt longer than the engine's prefill budget (max_batch_prefill_tokens)")
+                  "prompt longer than the engine's prefill budget (max_batch_prefill_tokens)",
+                  "conversation ended (an earlier turn could not run)")
 REFUSED_BY_ENGINE = 3
 PROMPT_OVER_PREFILL_BUDGET = 4
+SESSION_ENDED = 5
 
 
 class RequestTable:
@@ -45,5 +47,8 @@ class RequestTable:
         self.beam_reselect = 0.0   # beam search: chance per step that a beam takes another's hypothesis
         self.trace_blocks: list | None = None   # Mooncake-style prefix block ids per request (512 tokens each)
         self.class_id: np.ndarray | None = None  # request class (index into workload.classes), or None
+        self.session: np.ndarray | None = None   # conversation of each turn, or None
+        self.next_turn: np.ndarray | None = None  # the session's next turn row (-1: last)
+        self.think_s: np.ndarray | None = None    # think time before a follow-up turn is sent
         self.prefix_hit_tokens = np.zeros(n, dtype=np.int64)    # prompt tokens found in the prefix cache
         self.prefix_query_tokens = np.zeros(n, dtype=np.int64)  # prompt tokens looked up

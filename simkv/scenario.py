@@ -247,11 +247,21 @@ class RequestClass(Strict):
     slo: "Slo | None" = Field(None, description="this class's targets (default: the scenario's slo)")
 
 
+class Sessions(Strict):
+    """Multi-turn conversations: each arrival starts a session; every next turn is sent a think
+    time after the previous answer finished, its prompt the whole history plus a new message."""
+
+    turns: Lengths = Field(description="turns per session (count)")
+    think_s: PositiveFloat = Field(description="mean think time between an answer and the next turn, exponential (s)")
+    user_tokens: Lengths = Field(description="length of each follow-up message (tokens)")
+
+
 class Workload(Strict):
     """Traffic: when requests arrive and how long they are (synthetic, or from a trace)."""
 
     trace: TraceSpec | None = Field(None, description="take arrivals and lengths (or only lengths) from a trace")
     classes: list[RequestClass] | None = Field(None, description="several kinds of traffic, merged and reported per class")
+    sessions: Sessions | None = Field(None, description="multi-turn conversations (closed loop: turns wait for answers)")
     arrival: Arrivals | None = Field(None, description="arrival process (not needed when a trace has arrival times)")
     prompt_tokens: Lengths | None = Field(None, description="prompt length distribution (tokens); not with a trace")
     output_tokens: Lengths | None = Field(None, description="true output length distribution (tokens); not with a trace")
@@ -271,6 +281,8 @@ class Workload(Strict):
         if self.trace is None and (self.arrival is None or self.prompt_tokens is None or self.output_tokens is None):
             missing = [k for k in ("arrival", "prompt_tokens", "output_tokens") if getattr(self, k) is None]
             raise ValueError(f"without a trace, give {', '.join(missing)}")
+        if self.sessions is not None and self.trace is not None:
+            raise ValueError("sessions are built from the synthetic lengths, not from a trace")
         if self.trace is not None and (self.prompt_tokens is not None or self.output_tokens is not None):
             raise ValueError("lengths come from the trace: remove prompt_tokens/output_tokens")
         return self

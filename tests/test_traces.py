@@ -141,3 +141,43 @@ def test_large_trace_is_read_line_by_line(tmp_path):
     data = read_trace(TraceSpec(path=str(path), columns={"arrival": "t", "prompt": "p", "output": "o"}))
     assert data.num_requests == 300_000 and data.prompt_tokens.dtype == np.int64
     assert data.arrival_s[-1] == pytest.approx(2999.99)
+
+
+def _session_scenario(preset="vllm-v1", caching=True, **over):
+    raw = {"model": "llama3-8b", "hardware": {"gpu": "h100"},
+           "engine": {"preset": preset, "max_model_len": 8192, "prefix_caching": caching, "num_gpu_blocks": 6000},
+           "workload": {"arrival": {"process": "poisson", "rate": 2.0},
+                        "prompt_tokens": {"dist": "uniform", "low": 500, "high": 1500},
+                        "output_tokens": {"dist": "uniform", "low": 50, "high": 300},
+                        "sessions": {"turns": {"dist": "uniform", "low": 1, "high": 6}, "think_s": 5.0,
+                                     "user_tokens": {"dist": "uniform", "low": 20, "high": 200}}},
+           "run": {"seed": 4, "num_requests": 60}}
+    raw.update(over)
+    return simkv.Scenario(**raw)
+
+
+def test_sessions_send_each_turn_a_think_time_after_the_previous_answer():
+    sc = _session_scenario()
+    sim = build(sc, generate_stream(sc.workload, sc.run))
+    res = run_simulation(sim, "base")
+    t = sim.table
+    follow = np.flatnonzero(t.session[1:] == t.session[:-1]) + 1          # rows that continue a session
+    assert len(follow) > 60
+    prev = follow - 1
+    ok = t.status[follow] == 1
+    np.testing.assert_allclose(t.arrival_s[follow][ok], (t.finish_s[prev] + t.think_s[follow])[ok], rtol=1e-12)
+    assert (t.prompt_tokens[follow] > t.prompt_tokens[prev] + t.output_tokens[prev]).all()   # history + new message
+    assert res.summary["kv_cache"]["prefix_cache"]["hit_rate"] > 0.5    # the history is reused turn after turn
+
+
+def test_sessions_with_and_without_prefix_caching_and_fast_forward():
+    on = simkv.simulate(_session_scenario()).summary
+    off = simkv.simulate(_session_scenario(caching=False)).summary
+    assert on["latency_s"]["ttft"]["p50"] < off["latency_s"]["ttft"]["p50"]
+    sc = _session_scenario(preset="simkv", caching=False)
+    fast = build(sc, generate_stream(sc.workload, sc.run))
+    slow = build(sc, generate_stream(sc.workload, sc.run))
+    slow.scheduler.max_repeat = 1
+    run_simulation(fast, "a"), run_simulation(slow, "b")
+    np.testing.assert_allclose(fast.table.finish_s, slow.table.finish_s, rtol=1e-9)
+    np.testing.assert_allclose(fast.table.arrival_s, slow.table.arrival_s, rtol=1e-9)

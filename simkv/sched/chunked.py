@@ -60,6 +60,8 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         sequence's own."""
         b, t = self.kv.block_size, self.t
         group, prompt = int(t.group[rid]), int(t.prompt_tokens[rid]) // b
+        if t.session is not None:  # a conversation's history is the same content turn after turn
+            return [("s", int(t.session[rid]), i) for i in range(num_tokens // b)]
         if t.trace_blocks is not None:  # a trace names its prompt's 512-token blocks, chained
             ids, per = t.trace_blocks[rid], MOONCAKE_BLOCK_TOKENS
             return [("m", ids[min(i * b // per, len(ids) - 1)], i) if i < prompt and b <= per else ("r", rid, i)

@@ -28,6 +28,9 @@ class RequestStream:
     prefix_tokens: np.ndarray | None = None  # int64: tokens of that prefix at the prompt's start
     group: np.ndarray | None = None          # int64: the request each sequence belongs to (parallel sampling)
     class_id: np.ndarray | None = None       # int64: index into workload.classes, or None
+    session: np.ndarray | None = None        # int64: conversation of each turn (-1: none)
+    next_turn: np.ndarray | None = None      # int64: row of the session's next turn (-1: last)
+    think_s: np.ndarray | None = None        # float64: think time before this turn (follow-ups; arrival NaN)
     block_ids: list | None = None            # trace prefix block ids per request (Mooncake), or None
 
     @property
@@ -68,7 +71,40 @@ def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
         if block_ids is not None:
             block_ids = [ids for ids in block_ids for _ in range(k)]
     outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
-    return RequestStream(arrivals, prompts, outputs, max_new, prefix_id, prefix_tokens, group=group, block_ids=block_ids)
+    stream = RequestStream(arrivals, prompts, outputs, max_new, prefix_id, prefix_tokens, group=group, block_ids=block_ids)
+    if workload.sessions is not None:
+        stream = _sessions(stream, workload, rng_samples)
+    return stream
+
+
+def _sessions(first: RequestStream, workload: Workload, rng: np.random.Generator) -> RequestStream:
+    """Expand each request into a conversation: turn k+1's prompt is turn k's prompt and answer
+    plus a new message; its arrival is set by the engine, a think time after turn k finishes."""
+    spec = workload.sessions
+    n = first.num_requests
+    turns = sample_lengths(spec.turns, n, rng)
+    total = int(turns.sum())
+    starts = np.r_[0, np.cumsum(turns)[:-1]]
+    session = np.repeat(np.arange(n, dtype=np.int64), turns)
+    turn = np.arange(total) - np.repeat(starts, turns)
+    user = sample_lengths(spec.user_tokens, total, rng)
+    outputs = sample_lengths(workload.output_tokens, total, rng)
+    outputs[starts] = first.output_tokens
+    outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
+    prompts = np.empty(total, dtype=np.int64)
+    for s, k0 in enumerate(starts.tolist()):  # history grows turn by turn
+        p = int(first.prompt_tokens[s])
+        for k in range(k0, k0 + int(turns[s])):
+            prompts[k] = p if k == k0 else prompts[k - 1] + outputs[k - 1] + user[k]
+    arrivals = np.full(total, np.nan)
+    arrivals[starts] = first.arrival_s
+    last = np.r_[starts[1:], total] - 1
+    next_turn = np.arange(1, total + 1, dtype=np.int64)
+    next_turn[last] = -1
+    think = np.where(turn > 0, rng.exponential(spec.think_s, total), 0.0)
+    zeros = np.zeros(total, dtype=np.int64)
+    return RequestStream(arrivals, prompts, outputs, max_new, np.full(total, -1, dtype=np.int64), zeros,
+                         group=np.arange(total, dtype=np.int64), session=session, next_turn=next_turn, think_s=think)
 
 
 def _from_trace(workload: Workload, run: Run, trace, rng_arrival, rng_rows):
