@@ -183,6 +183,8 @@ class RequestGroups:
         self.tbt_max_s = np.maximum.reduceat(t.tbt_max_s, starts)
         self.prefix_hit_tokens = np.add.reduceat(t.prefix_hit_tokens, starts)
         self.prefix_query_tokens = np.add.reduceat(t.prefix_query_tokens, starts)
+        self.prefix_hit_blocks = np.add.reduceat(t.prefix_hit_blocks, starts)
+        self.prefix_query_blocks = np.add.reduceat(t.prefix_query_blocks, starts)
         self.sequences_per_request = np.diff(np.r_[starts, len(t.group)])
         self.class_id = None if t.class_id is None else first(t.class_id)
 
@@ -239,7 +241,10 @@ def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = 
     queried = int(t.prefix_query_tokens[measured].sum())
     if queried:
         hit = int(t.prefix_hit_tokens[measured].sum())
-        summary["kv_cache"]["prefix_cache"] = {"hit_tokens": hit, "query_tokens": queried, "hit_rate": hit / queried}
+        hit_b, query_b = int(t.prefix_hit_blocks[measured].sum()), int(t.prefix_query_blocks[measured].sum())
+        summary["kv_cache"]["prefix_cache"] = {"hit_tokens": hit, "query_tokens": queried, "hit_rate": hit / queried,
+                                               "hit_blocks": hit_b, "query_blocks": query_b,
+                                               "block_hit_rate": hit_b / query_b if query_b else None}
     if slo is not None and any(v is not None for v in (slo.ttft_s, slo.tpot_s, slo.e2e_s)):
         summary["slo"] = _slo(lat, measured, slo, window, rec.w1, t)
     if isinstance(t, RequestGroups):

@@ -105,6 +105,11 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
         trunc = r.summary["workload_effects"]["outputs_truncated_at_max_model_len"]
         if trunc:
             lines.append(f"- {name}: {trunc} output(s) stopped at max_model_len.")
+        pc = r.summary["kv_cache"].get("prefix_cache")
+        if pc:
+            block = f", {_pct(pc['block_hit_rate'])} of blocks" if pc.get("block_hit_rate") is not None else ""
+            lines.append(f"- {name}: prefix cache hit {_pct(pc['hit_rate'])} of prompt tokens{block} "
+                         f"({pc['hit_tokens']:,} of {pc['query_tokens']:,} tokens).")
         if "slo" in r.summary:
             slo = r.summary["slo"]
             lines.append(f"- {name}: SLO {slo['targets']} met by {_pct(slo['attainment'])} of requests; "

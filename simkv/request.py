@@ -45,10 +45,13 @@ class RequestTable:
         # the request a sequence belongs to: parallel sampling fans one request out into several rows
         self.group = group if group is not None else np.arange(n, dtype=np.int64)
         self.beam_reselect = 0.0   # beam search: chance per step that a beam takes another's hypothesis
-        self.trace_blocks: list | None = None   # Mooncake-style prefix block ids per request (512 tokens each)
+        self.trace_blocks: list | None = None   # Mooncake-style prefix block ids per request
+        self.trace_block_tokens = 512           # tokens per trace block id
         self.class_id: np.ndarray | None = None  # request class (index into workload.classes), or None
         self.session: np.ndarray | None = None   # conversation of each turn, or None
         self.next_turn: np.ndarray | None = None  # the session's next turn row (-1: last)
         self.think_s: np.ndarray | None = None    # think time before a follow-up turn is sent
         self.prefix_hit_tokens = np.zeros(n, dtype=np.int64)    # prompt tokens found in the prefix cache
         self.prefix_query_tokens = np.zeros(n, dtype=np.int64)  # prompt tokens looked up
+        self.prefix_hit_blocks = np.zeros(n, dtype=np.int64)    # full blocks found in the prefix cache
+        self.prefix_query_blocks = np.zeros(n, dtype=np.int64)  # full blocks looked up

@@ -207,6 +207,9 @@ class TraceColumns(Strict):
     arrival: str | None = Field(None, description="arrival time column; none: lengths only (arrivals from workload.arrival)")
     prompt: str = Field(description="prompt (input) tokens column")
     output: str = Field(description="output (generated) tokens column")
+    session: str | None = Field(None, description="conversation id column: turns of one conversation share their prompt history")
+    block_ids: str | None = Field(None, description="column with a list of chained prefix-block ids per request (Mooncake's hash_ids)")
+    block_tokens: PositiveInt = Field(512, description="tokens per id in block_ids (tokens)")
 
 
 class TraceSpec(Strict):

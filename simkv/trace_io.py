@@ -25,8 +25,8 @@ from simkv.scenario import TraceColumns, TraceSpec
 
 BUILTIN = {
     "azure2023_conv": ("azure2023_conv.csv.gz", "csv", TraceColumns(arrival="TIMESTAMP", prompt="ContextTokens", output="GeneratedTokens"), "datetime"),
-    "mooncake_conversation": ("mooncake_conversation.jsonl.gz", "jsonl", TraceColumns(arrival="timestamp", prompt="input_length", output="output_length"), "ms"),
-    "mooncake_synthetic": ("mooncake_synthetic.jsonl.gz", "jsonl", TraceColumns(arrival="timestamp", prompt="input_length", output="output_length"), "ms"),
+    "mooncake_conversation": ("mooncake_conversation.jsonl.gz", "jsonl", TraceColumns(arrival="timestamp", prompt="input_length", output="output_length", block_ids="hash_ids"), "ms"),
+    "mooncake_synthetic": ("mooncake_synthetic.jsonl.gz", "jsonl", TraceColumns(arrival="timestamp", prompt="input_length", output="output_length", block_ids="hash_ids"), "ms"),
     "lengths_sharegpt_8k_llama2": ("lengths_sharegpt_8k_llama2.csv.gz", "csv", TraceColumns(prompt="num_prefill_tokens", output="num_decode_tokens"), "s"),
     "lengths_arxiv_summarization_llama2": ("lengths_arxiv_summarization_llama2.csv.gz", "csv", TraceColumns(prompt="num_prefill_tokens", output="num_decode_tokens"), "s"),
     "lengths_bwb_llama2": ("lengths_bwb_llama2.csv.gz", "csv", TraceColumns(prompt="num_prefill_tokens", output="num_decode_tokens"), "s"),
@@ -45,6 +45,7 @@ class TraceData:
     output_tokens: np.ndarray
     block_ids: list | None = None
     block_tokens: int = MOONCAKE_BLOCK_TOKENS
+    session: np.ndarray | None = None   # conversation id per request (int codes), or None
 
     @property
     def num_requests(self) -> int:
@@ -100,7 +101,8 @@ def read_trace(spec: TraceSpec, base_dir: Path | None = None) -> TraceData:
                              fix="paths are relative to the scenario file")
         fmt = spec.format or ("jsonl" if ".jsonl" in path.name or ".json" in path.name else "csv")
     # compact typed buffers: a long trace costs 8 bytes per number, not a Python object each
-    times, prompts, outputs, blocks = array("d"), array("q"), array("q"), []
+    times, prompts, outputs, blocks, sessions = array("d"), array("q"), array("q"), [], []
+    end = spec.window_s[1] if spec.window_s is not None else None
     keys = {"arrival": cols.arrival, "prompt": cols.prompt, "output": cols.output}
     with _open_text(path, builtin) as fh:
         for line, row in _rows(fh, fmt, origin):
@@ -117,6 +119,8 @@ def read_trace(spec: TraceSpec, base_dir: Path | None = None) -> TraceData:
             if p < 1 or o < 1:
                 raise SimkvError(f"line {line}: token counts must be >= 1 (prompt {p}, output {o})", file=origin,
                                  fix="drop such rows from the file")
+            if t is not None and end is not None and times and t - times[0] >= end:
+                break  # past the replay window: the rest of the file is never read
             if t is not None:
                 if not math.isfinite(t) or t < 0:
                     raise SimkvError(f"line {line}: negative or invalid time {row[cols.arrival]!r}", file=origin,
@@ -127,13 +131,22 @@ def read_trace(spec: TraceSpec, base_dir: Path | None = None) -> TraceData:
                 times.append(t)
             prompts.append(p)
             outputs.append(o)
-            if "hash_ids" in row:
-                blocks.append(row["hash_ids"])
+            if cols.block_ids is not None:
+                ids = row.get(cols.block_ids)
+                if isinstance(ids, str):
+                    ids = json.loads(ids) if ids.strip().startswith("[") else [int(x) for x in ids.split()]
+                if not isinstance(ids, list) or not ids:
+                    raise SimkvError(f"line {line}: {cols.block_ids!r} is not a list of block ids", file=origin,
+                                     field="workload.trace.columns.block_ids", fix="a JSON list like [0, 1, 2]")
+                blocks.append(ids)
+            if cols.session is not None:
+                sessions.append(str(row.get(cols.session)))
     if not prompts:
         raise SimkvError("the trace has no requests", file=origin, fix="give a file with at least one row")
     arrival = np.frombuffer(times, dtype=np.float64) - times[0] if times else None
+    session = np.unique(np.array(sessions), return_inverse=True)[1].astype(np.int64) if sessions else None
     return TraceData(origin, arrival, np.frombuffer(prompts, dtype=np.int64).copy(),
-                     np.frombuffer(outputs, dtype=np.int64).copy(), blocks if len(blocks) == len(prompts) else None)
+                     np.frombuffer(outputs, dtype=np.int64).copy(), blocks or None, cols.block_tokens, session)
 
 
 def trace_stats(data: TraceData) -> dict:

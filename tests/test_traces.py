@@ -181,3 +181,37 @@ def test_sessions_with_and_without_prefix_caching_and_fast_forward():
     run_simulation(fast, "a"), run_simulation(slow, "b")
     np.testing.assert_allclose(fast.table.finish_s, slow.table.finish_s, rtol=1e-9)
     np.testing.assert_allclose(fast.table.arrival_s, slow.table.arrival_s, rtol=1e-9)
+
+
+def test_user_trace_with_sessions_and_block_ids(tmp_path):
+    rows = []
+    for conv in range(30):          # 3 turns each: every turn's prompt holds the earlier ones
+        for turn in range(3):
+            rows.append({"t": conv * 2.0 + turn * 20.0, "p": 600 * (turn + 1), "o": 40, "conv": f"c{conv}"})
+    rows.sort(key=lambda r: r["t"])
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    def run(columns):
+        sc = simkv.Scenario(**{"model": "llama3-8b", "hardware": {"gpu": "h100"},
+                               "engine": {"preset": "vllm-v1", "max_model_len": 8192},
+                               "workload": {"trace": {"path": str(path), "columns": columns}, "max_new_tokens": {"policy": "exact"}},
+                               "run": {"seed": 0}})
+        return simkv.simulate(sc).summary["kv_cache"]["prefix_cache"]
+    plain = run({"arrival": "t", "prompt": "p", "output": "o"})
+    sessions = run({"arrival": "t", "prompt": "p", "output": "o", "session": "conv"})
+    assert plain["hit_tokens"] == 0
+    assert sessions["hit_rate"] > 0.4 and sessions["block_hit_rate"] > 0.4
+    ids = tmp_path / "ids.csv"
+    ids.write_text("t,p,o,blocks\n0,1024,10,\"[7, 8]\"\n5,1024,10,\"[7, 9]\"\n")
+    data = read_trace(TraceSpec(path=str(ids), columns={"arrival": "t", "prompt": "p", "output": "o",
+                                                        "block_ids": "blocks", "block_tokens": 512}))
+    assert data.block_ids == [[7, 8], [7, 9]] and data.block_tokens == 512
+
+
+def test_replay_window_stops_reading_early(tmp_path):
+    path = tmp_path / "long.csv"
+    with path.open("w") as fh:
+        fh.write("t,p,o\n0,5,5\n1,5,5\n100,5,5\n")
+        fh.write("oops,not,a-number\n")   # past the window: never read
+    data = read_trace(TraceSpec(path=str(path), window_s=[0, 50], columns={"arrival": "t", "prompt": "p", "output": "o"}))
+    assert data.num_requests == 2

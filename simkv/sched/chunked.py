@@ -21,7 +21,6 @@ import numpy as np
 
 from simkv.request import RequestTable
 
-MOONCAKE_BLOCK_TOKENS = 512  # the block size of the traces' hash_ids
 from simkv.sched.base import StepOutcome, StepPlan
 from simkv.sched.queue import QueuedScheduler
 
@@ -62,8 +61,8 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         group, prompt = int(t.group[rid]), int(t.prompt_tokens[rid]) // b
         if t.session is not None:  # a conversation's history is the same content turn after turn
             return [("s", int(t.session[rid]), i) for i in range(num_tokens // b)]
-        if t.trace_blocks is not None:  # a trace names its prompt's 512-token blocks, chained
-            ids, per = t.trace_blocks[rid], MOONCAKE_BLOCK_TOKENS
+        if t.trace_blocks is not None:  # a trace names its prompt's blocks, chained
+            ids, per = t.trace_blocks[rid], t.trace_block_tokens
             return [("m", ids[min(i * b // per, len(ids) - 1)], i) if i < prompt and b <= per else ("r", rid, i)
                     for i in range(num_tokens // b)]
         pid, shared = int(t.prefix_id[rid]), int(t.prefix_tokens[rid]) // b
@@ -182,6 +181,8 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         self.batch.start_prefill(rid, cached, 0)
         self.t.prefix_hit_tokens[rid] += cached
         self.t.prefix_query_tokens[rid] += target
+        self.t.prefix_hit_blocks[rid] += hits
+        self.t.prefix_query_blocks[rid] += len(hashes)
         self._hashes[rid] = hashes
         self._cache_scheduled(rid, cached + n)
         self.waiting.popleft()

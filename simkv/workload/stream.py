@@ -31,6 +31,7 @@ class RequestStream:
     session: np.ndarray | None = None        # int64: conversation of each turn (-1: none)
     next_turn: np.ndarray | None = None      # int64: row of the session's next turn (-1: last)
     think_s: np.ndarray | None = None        # float64: think time before this turn (follow-ups; arrival NaN)
+    block_tokens: int = 512                  # tokens per id in block_ids
     block_ids: list | None = None            # trace prefix block ids per request (Mooncake), or None
 
     @property
@@ -43,13 +44,13 @@ def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
     the trace the workload names, read by the caller."""
     seeds = np.random.SeedSequence(run.seed).spawn(5)
     rng_arrival, rng_prompt, rng_output, rng_prefix, rng_samples = (np.random.default_rng(s) for s in seeds)
-    block_ids = None
+    block_ids = trace_session = None
     if workload.classes is not None:
         return _merge_classes(workload, run)
     if workload.trace is not None:
         if trace is None:
             raise ValueError("this workload replays a trace: pass the TraceData (simkv.trace_io.trace_for)")
-        arrivals, prompts, outputs, block_ids = _from_trace(workload, run, trace, rng_arrival, rng_prompt)
+        arrivals, prompts, outputs, block_ids, trace_session = _from_trace(workload, run, trace, rng_arrival, rng_prompt)
     else:
         arrivals = arrival_times(workload.arrival, rng_arrival, num_requests=run.num_requests,
                                  duration_s=run.duration_s)
@@ -71,7 +72,9 @@ def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
         if block_ids is not None:
             block_ids = [ids for ids in block_ids for _ in range(k)]
     outputs, max_new = _client_limits(workload.max_new_tokens, outputs)
-    stream = RequestStream(arrivals, prompts, outputs, max_new, prefix_id, prefix_tokens, group=group, block_ids=block_ids)
+    stream = RequestStream(arrivals, prompts, outputs, max_new, prefix_id, prefix_tokens, group=group, block_ids=block_ids,
+                           session=trace_session if k == 1 else None,
+                           block_tokens=trace.block_tokens if trace is not None else 512)
     if workload.sessions is not None:
         stream = _sessions(stream, workload, rng_samples)
     return stream
@@ -131,7 +134,8 @@ def _from_trace(workload: Workload, run: Run, trace, rng_arrival, rng_rows):
         if run.num_requests is not None:
             rows, arrivals = rows[:run.num_requests], arrivals[:run.num_requests]
     blocks = [trace.block_ids[i] for i in rows.tolist()] if trace.block_ids is not None else None
-    return arrivals, trace.prompt_tokens[rows].copy(), trace.output_tokens[rows].copy(), blocks
+    session = trace.session[rows] if trace.session is not None else None
+    return arrivals, trace.prompt_tokens[rows].copy(), trace.output_tokens[rows].copy(), blocks, session
 
 
 def _shared_prefixes(spec, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
