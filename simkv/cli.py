@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="columns prefill_seqs,prefill_len,decode_batch,decode_ctx[,layers]")
     st.add_argument("-o", "--output", metavar="OUT.csv", help="write the table with predicted_ms (default: print)")
     st.set_defaults(func=cmd_step_time)
+    plot = sub.add_parser("plot", help="re-draw the figures and report of a saved results folder")
+    plot.add_argument("folder", help="a folder written by `simkv run`")
+    plot.set_defaults(func=cmd_plot)
     trace = sub.add_parser("trace", help="request trace tools")
     trace_sub = trace.add_subparsers(dest="trace_command")
     ts = trace_sub.add_parser("stats", help="count, span, rate and length statistics of a trace")
@@ -126,12 +129,8 @@ def cmd_run(args) -> int:
         print(f"results: {out}/ (sweep.csv, sweep.png, report.md, one folder per value)")
         return 0
     results = points[0][1]
-    if args.no_figures:
-        for name, res in results.items():
-            res.save(out if len(results) == 1 else out / name)
-    else:
-        from simkv.output import write_results
-        write_results(results, out)
+    from simkv.output import write_results
+    write_results(results, out, figures=not args.no_figures)
     print(f"{scenario.name}: {total // len(results):,} requests x {len(results)} run(s) simulated in {wall:.1f} s wall "
           f"({total / wall:,.0f} requests/s)")
     print(terminal_table(results))
@@ -191,6 +190,14 @@ def cmd_cost_report(args) -> int:
               f"max {100 * loo['max']:.1f}%; model-shape-out median {100 * lomo['median']:.1f}%, "
               f"p90 {100 * lomo['p90']:.1f}%, max {100 * lomo['max']:.1f}%")
     print(f"wrote {args.output} and {args.figures}/")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from simkv.output import redraw
+    folder = Path(args.folder)
+    names = redraw(folder)
+    print(f"redrew {', '.join(names)} in {folder}/")
     return 0
 
 

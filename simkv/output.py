@@ -12,15 +12,15 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-
-from simkv.plots import FIGURES
 import numpy as np
 
+from simkv.errors import SimkvError
+from simkv.plots import FIGURES
 from simkv.report import markdown_report
 from simkv.result import Result, flat_metrics, write_columns
 
 
-def write_results(results: dict[str, Result], folder: str | Path) -> Path:
+def write_results(results: dict[str, Result], folder: str | Path, figures: bool = True) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if len(results) == 1:
@@ -35,8 +35,9 @@ def write_results(results: dict[str, Result], folder: str | Path) -> Path:
         for key in next(iter(rows.values())):
             columns[key] = [np.nan if row.get(key) is None else row[key] for row in rows.values()]
         write_columns(folder / "comparison.csv", columns)
-    figures = write_figures(results, folder)
-    (folder / "report.md").write_text(markdown_report(results, figures))
+    if figures:
+        names = write_figures(results, folder)
+        (folder / "report.md").write_text(markdown_report(results, names))
     return folder
 
 
@@ -76,3 +77,19 @@ def write_sweep(field: str, points: list[tuple[object, dict[str, Result]]], fold
     plt.close(fig)
     (folder / "report.md").write_text(sweep_report(field, rows, points, "sweep.png"))
     return folder
+
+
+def redraw(folder: Path) -> list[str]:
+    """Figures and report.md of a saved results folder (one run, or one sub-folder per variant)."""
+    if not (folder / "summary.json").exists():
+        raise SimkvError("no summary.json here", file=str(folder), fix="give a folder written by `simkv run`")
+    subs = sorted(p for p in folder.iterdir() if (p / "summary.json").exists())
+    if (folder / "requests.csv").exists() or not subs:
+        results = {"base": Result.load(folder)}
+    else:
+        order = list(json.loads((folder / "summary.json").read_text()))
+        loaded = {Result.load(p).name: Result.load(p) for p in subs}
+        results = {name: loaded[name] for name in order if name in loaded}
+    figures = write_figures(results, folder)
+    (folder / "report.md").write_text(markdown_report(results, figures))
+    return figures + ["report.md"]

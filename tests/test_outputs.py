@@ -139,3 +139,21 @@ def test_bad_sweep_value_names_the_sweep(tmp_path):
     proc = _cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr
     assert "sweep" in proc.stderr and "rate=-1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plot_redraws_figures_from_saved_results(tmp_path):
+    proc = _cli("run", "scenarios/paged-vs-contiguous-h100.yaml", "-q", "--no-figures", "-o", str(tmp_path),
+                "--set", "run.duration_s=60", "--set", "run.warmup_s=5")
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", "scenarios/quickstart.yaml", "-q", "-o",
+                           str(tmp_path / "single"), "--no-figures", "--set", "run.num_requests=100", "--set", "run.warmup_s=0"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "kv_breakdown.png").exists()   # written without figures
+    for folder in (tmp_path, tmp_path / "single"):
+        proc = _cli("plot", str(folder))
+        assert proc.returncode == 0, proc.stderr
+        assert (folder / "kv_breakdown.png").stat().st_size > 0 and (folder / "report.md").exists()
+    assert "contiguous-pow2" in (tmp_path / "report.md").read_text()
+    proc = _cli("plot", str(tmp_path / "nothing"))
+    assert proc.returncode == 2 and "summary.json" in proc.stderr
