@@ -51,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="columns prefill_seqs,prefill_len,decode_batch,decode_ctx[,layers]")
     st.add_argument("-o", "--output", metavar="OUT.csv", help="write the table with predicted_ms (default: print)")
     st.set_defaults(func=cmd_step_time)
+    cap = sub.add_parser("capacity", help="highest arrival rate one replica sustains within percentile SLOs")
+    cap.add_argument("scenario", help="scenario YAML file (its arrival rate is the starting point)")
+    cap.add_argument("--slo", required=True, help="e.g. ttft_p99=2s,tbt_p99=100ms (metrics ttft/tbt/e2e/tpot/queue)")
+    cap.add_argument("--variant", help="which variant to size (default: the first)")
+    cap.add_argument("--target-rate", type=float, help="load to serve (requests/s): prints the GPUs needed")
+    cap.add_argument("--price", type=float, help="$ per GPU-hour: prints the cost per million generated tokens")
+    cap.add_argument("--tolerance", type=float, default=0.02, help="bisect until the bracket is this tight (fraction)")
+    cap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    cap.set_defaults(func=cmd_capacity)
     plot = sub.add_parser("plot", help="re-draw the figures and report of a saved results folder")
     plot.add_argument("folder", help="a folder written by `simkv run`")
     plot.set_defaults(func=cmd_plot)
@@ -190,6 +199,27 @@ def cmd_cost_report(args) -> int:
               f"max {100 * loo['max']:.1f}%; model-shape-out median {100 * lomo['median']:.1f}%, "
               f"p90 {100 * lomo['p90']:.1f}%, max {100 * lomo['max']:.1f}%")
     print(f"wrote {args.output} and {args.figures}/")
+    return 0
+
+
+def cmd_capacity(args) -> int:
+    from simkv.capacity import find_capacity, parse_slo
+    from simkv.loading import load_scenario
+    from simkv.simulate import simulate
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    slo = parse_slo(args.slo)
+    res = find_capacity(scenario, slo, simulate_fn=lambda sc, v: simulate(sc, v), variant=args.variant,
+                        tolerance=args.tolerance, target_rate=args.target_rate, price_per_gpu_hour=args.price)
+    for p in res.probes:
+        worst = ", ".join(f"{k} {v:.3g}/{t:.3g} s" for k, (v, t) in p.worst.items() if v is not None)
+        print(f"  rate {p.rate:8.3f} req/s: {'meets' if p.meets else 'misses'}  ({worst})")
+    print(f"capacity: {res.capacity_rate:.3f} req/s per replica ({res.output_tokens_per_s:,.0f} output tok/s); "
+          f"{res.failing_rate:.3f} req/s misses; +10% ({res.check_rate:.3f}) {'meets' if res.check_meets else 'misses'}")
+    if res.gpus_for_target is not None:
+        print(f"GPUs for {args.target_rate:g} req/s: {res.gpus_for_target} ({res.gpus_per_replica} per replica)")
+    if res.cost_per_million_tokens is not None:
+        print(f"cost: ${res.cost_per_million_tokens:.3f} per million generated tokens at ${args.price:g}/GPU-hour")
     return 0
 
 

@@ -1,0 +1,43 @@
+"""Capacity search: a rate that meets the SLO, one 10% higher that does not; GPUs and cost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import simkv
+from simkv.capacity import find_capacity, parse_slo
+from simkv.errors import SimkvError
+
+from conftest import ROOT
+
+
+def test_parse_slo_units_and_errors():
+    assert parse_slo("ttft_p99=2s,tbt_p99=100ms") == {("ttft", "p99"): 2.0, ("tbt", "p99"): 0.1}
+    with pytest.raises(SimkvError, match="cannot read SLO"):
+        parse_slo("latency=fast")
+
+
+def test_capacity_on_paged_vs_contiguous_meets_and_10_percent_more_misses():
+    sc = simkv.load_scenario(ROOT / "scenarios" / "paged-vs-contiguous-h100.yaml",
+                             ["run.duration_s=150", "run.warmup_s=20"])
+    slo = parse_slo("ttft_p99=2s,tbt_p99=200ms")
+    res = find_capacity(sc, slo, simulate_fn=lambda s, v: simkv.simulate(s, v), variant="paged",
+                        target_rate=100, price_per_gpu_hour=2.5)
+    assert res.capacity_rate < res.failing_rate <= res.capacity_rate * 1.05
+    assert not res.check_meets and res.check_rate == pytest.approx(res.capacity_rate * 1.1)
+    at = [p for p in res.probes if p.rate == res.capacity_rate][0]
+    assert at.meets and all(v <= t for v, t in at.worst.values())
+    assert res.gpus_for_target == -(-100 // res.capacity_rate)
+    assert res.cost_per_million_tokens == pytest.approx(2.5 / (res.output_tokens_per_s * 3600) * 1e6)
+    contiguous = find_capacity(sc, slo, simulate_fn=lambda s, v: simkv.simulate(s, v),
+                               variant="contiguous-max_model_len")
+    assert contiguous.capacity_rate < 0.8 * res.capacity_rate   # reservations cost capacity
+
+
+def test_capacity_cli_errors_cleanly():
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "capacity", "scenarios/quickstart.yaml", "--slo", "fast"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "--slo" in proc.stderr and "Traceback" not in proc.stderr
