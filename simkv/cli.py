@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="columns prefill_seqs,prefill_len,decode_batch,decode_ctx[,layers]")
     st.add_argument("-o", "--output", metavar="OUT.csv", help="write the table with predicted_ms (default: print)")
     st.set_defaults(func=cmd_step_time)
+    sw = sub.add_parser("sweep", help="run a sweep file (grids and zips over any field) on local processes, cached")
+    sw.add_argument("sweep", help="sweep YAML file")
+    sw.add_argument("-o", "--output", help="results folder (default results/<sweep file name>)")
+    sw.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
+    sw.set_defaults(func=cmd_sweep)
     cap = sub.add_parser("capacity", help="highest arrival rate one replica sustains within percentile SLOs")
     cap.add_argument("scenario", help="scenario YAML file (its arrival rate is the starting point)")
     cap.add_argument("--slo", required=True, help="e.g. ttft_p99=2s,tbt_p99=100ms (metrics ttft/tbt/e2e/tpot/queue)")
@@ -199,6 +204,24 @@ def cmd_cost_report(args) -> int:
               f"max {100 * loo['max']:.1f}%; model-shape-out median {100 * lomo['median']:.1f}%, "
               f"p90 {100 * lomo['p90']:.1f}%, max {100 * lomo['max']:.1f}%")
     print(f"wrote {args.output} and {args.figures}/")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from simkv.output import write_points
+    from simkv.sweep import load_sweep, run_sweep
+    path = Path(args.sweep)
+    base, points, variants = load_sweep(path)
+    out = Path(args.output) if args.output else Path("results") / path.stem
+    start = time.perf_counter()
+    done_before = sum(1 for _ in (out / "points").glob("*/summary.json")) if (out / "points").exists() else 0
+    rows = run_sweep(base, points, variants, out, args.workers,
+                     progress=lambda d, n: print(f"  {d}/{n} points", file=sys.stderr) if d % 10 == 0 or d == n else None)
+    write_points(rows, out, f"{base.name} sweep")
+    failed = [r for r in rows if r["error"]]
+    print(f"{len(rows)} point(s) ({done_before} cached) in {time.perf_counter() - start:.1f} s -> {out}/points.csv")
+    for r in failed:
+        print(f"  failed: {r['key']} {r['error']}", file=sys.stderr)
     return 0
 
 

@@ -93,3 +93,28 @@ def redraw(folder: Path) -> list[str]:
     figures = write_figures(results, folder)
     (folder / "report.md").write_text(markdown_report(results, figures))
     return figures + ["report.md"]
+
+
+def write_points(rows: list[dict], folder: Path, title: str) -> None:
+    """points.csv (swept values, variant, headline metrics, error) and, when the arrival rate is
+    swept, the standard curves against it."""
+    from simkv.plots import sweep_curves
+    folder.mkdir(parents=True, exist_ok=True)
+    swept = [k for k in rows[0] if k not in ("variant", "key", "summary", "error")]
+    flat = [flat_metrics(r["summary"]) if r["summary"] else {} for r in rows]
+    metric_names = next((list(f) for f in flat if f), [])
+    columns = {k: [str(r[k]) for r in rows] for k in swept}
+    columns["variant"] = [r["variant"] for r in rows]
+    for m in metric_names:
+        columns[m] = [np.nan if f.get(m) is None else f[m] for f in flat]
+    columns["error"] = [r["error"] or "" for r in rows]
+    write_columns(folder / "points.csv", columns)
+    x = "workload.arrival.rate"
+    if x in swept and metric_names:
+        others = [k for k in swept if k != x]
+        curve_rows = [{"value": r[x], "variant": " ".join([r["variant"]] + [f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in others]),
+                       **f} for r, f in zip(rows, flat) if f]
+        fig = sweep_curves(curve_rows, x, title)
+        for ext in ("png", "svg"):
+            fig.savefig(folder / f"curves.{ext}", dpi=110)
+        plt.close(fig)

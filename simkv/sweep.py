@@ -1,0 +1,110 @@
+"""`simkv sweep`: a base scenario plus grids (cartesian) and zips over any dotted field, run on
+local worker processes, each point cached by a hash of its full scenario so a rerun skips
+finished points and an interrupted sweep resumes; a failing point is reported, not fatal.
+
+Sweep file:
+    base: ../scenarios/paged-vs-contiguous-h100.yaml   # relative to the sweep file
+    set: {run.duration_s: 120}                          # fixed overrides (optional)
+    grid: {workload.arrival.rate: [5, 10, 20]}          # every combination (optional)
+    zip: {engine.block_size: [8, 16], engine.max_num_seqs: [128, 256]}   # stepped together (optional)
+    variants: [paged, contiguous-max_model_len]         # which of the base's variants (default all)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simkv.errors import SimkvError
+from simkv.loading import apply_overrides, expand_variants, load_scenario, read_yaml_mapping, validate_scenario
+from simkv.scenario import Scenario
+
+SWEEP_KEYS = {"base", "set", "grid", "zip", "variants"}
+
+
+def load_sweep(path: Path) -> tuple[Scenario, list[dict[str, Any]], list[str] | None]:
+    """(base scenario, [overrides of each point], variants to run) from a sweep file."""
+    raw = read_yaml_mapping(path)
+    unknown = set(raw) - SWEEP_KEYS
+    if unknown or "base" not in raw:
+        raise SimkvError(f"sweep files have keys {sorted(SWEEP_KEYS)}" + (f"; unknown: {sorted(unknown)}" if unknown else ""),
+                         file=str(path), fix="base: is required (a scenario file, relative to the sweep file)")
+    base = load_scenario(path.parent / str(raw["base"]), raw.get("set") or {})
+    grid = raw.get("grid") or {}
+    zipped = raw.get("zip") or {}
+    for name, table in (("grid", grid), ("zip", zipped)):
+        if not isinstance(table, dict) or any(not isinstance(v, list) or not v for v in table.values()):
+            raise SimkvError(f"{name} maps dotted fields to non-empty lists of values", file=str(path), field=name,
+                             fix=f"{name}: {{workload.arrival.rate: [5, 10, 20]}}")
+    if len({len(v) for v in zipped.values()}) > 1:
+        raise SimkvError("zip lists must have the same length", file=str(path), field="zip", fix="one value per step in each list")
+    zip_rows = [dict(zip(zipped, vals)) for vals in zip(*zipped.values())] if zipped else [{}]
+    grid_rows = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    points = [{**g, **z} for g in grid_rows for z in zip_rows]
+    for point in points:  # validate every point up front
+        validate_scenario(apply_overrides(base.model_dump(exclude_unset=True), point, origin=str(path)), str(path))
+    return base, points, raw.get("variants")
+
+
+def point_key(scenario: Scenario, variant: str) -> str:
+    """A hash of everything that determines a point's result."""
+    text = json.dumps([scenario.model_dump(mode="json"), variant], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _run_point(args: tuple[str, str, str]) -> tuple[str, dict | None, str | None]:
+    """Worker: simulate one (scenario JSON, variant) into its folder; (key, summary, error)."""
+    scenario_json, variant, folder = args
+    from simkv.simulate import simulate
+    try:
+        result = simulate(Scenario.model_validate_json(scenario_json), variant)
+        result.save(folder)
+        return folder, result.summary, None
+    except Exception as err:  # a crashed point is reported, the sweep goes on
+        return folder, None, f"{type(err).__name__}: {err}"
+
+
+def run_sweep(base: Scenario, points: list[dict], variants: list[str] | None, out: Path, workers: int = 0,
+              progress=None) -> list[dict]:
+    """Rows (swept values, variant, summary or error) for every point x variant, cached by hash."""
+    names = [n for n, _ in expand_variants(base)]
+    chosen = variants or names
+    missing = [v for v in chosen if v not in names]
+    if missing:
+        raise SimkvError(f"no variant {missing} in the base scenario (have {names})", field="variants",
+                         fix="name variants of the base scenario")
+    base_raw = base.model_dump(exclude_unset=True)
+    rows, todo = [], []
+    for point in points:
+        sc = validate_scenario(apply_overrides(base_raw, point, origin="sweep"), "sweep")
+        for variant in chosen if base.variants else [None]:
+            label = variant or "base"
+            key = point_key(sc, label)
+            folder = out / "points" / key
+            row = {**point, "variant": label, "key": key, "summary": None, "error": None}
+            rows.append(row)
+            if (folder / "summary.json").exists():
+                row["summary"] = json.loads((folder / "summary.json").read_text())
+            else:
+                todo.append((sc.model_dump_json(), variant, str(folder)))
+    results = {}
+    if todo:
+        if workers == 1:
+            results = {f: (s, e) for f, s, e in map(_run_point, todo)}
+        else:
+            with ProcessPoolExecutor(max_workers=workers or None) as pool:
+                for done, (f, s, e) in enumerate(pool.map(_run_point, todo), start=1):
+                    results[f] = (s, e)
+                    if progress:
+                        progress(done, len(todo))
+    for row in rows:
+        folder = str(out / "points" / row["key"])
+        if folder in results:
+            row["summary"], row["error"] = results[folder]
+    return rows
