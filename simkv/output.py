@@ -48,6 +48,7 @@ def write_figures(results: dict[str, Result], folder: Path) -> list[str]:
             continue
         fig = make(results)
         fig.savefig(folder / filename, dpi=110)
+        fig.savefig(folder / filename.replace(".png", ".svg"))  # vector copy for papers
         plt.close(fig)
         names.append(filename)
     return names
