@@ -36,7 +36,7 @@ def main() -> None:
     ctx = rng.integers(100, 8000, 256)
     decode = StepPlan(decode_ids=np.arange(256), decode_ctx=ctx)
     mixed = StepPlan(decode_ids=np.arange(255), decode_ctx=ctx[:255], prefill_ids=np.array([999]),
-                     prefill_new=np.array([512]), prefill_ctx=np.array([512]), prefill_held=np.zeros(1, np.int64))
+                     prefill_new=np.array([512]), prefill_ctx=np.array([512]))
     print(f"{'model':12s} {'256-seq decode':>15s} {'mixed (1 prefill + 255)':>24s} {'64-step decode run, per step':>29s}")
     for name in ("calibrated", "roofline"):
         cost, _ = cost_model("h100", "llama3-8b", cost=name)

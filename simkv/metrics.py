@@ -198,9 +198,8 @@ def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = 
         t = RequestGroups(t)
     lat = request_latencies(t)
     measured = (t.arrival_s >= rec.w0) & (t.status == DONE)
-    window = rec.w1 - rec.w0
+    window = span = rec.w1 - rec.w0   # the measured window (s)
     finished_in_window = np.count_nonzero((t.finish_s >= rec.w0) & (t.finish_s <= rec.w1))
-    span = rec.w1 - rec.w0
     kv_mean = rec.kv_integral / (span * rec.capacity)
     kv = {name.replace("_tokens", ""): float(v) for name, v in zip(KV_FIELDS, kv_mean)}
     kv_peak = {name.replace("_tokens", ""): int(v) / rec.capacity for name, v in zip(KV_FIELDS, rec.kv_peak)}

@@ -156,7 +156,7 @@ def sweep_report(field: str, rows: list[dict], points, figure: str) -> str:
     lines += [f"- Model **{setup['model']}** on **{setup['gpu']}** × {setup['tensor_parallel']}, step times "
               f"from the {setup['cost_model']} cost model; swept `{field}` over "
               f"{', '.join(str(v) for v, _ in points)}.",
-              f"- Variants (same request stream at each value): " + "; ".join(
+              "- Variants (same request stream at each value): " + "; ".join(
                   f"**{n}**: " + (", ".join(f"`{k}={v}`" for k, v in r.summary.get("overrides", {}).items()) or "no overrides")
                   for n, r in points[0][1].items()), "",
               f"![sweep]({figure})", ""]

@@ -19,8 +19,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from simkv.errors import SimkvError
 from simkv.loading import apply_overrides, expand_variants, load_scenario, read_yaml_mapping, validate_scenario
 from simkv.scenario import Scenario

@@ -23,7 +23,7 @@ def test_lone_request_latency_is_sum_of_step_times(cost_name):
     res = simulate(sc)
     cost, _ = make_cost(sc)
     p = np.array([300])
-    prefill = cost.seconds(StepPlan(prefill_ids=np.array([0]), prefill_new=p, prefill_ctx=p, prefill_held=np.zeros(1, np.int64)))
+    prefill = cost.seconds(StepPlan(prefill_ids=np.array([0]), prefill_new=p, prefill_ctx=p))
     decodes = cost.decode_run_seconds(np.array([301]), 39)
     ttft = res.requests["ttft_s"][0]
     assert ttft == pytest.approx(prefill, rel=1e-12)
@@ -47,8 +47,7 @@ def test_long_prefill_is_compute_bound():
     model, gpu = builtin_models()["llama3-8b"], builtin_gpus()["h100"]
     cost = RooflineCost(model, gpu)
     n = 8192
-    t = cost.seconds(StepPlan(prefill_ids=np.array([0]), prefill_new=np.array([n]), prefill_ctx=np.array([n]),
-                              prefill_held=np.zeros(1, np.int64)))
+    t = cost.seconds(StepPlan(prefill_ids=np.array([0]), prefill_new=np.array([n]), prefill_ctx=np.array([n])))
     linear_flops = 2 * n * (model.num_params - 2 * model.vocab_size * model.hidden_size)
     attention_flops = model.num_layers * 4 * model.num_heads * model.head_dim * n * (n + 1) / 2
     compute_s = (linear_flops + attention_flops) / gpu.achievable_flops("bf16")

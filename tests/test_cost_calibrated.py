@@ -126,11 +126,6 @@ def test_gpus_without_measurements_fall_back_to_the_roofline():
 
 def test_swap_time_uses_measured_host_link():
     cost, _ = cost_model("h100", "llama3-8b")
-    gpu = simkv.Scenario(**{"model": "llama3-8b", "hardware": {"gpu": "h100"},
-                            "workload": {"arrival": {"process": "poisson", "rate": 1},
-                                         "prompt_tokens": {"dist": "fixed", "value": 1},
-                                         "output_tokens": {"dist": "fixed", "value": 1}},
-                            "run": {"num_requests": 1}}).gpu_spec()
     assert cost.swap_seconds(1000, to_host=True) == pytest.approx(1000 * 131072 / 55.1428624316297e9)
     plan = StepPlan(decode_ids=np.arange(2), decode_ctx=np.array([10, 10]), swap_out_tokens=1000, swap_in_tokens=500)
     base = StepPlan(decode_ids=np.arange(2), decode_ctx=np.array([10, 10]))

@@ -13,7 +13,7 @@ def plan_from_shape(prefill_seqs: int, prefill_len: int, decode_batch: int, deco
     new = np.full(prefill_seqs, prefill_len, dtype=np.int64)
     return StepPlan(decode_ids=np.arange(decode_batch), decode_ctx=np.full(decode_batch, decode_ctx, dtype=np.int64),
                     prefill_ids=np.arange(decode_batch, decode_batch + prefill_seqs), prefill_new=new,
-                    prefill_ctx=new.copy(), prefill_held=np.zeros(prefill_seqs, dtype=np.int64))
+                    prefill_ctx=new.copy())
 
 
 def cost_model(gpu: str = "h100", model: str = "llama3-8b", *, tensor_parallel: int = 1, dtype: str = "bf16",

@@ -22,7 +22,6 @@ class StepPlan:
     prefill_ids: np.ndarray = field(default_factory=lambda: _EMPTY)
     prefill_new: np.ndarray = field(default_factory=lambda: _EMPTY)
     prefill_ctx: np.ndarray = field(default_factory=lambda: _EMPTY)
-    prefill_held: np.ndarray = field(default_factory=lambda: _EMPTY)  # contiguous region sizes
     # whether each prefill completes its prompt and samples a token (empty: all do)
     prefill_done: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     # requests preempted (KV freed and requeued, or swapped to host) before this step

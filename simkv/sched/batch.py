@@ -82,7 +82,7 @@ class RunningBatch:
     # ------------------------------------------------------------ membership
     def start_prefill(self, rid: int, computed: int, held: int) -> Prefill:
         """Admit `rid` (its KV already allocated by the policy): prompt + generated tokens to compute."""
-        target = int(self.t.prompt_tokens[rid] + self.t.generated[rid])
+        target = int(self.t.prompt_tokens[rid] + self.t.generated[rid])  # prompt + tokens before a recompute
         state = self.prefilling[rid] = Prefill(rid, computed, target, held, self._next_order)
         self._next_order += 1
         return state

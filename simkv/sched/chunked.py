@@ -98,8 +98,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         states = [b.prefilling[rid] for rid, _ in chunks]
         ctx = np.array([s.computed for s in states], dtype=np.int64) + new
         done = np.array([s.remaining == n for s, (_, n) in zip(states, chunks)])
-        return StepPlan(decode_ids, decode_ctx, ids, new, ctx, np.zeros(len(ids), np.int64), done,
-                        preempted_ids=preempted)
+        return StepPlan(decode_ids, decode_ctx, ids, new, ctx, done, preempted_ids=preempted)
 
     def _make_room_for_decodes(self) -> list[int]:
         """Preempt the newest running requests until every decode can write its next slot."""
@@ -148,11 +147,11 @@ class ChunkedPrefillScheduler(QueuedScheduler):
 
     def _admit(self, budget: int, chunks: list) -> None:
         """New requests from the head of the queue while budget, seats and blocks allow."""
-        b, t = self.batch, self.t
+        b = self.batch
         keep = (self.watermark_blocks + b.decode_blocks_needed(1)) * self.kv.block_size
         while self.waiting and budget > 0 and len(b) < self.max_num_seqs:
             rid = self.waiting[0]
-            target = int(t.prompt_tokens[rid] + t.generated[rid])
+            target = self.prompt_tokens(rid)
             if self.prefix_caching:
                 if not self._admit_cached(rid, target, budget, keep, chunks):
                     break
@@ -161,10 +160,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
             n = min(target, budget)
             if not self.kv.can_allocate(n, None, keep):
                 break
-            self.kv.allocate(rid, n, None, int(t.final_kv_tokens[rid]))
-            b.start_prefill(rid, 0, 0)
-            self.waiting.popleft()
-            chunks.append((rid, n))
+            chunks.append(self.admit_head(n))
             budget -= n
 
     def _admit_cached(self, rid: int, target: int, budget: int, keep: int, chunks: list) -> bool:

@@ -11,8 +11,6 @@ Simplifications: no chunked prefill, no prefix caching, no swap (later policies 
 
 from __future__ import annotations
 
-import numpy as np
-
 from simkv.sched.base import StepPlan
 from simkv.sched.queue import MAX_REPEAT, QueuedScheduler
 
@@ -34,9 +32,7 @@ class ContinuousBatchingScheduler(QueuedScheduler):
                 raise self.stuck()
             return None
         if admitted:
-            ids, new, held = (np.array(col, dtype=np.int64) for col in zip(*admitted))
-            return StepPlan(decode_ids, decode_ctx, ids, new, new.copy(), held, np.ones(len(ids), bool),
-                            preempted_ids=preempted)
+            return self.whole_prompt_plan(admitted, decode_ids, decode_ctx, preempted)
         if preempted:
             return StepPlan(decode_ids, decode_ctx, preempted_ids=preempted)
         return self.repeated_decodes(arrival_sensitive=not self.waiting)
@@ -57,31 +53,27 @@ class ContinuousBatchingScheduler(QueuedScheduler):
             self.waiting.appendleft(rid)
         return tuple(victims), need
 
-    def _admit(self, decode_blocks: int) -> list[tuple[int, int, int]]:
-        """Admit from the head of the queue while everything fits; (req_id, tokens, held) each."""
-        t, b = self.t, self.batch
+    def _admit(self, decode_blocks: int) -> list[tuple[int, int]]:
+        """Admit from the head of the queue while everything fits; (req_id, tokens) each."""
+        b = self.batch
         budget = self.max_num_batched_tokens - len(b)
         running = len(b)
         keep_free = (self.watermark_blocks + decode_blocks) * b.block_size if b.paged else 0
         admitted = []
         while self.waiting and running < self.max_num_seqs:
             rid = self.waiting[0]
-            new = int(t.prompt_tokens[rid] + t.generated[rid])
+            new = self.prompt_tokens(rid)
             if new > budget:
                 break
             held = 0 if b.paged else self.reservation_for(rid)
             if not self.kv.can_allocate(new, held, keep_free):
                 break
-            self.kv.allocate(rid, new, held, int(t.final_kv_tokens[rid]))
-            b.start_prefill(rid, 0, held)
-            self.waiting.popleft()
-            admitted.append((rid, new, held))
+            admitted.append(self.admit_head(new, held))
             budget -= new
             running += 1
         return admitted
 
     def next_reservation(self) -> int | None:
         if self.waiting and self.batch.paged:
-            rid = self.waiting[0]
-            return int(self.t.prompt_tokens[rid] + self.t.generated[rid])
+            return self.prompt_tokens(self.waiting[0])
         return super().next_reservation()

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
-
 from simkv.request import RequestTable
 from simkv.sched.base import StepPlan
 from simkv.sched.queue import QueuedScheduler
@@ -47,9 +45,7 @@ class PrefillFirstScheduler(QueuedScheduler):
         if not self.swapped and self.waiting:
             admitted = self._admit()
             if admitted:
-                ids, new = (np.array(c, dtype=np.int64) for c in zip(*admitted))
-                return StepPlan(prefill_ids=ids, prefill_new=new, prefill_ctx=new.copy(),
-                                prefill_held=np.zeros(len(ids), np.int64), prefill_done=np.ones(len(ids), bool))
+                return self.whole_prompt_plan(admitted)
         preempted, out_tokens = self._make_room()
         in_tokens = 0 if preempted else self._swap_in()
         b = self.batch
@@ -64,18 +60,13 @@ class PrefillFirstScheduler(QueuedScheduler):
         return self.repeated_decodes(arrival_sensitive=True)
 
     def _admit(self) -> list[tuple[int, int]]:
-        t, b = self.t, self.batch
         budget, out = self.max_num_batched_tokens, []
         keep = self.watermark_blocks * self.kv.block_size
-        while self.waiting and len(b) < self.max_num_seqs:
-            rid = self.waiting[0]
-            prompt = int(t.prompt_tokens[rid] + t.generated[rid])
+        while self.waiting and len(self.batch) < self.max_num_seqs:
+            prompt = self.prompt_tokens(self.waiting[0])
             if prompt > budget or not self.kv.can_allocate(prompt, None, keep):
                 break
-            self.kv.allocate(rid, prompt, None, int(t.final_kv_tokens[rid]))
-            b.start_prefill(rid, 0, 0)
-            self.waiting.popleft()
-            out.append((rid, prompt))
+            out.append(self.admit_head(prompt))
             budget -= prompt
         return out
 

@@ -55,6 +55,28 @@ class QueuedScheduler:
         return self.batch.commit(plan, start_s, durations_s, self.num_waiting(), self.next_reservation())
 
     # ------------------------------------------------------------ helpers
+    def prompt_tokens(self, rid: int) -> int:
+        """Tokens `rid` computes before sampling: its prompt plus any tokens it generated before
+        a recompute preemption."""
+        return int(self.t.prompt_tokens[rid] + self.t.generated[rid])
+
+    def admit_head(self, tokens: int, reserve: int = 0) -> tuple[int, int]:
+        """Move the head of the queue into the batch: KV for `tokens` slots (a region or blocks of
+        `reserve` slots where the allocator reserves), its prefill started. Returns (rid, tokens)."""
+        rid = self.waiting.popleft()
+        self.kv.allocate(rid, tokens, reserve, int(self.t.final_kv_tokens[rid]))
+        self.batch.start_prefill(rid, 0, self.kv.held_tokens(rid))
+        return rid, tokens
+
+    @staticmethod
+    def whole_prompt_plan(admitted: list[tuple[int, int]], decode_ids=None, decode_ctx=None,
+                          preempted: tuple[int, ...] = ()) -> StepPlan:
+        """A step that prefills the (rid, tokens) requests whole, with the given decodes."""
+        ids, new = (np.array(col, dtype=np.int64) for col in zip(*admitted))
+        decodes = {} if decode_ids is None else {"decode_ids": decode_ids, "decode_ctx": decode_ctx}
+        return StepPlan(**decodes, prefill_ids=ids, prefill_new=new, prefill_ctx=new.copy(),
+                        prefill_done=np.ones(len(ids), bool), preempted_ids=preempted)
+
     def reservation_for(self, rid: int) -> int:
         """Slots a contiguous region for `rid` gets under the reservation policy."""
         t = self.t

@@ -35,20 +35,14 @@ class StaticBatchScheduler(QueuedScheduler):
             return self.repeated_decodes(arrival_sensitive=False)
         if not self.waiting:
             return None
-        admitted, budget, t = [], self.max_num_batched_tokens, self.t
+        admitted, budget = [], self.max_num_batched_tokens
         while self.waiting and len(admitted) < self.max_num_seqs:
             rid = self.waiting[0]
-            prompt = int(t.prompt_tokens[rid] + t.generated[rid])
-            held = self.reservation_for(rid)
+            prompt, held = self.prompt_tokens(rid), self.reservation_for(rid)
             if prompt > budget or not self.kv.can_allocate(prompt, held):
                 break
-            self.kv.allocate(rid, prompt, held, int(t.final_kv_tokens[rid]))
-            b.start_prefill(rid, 0, held)
-            self.waiting.popleft()
-            admitted.append((rid, prompt, held))
+            admitted.append(self.admit_head(prompt, held))
             budget -= prompt
         if not admitted:
             raise self.stuck()
-        ids, new, held = (np.array(col, dtype=np.int64) for col in zip(*admitted))
-        return StepPlan(prefill_ids=ids, prefill_new=new, prefill_ctx=new.copy(), prefill_held=held,
-                        prefill_done=np.ones(len(ids), bool))
+        return self.whole_prompt_plan(admitted)

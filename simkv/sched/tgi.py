@@ -56,11 +56,7 @@ class TgiScheduler(QueuedScheduler):
         b = self.batch
         admitted = self._next_prefill_batch() if self.waiting else []
         if admitted:
-            ids = np.array([rid for rid, _, _ in admitted], dtype=np.int64)
-            new = np.array([n for _, n, _ in admitted], dtype=np.int64)
-            held = np.array([h for _, _, h in admitted], dtype=np.int64)
-            return StepPlan(prefill_ids=ids, prefill_new=new, prefill_ctx=new.copy(), prefill_held=held,
-                            prefill_done=np.ones(len(ids), bool))
+            return self.whole_prompt_plan(admitted)
         if not b.num_decoding:
             if self.waiting:
                 raise self.stuck()
@@ -70,16 +66,15 @@ class TgiScheduler(QueuedScheduler):
             due = max(1, self.max_waiting_tokens - self.decode_steps_since_prefill)
         return self.repeated_decodes(arrival_sensitive=True, limit=due)
 
-    def _next_prefill_batch(self) -> list[tuple[int, int, int]]:
-        b, t = self.batch, self.t
-        running = len(b)
+    def _next_prefill_batch(self) -> list[tuple[int, int]]:
+        running = len(self.batch)
         min_size = 0
         if running and self.decode_steps_since_prefill < self.max_waiting_tokens:
             min_size = int(np.floor(running * self.waiting_served_ratio))
         # dry run: how many from the head fit (FIFO, head-of-line)
         picked, tokens, blocks = [], 0, 0
         for rid in self.waiting:
-            prompt = int(t.prompt_tokens[rid] + t.generated[rid])
+            prompt = self.prompt_tokens(rid)
             need = self.kv.blocks_for(self.reservation_for(rid))
             if (tokens + prompt > self.max_batch_prefill_tokens or blocks + need > self.kv.num_free_blocks
                     or running + len(picked) >= self.max_num_seqs):
@@ -88,12 +83,4 @@ class TgiScheduler(QueuedScheduler):
             tokens, blocks = tokens + prompt, blocks + need
         if not picked or len(picked) < min_size:
             return []
-        out = []
-        for rid, prompt in picked:
-            reserve = self.reservation_for(rid)
-            self.kv.allocate(rid, prompt, reserve, int(t.final_kv_tokens[rid]))
-            held = self.kv.held_tokens(rid)
-            b.start_prefill(rid, 0, held)
-            self.waiting.popleft()
-            out.append((rid, prompt, held))
-        return out
+        return [self.admit_head(prompt, self.reservation_for(rid)) for rid, prompt in picked]
