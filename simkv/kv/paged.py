@@ -68,7 +68,7 @@ class PagedAllocator:
         """Blocks for `num_tokens` (for `reserve_tokens` when reserving up front) plus the watermark."""
         watermark_blocks = self.blocks_for(watermark_tokens)
         need = self.blocks_for(self._admission_tokens(num_tokens, reserve_tokens))
-        return need + watermark_blocks <= len(self._free_blocks)
+        return need + watermark_blocks <= self.num_free_blocks
 
     def allocate(self, req_id: int, num_tokens: int, reserve_tokens: int | None = None,
                  final_tokens: int | None = None) -> None:
@@ -77,24 +77,28 @@ class PagedAllocator:
         if num_tokens < 0:
             raise ValueError("num_tokens must be >= 0")
         need = self.blocks_for(self._admission_tokens(num_tokens, reserve_tokens))
-        if need > len(self._free_blocks):
-            raise OutOfKVMemory(f"request {req_id} needs {need} blocks, {len(self._free_blocks)} free")
-        self._tables[req_id] = [self._free_blocks.popleft() for _ in range(need)]
+        if need > self.num_free_blocks:
+            raise OutOfKVMemory(f"request {req_id} needs {need} blocks, {self.num_free_blocks} free")
+        self._tables[req_id] = self._take_blocks(need)
         self._tokens[req_id] = num_tokens
         self._final[req_id] = max(num_tokens, final_tokens if final_tokens is not None else num_tokens)
 
+    def _take_blocks(self, n: int) -> list[int]:
+        """`n` free blocks for new content (subclasses decide which, and what they forget)."""
+        free = self._free_blocks
+        return [free.popleft() for _ in range(n)]
+
     def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
         need = self.blocks_for(self._tokens[req_id] + num_tokens) - len(self._tables[req_id])
-        return need <= len(self._free_blocks)
+        return need <= self.num_free_blocks
 
     def append(self, req_id: int, num_tokens: int = 1) -> None:
         table = self._tables[req_id]
         new_tokens = self._tokens[req_id] + num_tokens
         need = self.blocks_for(new_tokens) - len(table)
-        if need > len(self._free_blocks):
-            raise OutOfKVMemory(f"request {req_id} needs {need} more blocks, {len(self._free_blocks)} free")
-        for _ in range(need):
-            table.append(self._free_blocks.popleft())
+        if need > self.num_free_blocks:
+            raise OutOfKVMemory(f"request {req_id} needs {need} more blocks, {self.num_free_blocks} free")
+        table.extend(self._take_blocks(need))
         self._tokens[req_id] = new_tokens
 
     def grow_to(self, req_id: int, new_tokens: int) -> None:

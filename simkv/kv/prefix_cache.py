@@ -74,6 +74,9 @@ class PrefixCachingAllocator(PagedAllocator):
         self._ref[block] = 1
         return block
 
+    def _take_blocks(self, n: int) -> list[int]:
+        return [self._take() for _ in range(n)]
+
     def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int) -> None:
         """Reuse the first `hits` cached blocks of `hashes`, then take new blocks up to `num_tokens`."""
         if req_id in self._tables:
@@ -95,25 +98,9 @@ class PrefixCachingAllocator(PagedAllocator):
         self._final[req_id] = max(num_tokens, final_tokens)
         self._registered[req_id] = hits
 
-    def can_allocate(self, num_tokens: int, reserve_tokens: int | None = None, watermark_tokens: int = 0) -> bool:
-        return self.blocks_for(num_tokens) + self.blocks_for(watermark_tokens) <= len(self._free_lru)
-
     def allocate(self, req_id: int, num_tokens: int, reserve_tokens: int | None = None,
                  final_tokens: int | None = None) -> None:
         self.allocate_cached(req_id, [], 0, num_tokens, final_tokens if final_tokens is not None else num_tokens)
-
-    def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
-        need = self.blocks_for(self._tokens[req_id] + num_tokens) - len(self._tables[req_id])
-        return need <= len(self._free_lru)
-
-    def append(self, req_id: int, num_tokens: int = 1) -> None:
-        table = self._tables[req_id]
-        new_tokens = self._tokens[req_id] + num_tokens
-        need = self.blocks_for(new_tokens) - len(table)
-        if need > len(self._free_lru):
-            raise OutOfKVMemory(f"request {req_id} needs {need} more blocks, {len(self._free_lru)} free")
-        table.extend(self._take() for _ in range(need))
-        self._tokens[req_id] = new_tokens
 
     def take_blocks(self, req_ids: list[int], counts: list[int]) -> None:
         if sum(counts) > len(self._free_lru):
