@@ -54,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="run a sweep file (grids and zips over any field) on local processes, cached")
     sw.add_argument("sweep", help="sweep YAML file")
     sw.add_argument("-o", "--output", help="results folder (default results/<sweep file name>)")
-    sw.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
+    sw.add_argument("--workers", type=int, default=0, help="local worker processes (default: all cores)")
+    sw.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="where points run: local processes (default) or a Ray cluster (pip install 'simkv[ray]')")
+    sw.add_argument("--address", help="Ray cluster address (host:port from `ray start --head`); default: a local Ray")
     sw.set_defaults(func=cmd_sweep)
     cap = sub.add_parser("capacity", help="highest arrival rate one replica sustains within percentile SLOs")
     cap.add_argument("scenario", help="scenario YAML file (its arrival rate is the starting point)")
@@ -210,16 +213,21 @@ def cmd_cost_report(args) -> int:
 def cmd_sweep(args) -> int:
     from simkv.output import write_points
     from simkv.sweep import load_sweep, run_sweep
+    start = time.perf_counter()
     path = Path(args.sweep)
     base, points, variants = load_sweep(path)
     out = Path(args.output) if args.output else Path("results") / path.stem
-    start = time.perf_counter()
-    done_before = sum(1 for _ in (out / "points").glob("*/summary.json")) if (out / "points").exists() else 0
-    rows = run_sweep(base, points, variants, out, args.workers,
+    if args.address and args.executor != "ray":
+        raise SimkvError("--address is the address of a Ray cluster", field="--address", fix="add --executor ray")
+    rows = run_sweep(base, points, variants, out, args.workers, executor=args.executor, address=args.address,
                      progress=lambda d, n: print(f"  {d}/{n} points", file=sys.stderr) if d % 10 == 0 or d == n else None)
-    write_points(rows, out, f"{base.name} sweep")
+    fields = list(dict.fromkeys(k for p in points for k in p))
+    setup = next((r["summary"]["setup"] for r in rows if r["summary"]), None)
+    title = f"{base.name}: {setup['model']} on {setup['gpu']}, swept {', '.join(fields)}" if setup else base.name
+    drew = write_points(rows, out, title)
     failed = [r for r in rows if r["error"]]
-    print(f"{len(rows)} point(s) ({done_before} cached) in {time.perf_counter() - start:.1f} s -> {out}/points.csv")
+    print(f"{len(rows)} point(s) ({sum(r['cached'] for r in rows)} cached) in {time.perf_counter() - start:.1f} s -> {out}/points.csv"
+          + (", curves.png, report.md" if drew else ""))
     for r in failed:
         print(f"  failed: {r['key']} {r['error']}", file=sys.stderr)
     return 0

@@ -143,9 +143,6 @@ SWEEP_PANELS = (
 def field_label(field: str) -> str:
     """`workload.arrival.rate (requests/s)`: the dotted field with the unit its schema documents."""
     import re
-    import typing
-
-    from pydantic import BaseModel
 
     from simkv.scenario import Scenario
     models: list = [Scenario]
@@ -155,25 +152,37 @@ def field_label(field: str) -> str:
         if not found:
             return field
         desc = found[0].description
-        models = [a for a in typing.get_args(found[0].annotation) + (found[0].annotation,)
-                  if isinstance(a, type) and issubclass(a, BaseModel)]
-        models += [m for a in typing.get_args(found[0].annotation) for m in typing.get_args(a)
-                   if isinstance(m, type) and issubclass(m, BaseModel)]
+        models = _models_in(found[0].annotation)
     unit = re.search(r"\(([^()]*)\)\s*$", desc or "")
     return f"{field} ({unit.group(1)})" if unit else field
 
 
+def _models_in(annotation) -> list:
+    """Every pydantic model inside an annotation (Optional, Union, Annotated, list...)."""
+    import typing
+
+    from pydantic import BaseModel
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
 def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:
     """Headline metrics against the swept value, one line per variant (rows: flat metrics with
-    'value' and 'variant')."""
+    'value' and 'variant'; optional 'group' picks the colour and 'style' the marker and dashes, so
+    curves of a second swept field stay visible where they coincide)."""
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
+    groups = list(dict.fromkeys(r.get("group", r["variant"]) for r in rows))
+    styles = list(dict.fromkeys(r.get("style", "") for r in rows))
     for ax, (key, label, with_p50) in zip(axes.flat, SWEEP_PANELS):
-        for i, name in enumerate(variants):
+        for name in variants:
             pts = [r for r in rows if r["variant"] == name]
             x = [float(r["value"]) for r in pts]
-            colour = f"C{i}"
-            ax.plot(x, [np.nan if r[key] is None else r[key] for r in pts], "o-", color=colour, label=name, ms=4)
+            colour = f"C{groups.index(pts[0].get('group', name)) % 10}"
+            k = styles.index(pts[0].get("style", ""))
+            ax.plot(x, [np.nan if r[key] is None else r[key] for r in pts], color=colour, label=name,
+                    marker="osD^v<>"[k % 7], ls=("-", ":", "-.")[k % 3], ms=6 - 1.5 * min(k, 2), alpha=0.9)
             if with_p50:
                 p50 = key.replace("_p99_", "_p50_")
                 ax.plot(x, [np.nan if r[p50] is None else r[p50] for r in pts], "--", color=colour, lw=1)

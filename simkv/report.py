@@ -145,20 +145,22 @@ def _describe(spec) -> str:
     return f"{kind} ({', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}' for k, v in data.items())})" if data else kind
 
 
-def sweep_report(field: str, rows: list[dict], points, figure: str) -> str:
-    """report.md of a sweep: what was simulated, then each variant's metrics at every value."""
-    first = next(iter(points[0][1].values()))
-    sc, s = first.scenario, first.summary
-    setup = s["setup"]
-    lines = [f"# simkv sweep report: {s['scenario']}", ""]
-    if sc is not None and sc.description:
-        lines += [sc.description, ""]
+def sweep_report(field: str, rows: list[dict], summary: dict, description: str, figure: str) -> str:
+    """report.md of a sweep: what was simulated (from one point's summary), then each curve's
+    metrics at every value (rows: flat metrics with 'value', 'variant' and 'overrides')."""
+    setup = summary["setup"]
+    lines = [f"# simkv sweep report: {summary['scenario']}", ""]
+    if description:
+        lines += [description, ""]
+    values = list(dict.fromkeys(r["value"] for r in rows))
+    firsts: dict[str, dict] = {}
+    for r in rows:
+        firsts.setdefault(r["variant"], r)
     lines += [f"- Model **{setup['model']}** on **{setup['gpu']}** × {setup['tensor_parallel']}, step times "
-              f"from the {setup['cost_model']} cost model; swept `{field}` over "
-              f"{', '.join(str(v) for v, _ in points)}.",
-              "- Variants (same request stream at each value): " + "; ".join(
-                  f"**{n}**: " + (", ".join(f"`{k}={v}`" for k, v in r.summary.get("overrides", {}).items()) or "no overrides")
-                  for n, r in points[0][1].items()), "",
+              f"from the {setup['cost_model']} cost model; swept `{field}` over {', '.join(str(v) for v in values)}.",
+              "- Curves (the same request stream at each value): " + "; ".join(
+                  f"**{n}**: " + (", ".join(f"`{k}={v}`" for k, v in r["overrides"].items()) or "no overrides")
+                  for n, r in firsts.items()), "",
               f"![sweep]({figure})", ""]
     head = ("| " + field + " | req/s | out tok/s | TTFT p50 / p99 s | TBT p50 / p99 ms | E2E p50 / p99 s | "
             "E2E p99/p50 | KV util | peak running | preempt | rejected |")

@@ -28,14 +28,17 @@ class Result:
     timeseries: dict = field(default_factory=dict)   # column -> array, one row per sample
 
     def save(self, folder: str | Path) -> Path:
-        """Write summary.json, requests.csv, timeseries.csv (and scenario.json) into `folder`."""
+        """Write requests.csv, timeseries.csv, scenario.json and, last and atomically, summary.json
+        into `folder`: a folder with summary.json is complete (sweeps rely on it to resume)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
         if self.scenario is not None:
             (folder / "scenario.json").write_text(self.scenario.model_dump_json(indent=2, exclude_none=True) + "\n")
         write_columns(folder / "requests.csv", self.requests)
         write_columns(folder / "timeseries.csv", self.timeseries)
+        partial = folder / "summary.json.partial"
+        partial.write_text(json.dumps(self.summary, indent=2) + "\n")
+        partial.replace(folder / "summary.json")
         return folder
 
     @classmethod
@@ -82,13 +85,13 @@ def _fmt(name: str, col) -> list[str]:
 
 
 def write_columns(path: Path, columns: dict) -> None:
-    """CSV with a header; NaN written as an empty field."""
+    """CSV with a header; NaN written as an empty field; text with commas or quotes quoted."""
     names = list(columns)
     formatted = [_fmt(n, columns[n]) for n in names]
     with path.open("w", newline="") as fh:
-        fh.write(",".join(names) + "\n")
-        for row in zip(*formatted):
-            fh.write(",".join(row) + "\n")
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(zip(*formatted))
 
 
 def read_columns(path: Path) -> dict:

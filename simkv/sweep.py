@@ -8,6 +8,8 @@ Sweep file:
     grid: {workload.arrival.rate: [5, 10, 20]}          # every combination (optional)
     zip: {engine.block_size: [8, 16], engine.max_num_seqs: [128, 256]}   # stepped together (optional)
     variants: [paged, contiguous-max_model_len]         # which of the base's variants (default all)
+
+Points run on local processes or on Ray (`simkv.executors`) with the same results.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +57,22 @@ def point_key(scenario: Scenario, variant: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _run_point(args: tuple[str, str, str]) -> tuple[str, dict | None, str | None]:
-    """Worker: simulate one (scenario JSON, variant) into its folder; (key, summary, error)."""
-    scenario_json, variant, folder = args
+def _run_point(args: tuple[str, str | None]):
+    """Worker (a local process or a Ray task): simulate one (scenario JSON, variant); (Result, error).
+    The driver saves it, so workers need no shared disk."""
+    scenario_json, variant = args
     from simkv.simulate import simulate
     try:
-        result = simulate(Scenario.model_validate_json(scenario_json), variant)
-        result.save(folder)
-        return folder, result.summary, None
+        return simulate(Scenario.model_validate_json(scenario_json), variant), None
     except Exception as err:  # a crashed point is reported, the sweep goes on
-        return folder, None, f"{type(err).__name__}: {err}"
+        return None, f"{type(err).__name__}: {err}"
 
 
 def run_sweep(base: Scenario, points: list[dict], variants: list[str] | None, out: Path, workers: int = 0,
-              progress=None) -> list[dict]:
-    """Rows (swept values, variant, summary or error) for every point x variant, cached by hash."""
+              progress=None, executor: str = "local", address: str | None = None) -> list[dict]:
+    """Rows (swept values, variant, key, summary or error) for every point x variant; finished
+    points are read from `out/points/<hash>/`, the rest run on the executor and are saved as each ends."""
+    from simkv.executors import run_tasks
     names = [n for n, _ in expand_variants(base)]
     chosen = variants or names
     missing = [v for v in chosen if v not in names]
@@ -78,31 +80,28 @@ def run_sweep(base: Scenario, points: list[dict], variants: list[str] | None, ou
         raise SimkvError(f"no variant {missing} in the base scenario (have {names})", field="variants",
                          fix="name variants of the base scenario")
     base_raw = base.model_dump(exclude_unset=True)
-    rows, todo = [], []
+    rows, todo, todo_rows = [], [], []
     for point in points:
         sc = validate_scenario(apply_overrides(base_raw, point, origin="sweep"), "sweep")
         for variant in chosen if base.variants else [None]:
             label = variant or "base"
             key = point_key(sc, label)
             folder = out / "points" / key
-            row = {**point, "variant": label, "key": key, "summary": None, "error": None}
+            row = {**point, "variant": label, "key": key, "summary": None, "error": None, "cached": False}
             rows.append(row)
             if (folder / "summary.json").exists():
                 row["summary"] = json.loads((folder / "summary.json").read_text())
+                row["cached"] = True
             else:
-                todo.append((sc.model_dump_json(), variant, str(folder)))
-    results = {}
-    if todo:
-        if workers == 1:
-            results = {f: (s, e) for f, s, e in map(_run_point, todo)}
-        else:
-            with ProcessPoolExecutor(max_workers=workers or None) as pool:
-                for done, (f, s, e) in enumerate(pool.map(_run_point, todo), start=1):
-                    results[f] = (s, e)
-                    if progress:
-                        progress(done, len(todo))
-    for row in rows:
-        folder = str(out / "points" / row["key"])
-        if folder in results:
-            row["summary"], row["error"] = results[folder]
+                todo.append((sc.model_dump_json(), variant))
+                todo_rows.append(row)
+    for done, (i, outcome, died) in enumerate(run_tasks(_run_point, todo, executor, workers, address), start=1):
+        row = todo_rows[i]
+        result, error = outcome if outcome is not None else (None, died)
+        if result is not None:
+            result.save(out / "points" / row["key"])
+            row["summary"] = result.summary
+        row["error"] = error
+        if progress:
+            progress(done, len(todo))
     return rows

@@ -41,29 +41,3 @@ def test_capacity_cli_errors_cleanly():
     proc = subprocess.run([sys.executable, "-m", "simkv.cli", "capacity", "scenarios/quickstart.yaml", "--slo", "fast"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "--slo" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_sweep_grid_zip_cache_and_failures(tmp_path):
-    import csv
-    from simkv.sweep import load_sweep, run_sweep
-    (tmp_path / "s.yaml").write_text(
-        f"base: {ROOT / 'scenarios' / 'quickstart.yaml'}\n"
-        "set: {run.num_requests: 80, run.warmup_s: 0}\n"
-        "grid: {workload.arrival.rate: [4, 12]}\n"
-        "zip: {engine.block_size: [16, 32], engine.max_num_seqs: [64, 128]}\n")
-    base, points, variants = load_sweep(tmp_path / "s.yaml")
-    assert len(points) == 4 and points[1] == {"workload.arrival.rate": 4, "engine.block_size": 32, "engine.max_num_seqs": 128}
-    rows = run_sweep(base, points, variants, tmp_path / "out", workers=2)
-    assert all(r["summary"] is not None and r["error"] is None for r in rows)
-    again = run_sweep(base, points, variants, tmp_path / "out", workers=2)
-    assert [r["summary"] for r in again] == [r["summary"] for r in rows]      # read back from the cache
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "sweep", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0 and "(4 cached)" in proc.stdout, proc.stderr
-    table = list(csv.DictReader((tmp_path / "out" / "points.csv").open()))
-    assert len(table) == 4 and {r["engine.block_size"] for r in table} == {"16", "32"}
-    assert (tmp_path / "out" / "curves.png").exists()
-    (tmp_path / "bad.yaml").write_text(f"base: {ROOT / 'scenarios' / 'quickstart.yaml'}\ngrid: {{engine.block_sise: [8]}}\n")
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "sweep", str(tmp_path / "bad.yaml")],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2 and "block_sise" in proc.stderr and "Traceback" not in proc.stderr

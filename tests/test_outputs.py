@@ -128,7 +128,7 @@ def test_sweep_runs_every_variant_at_every_value(tmp_path):
     assert proc.returncode == 0, proc.stderr
     import csv
     rows = list(csv.DictReader((tmp_path / "out" / "sweep.csv").open()))
-    assert [(r["value"], r["variant"]) for r in rows] == [("2", "paged"), ("2", "tgi"), ("8", "paged"), ("8", "tgi")]
+    assert [(r["workload.arrival.rate"], r["variant"]) for r in rows] == [("2", "paged"), ("2", "tgi"), ("8", "paged"), ("8", "tgi")]
     assert float(rows[2]["requests_per_s"]) > float(rows[0]["requests_per_s"])
     for name in ("sweep.png", "sweep.svg", "report.md"):
         assert (tmp_path / "out" / name).stat().st_size > 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import nnls
 
 from simkv.calibration_data import CalibrationTables
 from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, elementwise_widths
@@ -61,6 +60,7 @@ def layer_step_features(tables: CalibrationTables, ops: OperatorSet, rows: np.nd
 
 def fit_correction(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative coefficients minimising the relative error of x @ coef against y."""
+    from scipy.optimize import nnls  # imported here: scipy.optimize costs 0.3 s at start-up
     coef, _ = nnls(x / y[:, None], np.ones(len(y)))
     return coef
 
