@@ -56,6 +56,8 @@ class CapacityResult:
     gpus_per_replica: int = 1
     gpus_for_target: int | None = None
     cost_per_million_tokens: float | None = None
+    seeds_meeting: tuple[int, int] = (1, 1)   # (seeds whose run meets at capacity, seeds tried)
+    seeds_meeting_check: tuple[int, int] = (0, 1)   # the same at +10%
 
 
 def _meets(summary: dict, slo: dict) -> tuple[bool, dict]:
@@ -69,20 +71,26 @@ def _meets(summary: dict, slo: dict) -> tuple[bool, dict]:
 
 def find_capacity(scenario: Scenario, slo: dict, *, simulate_fn, variant: str | None = None,
                   tolerance: float = 0.02, target_rate: float | None = None,
-                  price_per_gpu_hour: float | None = None, max_probes: int = 40) -> CapacityResult:
-    """Bracket and bisect the arrival rate; `simulate_fn(scenario, variant)` returns a Result."""
+                  price_per_gpu_hour: float | None = None, max_probes: int = 40, seeds: int = 1) -> CapacityResult:
+    """Bracket and bisect the arrival rate; `simulate_fn(scenario, variant)` returns a Result.
+    With seeds > 1 the capacity and +10% rates are re-simulated on seeds-1 other request streams
+    (run.seed + 1, ...): how many meet is the confidence of the answer."""
     if scenario.workload.arrival is None or not hasattr(scenario.workload.arrival, "rate"):
         raise SimkvError("capacity search steps workload.arrival.rate", field="workload.arrival",
                          fix="use a poisson, gamma or spike arrival process")
     base = scenario.model_dump(exclude_unset=True)
     probes: list[Probe] = []
 
-    def probe(rate: float) -> Probe:
-        sc = validate_scenario(apply_overrides(base, {"workload.arrival.rate": rate}, origin="capacity"), "capacity")
+    def probe(rate: float, seed_offset: int = 0) -> Probe:
+        changes = {"workload.arrival.rate": rate}
+        if seed_offset:
+            changes["run.seed"] = scenario.run.seed + seed_offset
+        sc = validate_scenario(apply_overrides(base, changes, origin="capacity"), "capacity")
         s = simulate_fn(sc, variant).summary
         ok, detail = _meets(s, slo)
         p = Probe(rate, ok, detail, s["throughput"]["output_tokens_per_s"], s["throughput"]["requests_per_s"])
-        probes.append(p)
+        if not seed_offset:
+            probes.append(p)
         return p
 
     lo_p = hi_p = None
@@ -108,6 +116,9 @@ def find_capacity(scenario: Scenario, slo: dict, *, simulate_fn, variant: str | 
     check = probe(lo_p.rate * 1.1)
     gpus = scenario.hardware.tensor_parallel
     res = CapacityResult(lo_p.rate, hi_p.rate, check.rate, check.meets, probes, lo_p.output_tokens_per_s, gpus)
+    others = range(1, max(seeds, 1))
+    res.seeds_meeting = (1 + sum(probe(lo_p.rate, k).meets for k in others), max(seeds, 1))
+    res.seeds_meeting_check = (int(check.meets) + sum(probe(check.rate, k).meets for k in others), max(seeds, 1))
     if target_rate is not None:
         res.gpus_for_target = gpus * math.ceil(target_rate / lo_p.rate)
     if price_per_gpu_hour is not None and lo_p.output_tokens_per_s > 0:

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--target-rate", type=float, help="load to serve (requests/s): prints the GPUs needed")
     cap.add_argument("--price", type=float, help="$ per GPU-hour: prints the cost per million generated tokens")
     cap.add_argument("--tolerance", type=float, default=0.02, help="bisect until the bracket is this tight (fraction)")
+    cap.add_argument("--seeds", type=int, default=3,
+                     help="request streams the answer is re-checked on (confidence; default 3, 1 = none)")
     cap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     cap.set_defaults(func=cmd_capacity)
     plot = sub.add_parser("plot", help="re-draw the figures and report of a saved results folder")
@@ -89,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", default="docs/cost-model.md", help="markdown file (its generated section is replaced)")
     rep.add_argument("--figures", default="docs/figures/cost-model", help="folder for the figures")
     rep.set_defaults(func=cmd_cost_report)
+    rp = sub.add_parser("reproduce", help="regenerate every figure and generated page of docs/ from scenarios/")
+    rp.add_argument("--only", action="append", metavar="NAME", help="one manifest entry (repeatable; default all)")
+    rp.add_argument("-o", "--output", default="docs", help="docs folder to write (default docs)")
+    rp.add_argument("--list", action="store_true", help="print the manifest and exit")
+    rp.set_defaults(func=cmd_reproduce)
     cat = sub.add_parser("catalog", help="list the models and GPUs simkv knows")
     cat.add_argument("--json", action="store_true", help="machine-readable output")
     cat.add_argument("--presets", action="store_true", help="list the engine presets with their defaults and sources")
@@ -140,8 +147,8 @@ def cmd_run(args) -> int:
             print(terminal_table(results))
     wall = time.perf_counter() - wall
     if scenario.sweep is not None:
-        from simkv.output import write_sweep
-        write_sweep(scenario.sweep.field, points, out, _title(scenario))
+        from simkv.output import scenario_title, write_sweep
+        write_sweep(scenario.sweep.field, points, out, scenario_title(scenario))
         print(f"{scenario.name}: {total:,} simulated requests in {wall:.1f} s wall ({total / wall:,.0f} requests/s)")
         print(f"results: {out}/ (sweep.csv, sweep.png, report.md, one folder per value)")
         return 0
@@ -153,14 +160,6 @@ def cmd_run(args) -> int:
     print(terminal_table(results))
     print(f"results: {out}/ (summary.json, requests.csv, timeseries.csv{'' if args.no_figures else ', report.md, figures'})")
     return 0
-
-
-def _title(scenario) -> str:
-    """A figure title: the scenario name and the start of its description."""
-    text = (scenario.description or "").split(":")[0].strip()
-    if len(text) > 110:
-        text = text[:110].rsplit(" ", 1)[0] + "…"
-    return f"{scenario.name}: {text}" if text else scenario.name
 
 
 def _run_point(scenario, args, label: str):
@@ -211,7 +210,7 @@ def cmd_cost_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from simkv.output import write_points
+    from simkv.output import sweep_title, write_points
     from simkv.sweep import load_sweep, run_sweep
     start = time.perf_counter()
     path = Path(args.sweep)
@@ -221,10 +220,7 @@ def cmd_sweep(args) -> int:
         raise SimkvError("--address is the address of a Ray cluster", field="--address", fix="add --executor ray")
     rows = run_sweep(base, points, variants, out, args.workers, executor=args.executor, address=args.address,
                      progress=lambda d, n: print(f"  {d}/{n} points", file=sys.stderr) if d % 10 == 0 or d == n else None)
-    fields = list(dict.fromkeys(k for p in points for k in p))
-    setup = next((r["summary"]["setup"] for r in rows if r["summary"]), None)
-    title = f"{base.name}: {setup['model']} on {setup['gpu']}, swept {', '.join(fields)}" if setup else base.name
-    drew = write_points(rows, out, title)
+    drew = write_points(rows, out, sweep_title(base.name, points, rows))
     failed = [r for r in rows if r["error"]]
     print(f"{len(rows)} point(s) ({sum(r['cached'] for r in rows)} cached) in {time.perf_counter() - start:.1f} s -> {out}/points.csv"
           + (", curves.png, report.md" if drew else ""))
@@ -241,16 +237,36 @@ def cmd_capacity(args) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
     slo = parse_slo(args.slo)
     res = find_capacity(scenario, slo, simulate_fn=lambda sc, v: simulate(sc, v), variant=args.variant,
-                        tolerance=args.tolerance, target_rate=args.target_rate, price_per_gpu_hour=args.price)
+                        tolerance=args.tolerance, target_rate=args.target_rate, price_per_gpu_hour=args.price,
+                        seeds=args.seeds)
     for p in res.probes:
         worst = ", ".join(f"{k} {v:.3g}/{t:.3g} s" for k, (v, t) in p.worst.items() if v is not None)
         print(f"  rate {p.rate:8.3f} req/s: {'meets' if p.meets else 'misses'}  ({worst})")
     print(f"capacity: {res.capacity_rate:.3f} req/s per replica ({res.output_tokens_per_s:,.0f} output tok/s); "
           f"{res.failing_rate:.3f} req/s misses; +10% ({res.check_rate:.3f}) {'meets' if res.check_meets else 'misses'}")
+    if res.seeds_meeting[1] > 1:
+        print(f"confidence: the SLO holds at capacity on {res.seeds_meeting[0]} of {res.seeds_meeting[1]} request "
+              f"streams (seeds), at +10% on {res.seeds_meeting_check[0]} of {res.seeds_meeting_check[1]}")
     if res.gpus_for_target is not None:
         print(f"GPUs for {args.target_rate:g} req/s: {res.gpus_for_target} ({res.gpus_per_replica} per replica)")
     if res.cost_per_million_tokens is not None:
         print(f"cost: ${res.cost_per_million_tokens:.3f} per million generated tokens at ${args.price:g}/GPU-hour")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from simkv.reproduce import MANIFEST, reproduce
+    if args.list:
+        for job in MANIFEST:
+            print(f"{job.name:34s} {job.source or job.kind:52s} {', '.join(job.targets())}")
+        return 0
+    root = Path.cwd()
+    if not (root / "scenarios").is_dir():
+        raise SimkvError("run `simkv reproduce` from the repository root (it reads scenarios/)", field="working directory",
+                         fix="cd to the simkv checkout")
+    start = time.perf_counter()
+    written = reproduce(root, Path(args.output), args.only, log=lambda text: print(f"  {text}", file=sys.stderr))
+    print(f"wrote {len(written)} file(s) under {args.output}/ in {time.perf_counter() - start:.0f} s")
     return 0
 
 

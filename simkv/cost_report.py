@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from simkv.calibration_data import available_gpus, load_tables  # noqa: E402
 from simkv.catalog import builtin_gpus, builtin_models  # noqa: E402
 from simkv.cost.api import plan_from_shape  # noqa: E402
+from simkv.figure_files import save_figure  # noqa: E402
 from simkv.cost.calibrated import Calibration, fit_correction, layer_step_features  # noqa: E402
 from simkv.cost.layer import CALIBRATION_MODELS, OperatorSet  # noqa: E402
 from simkv.cost.roofline import RooflineCost  # noqa: E402
@@ -140,10 +141,7 @@ def write_report(markdown_path: Path, figure_dir: Path, gpus: list[str] | None =
     results = [validate(g) for g in (gpus or available_gpus())]
     figure_dir.mkdir(parents=True, exist_ok=True)
     for v in results:
-        fig = figure(v)
-        for ext in ("png", "svg"):
-            fig.savefig(figure_dir / f"predicted-vs-measured-{v.gpu}.{ext}", dpi=110)
-        plt.close(fig)
+        save_figure(figure(v), figure_dir, f"predicted-vs-measured-{v.gpu}")
     try:
         rel = figure_dir.resolve().relative_to(markdown_path.parent.resolve())
     except ValueError:

@@ -40,19 +40,31 @@ def write_results(results: dict[str, Result], folder: str | Path, figures: bool 
 
 
 def write_figures(results: dict[str, Result], folder: Path) -> list[str]:
-    import matplotlib.pyplot as plt
-
+    """The figures of one run or of variants overlaid (PNG + SVG); the PNG names for report.md."""
+    from simkv.figure_files import save_figure
     from simkv.plots import FIGURES
     names = []
     for filename, make in FIGURES.items():
         if filename == "kv_breakdown_mean.png" and len(results) == 1:
             continue
-        fig = make(results)
-        fig.savefig(folder / filename, dpi=110)
-        fig.savefig(folder / filename.replace(".png", ".svg"))  # vector copy for papers
-        plt.close(fig)
+        save_figure(make(results), folder, filename.removesuffix(".png"))
         names.append(filename)
     return names
+
+
+def scenario_title(scenario) -> str:
+    """A figure title: the scenario name and the start of its description."""
+    text = (scenario.description or "").split(":")[0].strip()
+    if len(text) > 110:
+        text = text[:110].rsplit(" ", 1)[0] + "…"
+    return f"{scenario.name}: {text}" if text else scenario.name
+
+
+def sweep_title(name: str, points: list[dict], rows: list[dict]) -> str:
+    """`base: model on gpu, swept field, field` for the curves of a sweep file."""
+    fields = list(dict.fromkeys(k for p in points for k in p))
+    setup = next((r["summary"]["setup"] for r in rows if r["summary"]), None)
+    return f"{name}: {setup['model']} on {setup['gpu']}, swept {', '.join(fields)}" if setup else name
 
 
 def _safe(name: str) -> str:
@@ -141,8 +153,7 @@ def draw_sweep(folder: Path) -> list[str]:
     """The curves and report.md of a sweep folder, from its table and sweep.json alone."""
     import csv
 
-    import matplotlib.pyplot as plt
-
+    from simkv.figure_files import save_figure
     from simkv.plots import sweep_curves
     from simkv.report import sweep_report
     meta = json.loads((folder / "sweep.json").read_text())
@@ -153,11 +164,7 @@ def draw_sweep(folder: Path) -> list[str]:
     rows = [{"value": r[x], "variant": (label := _curve_label(r, x, swept)), "group": r["variant"],
              "style": label[len(r["variant"]):], "overrides": meta["overrides"].get(label, {}),
              **{k: _number(v) for k, v in r.items() if k not in skip}} for r in table]
-    names = [f"{meta['figure']}.{ext}" for ext in ("png", "svg")]
-    fig = sweep_curves(rows, x, meta["title"])
-    for name in names:
-        fig.savefig(folder / name, dpi=110)
-    plt.close(fig)
+    names = save_figure(sweep_curves(rows, x, meta["title"]), folder, meta["figure"])
     (folder / "report.md").write_text(sweep_report(x, rows, meta["summary"], meta["description"], names[0]))
     return names + ["report.md"]
 
