@@ -133,6 +133,10 @@ def _check_policy(e: Engine) -> None:
     if e.scheduler in ("chunked", "prefill-first", "tgi") and e.allocator != "paged":
         raise SimkvError(f"the {e.scheduler} scheduler works on a paged KV cache", field="engine.allocator",
                          fix="set engine.allocator: paged, or use scheduler fcfs/static for contiguous memory")
+    if e.scheduler == "static" and e.allocator == "paged":
+        raise SimkvError("the static scheduler (FasterTransformer) never preempts, so a batch growing into blocks taken "
+                         "on demand could run out of memory mid-batch", field="engine.allocator",
+                         fix="set engine.allocator: contiguous (the fastertransformer preset does)")
     if e.scheduler == "tgi" and not e.reserve_upfront:
         raise SimkvError("the tgi scheduler reserves prompt + max_new_tokens at admission", field="engine.reserve_upfront",
                          fix="set engine.reserve_upfront: true (the tgi preset does)")

@@ -91,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", default="docs/cost-model.md", help="markdown file (its generated section is replaced)")
     rep.add_argument("--figures", default="docs/figures/cost-model", help="folder for the figures")
     rep.set_defaults(func=cmd_cost_report)
+    va = sub.add_parser("validate", help="run the scenario's schedule on a real mini engine; measured vs predicted")
+    va.add_argument("scenario", help="scenario YAML file")
+    where = va.add_mutually_exclusive_group()
+    where.add_argument("--gpu", action="store_true", help="run on the CUDA GPU (bf16)")
+    where.add_argument("--device", choices=["cpu", "cuda"], default=None, help="cpu: a tiny model in float32 (tests)")
+    va.add_argument("--layers", type=int, help="decoder layers of the mini engine (default: the model's; 2 on cpu)")
+    va.add_argument("--requests", type=int, help="simulate only this many requests (default: the scenario's run)")
+    va.add_argument("--variant", help="which variant's schedule (default: the first)")
+    va.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    va.add_argument("-o", "--output", help="folder (default results/validate-<scenario name>)")
+    va.set_defaults(func=cmd_validate)
     rp = sub.add_parser("reproduce", help="regenerate every figure and generated page of docs/ from scenarios/")
     rp.add_argument("--only", action="append", metavar="NAME", help="one manifest entry (repeatable; default all)")
     rp.add_argument("-o", "--output", default="docs", help="docs folder to write (default docs)")
@@ -251,6 +262,27 @@ def cmd_capacity(args) -> int:
         print(f"GPUs for {args.target_rate:g} req/s: {res.gpus_for_target} ({res.gpus_per_replica} per replica)")
     if res.cost_per_million_tokens is not None:
         print(f"cost: ${res.cost_per_million_tokens:.3f} per million generated tokens at ${args.price:g}/GPU-hour")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from simkv.loading import load_scenario
+    from simkv.validation.validate import torch_or_error, validate
+    device = "cuda" if args.gpu else (args.device or "cpu")
+    torch_or_error()
+    scenario = load_scenario(args.scenario, args.overrides)
+    out = Path(args.output) if args.output else Path("results") / f"validate-{scenario.name}"
+    start = time.perf_counter()
+    result = validate(scenario, device, args.layers, args.requests, args.variant)
+    from simkv.validation.report import write_validation
+    write_validation(result, out)
+    s = result.summary()
+    print(f"{s['steps']} steps of {s['requests']} requests on {s['device_name']} ({s['dtype']}) in "
+          f"{time.perf_counter() - start:.1f} s; outputs paged == contiguous: {s['outputs_identical_paged_vs_contiguous']}")
+    for kind, e in s["step_time_error"].items():
+        print(f"  {kind}: step time |predicted - measured| / measured: median {100 * e['median_abs']:.1f}%, "
+              f"p90 {100 * e['p90_abs']:.1f}%")
+    print(f"results: {out}/ (report.md, summary.json, steps.csv, validation.png)")
     return 0
 
 

@@ -1,0 +1,156 @@
+"""Validation mode on the CPU: the paged attention kernel against dense attention, the KV stores
+through preemption and resume, the mini engine replaying simkv's exact schedules (paged ==
+contiguous outputs, every token once), the timeline, and `simkv validate --device cpu`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="validation needs the gpu extra (CPU torch is enough)")
+
+import simkv  # noqa: E402
+from conftest import ROOT  # noqa: E402
+from simkv.validation.kernels import dense_attention, paged_decode_attention  # noqa: E402
+from simkv.validation.kv_store import ContiguousKVStore, PagedKVStore  # noqa: E402
+from simkv.validation.mini_model import MiniModel, Shape  # noqa: E402
+from simkv.validation.replay import replay  # noqa: E402
+from simkv.validation.schedule import record_schedule  # noqa: E402
+from simkv.validation.timeline import replay_timeline  # noqa: E402
+
+HEADS, KV_HEADS, D = 8, 2, 32
+SCALE = D ** -0.5
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _fill(store: PagedKVStore, rid: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    store.ensure(rid, len(k))
+    store.write(0, store.slots(rid, torch.arange(len(k))), k, v)
+
+
+@pytest.mark.parametrize("block_size", [1, 16, 32])
+def test_paged_decode_kernel_equals_dense_attention(block_size):
+    g = torch.Generator().manual_seed(block_size)
+    lengths = [1, 7, block_size, block_size + 1, 300, 45]           # ragged, block edges included
+    store = PagedKVStore(1, sum(-(-n // block_size) for n in lengths) + 8, block_size, KV_HEADS, D, torch.float32, "cpu")
+    store.free_blocks = [int(i) for i in torch.randperm(len(store.free_blocks), generator=g)]   # scattered blocks
+    keys = {}
+    for rid, n in enumerate(lengths):
+        k, v = torch.randn(n, KV_HEADS, D, generator=g), torch.randn(n, KV_HEADS, D, generator=g)
+        _fill(store, rid, k, v)
+        keys[rid] = (k, v)
+    q = torch.randn(len(lengths), HEADS, D, generator=g)
+    rids = list(range(len(lengths)))
+    ctx = torch.tensor(lengths)
+    out = paged_decode_attention(q, store.k[0], store.v[0], store.block_table(rids), ctx, SCALE)
+    for rid, n in enumerate(lengths):
+        k, v = keys[rid]
+        ref = dense_attention(q[rid:rid + 1], k, v, torch.tensor([n - 1]), SCALE)
+        assert _rel(out[rid:rid + 1], ref) < 1e-5
+
+
+@pytest.mark.parametrize("block_size", [1, 16, 32])
+def test_paged_attention_after_preemption_and_resume(block_size):
+    """Swap a sequence out, let others take (and overwrite) its blocks, swap it back into other
+    blocks: attention over it is unchanged. A recompute-preempted sequence is rebuilt exactly."""
+    g = torch.Generator().manual_seed(100 + block_size)
+    store = PagedKVStore(1, 2 * -(-200 // block_size) + 2, block_size, KV_HEADS, D, torch.float32, "cpu")
+    k, v = torch.randn(200, KV_HEADS, D, generator=g), torch.randn(200, KV_HEADS, D, generator=g)
+    _fill(store, 0, k, v)
+    before = list(store.tables[0])
+    host = store.swap_out(0, 200)
+    _fill(store, 1, torch.randn(200, KV_HEADS, D, generator=g), torch.randn(200, KV_HEADS, D, generator=g))
+    store.swap_in(0, host)
+    assert store.tables[0] != before or block_size == 200          # resumed in other blocks
+    q = torch.randn(1, HEADS, D, generator=g)
+    out = paged_decode_attention(q, store.k[0], store.v[0], store.block_table([0]), torch.tensor([200]), SCALE)
+    assert _rel(out, dense_attention(q, k, v, torch.tensor([199]), SCALE)) < 1e-5
+    store.free(0)                                                     # recompute: freed, written again
+    _fill(store, 0, k, v)
+    out = paged_decode_attention(q, store.k[0], store.v[0], store.block_table([0]), torch.tensor([200]), SCALE)
+    assert _rel(out, dense_attention(q, k, v, torch.tensor([199]), SCALE)) < 1e-5
+
+
+def _tight(preset: str, preemption: str | None = None) -> simkv.Scenario:
+    sets = ["run.num_requests=30", "run.warmup_s=0", "engine.num_gpu_blocks=40", "engine.max_model_len=512",
+            f"engine.preset={preset}", "engine.prefix_caching=false", "workload.arrival.rate=30",
+            "workload.prompt_tokens={dist: uniform, low: 20, high: 200}",
+            "workload.output_tokens={dist: uniform, low: 5, high: 60}"]
+    if preemption:
+        sets.append(f"engine.preemption={preemption}")
+    return simkv.load_scenario(ROOT / "scenarios" / "quickstart.yaml", sets)
+
+
+SHAPE = Shape(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=256)
+
+
+@pytest.mark.parametrize("preset,preemption", [("vllm-v1", None), ("vllm-v0", "swap"), ("vllm-v0", "recompute"),
+                                               ("tgi", None), ("sarathi-serve", None)])
+def test_mini_engine_replays_the_schedule_paged_equals_contiguous(preset, preemption):
+    trace = record_schedule(_tight(preset, preemption))
+    preempted = sum(len(s.preempted_ids) for s in trace.steps)
+    if preset != "tgi":
+        assert preempted > 0, "the tight cache must force preemptions"
+    model = MiniModel(SHAPE)
+    paged = replay(trace, model, PagedKVStore(2, 48, 16, 2, 16, torch.float32, "cpu"))
+    contiguous = replay(trace, model, ContiguousKVStore(2, 31 * 512, 512, 2, 16, torch.float32, "cpu"))
+    assert paged.outputs == contiguous.outputs                           # identical generated tokens
+    served = ~np.isnan(np.asarray(trace.result.requests["first_token_s"], dtype=float))
+    for rid, toks in paged.outputs.items():                              # every token exactly once
+        assert len(toks) == trace.output_tokens[rid]
+    assert set(paged.outputs) == set(np.flatnonzero(served).tolist())
+    assert paged.resampled == 0 and len(paged.seconds) == len(trace.steps)
+    assert (paged.swaps if preemption == "swap" else paged.recomputes) == preempted
+
+
+def test_timeline_with_simulated_durations_reproduces_the_simulation():
+    trace = record_schedule(_tight("vllm-v0", "swap"))
+    tl = replay_timeline(trace, np.array([s.duration_s for s in trace.steps]))
+    r = trace.result.requests
+    np.testing.assert_allclose(tl["first_token_s"], np.asarray(r["first_token_s"], dtype=float), atol=1e-9)
+    np.testing.assert_allclose(tl["finish_s"], np.asarray(r["finish_s"], dtype=float), atol=1e-9)
+
+
+def test_validate_cli_on_cpu(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", "scenarios/validation-small.yaml", "--device", "cpu",
+                           "--requests", "16", "--set", "engine.num_gpu_blocks=130",
+                           "--set", "workload.arrival.rate=20000",   # a tiny model's steps are microseconds: a burst
+                           "-o", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["outputs_identical_paged_vs_contiguous"] and s["tokens_generated"] == s["tokens_expected"] > 0
+    assert sum(s["preemptions"].values()) > 0
+    assert set(s["step_time_error"]) == {"paged", "contiguous"} and s["step_time_error"]["paged"]["steps"] == s["steps"]
+    for name in ("report.md", "steps.csv", "validation.png", "validation.svg"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "predicted vs measured" in (tmp_path / "report.md").read_text()
+
+
+def test_validate_errors_are_clear(tmp_path, monkeypatch):
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", "scenarios/validation-small.yaml", "--device", "cpu",
+                           "--set", "hardware.tensor_parallel=2"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "tensor_parallel" in proc.stderr and "Traceback" not in proc.stderr
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", "scenarios/validation-small.yaml", "--gpu"],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and "--device cpu" in proc.stderr
+    from simkv.errors import SimkvError
+    from simkv.validation import validate as v
+    monkeypatch.setitem(sys.modules, "torch", None)                     # as without the gpu extra
+    with pytest.raises(SimkvError, match=r"simkv\[gpu\]"):
+        v.torch_or_error()
+
+
+def test_core_never_imports_torch():
+    code = ("import sys, simkv; from simkv.simulate import simulate; from simkv import cli, sweep, reproduce; "
+            "print('torch' in sys.modules, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout.split()
+    assert out == ["False", "False"]
