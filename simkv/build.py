@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simkv.calibration_data import calibration_for
+from simkv.calibration_data import calibration_for, calibration_from
 from simkv.cost.calibrated import CalibratedCost
 from simkv.cost.roofline import RooflineCost
 from simkv.errors import ScenarioDoesNotFit, SimkvError
@@ -183,16 +183,29 @@ def make_cost(scenario: Scenario, max_tokens: int = 16384):
     tp = scenario.hardware.tensor_parallel
     gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
     if scenario.cost == "calibrated":
-        calibration = calibration_for(gpu_name) if gpu_name else None
+        calibration, source = None, gpu_name
+        if gpu.calibration:
+            calibration, source = _own_calibration(gpu.calibration), f"{gpu_name or 'custom GPU'}, {gpu.calibration.rstrip('/').rsplit('/', 1)[-1]}/"
+        elif gpu_name:
+            calibration = calibration_for(gpu_name)
         if calibration is not None:
             cost = CalibratedCost(calibration, model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype,
                                   kv_dtype=e.kv_cache_dtype, host_overhead_s=e.host_overhead_s, max_tokens=max_tokens)
-            return cost, f"calibrated ({gpu_name} measurements)"
+            return cost, f"calibrated ({source} measurements)"
     cost = RooflineCost(model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype,
                         host_overhead_s=e.host_overhead_s)
     if scenario.cost == "calibrated":
         return cost, f"roofline (no calibration measurements for '{gpu_name or 'custom GPU'}')"
     return cost, "roofline"
+
+
+def _own_calibration(folder: str):
+    """A `simkv calibrate` folder named by a GPU entry, fitted; a clear error if it is not one."""
+    try:
+        return calibration_from(folder)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise SimkvError(f"cannot use the calibration folder {folder}: {err}", field="gpus.calibration",
+                         fix="point it at a folder written by `simkv calibrate` (with device.json and the four CSVs)") from None
 
 
 def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[RequestTable, int]:

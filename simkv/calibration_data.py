@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -60,6 +61,26 @@ def load_tables(gpu: str) -> CalibrationTables:
     read = lambda name: _columns(root.joinpath(name).read_text(encoding="utf-8"))
     return CalibrationTables(gpu, json.loads(root.joinpath("device.json").read_text()), read("gemm.csv"),
                              read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"))
+
+
+@lru_cache(maxsize=None)
+def load_tables_from(folder: str | Path) -> CalibrationTables:
+    """The measurements in a folder written by `simkv calibrate` (the same files)."""
+    folder = Path(folder)
+    missing = [n for n in ("device.json", "gemm.csv", "elementwise.csv", "attention.csv", "layer_steps.csv")
+               if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: no {', '.join(missing)} (write the folder with `simkv calibrate`)")
+    read = lambda name: _columns((folder / name).read_text(encoding="utf-8"))
+    return CalibrationTables(folder.name, json.loads((folder / "device.json").read_text()), read("gemm.csv"),
+                             read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"))
+
+
+@lru_cache(maxsize=None)
+def calibration_from(folder: str):
+    """The fitted Calibration of a `simkv calibrate` folder."""
+    from simkv.cost.calibrated import Calibration
+    return Calibration.fit(load_tables_from(folder))
 
 
 @lru_cache(maxsize=None)

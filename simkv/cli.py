@@ -102,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     va.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     va.add_argument("-o", "--output", help="folder (default results/validate-<scenario name>)")
     va.set_defaults(func=cmd_validate)
+    ca = sub.add_parser("calibrate", help="measure this GPU's operators and layer steps (the cost model's tables)")
+    where = ca.add_mutually_exclusive_group()
+    where.add_argument("--gpu", action="store_true", help="measure the CUDA GPU (default)")
+    where.add_argument("--device", choices=["cpu", "cuda"], default=None, help="cpu: a small grid (tests)")
+    ca.add_argument("--models", help="comma-separated calibration shapes (llama3-8b, llama2-7b, llama3-70b-tp4)")
+    ca.add_argument("--quick", action="store_true", help="every third shape of the reference grid")
+    ca.add_argument("--reference", default="h100", help="shipped tables whose shapes to measure and compare with")
+    ca.add_argument("--name", help="catalog name of this GPU in gpu.yaml (default from the device name)")
+    ca.add_argument("-o", "--output", default="results/calibration", help="folder for the tables")
+    ca.set_defaults(func=cmd_calibrate)
     rp = sub.add_parser("reproduce", help="regenerate every figure and generated page of docs/ from scenarios/")
     rp.add_argument("--only", action="append", metavar="NAME", help="one manifest entry (repeatable; default all)")
     rp.add_argument("-o", "--output", default="docs", help="docs folder to write (default docs)")
@@ -267,14 +277,14 @@ def cmd_capacity(args) -> int:
 
 def cmd_validate(args) -> int:
     from simkv.loading import load_scenario
-    from simkv.validation.validate import torch_or_error, validate
+    from simkv.gpu.validate import torch_or_error, validate
     device = "cuda" if args.gpu else (args.device or "cpu")
     torch_or_error()
     scenario = load_scenario(args.scenario, args.overrides)
     out = Path(args.output) if args.output else Path("results") / f"validate-{scenario.name}"
     start = time.perf_counter()
     result = validate(scenario, device, args.layers, args.requests, args.variant)
-    from simkv.validation.report import write_validation
+    from simkv.gpu.report import write_validation
     write_validation(result, out)
     s = result.summary()
     print(f"{s['steps']} steps of {s['requests']} requests on {s['device_name']} ({s['dtype']}) in "
@@ -283,6 +293,27 @@ def cmd_validate(args) -> int:
         print(f"  {kind}: step time |predicted - measured| / measured: median {100 * e['median_abs']:.1f}%, "
               f"p90 {100 * e['p90_abs']:.1f}%")
     print(f"results: {out}/ (report.md, summary.json, steps.csv, validation.png)")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from simkv.gpu.calibrate import calibrate, compare_tables
+    device = args.device or "cuda"
+    out = Path(args.output)
+    start = time.perf_counter()
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    calibrate(out, device, models, args.quick, args.reference, args.name,
+              log=lambda text: print(f"  {text}", file=sys.stderr))
+    info = json.loads((out / "device.json").read_text())
+    print(f"measured {info['name']} in {time.perf_counter() - start:.0f} s -> {out}/ (4 tables, device.json, gpu.yaml)")
+    print(f"  copy {info['d2d_copy_GBps_read_plus_write']:,.0f} GB/s (read+write), bf16 matmul "
+          f"{info['bf16_matmul_8192_TFLOPs']:,.1f} TFLOP/s, host->device {info['h2d_pinned_GBps']:,.1f} GB/s")
+    comparison = compare_tables(out, args.reference)
+    (out / f"compare-{args.reference}.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    for table, c in comparison.items():
+        if c["rows"]:
+            print(f"  vs {args.reference} {table}: {c['rows']} shared shapes, |ratio - 1| median "
+                  f"{100 * c['median_abs']:.1f}%, p90 {100 * c['p90_abs']:.1f}% (signed median {100 * c['median_signed']:+.1f}%)")
     return 0
 
 

@@ -76,7 +76,21 @@ def _merge_catalog_files(raw: dict, path: Path) -> None:
         except ValueError as err:
             raise SimkvError(str(err), file=str(cat_path), fix="see `simkv schema` for the model and GPU fields") from None
         raw.setdefault("models", {}).update({k: v.model_dump() for k, v in models.items()})
-        raw.setdefault("gpus", {}).update({k: v.model_dump() for k, v in gpus.items()})
+        raw.setdefault("gpus", {}).update({k: _resolved_calibration(v.model_dump(), cat_path) for k, v in gpus.items()})
+    for entry in (raw.get("gpus") or {}).values():   # inline entries: relative to the scenario
+        if isinstance(entry, dict):
+            _resolved_calibration(entry, path)
+    gpu = (raw.get("hardware") or {}).get("gpu") if isinstance(raw.get("hardware"), dict) else None
+    if isinstance(gpu, dict):
+        _resolved_calibration(gpu, path)
+
+
+def _resolved_calibration(entry: dict, origin: Path) -> dict:
+    """A GPU entry's `calibration:` folder made absolute (it is written relative to its file)."""
+    folder = entry.get("calibration")
+    if isinstance(folder, str) and not Path(folder).is_absolute():
+        entry["calibration"] = str((origin.parent / folder).resolve())
+    return entry
 
 
 def _resolve_trace_path(raw: dict, path: Path) -> None:

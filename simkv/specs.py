@@ -99,6 +99,8 @@ class GpuSpec(Strict):
     host_link_gbps: PositiveFloat = Field(description="datasheet host link bandwidth per direction (GB/s)")
     nvlink_gbps: PositiveFloat = Field(450.0, description="GPU-to-GPU bandwidth per direction for all-reduce (GB/s)")
     measured: MeasuredCeilings | None = Field(None, description="measured ceilings; preferred over datasheet values")
+    calibration: str | None = Field(None, description="folder of operator and step measurements written by `simkv "
+                                    "calibrate`: makes this GPU a calibrated cost-model target (relative to the catalog file)")
     source: str = Field("user-defined", description="where these numbers come from")
 
     @property

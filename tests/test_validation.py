@@ -15,12 +15,12 @@ torch = pytest.importorskip("torch", reason="validation needs the gpu extra (CPU
 
 import simkv  # noqa: E402
 from conftest import ROOT  # noqa: E402
-from simkv.validation.kernels import dense_attention, paged_decode_attention  # noqa: E402
-from simkv.validation.kv_store import ContiguousKVStore, PagedKVStore  # noqa: E402
-from simkv.validation.mini_model import MiniModel, Shape  # noqa: E402
-from simkv.validation.replay import replay  # noqa: E402
-from simkv.validation.schedule import record_schedule  # noqa: E402
-from simkv.validation.timeline import replay_timeline  # noqa: E402
+from simkv.gpu.kernels import dense_attention, paged_decode_attention  # noqa: E402
+from simkv.gpu.kv_store import ContiguousKVStore, PagedKVStore  # noqa: E402
+from simkv.gpu.mini_model import MiniModel, Shape  # noqa: E402
+from simkv.gpu.replay import replay  # noqa: E402
+from simkv.gpu.schedule import record_schedule  # noqa: E402
+from simkv.gpu.timeline import replay_timeline  # noqa: E402
 
 HEADS, KV_HEADS, D = 8, 2, 32
 SCALE = D ** -0.5
@@ -143,7 +143,7 @@ def test_validate_errors_are_clear(tmp_path, monkeypatch):
                               capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 2 and "--device cpu" in proc.stderr
     from simkv.errors import SimkvError
-    from simkv.validation import validate as v
+    from simkv.gpu import validate as v
     monkeypatch.setitem(sys.modules, "torch", None)                     # as without the gpu extra
     with pytest.raises(SimkvError, match=r"simkv\[gpu\]"):
         v.torch_or_error()
@@ -154,3 +154,49 @@ def test_core_never_imports_torch():
             "print('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_calibrate_on_cpu_writes_the_reference_formats_and_makes_a_cost_target(tmp_path):
+    out = tmp_path / "calib"
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "calibrate", "--device", "cpu", "--name", "this-cpu",
+                           "-o", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    shipped = ROOT / "simkv" / "cost" / "data" / "h100"
+    for table in ("gemm.csv", "elementwise.csv", "attention.csv", "layer_steps.csv"):
+        lines = (out / table).read_text().splitlines()
+        assert lines[0] == (shipped / table).read_text().splitlines()[0]          # the same columns
+        ms = [float(row.split(",")[-2 if table == "gemm.csv" else -1]) for row in lines[1:]]
+        assert ms and min(ms) > 0
+    kinds = {row.split(",")[2] for row in (out / "layer_steps.csv").read_text().splitlines()[1:]}
+    assert kinds == {"prefill", "decode", "mixed"}
+    device = json.loads((out / "device.json").read_text())
+    assert set(json.loads((shipped / "device.json").read_text())) <= set(device)
+    assert json.loads((out / "compare-h100.json").read_text())["layer_steps"]["rows"] > 0
+    # the folder is a cost-model target through its catalog entry, without code changes
+    (tmp_path / "s.yaml").write_text(
+        "name: on-this-cpu\ncatalog_files: [calib/gpu.yaml]\nmodel: llama3-8b\nhardware: {gpu: this-cpu}\n"
+        "engine: {preset: vllm-v1, max_model_len: 2048, num_gpu_blocks: 400}\n"
+        "workload:\n  arrival: {process: poisson, rate: 0.5}\n  prompt_tokens: {dist: fixed, value: 256}\n"
+        "  output_tokens: {dist: fixed, value: 16}\nrun: {num_requests: 10}\n")
+    result = simkv.simulate(simkv.load_scenario(tmp_path / "s.yaml"))
+    assert result.summary["setup"]["cost_model"] == "calibrated (this-cpu, calib/ measurements)"
+    assert result.summary["requests"]["completed"] == 10
+
+
+def test_compare_tables_of_identical_measurements_is_zero(tmp_path):
+    import shutil
+
+    from simkv.gpu.calibrate import compare_tables
+    shutil.copytree(ROOT / "simkv" / "cost" / "data" / "h100", tmp_path / "h100-copy")
+    result = compare_tables(tmp_path / "h100-copy", "h100")
+    assert all(c["rows"] > 50 and c["median_abs"] == 0 and c["p90_abs"] == 0 for c in result.values())
+
+
+def test_bad_calibration_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "gpu.yaml").write_text("gpus:\n  mine: {memory_gib: 80, hbm_bandwidth_gbps: 3000, bf16_tflops: 900,"
+                                       " host_link_gbps: 55, calibration: nowhere}\n")
+    (tmp_path / "s.yaml").write_text((ROOT / "scenarios" / "quickstart.yaml").read_text().replace("gpu: h100", "gpu: mine")
+                                     + "catalog_files: [gpu.yaml]\n")
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "simkv calibrate" in proc.stderr and "Traceback" not in proc.stderr

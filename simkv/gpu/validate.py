@@ -12,8 +12,8 @@ import numpy as np
 from simkv.errors import SimkvError
 from simkv.loading import apply_overrides, validate_scenario
 from simkv.scenario import Scenario
-from simkv.validation.schedule import ScheduleTrace, record_schedule
-from simkv.validation.timeline import percentiles, replay_timeline
+from simkv.gpu.schedule import ScheduleTrace, record_schedule
+from simkv.gpu.timeline import percentiles, replay_timeline
 
 # the architecture `--device cpu` runs: small enough for the test suite, the same code path
 TINY = {"num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "head_dim": 16,
@@ -110,8 +110,8 @@ class Validation:
 
 def _stores(trace: ScheduleTrace, shape, block_size: int, max_len: int, dtype, device: str):
     """A paged and a contiguous store sized from the schedule's own peak use."""
-    from simkv.validation.kv_store import ContiguousKVStore, PagedKVStore
-    from simkv.validation.replay import replay
+    from simkv.gpu.kv_store import ContiguousKVStore, PagedKVStore
+    from simkv.gpu.replay import replay
     counter = _CountingStore(block_size)
     replay(trace, _NoModel(shape), counter)
     paged = PagedKVStore(shape.layers, counter.peak_blocks + 1, block_size, shape.kv_heads, shape.head_dim, dtype, device)
@@ -156,8 +156,8 @@ class _NoModel:
 def validate(scenario: Scenario, device: str = "cpu", layers: int | None = None, requests: int | None = None,
              variant: str | None = None, seed: int = 0, warmup_steps: int = 8) -> Validation:
     torch = torch_or_error()
-    from simkv.validation.mini_model import MiniModel, Shape
-    from simkv.validation.replay import replay
+    from simkv.gpu.mini_model import MiniModel, Shape
+    from simkv.gpu.replay import replay
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SimkvError("no CUDA GPU is visible to PyTorch", field="--gpu", fix="run on a GPU machine, or use --device cpu")
     sc = prepare(scenario, device, layers, requests)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from simkv.validation.kernels import attention_padded
+from simkv.gpu.kernels import attention_padded
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from simkv.validation.mini_model import MiniModel, Segment
-from simkv.validation.schedule import ScheduleTrace
+from simkv.gpu.mini_model import MiniModel, Segment
+from simkv.gpu.schedule import ScheduleTrace
 
 
 @dataclass

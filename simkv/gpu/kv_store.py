@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from simkv.validation.kernels import gather_paged
+from simkv.gpu.kernels import gather_paged
 
 
 class PagedKVStore:

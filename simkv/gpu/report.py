@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from simkv.result import write_columns
-from simkv.validation.timeline import replay_timeline
-from simkv.validation.validate import Validation
+from simkv.gpu.timeline import replay_timeline
+from simkv.gpu.validate import Validation
 
 
 def write_validation(v: Validation, folder: Path) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simkv.validation.schedule import ScheduleTrace
+from simkv.gpu.schedule import ScheduleTrace
 
 
 def replay_timeline(trace: ScheduleTrace, durations_s: np.ndarray) -> dict[str, np.ndarray]:
