@@ -50,6 +50,10 @@ class PagedKVStore:
         tables = torch.tensor(rows, dtype=torch.long, device=self.device)
         return gather_paged(self.k[layer], tables, max_len), gather_paged(self.v[layer], tables, max_len)
 
+    def decode_view(self, layer: int, rids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(key blocks, value blocks, block tables) for a paged decode kernel that reads in place."""
+        return self.k[layer], self.v[layer], self.block_table(rids)
+
     def block_table(self, rids: list[int]) -> torch.Tensor:
         width = max(len(self.tables[r]) for r in rids)
         return torch.tensor([self.tables[r] + [0] * (width - len(self.tables[r])) for r in rids],
@@ -121,6 +125,21 @@ class ContiguousKVStore:
         starts = torch.tensor([self.regions[r] for r in rids], dtype=torch.long, device=self.device)
         index = (starts[:, None] + torch.arange(max_len, device=self.device)[None]).clamp_max(self.k.shape[1] - 1)
         return self.k[layer][index], self.v[layer][index]
+
+    def decode_view(self, layer: int, rids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The buffer seen as blocks of `view_block` slots (regions start on multiples of the
+        reservation), so the same paged decode kernel reads a contiguous region in place."""
+        b = self.view_block
+        k = self.k[layer].view(-1, b, *self.k.shape[2:])
+        v = self.v[layer].view(-1, b, *self.v.shape[2:])
+        per_seq = self.reserve // b
+        tables = torch.tensor([[self.regions[r] // b + i for i in range(per_seq)] for r in rids],
+                              dtype=torch.long, device=self.device)
+        return k, v, tables
+
+    @property
+    def view_block(self) -> int:
+        return next(b for b in (16, 8, 4, 2, 1) if self.reserve % b == 0 and self.k.shape[1] % b == 0)
 
     def swap_out(self, rid: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.regions[rid]

@@ -14,6 +14,15 @@ import torch.nn.functional as F
 from simkv.gpu.kernels import attention_padded
 
 
+def triton_decode_kernel():
+    """The Triton paged decode kernel when Triton is importable, else None (the gather path)."""
+    try:
+        from simkv.gpu.triton_kernels import paged_decode_attention_triton
+    except ImportError:
+        return None
+    return paged_decode_attention_triton
+
+
 @dataclass(frozen=True)
 class Shape:
     layers: int
@@ -38,8 +47,17 @@ class Segment:
 class MiniModel:
     """Random weights (seeded, never zeros) on `device` in `dtype`."""
 
-    def __init__(self, shape: Shape, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
+    def __init__(self, shape: Shape, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+                 decode_kernel: str | None = None) -> None:
+        """decode_kernel: "triton" (in place through block tables) or "gather" (PyTorch); default
+        Triton on a GPU where it is installed."""
         self.shape, self.device, self.dtype = shape, device, dtype
+        triton = triton_decode_kernel() if decode_kernel != "gather" else None
+        if decode_kernel == "triton" and triton is None:
+            raise ImportError("the Triton decode kernel needs Triton installed")
+        use = decode_kernel == "triton" or (decode_kernel is None and device.startswith("cuda"))
+        self._triton = triton if use else None
+        self.decode_kernel = "triton" if self._triton else "gather"
         g = torch.Generator(device=device).manual_seed(seed)   # drawn on the device: an 8B model in seconds
 
         def weight(rows: int, cols: int) -> torch.Tensor:
@@ -95,8 +113,13 @@ class MiniModel:
             if decodes:
                 idx = torch.tensor([offsets[i] for i in decodes], device=dev)
                 ctx = torch.tensor([segments[i].start + 1 for i in decodes], device=dev)
-                kk, vv = store.gather(li, [segments[i].rid for i in decodes], int(ctx.max()))
-                attn[idx] = attention_padded(q[idx][:, None], kk, vv, (ctx - 1)[:, None], ctx, self.scale)[:, 0]
+                rids = [segments[i].rid for i in decodes]
+                if self._triton is not None:
+                    kb, vb, tables = store.decode_view(li, rids)
+                    attn[idx] = self._triton(q[idx], kb, vb, tables, ctx, self.scale)
+                else:
+                    kk, vv = store.gather(li, rids, int(ctx.max()))
+                    attn[idx] = attention_padded(q[idx][:, None], kk, vv, (ctx - 1)[:, None], ctx, self.scale)[:, 0]
             for i, seg in enumerate(segments):
                 if len(seg.tokens) == 1:
                     continue

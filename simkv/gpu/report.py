@@ -79,7 +79,8 @@ def _markdown(s: dict, figure: str) -> str:
     lines = [f"# simkv validate: {s['scenario']}", "",
              f"- Executed on **{s['device_name']}** ({s['device']}, {s['dtype']}): a mini engine with random weights of "
              f"{m['num_layers']} layers × hidden {m['hidden_size']}, {m['num_heads']} query / {m['num_kv_heads']} KV heads "
-             f"of {m['head_dim']}, MLP {m['intermediate_size']}, vocabulary {m['vocab_size']}.",
+             f"of {m['head_dim']}, MLP {m['intermediate_size']}, vocabulary {m['vocab_size']}; decode attention by the "
+             f"{'Triton paged kernel (blocks read in place)' if s['decode_kernel'] == 'triton' else 'PyTorch gather kernel'}.",
              f"- Predicted by simkv's **{s['cost_model']}** cost model for **{s['predicted_for']}**; the schedule is the "
              f"simulation's own: {s['steps']} steps, {s['requests']} requests, preemptions {s['preemptions']}.",
              f"- Tokens generated {s['tokens_generated']:,} of {s['tokens_expected']:,} expected; paged and contiguous "

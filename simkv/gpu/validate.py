@@ -70,6 +70,7 @@ class Validation:
     tokens_expected: int
     swaps: int
     recomputes: int
+    decode_kernel: str = "gather"
 
     @property
     def predicted(self) -> np.ndarray:
@@ -99,7 +100,7 @@ class Validation:
                 "model": s.model_spec().model_dump(include={"num_layers", "hidden_size", "num_heads", "num_kv_heads",
                                                               "head_dim", "intermediate_size", "vocab_size"}),
                 "predicted_for": s.hardware.gpu if isinstance(s.hardware.gpu, str) else "custom GPU",
-                "cost_model": self.trace.result.summary["setup"]["cost_model"],
+                "cost_model": self.trace.result.summary["setup"]["cost_model"], "decode_kernel": self.decode_kernel,
                 "steps": len(self.trace.steps), "requests": int(len(self.trace.arrival_s)),
                 "tokens_generated": self.tokens_generated, "tokens_expected": self.tokens_expected,
                 "outputs_identical_paged_vs_contiguous": self.outputs_identical,
@@ -182,4 +183,4 @@ def validate(scenario: Scenario, device: str = "cpu", layers: int | None = None,
     served = ~np.isnan(np.asarray(trace.result.requests["first_token_s"], dtype=float))
     return Validation(sc, trace, device, name, str(dtype).replace("torch.", ""), measured,
                       outputs["paged"] == outputs["contiguous"], generated, int(trace.output_tokens[served].sum()),
-                      extra.swaps, extra.recomputes)
+                      extra.swaps, extra.recomputes, model.decode_kernel)
