@@ -243,7 +243,7 @@ def cmd_sweep(args) -> int:
                      progress=lambda d, n: print(f"  {d}/{n} points", file=sys.stderr) if d % 10 == 0 or d == n else None)
     drew = write_points(rows, out, sweep_title(base.name, points, rows))
     failed = [r for r in rows if r["error"]]
-    print(f"{len(rows)} point(s) ({sum(r['cached'] for r in rows)} cached) in {time.perf_counter() - start:.1f} s -> {out}/points.csv"
+    print(f"{len(rows)} point(s) ({sum(r['cached'] for r in rows)} cached) in {time.perf_counter() - start:.2f} s -> {out}/points.csv"
           + (", curves.png, report.md" if drew else ""))
     for r in failed:
         print(f"  failed: {r['key']} {r['error']}", file=sys.stderr)

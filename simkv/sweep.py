@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,23 @@ def load_sweep(path: Path) -> tuple[Scenario, list[dict[str, Any]], list[str] | 
 
 
 def point_key(scenario: Scenario, variant: str) -> str:
-    """A hash of everything that determines a point's result."""
-    text = json.dumps([scenario.model_dump(mode="json"), variant], sort_keys=True)
+    """A hash of everything that determines a point's result: the full scenario, the variant, and
+    simkv's own code and data (a fixed bug must not be served from the cache)."""
+    text = json.dumps([scenario.model_dump(mode="json"), variant, code_fingerprint()], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """A hash of the simulator's source, catalog and calibration files."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for ext in ("*.py", "*.yaml", "*.csv", "*.json") for p in root.rglob(ext)):
+        if "gpu" in path.relative_to(root).parts[:1]:
+            continue                                  # validation mode does not shape simulation results
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _run_point(args: tuple[str, str | None]):
