@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     schema.set_defaults(func=cmd_schema)
     st = sub.add_parser("step-time", help="predict engine step times for a table of step shapes")
-    st.add_argument("--gpu", default="h100", help="catalog GPU (default h100)")
+    st.add_argument("--gpu", default="h100", help="catalog GPU (default h100), or one named in --catalog")
+    st.add_argument("--catalog", metavar="GPU.yaml", help="extra GPU entries, e.g. the gpu.yaml `simkv calibrate` writes")
     st.add_argument("--model", default="llama3-8b", help="catalog model (default llama3-8b)")
     st.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
     st.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16", help="weight precision")
@@ -208,8 +209,12 @@ def _run_point(scenario, args, label: str):
 
 def cmd_step_time(args) -> int:
     from simkv.steptime_table import predict_table
+    gpus = None
+    if args.catalog:
+        from simkv.loading import catalog_gpus
+        gpus = catalog_gpus(Path(args.catalog))
     text = predict_table(Path(args.batches), gpu=args.gpu, model=args.model, tensor_parallel=args.tp,
-                         dtype=args.dtype, cost=args.cost)
+                         dtype=args.dtype, cost=args.cost, gpus=gpus)
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}")

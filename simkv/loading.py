@@ -85,6 +85,16 @@ def _merge_catalog_files(raw: dict, path: Path) -> None:
         _resolved_calibration(gpu, path)
 
 
+def catalog_gpus(path: Path) -> dict[str, dict]:
+    """The GPU entries of a catalog file, their calibration folders made absolute."""
+    data = read_yaml_mapping(path)
+    try:
+        _, gpus = parse_catalog(data, str(path))
+    except ValueError as err:
+        raise SimkvError(str(err), file=str(path), fix="see `simkv schema` for the GPU fields") from None
+    return {k: _resolved_calibration(v.model_dump(), path) for k, v in gpus.items()}
+
+
 def _resolved_calibration(entry: dict, origin: Path) -> dict:
     """A GPU entry's `calibration:` folder made absolute (it is written relative to its file)."""
     folder = entry.get("calibration")

@@ -13,7 +13,7 @@ REQUIRED = ("prefill_seqs", "prefill_len", "decode_batch", "decode_ctx")
 
 
 def predict_table(path: Path, *, gpu: str, model: str, tensor_parallel: int = 1, dtype: str = "bf16",
-                  cost: str = "calibrated") -> str:
+                  cost: str = "calibrated", gpus: dict | None = None) -> str:
     """The CSV at `path` with predicted_layer_ms (one decoder layer) and predicted_ms (layers x
     layer + lm_head on the sampled tokens; `layers` column overrides the model's layer count)."""
     if not path.exists():
@@ -40,7 +40,8 @@ def predict_table(path: Path, *, gpu: str, model: str, tensor_parallel: int = 1,
             raise SimkvError(f"line {line}: {dict(zip(REQUIRED, shape))} is not a step", file=str(path),
                              fix="prefill_seqs and prefill_len are both 0 or both positive; same for decode_batch and decode_ctx")
         if layers not in models:
-            models[layers] = cost_model(gpu, model, tensor_parallel=tensor_parallel, dtype=dtype, layers=layers, cost=cost)[0]
+            models[layers] = cost_model(gpu, model, tensor_parallel=tensor_parallel, dtype=dtype, layers=layers, cost=cost,
+                                        gpus=gpus)[0]
         m = models[layers]
         plan = plan_from_shape(*shape)
         row["predicted_layer_ms"] = f"{m.layer_seconds(plan) * 1e3:.5g}"

@@ -181,6 +181,13 @@ def test_calibrate_on_cpu_writes_the_reference_formats_and_makes_a_cost_target(t
     result = simkv.simulate(simkv.load_scenario(tmp_path / "s.yaml"))
     assert result.summary["setup"]["cost_model"] == "calibrated (this-cpu, calib/ measurements)"
     assert result.summary["requests"]["completed"] == 10
+    (tmp_path / "steps.csv").write_text("prefill_seqs,prefill_len,decode_batch,decode_ctx\n1,64,0,0\n0,0,4,512\n")
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "step-time", "--gpu", "this-cpu", "--catalog",
+                           str(out / "gpu.yaml"), "--batches", str(tmp_path / "steps.csv")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    predicted = [float(line.split(",")[-1]) for line in proc.stdout.splitlines()[1:]]
+    assert len(predicted) == 2 and min(predicted) > 0
 
 
 def test_compare_tables_of_identical_measurements_is_zero(tmp_path):

@@ -17,15 +17,17 @@ def plan_from_shape(prefill_seqs: int, prefill_len: int, decode_batch: int, deco
 
 
 def cost_model(gpu: str = "h100", model: str = "llama3-8b", *, tensor_parallel: int = 1, dtype: str = "bf16",
-               layers: int | None = None, cost: str = "calibrated", host_overhead_s: float = 0.0):
-    """A step-time model for a catalog GPU and model (layers overrides the model's layer count)."""
+               layers: int | None = None, cost: str = "calibrated", host_overhead_s: float = 0.0,
+               gpus: dict | None = None):
+    """A step-time model for a catalog GPU and model (layers overrides the model's layer count;
+    `gpus` adds user GPU entries by name, e.g. one written by `simkv calibrate`)."""
     from simkv.build import make_cost
     from simkv.scenario import Scenario
     raw = {"model": model, "hardware": {"gpu": gpu, "tensor_parallel": tensor_parallel}, "cost": cost,
            "engine": {"weight_dtype": dtype, "host_overhead_s": host_overhead_s},
            "workload": {"arrival": {"process": "poisson", "rate": 1},
                         "prompt_tokens": {"dist": "fixed", "value": 1}, "output_tokens": {"dist": "fixed", "value": 1}},
-           "run": {"num_requests": 1}}
+           "run": {"num_requests": 1}, "gpus": gpus or {}}
     scenario = Scenario(**raw)
     if layers is not None:
         spec = scenario.model_spec().model_copy(update={"num_layers": layers})
