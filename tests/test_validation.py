@@ -284,3 +284,18 @@ def test_mini_engine_with_the_triton_kernel_in_the_interpreter():
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["kernel"] == "triton" and r["same"] and r["tokens"] == r["expected"] > 0
     assert r["as_gather"]              # float32, a few dozen tokens: the two kernels pick the same tokens
+
+
+def test_gpu_calibration_grid_is_the_reference_grid():
+    """On a GPU, calibrate measures the shapes of the shipped tables (all, or every third)."""
+    from simkv.calibration_data import load_tables
+    from simkv.gpu.calibrate import _grid
+    ref = load_tables("h100")
+    full = _grid(["llama3-8b"], "h100", quick=False, cpu=False)
+    quick = _grid(["llama3-8b"], "h100", quick=True, cpu=False)
+    mine = lambda cols: int((cols["model"] == "llama3-8b").sum())
+    assert len(full["gemm"]) == int(((ref.gemm["model"] == "llama3-8b") & (ref.gemm["dtype"] == "bfloat16")).sum())
+    assert len(full["attention"]) == mine(ref.attention) and len(full["layer_steps"]) == mine(ref.layer_steps)
+    assert len(full["elementwise"]) == mine(ref.elementwise)
+    assert 0 < len(quick["gemm"]) < len(full["gemm"]) and {s[0] for s in quick["layer_steps"]} == {"prefill", "decode", "mixed"}
+    assert {op for _, op in quick["gemm"]} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"}
