@@ -294,8 +294,12 @@ def test_gpu_calibration_grid_is_the_reference_grid():
     full = _grid(["llama3-8b"], "h100", quick=False, cpu=False)
     quick = _grid(["llama3-8b"], "h100", quick=True, cpu=False)
     mine = lambda cols: int((cols["model"] == "llama3-8b").sum())
-    assert len(full["gemm"]) == int(((ref.gemm["model"] == "llama3-8b") & (ref.gemm["dtype"] == "bfloat16")).sum())
+    mine_gemm = ref.gemm["model"] == "llama3-8b"
+    fp8_shapes = {(m, op) for m, op, dt in zip(ref.gemm["m"][mine_gemm], ref.gemm["op"][mine_gemm], ref.gemm["dtype"][mine_gemm])
+                  if dt == "fp8_e4m3"}
+    assert len(full["gemm"]) == int((mine_gemm & (ref.gemm["dtype"] == "bfloat16")).sum()) + len(fp8_shapes)
+    assert fp8_shapes and {g[2] for g in full["gemm"]} == {"bfloat16", "fp8_e4m3"}
     assert len(full["attention"]) == mine(ref.attention) and len(full["layer_steps"]) == mine(ref.layer_steps)
     assert len(full["elementwise"]) == mine(ref.elementwise)
     assert 0 < len(quick["gemm"]) < len(full["gemm"]) and {s[0] for s in quick["layer_steps"]} == {"prefill", "decode", "mixed"}
-    assert {op for _, op in quick["gemm"]} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"}
+    assert {op for _, op, _ in quick["gemm"]} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"}

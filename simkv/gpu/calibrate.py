@@ -104,8 +104,8 @@ def _grid(models: list[str], reference: str, quick: bool, cpu: bool) -> dict[str
     up for comparison), every other one with --quick; a small fixed grid on a CPU."""
     if cpu:
         g = CPU_GRID
-        return {"gemm": [(m, op) for op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") for m in g["gemm_m"]]
-                        + [(m, "lm_head") for m in g["lm_head_m"]],
+        return {"gemm": [(m, op, "bfloat16") for op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") for m in g["gemm_m"]]
+                        + [(m, "lm_head", "bfloat16") for m in g["lm_head_m"]],
                 "elementwise": [(op, m) for op in ("rmsnorm", "residual_add", "rope", "silu_mul") for m in g["elementwise_m"]],
                 "attention": list(g["attention"]), "layer_steps": list(g["layer_steps"])}
     t = load_tables(reference)
@@ -113,8 +113,10 @@ def _grid(models: list[str], reference: str, quick: bool, cpu: bool) -> dict[str
     pick = lambda cols, model: [i for i in range(len(cols["model"])) if cols["model"][i] == model]
     out = {"gemm": [], "elementwise": [], "attention": [], "layer_steps": []}
     for model in models:
-        rows = [i for i in pick(t.gemm, model) if t.gemm["dtype"][i] == "bfloat16"]
-        out["gemm"] += [(int(t.gemm["m"][i]), str(t.gemm["op"][i])) for i in rows][::step]
+        for dtype in ("bfloat16", "fp8_e4m3"):      # the reference repeats its m=16 fp8 rows: measured once here
+            shapes = dict.fromkeys((int(t.gemm["m"][i]), str(t.gemm["op"][i]), dtype)
+                                   for i in pick(t.gemm, model) if t.gemm["dtype"][i] == dtype)
+            out["gemm"] += list(shapes)[::step]
         out["elementwise"] += [(str(t.elementwise["op"][i]), int(t.elementwise["m"][i])) for i in pick(t.elementwise, model)][::step]
         a = t.attention
         out["attention"] += [(str(a["kind"][i]), int(a["batch"][i]), int(a["q_len"][i]), int(a["kv_len"][i]))
@@ -150,14 +152,26 @@ def calibrate(out: Path, device: str = "cuda", models: list[str] | None = None, 
         q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
         kn = {"qkv_proj": (d.hidden, q + 2 * kv), "o_proj": (q, d.hidden), "gate_up_proj": (d.hidden, 2 * d.intermediate),
               "down_proj": (d.intermediate, d.hidden), "lm_head": (d.hidden, d.vocab)}
-        weights = {}
-        for m, op in grid["gemm"]:
+        weights: dict = {}
+        fp8 = not cpu and torch.cuda.get_device_capability(device) >= (8, 9)
+        for m, op, gemm_dtype in grid["gemm"]:
             k, n = kn[op]
-            if op not in weights:
-                weights = {op: rand(k, n)}          # one weight alive at a time (lm_head is ~1 GB)
-            x, w = rand(m, k), weights[op]
-            ms = timer.op_ms(lambda: x @ w)
-            rows["gemm.csv"].append([model, op, m, k, n, "bfloat16", round(ms, 5),
+            if (op, gemm_dtype) not in weights:
+                weights = {(op, gemm_dtype): rand(k, n)}          # one weight alive at a time (lm_head is ~1 GB)
+            w = weights[(op, gemm_dtype)]
+            if gemm_dtype == "fp8_e4m3":
+                if not fp8:
+                    continue
+                try:
+                    ms = timer.op_ms(_fp8_matmul(torch, rand(m, k), w))
+                except (RuntimeError, AttributeError) as err:     # torch or the card without fp8 matmuls
+                    log(f"fp8 GEMMs skipped: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+                    fp8 = False
+                    continue
+            else:
+                x = rand(m, k)
+                ms = timer.op_ms(lambda: x @ w)
+            rows["gemm.csv"].append([model, op, m, k, n, gemm_dtype, round(ms, 5),
                                      round(2 * m * k * n / (ms * 1e-3) / 1e12, 2)])
         for op, m in grid["elementwise"]:
             rows["elementwise.csv"].append([model, op, m, round(timer.op_ms(_elementwise(torch, op, m, d, rand)), 5)])
@@ -179,9 +193,21 @@ def calibrate(out: Path, device: str = "cuda", models: list[str] | None = None, 
     device_info = _device(torch, device, dtype, rand, timer)
     (out / "device.json").write_text(json.dumps(device_info, indent=1) + "\n")
     gpu_name = name or ("cpu" if cpu else device_info["name"].lower().replace("nvidia ", "").replace(" ", "-"))
-    (out / "gpu.yaml").write_text(yaml.safe_dump({"gpus": {gpu_name: _catalog_entry(device_info)}}, sort_keys=False))
+    fp8_rows = [r[7] for r in rows["gemm.csv"] if r[5] == "fp8_e4m3"]
+    entry = _catalog_entry(device_info, max(fp8_rows) if fp8_rows else None)
+    (out / "gpu.yaml").write_text(yaml.safe_dump({"gpus": {gpu_name: entry}}, sort_keys=False))
     (out / "README.md").write_text(_readme(device_info, models, quick, cpu))
     return out
+
+
+def _fp8_matmul(torch, x, w):
+    """x @ w in fp8 (e4m3) with per-tensor scales, as the reference measured it: torch._scaled_mm
+    with m rounded up to a multiple of 16 and the weight column-major."""
+    m = -(-x.shape[0] // 16) * 16
+    xq = torch.nn.functional.pad(x, (0, 0, 0, m - x.shape[0])).to(torch.float8_e4m3fn)
+    wq = w.t().contiguous().to(torch.float8_e4m3fn).t()
+    one = torch.ones((), device=x.device, dtype=torch.float32)
+    return lambda: torch._scaled_mm(xq, wq, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
 
 def _elementwise(torch, op: str, m: int, d, rand):
@@ -311,18 +337,22 @@ def _nvidia_smi() -> str:
         return ""
 
 
-def _catalog_entry(dev: dict) -> dict:
-    """A GPU catalog entry from the measurements: measured ceilings stand in for datasheet values."""
-    return {"description": f"{dev['name']} (measured by simkv calibrate)",
-            "memory_gib": round(max(dev["total_mem_gib"], 1e-3), 3),
-            "hbm_bandwidth_gbps": round(dev["d2d_copy_GBps_read_plus_write"], 1),
-            "bf16_tflops": round(dev["bf16_matmul_8192_TFLOPs"], 3),
-            "host_link_gbps": round(dev["h2d_pinned_GBps"], 2),
-            "measured": {"copy_gbps": round(dev["d2d_copy_GBps_read_plus_write"], 1),
-                         "bf16_matmul_tflops": round(dev["bf16_matmul_8192_TFLOPs"], 3),
-                         "h2d_gbps": round(dev["h2d_pinned_GBps"], 2), "d2h_gbps": round(dev["d2h_pinned_GBps"], 2)},
-            "calibration": ".",
-            "source": "simkv calibrate: measured ceilings (no datasheet values); operator and step tables in this folder"}
+def _catalog_entry(dev: dict, fp8_tflops: float | None = None) -> dict:
+    """A GPU catalog entry from the measurements: measured ceilings stand in for datasheet values
+    (fp8: the fastest measured fp8 GEMM, when the card ran them)."""
+    entry = {"description": f"{dev['name']} (measured by simkv calibrate)",
+             "memory_gib": round(max(dev["total_mem_gib"], 1e-3), 3),
+             "hbm_bandwidth_gbps": round(dev["d2d_copy_GBps_read_plus_write"], 1),
+             "bf16_tflops": round(dev["bf16_matmul_8192_TFLOPs"], 3),
+             "host_link_gbps": round(dev["h2d_pinned_GBps"], 2),
+             "measured": {"copy_gbps": round(dev["d2d_copy_GBps_read_plus_write"], 1),
+                          "bf16_matmul_tflops": round(dev["bf16_matmul_8192_TFLOPs"], 3),
+                          "h2d_gbps": round(dev["h2d_pinned_GBps"], 2), "d2h_gbps": round(dev["d2h_pinned_GBps"], 2)},
+             "calibration": ".",
+             "source": "simkv calibrate: measured ceilings (no datasheet values); operator and step tables in this folder"}
+    if fp8_tflops:
+        entry["fp8_tflops"] = round(fp8_tflops, 2)
+    return entry
 
 
 def _readme(dev: dict, models: list[str], quick: bool, cpu: bool) -> str:
