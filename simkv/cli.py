@@ -117,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--only", action="append", metavar="NAME", help="one manifest entry (repeatable; default all)")
     rp.add_argument("-o", "--output", default="docs", help="docs folder to write (default docs)")
     rp.add_argument("--list", action="store_true", help="print the manifest and exit")
+    rp.add_argument("--check", action="store_true",
+                    help="regenerate into a temporary folder and compare byte for byte with the docs folder (exit 1 on a difference)")
     rp.set_defaults(func=cmd_reproduce)
     cat = sub.add_parser("catalog", help="list the models and GPUs simkv knows")
     cat.add_argument("--json", action="store_true", help="machine-readable output")
@@ -333,7 +335,20 @@ def cmd_reproduce(args) -> int:
         raise SimkvError("run `simkv reproduce` from the repository root (it reads scenarios/)", field="working directory",
                          fix="cd to the simkv checkout")
     start = time.perf_counter()
-    written = reproduce(root, Path(args.output), args.only, log=lambda text: print(f"  {text}", file=sys.stderr))
+    log = lambda text: print(f"  {text}", file=sys.stderr)
+    if args.check:
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="simkv-check-") as tmp:
+            written = reproduce(root, Path(tmp), args.only, log=log)
+            changed = [p.relative_to(tmp) for p in written
+                       if not (Path(args.output) / p.relative_to(tmp)).is_file()
+                       or (Path(args.output) / p.relative_to(tmp)).read_bytes() != p.read_bytes()]
+        for p in changed:
+            print(f"  differs: {args.output}/{p}")
+        print(f"{len(written) - len(changed)} of {len(written)} file(s) identical to {args.output}/ "
+              f"({time.perf_counter() - start:.0f} s)")
+        return 1 if changed else 0
+    written = reproduce(root, Path(args.output), args.only, log=log)
     print(f"wrote {len(written)} file(s) under {args.output}/ in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -51,3 +51,13 @@ def test_reproduce_is_deterministic(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--only", "nothing"], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 2 and "quickstart" in proc.stderr
+
+
+def test_reproduce_check_compares_with_the_docs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--check", "--only", "scenario-reference"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "1 of 1 file(s) identical" in proc.stdout, proc.stdout + proc.stderr
+    (tmp_path / "scenario-reference.md").write_text("stale\n")
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--check", "--only", "scenario-reference",
+                           "-o", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "differs" in proc.stdout
