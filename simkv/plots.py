@@ -175,10 +175,13 @@ def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     groups = list(dict.fromkeys(r.get("group", r["variant"]) for r in rows))
     styles = list(dict.fromkeys(r.get("style", "") for r in rows))
+    values = list(dict.fromkeys(str(r["value"]) for r in rows))
+    categorical = not all(_is_number(v) for v in values)   # e.g. a sweep over engine presets
+    position = (lambda v: float(values.index(str(v)))) if categorical else (lambda v: float(v))
     for ax, (key, label, with_p50) in zip(axes.flat, SWEEP_PANELS):
         for name in variants:
             pts = [r for r in rows if r["variant"] == name]
-            x = [float(r["value"]) for r in pts]
+            x = [position(r["value"]) for r in pts]
             colour = f"C{groups.index(pts[0].get('group', name)) % 10}"
             k = styles.index(pts[0].get("style", ""))
             ax.plot(x, [np.nan if r[key] is None else r[key] for r in pts], color=colour, label=name,
@@ -193,10 +196,20 @@ def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:
         ax.set_xlabel(field_label(field))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
+        if categorical:
+            ax.set_xticks(range(len(values)), values, rotation=20, fontsize=8)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 FIGURES = {

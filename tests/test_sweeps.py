@@ -127,3 +127,15 @@ def test_ray_errors_are_clear(tmp_path):
     assert proc.returncode == 2 and "--executor ray" in proc.stderr
     proc = _cli("sweep", str(sweep), "-o", str(tmp_path / "o"), "--executor", "ray", "--address", f"127.0.0.1:{_free_port()}")
     assert proc.returncode == 2 and "ray start --head" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sweep_over_a_categorical_field_draws(tmp_path):
+    """`sweep:` over engine presets: the curves put the presets on the x axis."""
+    text = QUICK.read_text().replace("  allocator: paged\n", "")
+    (tmp_path / "s.yaml").write_text(text + "sweep: {field: engine.preset, values: [vllm-v1, tgi]}\n")
+    proc = _cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"), "--set", "run.num_requests=60",
+                "--set", "run.warmup_s=0")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "sweep.csv").open()))
+    assert [r["engine.preset"] for r in rows] == ["vllm-v1", "tgi"]
+    assert (tmp_path / "out" / "sweep.png").stat().st_size > 0 and "tgi" in (tmp_path / "out" / "report.md").read_text()
