@@ -24,7 +24,7 @@ def _paged_decode(Q, K, V, BT, CTX, O, scale,
     l_i = tl.full((), 0.0, tl.float32)
     acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
     for i in range(0, tl.cdiv(ctx, BLOCK_SIZE)):
-        block = tl.load(BT + b * stride_bt + i)
+        block = tl.load(BT + b * stride_bt + i).to(tl.int64)      # large pools: offsets past 2**31
         slot = tl.arange(0, BLOCK_SIZE)
         valid = i * BLOCK_SIZE + slot < ctx
         offs = block * stride_kn + slot[:, None] * stride_kp + kvh * stride_kh + d[None, :]
