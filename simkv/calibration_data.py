@@ -52,28 +52,34 @@ def _columns(text: str) -> dict:
     return out
 
 
+_FILES = ("device.json", "gemm.csv", "elementwise.csv", "attention.csv", "layer_steps.csv")
+
+
+def _read_tables(name: str, folder) -> CalibrationTables:
+    """The five files of a measurement folder (a package resource or a Path: anything with
+    joinpath and read_text)."""
+    read = lambda file: _columns(folder.joinpath(file).read_text(encoding="utf-8"))
+    return CalibrationTables(name, json.loads(folder.joinpath("device.json").read_text(encoding="utf-8")),
+                             read("gemm.csv"), read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"))
+
+
 @lru_cache(maxsize=None)
 def load_tables(gpu: str) -> CalibrationTables:
     """The measurements of `gpu` (e.g. 'h100'). Raises KeyError if none are shipped."""
     root = resources.files("simkv.cost").joinpath("data", gpu)
     if not root.joinpath("layer_steps.csv").is_file():
         raise KeyError(f"no calibration measurements for '{gpu}' (have: {', '.join(available_gpus())})")
-    read = lambda name: _columns(root.joinpath(name).read_text(encoding="utf-8"))
-    return CalibrationTables(gpu, json.loads(root.joinpath("device.json").read_text()), read("gemm.csv"),
-                             read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"))
+    return _read_tables(gpu, root)
 
 
 @lru_cache(maxsize=None)
 def load_tables_from(folder: str | Path) -> CalibrationTables:
     """The measurements in a folder written by `simkv calibrate` (the same files)."""
     folder = Path(folder)
-    missing = [n for n in ("device.json", "gemm.csv", "elementwise.csv", "attention.csv", "layer_steps.csv")
-               if not (folder / n).is_file()]
+    missing = [n for n in _FILES if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: no {', '.join(missing)} (write the folder with `simkv calibrate`)")
-    read = lambda name: _columns((folder / name).read_text(encoding="utf-8"))
-    return CalibrationTables(folder.name, json.loads((folder / "device.json").read_text()), read("gemm.csv"),
-                             read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"))
+    return _read_tables(folder.name, folder)
 
 
 @lru_cache(maxsize=None)

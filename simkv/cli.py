@@ -213,8 +213,8 @@ def cmd_step_time(args) -> int:
     from simkv.steptime_table import predict_table
     gpus = None
     if args.catalog:
-        from simkv.loading import catalog_gpus
-        gpus = catalog_gpus(Path(args.catalog))
+        from simkv.loading import read_catalog
+        gpus = read_catalog(Path(args.catalog))[1]
     text = predict_table(Path(args.batches), gpu=args.gpu, model=args.model, tensor_parallel=args.tp,
                          dtype=args.dtype, cost=args.cost, gpus=gpus)
     if args.output:
@@ -238,17 +238,15 @@ def cmd_cost_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from simkv.output import sweep_title, write_points
-    from simkv.sweep import load_sweep, run_sweep
+    from simkv.sweep import run_sweep_file
     start = time.perf_counter()
     path = Path(args.sweep)
-    base, points, variants = load_sweep(path)
     out = Path(args.output) if args.output else Path("results") / path.stem
     if args.address and args.executor != "ray":
         raise SimkvError("--address is the address of a Ray cluster", field="--address", fix="add --executor ray")
-    rows = run_sweep(base, points, variants, out, args.workers, executor=args.executor, address=args.address,
-                     progress=lambda d, n: print(f"  {d}/{n} points", file=sys.stderr) if d % 10 == 0 or d == n else None)
-    drew = write_points(rows, out, sweep_title(base.name, points, rows))
+    rows, drew = run_sweep_file(path, out, workers=args.workers, executor=args.executor, address=args.address,
+                                progress=lambda d, n: print(f"  {d}/{n} points", file=sys.stderr)
+                                if d % 10 == 0 or d == n else None)
     failed = [r for r in rows if r["error"]]
     print(f"{len(rows)} point(s) ({sum(r['cached'] for r in rows)} cached) in {time.perf_counter() - start:.2f} s -> {out}/points.csv"
           + (", curves.png, report.md" if drew else ""))
@@ -293,7 +291,7 @@ def cmd_validate(args) -> int:
     result = validate(scenario, device, args.layers, args.requests, args.variant)
     from simkv.gpu.report import write_validation
     write_validation(result, out)
-    s = result.summary()
+    s = result.summary
     print(f"{s['steps']} steps of {s['requests']} requests on {s['device_name']} ({s['dtype']}) in "
           f"{time.perf_counter() - start:.1f} s; outputs paged == contiguous: {s['outputs_identical_paged_vs_contiguous']}")
     for kind, e in s["step_time_error"].items():

@@ -70,13 +70,9 @@ def _merge_catalog_files(raw: dict, path: Path) -> None:
         if not cat_path.exists():
             raise SimkvError(f"catalog file '{name}' not found next to the scenario", file=str(path),
                              field=field, fix="paths are relative to the scenario file")
-        data = read_yaml_mapping(cat_path)
-        try:
-            models, gpus = parse_catalog(data, str(cat_path))
-        except ValueError as err:
-            raise SimkvError(str(err), file=str(cat_path), fix="see `simkv schema` for the model and GPU fields") from None
-        raw.setdefault("models", {}).update({k: v.model_dump() for k, v in models.items()})
-        raw.setdefault("gpus", {}).update({k: _resolved_calibration(v.model_dump(), cat_path) for k, v in gpus.items()})
+        models, gpus = read_catalog(cat_path)
+        raw.setdefault("models", {}).update(models)
+        raw.setdefault("gpus", {}).update(gpus)
     for entry in (raw.get("gpus") or {}).values():   # inline entries: relative to the scenario
         if isinstance(entry, dict):
             _resolved_calibration(entry, path)
@@ -85,14 +81,15 @@ def _merge_catalog_files(raw: dict, path: Path) -> None:
         _resolved_calibration(gpu, path)
 
 
-def catalog_gpus(path: Path) -> dict[str, dict]:
-    """The GPU entries of a catalog file, their calibration folders made absolute."""
-    data = read_yaml_mapping(path)
+def read_catalog(path: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(models, gpus) of a catalog file as validated plain entries, GPU calibration folders made
+    absolute (they are written relative to the file)."""
     try:
-        _, gpus = parse_catalog(data, str(path))
+        models, gpus = parse_catalog(read_yaml_mapping(path), str(path))
     except ValueError as err:
-        raise SimkvError(str(err), file=str(path), fix="see `simkv schema` for the GPU fields") from None
-    return {k: _resolved_calibration(v.model_dump(), path) for k, v in gpus.items()}
+        raise SimkvError(str(err), file=str(path), fix="see `simkv schema` for the model and GPU fields") from None
+    return ({k: v.model_dump() for k, v in models.items()},
+            {k: _resolved_calibration(v.model_dump(), path) for k, v in gpus.items()})
 
 
 def _resolved_calibration(entry: dict, origin: Path) -> dict:

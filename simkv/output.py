@@ -131,12 +131,12 @@ def write_points(rows: list[dict], folder: Path, title: str, *, x_field: str | N
     before = path.read_bytes() if path.exists() else None
     write_columns(path, columns)
     x = x_field or ("workload.arrival.rate" if "workload.arrival.rate" in swept else None)
-    setup = next((r["summary"] for r in rows if r["summary"]), None)
-    if x is None or setup is None:
+    first = next((r["summary"] for r in rows if r["summary"]), None)
+    if x is None or first is None:
         return False
     overrides = {_curve_label(r, x, swept): r["summary"].get("overrides", {}) for r in rows if r["summary"]}
     meta = {"x_field": x, "swept": swept, "title": title, "description": description, "table": table,
-            "figure": figure, "summary": {k: setup[k] for k in ("scenario", "setup")}, "overrides": overrides}
+            "figure": figure, "summary": {k: first[k] for k in ("scenario", "setup")}, "overrides": overrides}
     (folder / "sweep.json").write_text(json.dumps(meta, indent=2) + "\n")
     if before == path.read_bytes() and all((folder / f"{figure}.{ext}").exists() for ext in ("png", "svg")):
         return False

@@ -144,6 +144,7 @@ def field_label(field: str) -> str:
     """`workload.arrival.rate (requests/s)`: the dotted field with the unit its schema documents."""
     import re
 
+    from simkv.reference import models_in
     from simkv.scenario import Scenario
     models: list = [Scenario]
     desc = None
@@ -152,19 +153,9 @@ def field_label(field: str) -> str:
         if not found:
             return field
         desc = found[0].description
-        models = _models_in(found[0].annotation)
+        models = [m for m, _ in models_in(found[0].annotation)]
     unit = re.search(r"\(([^()]*)\)\s*$", desc or "")
     return f"{field} ({unit.group(1)})" if unit else field
-
-
-def _models_in(annotation) -> list:
-    """Every pydantic model inside an annotation (Optional, Union, Annotated, list...)."""
-    import typing
-
-    from pydantic import BaseModel
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
 def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:

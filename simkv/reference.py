@@ -40,7 +40,7 @@ def scenario_reference() -> str:
         lines += ["| field | type | default | description |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():
             dotted = f"{path}.{name}" if path else name
-            for sub, suffix in _models(info.annotation):
+            for sub, suffix in models_in(info.annotation):
                 queue.append((sub, _section_path(dotted + suffix, sub)))
             default = "required" if info.is_required() else _default(info)
             lines.append(f"| `{name}` | {_type(info.annotation)} | {default} | {_cell(info.description or '')} |")
@@ -57,16 +57,17 @@ def _section_path(dotted: str, model: type) -> str:
     return dotted
 
 
-def _models(annotation: Any, suffix: str = "") -> list[tuple[type, str]]:
-    """(model, path suffix) inside an annotation: `[]` for list items, `.NAME` for map values."""
+def models_in(annotation: Any, suffix: str = "") -> list[tuple[type, str]]:
+    """Every pydantic model inside an annotation (Optional, Union, Annotated, list, dict) with
+    its path suffix: `[]` for list items, `.NAME` for map values."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [(annotation, suffix)]
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (list, tuple):
         suffix += "[]"
     elif origin is dict:
-        return [m for m in _models(args[1], suffix + ".NAME")]
-    return [m for arg in args for m in _models(arg, suffix)]
+        return [m for m in models_in(args[1], suffix + ".NAME")]
+    return [m for arg in args for m in models_in(arg, suffix)]
 
 
 def _type(annotation: Any) -> str:

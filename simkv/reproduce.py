@@ -109,11 +109,8 @@ def _run_scenario(path: Path, out: Path) -> None:
 
 
 def _run_sweep_file(path: Path, out: Path) -> None:
-    from simkv.output import sweep_title, write_points
-    from simkv.sweep import load_sweep, run_sweep
-    base, points, variants = load_sweep(path)
-    rows = run_sweep(base, points, variants, out)
+    from simkv.sweep import run_sweep_file
+    rows, _ = run_sweep_file(path, out)
     failed = [r["error"] for r in rows if r["error"]]
     if failed:
         raise SimkvError(f"{len(failed)} sweep point(s) failed: {failed[0]}", file=str(path))
-    write_points(rows, out, sweep_title(base.name, points, rows))

@@ -120,3 +120,13 @@ def run_sweep(base: Scenario, points: list[dict], variants: list[str] | None, ou
         if progress:
             progress(done, len(todo))
     return rows
+
+
+def run_sweep_file(path: Path, out: Path, *, workers: int = 0, executor: str = "local", address: str | None = None,
+                   progress=None) -> tuple[list[dict], bool]:
+    """Load a sweep file, run (or read from the cache) every point, write points.csv, the curves
+    and report.md into `out`: (rows, whether figures were drawn)."""
+    from simkv.output import sweep_title, write_points
+    base, points, variants = load_sweep(path)
+    rows = run_sweep(base, points, variants, out, workers, progress, executor, address)
+    return rows, write_points(rows, out, sweep_title(base.name, points, rows))

@@ -17,10 +17,11 @@ import simkv  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from simkv.gpu.kernels import dense_attention, paged_decode_attention  # noqa: E402
 from simkv.gpu.kv_store import ContiguousKVStore, PagedKVStore  # noqa: E402
-from simkv.gpu.mini_model import MiniModel, Shape  # noqa: E402
+from simkv.gpu.mini_model import MiniModel  # noqa: E402
 from simkv.gpu.replay import replay  # noqa: E402
 from simkv.gpu.schedule import record_schedule  # noqa: E402
 from simkv.gpu.timeline import replay_timeline  # noqa: E402
+from simkv.specs import ShardDims  # noqa: E402
 
 HEADS, KV_HEADS, D = 8, 2, 32
 SCALE = D ** -0.5
@@ -88,7 +89,7 @@ def _tight(preset: str, preemption: str | None = None) -> simkv.Scenario:
     return simkv.load_scenario(ROOT / "scenarios" / "quickstart.yaml", sets)
 
 
-SHAPE = Shape(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=256)
+SHAPE = ShardDims(num_layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=256, gated=True, tp=1)
 
 
 @pytest.mark.parametrize("preset,preemption", [("vllm-v1", None), ("vllm-v0", "swap"), ("vllm-v0", "recompute"),
@@ -258,17 +259,19 @@ sys.path.insert(0, "tests")
 import simkv
 from conftest import ROOT
 from simkv.gpu.kv_store import ContiguousKVStore, PagedKVStore
-from simkv.gpu.mini_model import MiniModel, Shape
+from simkv.gpu.mini_model import MiniModel
+from simkv.specs import ShardDims
 from simkv.gpu.replay import replay
 from simkv.gpu.schedule import record_schedule
+TINY = ShardDims(num_layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=256, gated=True, tp=1)
 sc = simkv.load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["run.num_requests=5", "run.warmup_s=0",
     "engine.max_model_len=256", "workload.arrival.rate=1000", "workload.prompt_tokens={dist: uniform, low: 5, high: 40}",
     "workload.output_tokens={dist: uniform, low: 3, high: 8}"])
 trace = record_schedule(sc)
-model = MiniModel(Shape(2, 64, 4, 2, 16, 128, 256), decode_kernel="triton")
+model = MiniModel(TINY, decode_kernel="triton")
 a = replay(trace, model, PagedKVStore(2, 40, 16, 2, 16, torch.float32, "cpu"))
 b = replay(trace, model, ContiguousKVStore(2, 6 * 256, 256, 2, 16, torch.float32, "cpu"))
-gather = replay(trace, MiniModel(Shape(2, 64, 4, 2, 16, 128, 256), decode_kernel="gather"),
+gather = replay(trace, MiniModel(TINY, decode_kernel="gather"),
                 PagedKVStore(2, 40, 16, 2, 16, torch.float32, "cpu"))
 print(json.dumps({"kernel": model.decode_kernel, "same": a.outputs == b.outputs, "as_gather": a.outputs == gather.outputs,
                   "tokens": sum(map(len, a.outputs.values())), "expected": int(trace.output_tokens.sum())}))

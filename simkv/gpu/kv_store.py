@@ -36,6 +36,10 @@ class PagedKVStore:
     def free(self, rid: int) -> None:
         self.free_blocks.extend(reversed(self.tables.pop(rid, [])))
 
+    def free_all(self) -> None:
+        for rid in list(self.tables):
+            self.free(rid)
+
     def slots(self, rid: int, positions: torch.Tensor) -> torch.Tensor:
         table = torch.tensor(self.tables[rid], dtype=torch.long, device=self.device)
         return table[positions // self.block_size] * self.block_size + positions % self.block_size
@@ -45,9 +49,8 @@ class PagedKVStore:
         self.v[layer].view(-1, *v.shape[1:])[slots] = v
 
     def gather(self, layer: int, rids: list[int], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        blocks = -(-max_len // self.block_size)
-        rows = [self.tables[r][:blocks] + [0] * (blocks - len(self.tables[r][:blocks])) for r in rids]
-        tables = torch.tensor(rows, dtype=torch.long, device=self.device)
+        """Keys and values of `rids` padded to `max_len` positions (the longest holds that many)."""
+        tables = self.block_table(rids)[:, :-(-max_len // self.block_size)]
         return gather_paged(self.k[layer], tables, max_len), gather_paged(self.v[layer], tables, max_len)
 
     def decode_view(self, layer: int, rids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,6 +116,10 @@ class ContiguousKVStore:
             ps, pn = merged[-1]
             merged[-1:] = [(ps, pn + n)] if ps + pn == s else [merged[-1], (s, n)]
         self.holes = merged
+
+    def free_all(self) -> None:
+        for rid in list(self.regions):
+            self.free(rid)
 
     def slots(self, rid: int, positions: torch.Tensor) -> torch.Tensor:
         return self.regions[rid] + positions

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from simkv.gpu.kernels import attention_padded
+from simkv.specs import ShardDims
 
 
 def triton_decode_kernel():
@@ -21,17 +22,6 @@ def triton_decode_kernel():
     except ImportError:
         return None
     return paged_decode_attention_triton
-
-
-@dataclass(frozen=True)
-class Shape:
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
 
 
 @dataclass(frozen=True)
@@ -47,10 +37,13 @@ class Segment:
 class MiniModel:
     """Random weights (seeded, never zeros) on `device` in `dtype`."""
 
-    def __init__(self, shape: Shape, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+    def __init__(self, shape: ShardDims, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
                  decode_kernel: str | None = None) -> None:
-        """decode_kernel: "triton" (in place through block tables) or "gather" (PyTorch); default
-        Triton on a GPU where it is installed."""
+        """`shape`: one GPU's dimensions (`ModelSpec.shard(1)`), a gated MLP. decode_kernel:
+        "triton" (in place through block tables) or "gather" (PyTorch); default Triton on a GPU
+        where it is installed."""
+        if not shape.gated:
+            raise ValueError("the mini engine implements gated (SwiGLU) MLPs")
         self.shape, self.device, self.dtype = shape, device, dtype
         triton = triton_decode_kernel() if decode_kernel != "gather" else None
         if decode_kernel == "triton" and triton is None:
@@ -72,7 +65,7 @@ class MiniModel:
         self.embed = torch.randn(s.vocab, s.hidden, generator=g, device=device, dtype=dtype)
         self.layers = [dict(ln1=norm(), qkv=weight(s.hidden, qkv), o=weight(s.heads * s.head_dim, s.hidden), ln2=norm(),
                             gate_up=weight(s.hidden, 2 * s.intermediate), down=weight(s.intermediate, s.hidden))
-                       for _ in range(s.layers)]
+                       for _ in range(s.num_layers)]
         self.final_norm = norm()
         self.lm_head = weight(s.hidden, s.vocab)
         inv = 1.0 / (500000.0 ** (torch.arange(0, s.head_dim, 2, dtype=torch.float32) / s.head_dim))

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from simkv.result import write_columns
-from simkv.gpu.timeline import replay_timeline
 from simkv.gpu.validate import Validation
 
 
 def write_validation(v: Validation, folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
-    summary = v.summary()
+    summary = v.summary
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     steps = v.trace.steps
     columns = {"step": np.arange(len(steps)), "start_s_simulated": [s.start_s for s in steps],
@@ -49,9 +48,8 @@ def _figure(v: Validation, folder: Path) -> list[str]:
     ax.set(xscale="log", yscale="log", xlabel="measured step time (ms)", ylabel="predicted step time (ms)",
            title="every step of the schedule")
     ax.legend(fontsize=7)
-    sim = replay_timeline(v.trace, v.predicted)
     for ax, metric, label in ((axes[1], "ttft", "TTFT (s)"), (axes[2], "e2e", "end-to-end latency (s)")):
-        curves = [("simulated", sim)] + [(f"measured ({k})", replay_timeline(v.trace, s)) for k, s in v.measured.items()]
+        curves = [(name if name == "simulated" else f"measured ({name})", tl) for name, tl in v.timelines.items()]
         for i, (name, tl) in enumerate(curves):
             x = np.sort(tl[f"{metric}_s"][~np.isnan(tl[f"{metric}_s"])])
             ax.plot(x, np.arange(1, len(x) + 1) / max(len(x), 1), color="k" if i == 0 else f"C{i - 1}",
@@ -59,7 +57,7 @@ def _figure(v: Validation, folder: Path) -> list[str]:
         ax.set(xlabel=label, ylabel="fraction of requests", title=f"{label.split(' (')[0]} distribution")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    s = v.summary()
+    s = v.summary
     fig.suptitle(f"simkv validate: {s['scenario']} — {s['model']['num_layers']}-layer model on {s['device_name']} "
                  f"({s['dtype']}) vs the {s['cost_model']} prediction for {s['predicted_for']}", fontsize=10)
     fig.tight_layout()

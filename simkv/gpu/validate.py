@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -72,9 +73,16 @@ class Validation:
     recomputes: int
     decode_kernel: str = "gather"
 
-    @property
+    @cached_property
     def predicted(self) -> np.ndarray:
         return np.array([s.duration_s for s in self.trace.steps])
+
+    @cached_property
+    def timelines(self) -> dict[str, dict]:
+        """Request latencies of the schedule under the predicted step times ('simulated') and
+        under each KV store's measured ones."""
+        return {"simulated": replay_timeline(self.trace, self.predicted),
+                **{kind: replay_timeline(self.trace, seconds) for kind, seconds in self.measured.items()}}
 
     def step_errors(self, kind: str) -> dict:
         """|predicted − measured| / measured over the steps: median, p90, and the median signed error."""
@@ -89,11 +97,11 @@ class Validation:
         return out
 
     def latencies(self, kind: str) -> dict:
-        sim = replay_timeline(self.trace, self.predicted)
-        real = replay_timeline(self.trace, self.measured[kind])
+        sim, real = self.timelines["simulated"], self.timelines[kind]
         return {metric: {"simulated": percentiles(sim[f"{metric}_s"]), "measured": percentiles(real[f"{metric}_s"])}
                 for metric in ("ttft", "tbt", "e2e")}
 
+    @cached_property
     def summary(self) -> dict:
         s = self.scenario
         return {"scenario": s.name, "device": self.device, "device_name": self.device_name, "dtype": self.dtype,
@@ -115,8 +123,8 @@ def _stores(trace: ScheduleTrace, shape, block_size: int, max_len: int, dtype, d
     from simkv.gpu.replay import replay
     counter = _CountingStore(block_size)
     replay(trace, _NoModel(shape), counter)
-    paged = PagedKVStore(shape.layers, counter.peak_blocks + 1, block_size, shape.kv_heads, shape.head_dim, dtype, device)
-    contiguous = ContiguousKVStore(shape.layers, (counter.peak_seqs + 1) * max_len, max_len, shape.kv_heads,
+    paged = PagedKVStore(shape.num_layers, counter.peak_blocks + 1, block_size, shape.kv_heads, shape.head_dim, dtype, device)
+    contiguous = ContiguousKVStore(shape.num_layers, (counter.peak_seqs + 1) * max_len, max_len, shape.kv_heads,
                                    shape.head_dim, dtype, device)
     return {"paged": paged, "contiguous": contiguous}
 
@@ -157,7 +165,7 @@ class _NoModel:
 def validate(scenario: Scenario, device: str = "cpu", layers: int | None = None, requests: int | None = None,
              variant: str | None = None, seed: int = 0, warmup_steps: int = 8) -> Validation:
     torch = torch_or_error()
-    from simkv.gpu.mini_model import MiniModel, Shape
+    from simkv.gpu.mini_model import MiniModel
     from simkv.gpu.replay import replay
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SimkvError("no CUDA GPU is visible to PyTorch", field="--gpu", fix="run on a GPU machine, or use --device cpu")
@@ -165,16 +173,14 @@ def validate(scenario: Scenario, device: str = "cpu", layers: int | None = None,
     trace = record_schedule(sc, variant)
     if not trace.steps:
         raise SimkvError("the simulation ran no steps", field="workload", fix="give it some requests")
-    m = sc.model_spec()
-    shape = Shape(m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.head_dim, m.intermediate_size, m.vocab_size)
+    shape = sc.model_spec().shard(1)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = MiniModel(shape, device, dtype, seed)
     engine = trace.result.summary["setup"]
     measured, outputs, extra = {}, {}, None
     for kind, store in _stores(trace, shape, engine["block_size"], engine["max_model_len"], dtype, device).items():
         replay(trace, model, store, seed, max_steps=warmup_steps)          # warm-up: allocator, kernels, caches
-        for rid in list(getattr(store, "tables", {}) or getattr(store, "regions", {})):
-            store.free(rid)
+        store.free_all()
         run = replay(trace, model, store, seed)
         measured[kind], outputs[kind] = run.seconds, run.outputs
         extra = extra or run
