@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simkv.errors import SimkvError
 from simkv.scenario import CapMaxNew, MultipleMaxNew, Run, Workload
 from simkv.workload.arrivals import arrival_times
 from simkv.workload.lengths import sample_lengths
@@ -62,9 +63,11 @@ def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
     group = np.arange(n, dtype=np.int64)
     k = workload.sampling.sequences
     if k > 1:  # each request fans out into k sequences with the same prompt
-        if workload.sampling.n > 1:  # parallel samples end on their own
+        if workload.sampling.n > 1 and workload.trace is None:  # parallel samples end on their own
             extra = sample_lengths(workload.output_tokens, n * (k - 1), rng_samples).reshape(n, k - 1)
             outputs = np.column_stack([outputs, extra]).ravel()
+        elif workload.sampling.n > 1:  # a trace records one answer per request: every sample is that long
+            outputs = np.repeat(outputs, k)
         else:  # beams all run for the request's length
             outputs = np.repeat(outputs, k)
         arrivals, prompts, group = (np.repeat(a, k) for a in (arrivals, prompts, group))
@@ -116,7 +119,9 @@ def _from_trace(workload: Workload, run: Run, trace, rng_arrival, rng_rows):
     spec = workload.trace
     if trace.arrival_s is None or workload.arrival is not None:
         if workload.arrival is None:
-            raise ValueError(f"{trace.origin} has no arrival times: give workload.arrival")
+            raise SimkvError("the trace has no arrival times (a lengths-only table)", file=trace.origin,
+                             field="workload.arrival", fix="give workload.arrival (e.g. {process: poisson, rate: 5}) "
+                             "or map workload.trace.columns.arrival")
         arrivals = arrival_times(workload.arrival, rng_arrival, num_requests=run.num_requests, duration_s=run.duration_s)
         rows = rng_rows.integers(0, trace.num_requests, len(arrivals))
     else:
