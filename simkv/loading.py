@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import typing
 from pathlib import Path
 from typing import Any, Iterable
@@ -104,7 +105,8 @@ def _resolve_trace_path(raw: dict, path: Path) -> None:
     """A trace file is named relative to the scenario; keep it findable from anywhere."""
     trace = (raw.get("workload") or {}).get("trace") if isinstance(raw.get("workload"), dict) else None
     if isinstance(trace, dict) and isinstance(trace.get("path"), str):
-        trace["path"] = str((path.parent / trace["path"]).resolve())
+        # lexically absolute: resolve() would raise on a symlink loop (read_trace reports it)
+        trace["path"] = os.path.abspath(path.parent / trace["path"])
 
 
 def parse_override(text: str) -> tuple[str, Any]:

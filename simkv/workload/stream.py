@@ -133,7 +133,16 @@ def _from_trace(workload: Workload, run: Run, trace, rng_arrival, rng_rows):
             keep &= rng_rows.random(len(t)) < spec.sample
         rows = np.flatnonzero(keep)
         start = spec.window_s[0] if spec.window_s is not None else 0.0
-        arrivals = (t[rows] - start) / spec.speed
+        with np.errstate(over="ignore"):
+            arrivals = (t[rows] - start) / spec.speed
+        if not np.isfinite(arrivals).all():
+            raise SimkvError(f"arrival times divided by speed {spec.speed:g} overflow", file=trace.origin,
+                             field="workload.trace.speed", fix="give a larger speed (1e-6 or more)")
+        if len(rows) == 0:
+            span = float(t[-1])
+            raise SimkvError(f"no request of the trace (span {span:g} s) is kept by window_s {list(spec.window_s or [])} "
+                             f"and sample {spec.sample:g}", file=trace.origin, field="workload.trace.window_s",
+                             fix=f"give a window inside [0, {span:g}] s, or a larger sample")
         if run.duration_s is not None:
             rows, arrivals = rows[arrivals < run.duration_s], arrivals[arrivals < run.duration_s]
         if run.num_requests is not None:
