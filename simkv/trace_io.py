@@ -128,22 +128,25 @@ def _lines(fh, gzipped: bool, origin: str):
                              fix="give an intact file (check it with `gzip -t`)" if gzipped else _BAD_FILE_FIX) from None
         if not raw:
             return
-        number += 1
         if len(raw) > MAX_LINE_BYTES:
             raise SimkvError(f"the line is longer than {MAX_LINE_BYTES:,} bytes", file=origin,
-                             field=f"line {number}", fix="one request per line (is this a trace file?)")
-        if number == 1:
+                             field=f"line {number + 1}", fix="one request per line (is this a trace file?)")
+        if number == 0:
             if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
                 raise SimkvError("the file is UTF-16 text, not UTF-8", file=origin, field="line 1",
                                  fix="save the file as UTF-8")
             if raw.startswith(UTF8_BOM):
                 raw = raw[len(UTF8_BOM):]
-        try:
-            yield number, raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise SimkvError(f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})",
-                             file=origin, field=f"line {number}",
-                             fix="save the file as UTF-8 (a binary or latin-1 file is not a trace)") from None
+        # lines end at \n, \r\n or a lone \r (as text mode's universal newlines)
+        for piece in (raw.splitlines(keepends=True) if b"\r" in raw[:-2] else (raw,)):
+            number += 1
+            try:
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SimkvError(f"not UTF-8 text (byte 0x{piece[err.start]:02x} at column {err.start + 1})",
+                                 file=origin, field=f"line {number}",
+                                 fix="save the file as UTF-8 (a binary or latin-1 file is not a trace)") from None
+            yield number, text
 
 
 def _names(names) -> str:

@@ -197,6 +197,17 @@ def test_whole_valued_floats_and_gzip_without_suffix_are_read(tmp_path):
     assert read_trace(TraceSpec(path="z.csv", columns=CSV_COLS), tmp_path).prompt_tokens.tolist() == [5]
 
 
+def test_crlf_and_cr_line_endings_read_like_newlines(tmp_path):
+    for name, sep in (("crlf.csv", "\r\n"), ("cr.csv", "\r")):
+        (tmp_path / name).write_bytes(sep.join(["t,p,o", "0,100,20", "1.5,50,5", "oops"]).encode())
+        with pytest.raises(SimkvError, match="1 fields, the header has 3") as err:
+            read_trace(TraceSpec(path=name, columns=CSV_COLS), tmp_path)
+        assert err.value.field == "line 4"                  # lines counted as a text editor shows them
+        (tmp_path / name).write_bytes(sep.join(["t,p,o", "0,100,20", "1.5,50,5", ""]).encode())
+        data = read_trace(TraceSpec(path=name, columns=CSV_COLS), tmp_path)
+        assert data.arrival_s.tolist() == [0.0, 1.5] and data.prompt_tokens.tolist() == [100, 50]
+
+
 # ---------------------------------------------------------------- parallel sampling over a trace
 
 TRACE = "t,p,o\n0,100,20\n0.5,50,5\n2.0,70,9\n"
