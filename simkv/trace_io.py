@@ -138,7 +138,7 @@ def _lines(fh, gzipped: bool, origin: str):
             if raw.startswith(UTF8_BOM):
                 raw = raw[len(UTF8_BOM):]
         # lines end at \n, \r\n or a lone \r (as text mode's universal newlines)
-        for piece in (raw.splitlines(keepends=True) if b"\r" in raw[:-2] else (raw,)):
+        for piece in (raw.splitlines(keepends=True) if raw.find(b"\r", 0, len(raw) - 2) >= 0 else (raw,)):
             number += 1
             try:
                 text = piece.decode("utf-8")
@@ -289,10 +289,11 @@ def _time(value, unit: str, line: int, col: str, origin: str) -> float:
         except ValueError:
             raise bad(f"{value.strip()!r} is not a valid date and time") from None
         return base.timestamp() + (float("0." + match[2]) if match[2] else 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    kind = type(value)
+    if kind is not int and kind is not float and kind is not str:
         raise bad(f"{json.dumps(value)[:40]} is not a number")
     try:
-        raw = float(value.strip() if isinstance(value, str) else value)
+        raw = float(value)
     except (ValueError, OverflowError):
         raise bad(f"{str(value)[:40]!r} is not a number") from None
     if not math.isfinite(raw):
