@@ -195,9 +195,8 @@ class TgiScheduler(QueuedScheduler):
             return None
         cached = hits * self.kv.block_size
         n = min(target - cached, budget)
-        self.kv.allocate_cached(rid, hashes, hits, reserve, int(self.t.final_kv_tokens[rid]))
-        self.kv.set_tokens(np.array([rid]), np.array([cached + n]))   # blocks reserved, slots written so far
-        self.batch.start_prefill(rid, cached, 0)
+        self.kv.allocate_cached(rid, hashes, hits, cached + n, int(self.t.final_kv_tokens[rid]), reserve_tokens=reserve)
+        self.batch.start_prefill(rid, cached, self.kv.held_tokens(rid))
         t = self.t
         t.prefix_hit_tokens[rid] += cached
         t.prefix_query_tokens[rid] += target
