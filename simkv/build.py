@@ -22,7 +22,7 @@ from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.memory import MemoryPlan, plan_memory
 from simkv.request import RequestTable
 from simkv.scenario import Scenario
-from simkv.presets import apply_preset
+from simkv.presets import Target, apply_preset
 from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED
 from simkv.scenario import Engine
 from simkv.sched.chunked import ChunkedPrefillScheduler
@@ -79,9 +79,20 @@ def resolve_limits(scenario: Scenario, e: Engine) -> EngineLimits:
     return EngineLimits(max_len, batched, e.max_num_seqs)
 
 
+def preset_target(scenario: Scenario) -> Target:
+    """The GPU, model and parallelism a preset's hardware-dependent defaults are computed from."""
+    gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
+    return Target(scenario.gpu_spec(), gpu_name, scenario.model_spec(), scenario.hardware.tensor_parallel)
+
+
+def resolve_engine(scenario: Scenario) -> Engine:
+    """The scenario's engine with its preset applied for the scenario's GPU and model."""
+    return apply_preset(scenario.engine, preset_target(scenario))
+
+
 def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     """Wire up one simulation of `scenario` over `stream`."""
-    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), apply_preset(scenario.engine)
+    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), resolve_engine(scenario)
     tp = scenario.hardware.tensor_parallel
     try:
         model.shard(tp)
@@ -108,6 +119,9 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
                          field="workload.sampling.beam_width", fix="use another preset, or parallel sampling (n)")
     if e.allocator == "paged" and (e.prefix_caching or beams):  # reference-counted blocks
         allocator = PrefixCachingAllocator(mem.num_blocks, e.block_size)
+        if e.reserve_upfront:  # TGI's radix allocator: cached prefix blocks + the rest of the reservation
+            allocator.reserve_upfront = True
+            _reject_unplaceable(table, "prompt_plus_max_new", limits.max_model_len, allocator)
     elif e.allocator == "paged":
         allocator = PagedAllocator(mem.num_blocks, e.block_size, reserve_upfront=e.reserve_upfront)
         if e.reserve_upfront:
@@ -116,7 +130,7 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
         allocator = (BuddyAllocator(mem.capacity_tokens) if e.placement == "buddy"
                      else ContiguousAllocator(mem.capacity_tokens, e.placement))
         _reject_unplaceable(table, e.reservation, limits.max_model_len, allocator)
-    if e.scheduler == "tgi":
+    if e.scheduler == "tgi" and not e.prefill_chunking:  # without chunking a prompt must fit one prefill
         over = (table.prompt_tokens > e.max_batch_prefill_tokens) & (table.reject_reason == 0)
         table.reject_reason[over] = PROMPT_OVER_PREFILL_BUDGET
         table.status[over] = REJECTED
@@ -124,7 +138,9 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     table.beam_reselect = scenario.workload.sampling.beam_reselect or 0.0
     scheduler = make_scheduler(e, table, allocator, limits, mem, scenario.run.warmup_s, kv_per_token)
     scheduler.batch.rng = np.random.default_rng(np.random.SeedSequence([scenario.run.seed, 7]))
-    cost, cost_name = make_cost(scenario, max(limits.max_num_batched_tokens, e.max_batch_prefill_tokens, 16384))
+    # a step never computes more tokens than the cache holds (Orca's step has no token budget)
+    step_tokens = min(max(limits.max_num_batched_tokens, e.max_batch_prefill_tokens), mem.capacity_tokens + limits.max_num_seqs)
+    cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
     start, end = _measured_window(scenario, stream)
     return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)
 
@@ -143,12 +159,15 @@ def _check_policy(e: Engine) -> None:
     if e.reserve_upfront and e.scheduler != "tgi":
         raise SimkvError("up-front reservation is modelled for the tgi scheduler only", field="engine.reserve_upfront",
                          fix="remove it, or use engine.scheduler: tgi")
-    if e.prefix_caching and (e.scheduler != "chunked" or e.allocator != "paged"):
-        raise SimkvError("prefix caching is modelled for the chunked scheduler (vLLM v1) on a paged cache",
-                         field="engine.prefix_caching", fix="use engine.preset: vllm-v1, or remove it")
-    if e.preemption == "swap" and e.scheduler != "prefill-first":
-        raise SimkvError("swap preemption is modelled for the prefill-first (vLLM v0) scheduler only",
+    if e.prefix_caching and (e.scheduler not in ("chunked", "tgi") or e.allocator != "paged"):
+        raise SimkvError("prefix caching is modelled for the chunked (vLLM v1) and tgi schedulers on a paged cache",
+                         field="engine.prefix_caching", fix="use engine.preset: vllm-v1 or tgi, or remove it")
+    if e.preemption in ("swap", "auto") and e.scheduler != "prefill-first":
+        raise SimkvError(f"{e.preemption} preemption is modelled for the prefill-first (vLLM v0) scheduler only",
                          field="engine.preemption", fix="use recompute, or engine.preset: vllm-v0")
+    if e.prefill_chunking and e.scheduler != "tgi":
+        raise SimkvError("prefill_chunking is the tgi scheduler's switch (the chunked scheduler always chunks)",
+                         field="engine.prefill_chunking", fix="remove it, or use engine.scheduler: tgi")
 
 
 def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimits, mem: MemoryPlan,
@@ -168,7 +187,8 @@ def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimi
     if e.scheduler == "tgi":
         return TgiScheduler(table, allocator, max_batch_prefill_tokens=e.max_batch_prefill_tokens,
                             waiting_served_ratio=e.waiting_served_ratio, max_waiting_tokens=e.max_waiting_tokens,
-                            max_concurrent_requests=e.max_concurrent_requests, **common)
+                            max_concurrent_requests=e.max_concurrent_requests, chunking=e.prefill_chunking,
+                            prefix_caching=e.prefix_caching, **common)
     if e.scheduler == "static":
         return StaticBatchScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
                                     max_model_len=limits.max_model_len, reservation=e.reservation, **common)
@@ -179,7 +199,7 @@ def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimi
 
 def make_cost(scenario: Scenario, max_tokens: int = 16384):
     """(step-time model, its description): calibrated where the GPU has measurements."""
-    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), apply_preset(scenario.engine)
+    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), resolve_engine(scenario)
     tp = scenario.hardware.tensor_parallel
     gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
     if scenario.cost == "calibrated":

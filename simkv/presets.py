@@ -1,74 +1,254 @@
 """Engine presets: the policies and defaults of real serving engines, as data with sources.
 
 A preset fills every engine field the scenario leaves unset; fields the scenario sets win.
+Some real defaults depend on the hardware or the model (vLLM's batch limits on the GPU's memory
+and name, TGI's prefill budget on the card's flops and the model's size, Orca's step size on
+max_model_len): those are computed by the preset's `resolve` function from a `Target`, at build
+time (`apply_preset(engine, target)`); without a target only the fixed defaults apply.
+Every default names the engine version and file it comes from (see docs/engines.md).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from simkv.scenario import Engine
+from simkv.specs import GIB, GpuSpec, ModelSpec
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the hardware/model-dependent defaults are computed from."""
+
+    gpu: GpuSpec
+    gpu_name: str | None        # the catalog key (e.g. "a100-80gb"), None for an inline GPU
+    model: ModelSpec
+    tensor_parallel: int = 1
+
+    @property
+    def card_name(self) -> str:
+        """Lower-case card name as the engines see it (catalog key and description)."""
+        return f"{self.gpu_name or ''} {self.gpu.description}".lower()
+
+
+def _max_len(engine: Engine, target: Target) -> int:
+    return engine.max_model_len or target.model.max_position_embeddings
+
+
+# ---------------------------------------------------------------- vLLM V1
+VLLM_V1_SOURCE = "vLLM V1 (v0.11, vllm/engine/arg_utils.py EngineArgs.get_batch_defaults)"
+
+
+def vllm_batch_defaults(target: Target) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) vLLM's `get_batch_defaults` picks for the OpenAI API
+    server (UsageContext.OPENAI_API_SERVER, what `vllm serve` runs; the offline LLM class gets
+    16384/1024 and 8192/256 instead): GPUs with at least 70 GiB of device memory that are not A100s
+    8192 and 1024, every other GPU (and every A100, PR #17885) 2048 and 256."""
+    large = target.gpu.memory_bytes >= 70 * GIB and "a100" not in target.card_name
+    return (8192, 1024) if large else (2048, 256)
+
+
+def _resolve_vllm_v1(engine: Engine, target: Target, explicit: set) -> dict:
+    batched, seqs = vllm_batch_defaults(target)
+    seqs = engine.max_num_seqs if "max_num_seqs" in explicit else seqs
+    # _set_default_max_num_seqs_and_batched_tokens_args: a default budget never exceeds
+    # max_num_seqs x max_model_len, and a default max_num_seqs never exceeds the budget
+    if "max_num_batched_tokens" not in explicit:
+        batched = min(batched, seqs * _max_len(engine, target))
+    else:
+        batched = engine.max_num_batched_tokens
+    return {"max_num_batched_tokens": batched, "max_num_seqs": min(seqs, batched)}
+
+
+# ---------------------------------------------------------------- TGI v3
+# launcher/src/main.rs ComputeType::f16_flop (dense f16 FLOP/s per card, TGI's own table)
+TGI_CARD_F16_FLOPS = {"4090": 82e12, "t4": 65e12, "l4": 121e12, "l40": 181e12, "l40s": 363e12, "a10g": 125e12,
+                      "a40": 149e12, "a100": 312e12, "h100": 900e12, "h200": 989e12}
+
+
+def tgi_card_flops(target: Target) -> float | None:
+    """The f16 FLOP/s TGI's launcher assumes for the card (None: a card it does not know)."""
+    words = re.split(r"[\s_-]+", target.card_name)
+    return next((TGI_CARD_F16_FLOPS[w] for w in words if w in TGI_CARD_F16_FLOPS), None)
+
+
+def tgi_max_batch_prefill_tokens(target: Target) -> int:
+    """TGI 3.3.7's default max_batch_prefill_tokens (launcher/src/main.rs, `main`): the
+    compute-optimal step size (card f16 FLOP/s x shards / the model's FLOPs per token, ignored
+    when <= 100; 4096 for an unknown card), capped at max_position_embeddings and at the tokens
+    whose KV and MLP activations fit the VRAM left after the weights (`vram_maximum`, with
+    cuda_memory_fraction 1.0 and wiggle room 0.95)."""
+    m, tp = target.model, target.tensor_parallel
+    value = 4096
+    flops = tgi_card_flops(target)
+    if flops is not None:
+        attn = 2 * m.head_dim * m.hidden_size * (4 * m.num_heads + 2 * m.num_kv_heads)   # q, k, v, attn, o
+        per_token = (attn + 2 * 3 * m.hidden_size * m.intermediate_size) * m.num_layers   # Config::flop
+        optimal = int(flops * tp / per_token)
+        if optimal > 100:
+            value = optimal
+    value = min(value, m.max_position_embeddings)
+    # vram_maximum: nvidia-smi memory.total x shards x 1.0 x 0.95, minus bf16 weights, per token KV + MLP
+    available = int(target.gpu.memory_bytes * tp * 0.95)
+    weights = 2 * ((m.num_heads + 2 * m.num_kv_heads) * m.head_dim + m.num_heads * m.head_dim * m.hidden_size
+                   + 3 * m.intermediate_size * m.hidden_size) * m.num_layers + 2 * 2 * m.hidden_size * m.vocab_size
+    per_token_vram = m.num_kv_heads * 2 * m.head_dim * 2 * m.num_layers + (m.intermediate_size * 3 // 2) * 2 * 3
+    if available > weights:
+        value = min(value, (available - weights) // per_token_vram)
+    return int(value)
+
+
+def _resolve_tgi(engine: Engine, target: Target, explicit: set) -> dict:
+    return {"max_batch_prefill_tokens": tgi_max_batch_prefill_tokens(target)}
+
+
+# ---------------------------------------------------------------- Orca
+def _resolve_orca(engine: Engine, target: Target, explicit: set) -> dict:
+    """Orca batches whole requests up to the batch size, with no prefill token budget: a step may
+    hold max_num_seqs prompts of max_model_len (sarathi-serve sarathi/config/config.py
+    OrcaSchedulerConfig.get_max_num_batched_tokens)."""
+    return {"max_num_batched_tokens": engine.max_num_seqs * _max_len(engine, target)}
+
 
 PRESETS: dict[str, dict] = {
     "simkv": {
         "source": "simkv's core policy: FCFS iteration-level batching, whole prompts mixed with decodes",
         "defaults": {"scheduler": "fcfs"},
+        "sources": {},
     },
     "vllm-v1": {
-        "source": "vLLM V1 engine (vllm/v1/core/sched/scheduler.py, kv_cache_manager.py): token budget "
-                  "max_num_batched_tokens (8192 for the OpenAI server on a large GPU), chunked prefill always on, "
-                  "block size 16, gpu_memory_utilization 0.9, automatic prefix caching on, recompute preemption of the "
-                  "last running request",
+        "source": "vLLM V1 engine (v0.11: vllm/v1/core/sched/scheduler.py, kv_cache_manager.py; defaults from "
+                  "vllm/engine/arg_utils.py and vllm/config): token budget and max_num_seqs by GPU "
+                  "(OpenAI server: 8192/1024 on >= 70 GiB non-A100 GPUs, else 2048/256), chunked prefill and "
+                  "automatic prefix caching on, block size 16, gpu_memory_utilization 0.9, recompute preemption "
+                  "of the last running request",
         "defaults": {"scheduler": "chunked", "allocator": "paged", "block_size": 16, "gpu_memory_utilization": 0.9,
-                     "max_num_batched_tokens": 8192, "max_num_seqs": 256, "preemption": "recompute", "watermark": 0.0,
-                     "prefix_caching": True},
+                     "preemption": "recompute", "watermark": 0.0, "prefix_caching": True},
+        "resolve": _resolve_vllm_v1,
+        "sources": {
+            "scheduler": "vllm/engine/arg_utils.py _set_default_chunked_prefill_and_prefix_caching_args "
+                         "(enable_chunked_prefill defaults to the model's support: on)",
+            "prefix_caching": "vllm/engine/arg_utils.py _set_default_chunked_prefill_and_prefix_caching_args",
+            "block_size": "vllm/config/cache.py CacheConfig (16 on CUDA)",
+            "gpu_memory_utilization": "vllm/config/cache.py CacheConfig.gpu_memory_utilization = 0.9",
+            "max_num_batched_tokens": VLLM_V1_SOURCE + ", OPENAI_API_SERVER: 8192 (>= 70 GiB, not A100) / 2048",
+            "max_num_seqs": VLLM_V1_SOURCE + ", OPENAI_API_SERVER: 1024 (>= 70 GiB, not A100) / 256",
+            "preemption": "vllm/v1/core/sched/scheduler.py (preempts the last running request, recompute)",
+        },
     },
     "vllm-v0": {
-        "source": "vLLM V0 scheduler (vllm/core/scheduler.py _schedule_default): prefill-prioritised steps, "
-                  "watermark 0.01, block size 16, swap_space 4 GiB, preemption by swap",
+        "source": "vLLM V0 scheduler (v0.6, vllm/core/scheduler.py _schedule_default): prefill-prioritised steps, "
+                  "watermark 0.01, block size 16, swap_space 4 GiB, preemption by recompute for single-sequence "
+                  "groups and by swap for groups of several sequences (_preempt)",
         "defaults": {"scheduler": "prefill-first", "allocator": "paged", "block_size": 16,
-                     "gpu_memory_utilization": 0.9, "max_num_seqs": 256, "watermark": 0.01, "preemption": "swap",
+                     "gpu_memory_utilization": 0.9, "max_num_seqs": 256, "watermark": 0.01, "preemption": "auto",
                      "swap_space_gib": 4.0},
+        "sources": {
+            "scheduler": "vllm/core/scheduler.py _schedule_default (chunked prefill off by default in V0)",
+            "max_num_batched_tokens": "vllm/config.py SchedulerConfig: max(max_model_len, 2048) without chunked "
+                                      "prefill (simkv's default)",
+            "max_num_seqs": "vllm/engine/arg_utils.py EngineArgs.max_num_seqs = 256",
+            "watermark": "vllm/core/block_manager.py SelfAttnBlockSpaceManager(watermark=0.01)",
+            "swap_space_gib": "vllm/engine/arg_utils.py EngineArgs.swap_space = 4 (GiB)",
+            "preemption": "vllm/core/scheduler.py _preempt: preemption_mode None -> RECOMPUTE if "
+                          "get_max_num_running_seqs() == 1 else SWAP",
+            "gpu_memory_utilization": "vllm/engine/arg_utils.py EngineArgs.gpu_memory_utilization = 0.9",
+        },
     },
     "tgi": {
-        "source": "text-generation-inference v3 router (backends/v3): paged blocks of 16 reserved for prompt + "
-                  "max_new_tokens at admission, no preemption, max_batch_prefill_tokens 4096, waiting_served_ratio 0.3, "
-                  "max_waiting_tokens 20, max_concurrent_requests 128",
+        "source": "text-generation-inference 3.3.7 (backends/v3, launcher/src/main.rs): paged blocks reserved for "
+                  "prompt + max_new_tokens - 1 at admission, no preemption, prefill chunking and prefix caching on "
+                  "(flashinfer attention), max_batch_prefill_tokens from the card's flops and the model, "
+                  "waiting_served_ratio 0.3 and max_waiting_tokens 20 (used without chunking only), "
+                  "max_concurrent_requests 128",
         "defaults": {"scheduler": "tgi", "allocator": "paged", "block_size": 16, "reserve_upfront": True,
-                     "gpu_memory_utilization": 0.9, "max_batch_prefill_tokens": 4096, "waiting_served_ratio": 0.3,
-                     "max_waiting_tokens": 20, "max_concurrent_requests": 128, "max_num_seqs": 1024},
+                     "gpu_memory_utilization": 0.9, "waiting_served_ratio": 0.3, "prefill_chunking": True,
+                     "prefix_caching": True, "max_waiting_tokens": 20, "max_concurrent_requests": 128,
+                     "max_num_seqs": 1024},
+        "resolve": _resolve_tgi,
+        "sources": {
+            "reserve_upfront": "backends/v3/src/queue.rs next_batch: block_allocator.allocate(input_length + "
+                               "max_new_tokens + speculate - 1)",
+            "prefill_chunking": "server/text_generation_server/models/globals.py PREFILL_CHUNKING default '1'; "
+                                "backends/v3/src/backend.rs batching_task (support_chunking)",
+            "prefix_caching": "launcher/src/main.rs resolve_attention: PREFIX_CACHING defaults to 'true'",
+            "max_batch_prefill_tokens": "launcher/src/main.rs main: min(compute_optimal or 4096, "
+                                        "max_position_embeddings, vram_maximum)",
+            "waiting_served_ratio": "launcher/src/main.rs Args default 0.3",
+            "max_waiting_tokens": "launcher/src/main.rs Args default 20",
+            "max_concurrent_requests": "launcher/src/main.rs Args default 128",
+            "block_size": "simkv keeps 16 (TGI: 1 under flashinfer, globals.py BLOCK_SIZE) - not modelled",
+        },
     },
     "orca-max": {
         "source": "Orca (OSDI'22) as modelled in the PagedAttention paper (SOSP'23 Fig. 2): iteration-level "
-                  "batching, a buddy allocator, contiguous reservation of the maximum sequence length",
+                  "batching of whole requests (no prefill token budget), a buddy allocator, contiguous "
+                  "reservation of the maximum sequence length",
         "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "max_model_len",
                      "placement": "buddy"},
+        "resolve": _resolve_orca,
+        "sources": {"max_num_batched_tokens": "sarathi-serve sarathi/config/config.py OrcaSchedulerConfig: "
+                                              "max_num_seqs x max_model_len",
+                    "placement": "PagedAttention paper §6.1: Orca uses the buddy allocation algorithm"},
     },
     "orca-pow2": {
-        "source": "Orca-Pow2 (PagedAttention paper): contiguous reservation of the next power of two of the final length",
+        "source": "Orca-Pow2 (PagedAttention paper): contiguous buddy block of the next power of two of the final "
+                  "length; no prefill token budget",
         "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "pow2", "placement": "buddy"},
+        "resolve": _resolve_orca,
+        "sources": {"max_num_batched_tokens": "sarathi-serve sarathi/config/config.py OrcaSchedulerConfig",
+                    "placement": "PagedAttention paper §6.1 (buddy allocation)"},
     },
     "orca-oracle": {
-        "source": "Orca-Oracle (PagedAttention paper): contiguous reservation of exactly the final length",
-        "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "oracle", "placement": "buddy"},
+        "source": "Orca-Oracle (PagedAttention paper): contiguous region of exactly the final length (first fit: "
+                  "a buddy block would round it up to Pow2's); no prefill token budget",
+        "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "oracle",
+                     "placement": "first_fit"},
+        "resolve": _resolve_orca,
+        "sources": {"max_num_batched_tokens": "sarathi-serve sarathi/config/config.py OrcaSchedulerConfig",
+                    "placement": "PagedAttention paper Fig. 2: Oracle holds fewer slots than Pow2, so its "
+                                 "reservation is not rounded to a buddy block"},
     },
     "fastertransformer": {
         "source": "NVIDIA FasterTransformer: static request-level batches, contiguous max-length KV buffers; "
                   "the whole batch is prefilled in one pass (budget 65,536 prompt tokens)",
         "defaults": {"scheduler": "static", "allocator": "contiguous", "reservation": "max_model_len",
                      "max_num_batched_tokens": 65536},
+        "sources": {},
     },
     "sarathi-serve": {
-        "source": "Sarathi-Serve (OSDI'24): stall-free batching, chunked prefill with a token budget of 512",
+        "source": "Sarathi-Serve (OSDI'24; microsoft/sarathi-serve sarathi/config/config.py, "
+                  "core/block_space_manager): stall-free batching, chunked prefill with a token budget of 512, "
+                  "watermark 0.01, max_num_seqs 128, gpu_memory_utilization 0.8",
         "defaults": {"scheduler": "chunked", "allocator": "paged", "block_size": 16, "max_num_batched_tokens": 512,
-                     "max_num_seqs": 256, "preemption": "recompute"},
+                     "max_num_seqs": 128, "preemption": "recompute", "watermark": 0.01,
+                     "gpu_memory_utilization": 0.8},
+        "sources": {
+            "max_num_batched_tokens": "sarathi/config/config.py SarathiSchedulerConfig.chunk_size = 512",
+            "max_num_seqs": "sarathi/config/config.py BaseSchedulerConfig.max_num_seqs = 128",
+            "block_size": "sarathi/config/config.py CacheConfig.block_size = 16",
+            "watermark": "sarathi/core/block_space_manager/base_block_space_manager.py watermark = 0.01 "
+                         "(SarathiBlockSpaceManager inherits it)",
+            "gpu_memory_utilization": "sarathi/config/config.py WorkerConfig.gpu_memory_utilization = 0.8",
+        },
     },
 }
 
 
-def apply_preset(engine: Engine) -> Engine:
-    """`engine` with its preset's defaults in every field the scenario did not set."""
-    defaults = PRESETS[engine.preset]["defaults"]
+def apply_preset(engine: Engine, target: Target | None = None) -> Engine:
+    """`engine` with its preset's defaults in every field the scenario did not set; the
+    hardware/model-dependent ones too when `target` is given."""
+    preset = PRESETS[engine.preset]
+    defaults = dict(preset["defaults"])
     data = engine.model_dump()
     for key, value in defaults.items():
         if key not in engine.model_fields_set:
             data[key] = value
+    resolve = preset.get("resolve")
+    if target is not None and resolve is not None:
+        partial = Engine(**data)
+        for key, value in resolve(partial, target, engine.model_fields_set).items():
+            if key not in engine.model_fields_set:
+                data[key] = value
     return Engine(**data)

@@ -337,9 +337,13 @@ class Engine(Strict):
     host_overhead_s: NonNegativeFloat = Field(0.0, description="CPU time per step not overlapped with the GPU (s)")
     prefix_caching: bool = Field(False, description="reuse cached KV blocks of identical prompt prefixes (chunked scheduler)")
     reserve_upfront: bool = Field(False, description="paged: take the blocks for prompt + max_new_tokens at admission (TGI)")
-    preemption: Literal["recompute", "swap"] = Field("recompute", description="how a preempted request gets its KV back (swap: prefill-first only)")
+    preemption: Literal["recompute", "swap", "auto"] = Field(
+        "recompute", description="how a preempted request gets its KV back (swap: prefill-first only; auto: vLLM V0's "
+        "rule, recompute for a single-sequence request, swap for one with several sequences)")
     swap_space_gib: NonNegativeFloat = Field(4.0, description="host memory for swapped-out KV per GPU (GiB)")
     max_batch_prefill_tokens: PositiveInt = Field(4096, description="tgi: most prompt tokens in one prefill step (tokens)")
+    prefill_chunking: bool = Field(False, description="tgi: prefill long prompts in chunks within max_batch_prefill_tokens, "
+                                   "in steps shared with the decodes (TGI v3 PREFILL_CHUNKING)")
     waiting_served_ratio: NonNegativeFloat = Field(0.3, description="tgi: prefill only once waiting >= ratio x running (dimensionless)")
     max_waiting_tokens: PositiveInt = Field(20, description="tgi: force a prefill after this many decode steps (steps)")
     max_concurrent_requests: PositiveInt = Field(128, description="tgi: requests in the system beyond which arrivals are refused (requests)")

@@ -77,11 +77,14 @@ class PrefixCachingAllocator(PagedAllocator):
     def _take_blocks(self, n: int) -> list[int]:
         return [self._take() for _ in range(n)]
 
-    def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int) -> None:
-        """Reuse the first `hits` cached blocks of `hashes`, then take new blocks up to `num_tokens`."""
+    def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int,
+                        reserve_tokens: int = 0) -> None:
+        """Reuse the first `hits` cached blocks of `hashes`, then take new blocks up to `num_tokens`
+        written slots (up to `reserve_tokens` slots when more: TGI reserves at admission)."""
         if req_id in self._tables:
             raise ValueError(f"request {req_id} already holds KV memory")
-        if not self.can_allocate_cached(hashes, hits, num_tokens):
+        held = max(num_tokens, reserve_tokens)
+        if not self.can_allocate_cached(hashes, hits, held):
             raise OutOfKVMemory(f"request {req_id} does not fit ({len(self._free_lru)} free blocks)")
         table = []
         for h in hashes[:hits]:
@@ -92,7 +95,7 @@ class PrefixCachingAllocator(PagedAllocator):
                 self.shared_excess += 1
             self._ref[block] += 1
             table.append(block)
-        table.extend(self._take() for _ in range(self.blocks_for(num_tokens) - len(table)))
+        table.extend(self._take() for _ in range(self.blocks_for(held) - len(table)))
         self._tables[req_id] = table
         self._tokens[req_id] = num_tokens
         self._final[req_id] = max(num_tokens, final_tokens)

@@ -4,7 +4,8 @@
 - max_model_len: the model's whole context, whatever the request (FasterTransformer, Orca-Max).
 - pow2: the next power of two of the final length (Orca-Pow2: knows the length to within 2x).
 - oracle: exactly the final length (Orca-Oracle: an unrealisable ideal).
-- prompt_plus_max_new: prompt + the client's max_new_tokens (engines that trust the request limit).
+- prompt_plus_max_new: prompt + the client's max_new_tokens - 1, the most slots the request can write
+  (TGI v3 backends/v3/src/queue.rs: input_length + max_new_tokens + speculate - 1, speculate 0).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def reservation_tokens(policy: str, *, prompt_tokens: int, final_tokens: int, ma
     if policy == "oracle":
         return final_tokens
     if policy == "prompt_plus_max_new":
-        return prompt_tokens + max_new_tokens
+        return prompt_tokens + max(max_new_tokens - 1, 0)
     raise ValueError(f"unknown reservation policy {policy!r}")
 
 

@@ -5,7 +5,8 @@ tries to admit waiting requests (whole prompts, within max_num_batched_tokens an
 keeping a `watermark` of blocks free); if any are admitted the step prefills only them and the
 running requests wait. Otherwise every running request decodes; when the blocks run short the
 newest running request is preempted — by swap (its KV copied to host memory at the measured
-device-to-host rate, within the swap space) or by recompute — and requests swapped out earlier
+device-to-host rate, within the swap space) or by recompute; "auto" is V0's default rule
+(`_preempt`): recompute for a request with one unfinished sequence, swap for one with several — and requests swapped out earlier
 are swapped back in (host-to-device) before anything new is admitted, resuming with their KV
 intact.
 """
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from simkv.request import RequestTable
+import numpy as np
+
+from simkv.request import DONE, RequestTable
 from simkv.sched.base import StepPlan
 from simkv.sched.queue import QueuedScheduler
 
@@ -77,7 +80,7 @@ class PrefillFirstScheduler(QueuedScheduler):
         while b.num_decoding and b.decode_blocks_needed(1) > self.kv.num_free_blocks:
             rid = b.newest()
             tokens = self.kv.tokens_of(rid)
-            if self.preemption == "swap" and self.swapped_tokens + tokens <= self.swap_capacity_tokens:
+            if self._swaps(rid) and self.swapped_tokens + tokens <= self.swap_capacity_tokens:
                 self.swapped.append(b.swap_out(rid))
                 self.swapped_tokens += tokens
                 swapped_out += tokens
@@ -86,6 +89,14 @@ class PrefillFirstScheduler(QueuedScheduler):
                 self.waiting.appendleft(rid)
             victims.append(rid)
         return victims, swapped_out
+
+    def _swaps(self, rid: int) -> bool:
+        """Is `rid` preempted by swap? vLLM V0's `_preempt` with preemption_mode None ("auto"):
+        recompute a request with one sequence, swap one whose group runs several (n > 1, beams)."""
+        if self.preemption == "auto":  # get_max_num_running_seqs: the group's unfinished sequences
+            t = self.t
+            return np.count_nonzero((t.group == t.group[rid]) & (t.status != DONE)) > 1
+        return self.preemption == "swap"
 
     def _swap_in(self) -> int:
         """Bring swapped requests back, oldest first, while blocks (and the watermark) allow."""
