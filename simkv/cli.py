@@ -158,9 +158,11 @@ def cmd_run(args) -> int:
     from simkv.report import terminal_table
 
     from simkv.output import check_output_names
+    from simkv.safe_paths import check_root
     scenario = load_scenario(args.scenario, args.overrides)
     check_output_names(scenario, args.scenario)
     out = Path(args.output) if args.output else _default_output(scenario.name, args.scenario, "name")
+    check_root(out)
     wall = time.perf_counter()
     points, total = [], 0
     for value, point in expand_sweep(scenario):

@@ -153,7 +153,7 @@ def write_points(rows: list[dict], folder: Path, title: str, *, x_field: str | N
     curves against `x_field` (default the arrival rate when it is swept; one line per variant and
     value of the other swept fields) and report.md. Figures are redrawn only when the table
     changed or one is missing, so a fully cached rerun does no plotting; True when drawn."""
-    plain_name(table, field="table"), plain_name(f"{figure}.png", field="figure")
+    plain_name(table, field="table"), plain_name(figure, field="figure"), plain_name(f"{figure}.png", field="figure")
     prepare_folder(folder)
     swept = [k for k in rows[0] if k not in SWEEP_ROW_KEYS]
     flat = [flat_metrics(r["summary"]) if r["summary"] else {} for r in rows]
@@ -199,6 +199,7 @@ def draw_sweep(folder: Path) -> list[str]:
         if not isinstance(meta.get(key), str):
             raise SimkvError("missing or not text", file=str(folder / "sweep.json"), field=key,
                              fix="rerun the sweep to rewrite sweep.json")
+        plain_name(meta[key], file=str(folder / "sweep.json"), field=key)
         plain_name(meta[key] + ext, file=str(folder / "sweep.json"), field=key)
     x, swept = meta["x_field"], meta["swept"]
     with (folder / meta["table"]).open(newline="") as fh:

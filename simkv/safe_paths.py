@@ -86,6 +86,21 @@ def folder_names(labels: list[tuple[object, str, str]], *, what: str, file: str 
 # ---------------------------------------------------------------- writing
 
 
+def check_root(root: str | Path) -> Path:
+    """Refuse, before anything runs, a results folder that cannot be written: a symbolic link,
+    a file, or missing with a missing parent. Creates nothing."""
+    root = Path(root)
+    if os.path.islink(root):
+        raise SimkvError("is a symbolic link", file=str(root), field="output folder", fix=_LINK_FIX)
+    if os.path.lexists(root) and not root.is_dir():
+        raise SimkvError("is a file, not a folder", file=str(root), field="output folder",
+                         fix="move it away, or choose another -o folder")
+    if not os.path.lexists(root) and not root.parent.is_dir():
+        raise SimkvError(f"the folder it would be created in, {root.parent}, does not exist", file=str(root),
+                         field="output folder", fix=f"create {root.parent} first, or choose another -o folder")
+    return root
+
+
 def prepare_folder(folder: str | Path, root: str | Path | None = None) -> Path:
     """Create `folder` (the root, or a folder under it) if missing; refuse symbolic links from the
     root down. `root` defaults to `folder`."""
@@ -153,10 +168,7 @@ def _open_folder(folder: Path, root: Path) -> int:
         raise SimkvError(f"leads out of the results folder {root}", file=str(folder), field="output folder",
                          fix="use plain folder names")
     if not os.path.lexists(root):
-        parent = root.parent
-        if not parent.is_dir():
-            raise SimkvError(f"the folder it would be created in, {parent}, does not exist", file=str(root),
-                             field="output folder", fix=f"create {parent} first, or choose another -o folder")
+        check_root(root)
         try:
             os.mkdir(root)
         except FileExistsError:
