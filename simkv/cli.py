@@ -301,7 +301,9 @@ def cmd_validate(args) -> int:
     device = "cuda" if args.gpu else (args.device or "cpu")
     torch_or_error()
     scenario = load_scenario(args.scenario, args.overrides)
-    out = Path(args.output) if args.output else Path("results") / f"validate-{scenario.name}"
+    out = Path(args.output) if args.output else _default_output(f"validate-{scenario.name}", args.scenario, "name")
+    from simkv.safe_paths import check_root
+    check_root(out)
     start = time.perf_counter()
     result = validate(scenario, device, args.layers, args.requests, args.variant)
     from simkv.gpu.report import write_validation

@@ -165,7 +165,8 @@ def test_colliding_variant_names_are_an_error(tmp_path):
     extra = ("variants:\n  - {name: a/b, set: {engine.block_size: 16}}\n"
              "  - {name: a_b, set: {engine.block_size: 32}}\n")
     path = _scenario_file(tmp_path, extra)
-    proc = _cli("run", str(path), "-q", "--no-figures", "-o", str(tmp_path / "out"), "--set", "run.num_requests=50")
+    proc = _cli("run", str(path), "-q", "--no-figures", "-o", str(tmp_path / "out"), "--set", "run.num_requests=50",
+                "--set", "run.warmup_s=0")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"simkv: error: {path}: variants[1].name: variants 'a/b' and 'a_b' would both be "
                                   "written to the folder a_b")
