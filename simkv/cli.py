@@ -257,6 +257,8 @@ def cmd_sweep(args) -> int:
     start = time.perf_counter()
     path = Path(args.sweep)
     out = Path(args.output) if args.output else _default_output(path.stem, args.sweep, "file name")
+    from simkv.safe_paths import check_root
+    check_root(out)
     if args.address and args.executor != "ray":
         raise SimkvError("--address is the address of a Ray cluster", field="--address", fix="add --executor ray")
     rows, drew = run_sweep_file(path, out, workers=args.workers, executor=args.executor, address=args.address,

@@ -294,3 +294,19 @@ def test_safe_paths_units(tmp_path):
     (tmp_path / "r" / "dir.txt").mkdir()
     with pytest.raises(SimkvError, match="in the way"):
         write_file(tmp_path / "r" / "dir.txt", "x", root=tmp_path / "r")
+
+
+def test_simkv_sweep_refuses_a_symlinked_points_folder(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "s.yaml").write_text(f"base: {ROOT / 'scenarios' / 'quickstart.yaml'}\n"
+                                     "set: {run.num_requests: 40, run.warmup_s: 0}\ngrid: {workload.arrival.rate: [4]}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "points").symlink_to(elsewhere, target_is_directory=True)
+    proc = _cli("sweep", str(tmp_path / "s.yaml"), "-o", str(out), "--workers", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"simkv: error: {out / 'points'}: output folder: is a symbolic link")
+    assert list(elsewhere.iterdir()) == []
+    proc = _cli("sweep", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "no" / "out"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and not (tmp_path / "no").exists()
