@@ -157,8 +157,12 @@ def cmd_run(args) -> int:
     from simkv.loading import expand_sweep, load_scenario
     from simkv.report import terminal_table
 
+    from simkv.output import check_output_names
+    from simkv.safe_paths import check_root
     scenario = load_scenario(args.scenario, args.overrides)
-    out = Path(args.output) if args.output else Path("results") / scenario.name
+    check_output_names(scenario, args.scenario)
+    out = Path(args.output) if args.output else _default_output(scenario.name, args.scenario, "name")
+    check_root(out)
     wall = time.perf_counter()
     points, total = [], 0
     for value, point in expand_sweep(scenario):
@@ -184,6 +188,17 @@ def cmd_run(args) -> int:
     print(terminal_table(results))
     print(f"results: {out}/ (summary.json, requests.csv, timeseries.csv{'' if args.no_figures else ', report.md, figures'})")
     return 0
+
+
+def _default_output(name: str, file: str, field: str) -> Path:
+    """results/<name> when no -o is given; `results/` (simkv's own default) is created if missing."""
+    from simkv.safe_paths import plain_name
+    folder = Path("results") / plain_name(name, file=file, field=field)
+    try:
+        folder.parent.mkdir(exist_ok=True)
+    except OSError:
+        pass                      # writing then names the problem
+    return folder
 
 
 def _run_point(scenario, args, label: str):
@@ -241,7 +256,9 @@ def cmd_sweep(args) -> int:
     from simkv.sweep import run_sweep_file
     start = time.perf_counter()
     path = Path(args.sweep)
-    out = Path(args.output) if args.output else Path("results") / path.stem
+    out = Path(args.output) if args.output else _default_output(path.stem, args.sweep, "file name")
+    from simkv.safe_paths import check_root
+    check_root(out)
     if args.address and args.executor != "ray":
         raise SimkvError("--address is the address of a Ray cluster", field="--address", fix="add --executor ray")
     rows, drew = run_sweep_file(path, out, workers=args.workers, executor=args.executor, address=args.address,
@@ -286,7 +303,9 @@ def cmd_validate(args) -> int:
     device = "cuda" if args.gpu else (args.device or "cpu")
     torch_or_error()
     scenario = load_scenario(args.scenario, args.overrides)
-    out = Path(args.output) if args.output else Path("results") / f"validate-{scenario.name}"
+    out = Path(args.output) if args.output else _default_output(f"validate-{scenario.name}", args.scenario, "name")
+    from simkv.safe_paths import check_root
+    check_root(out)
     start = time.perf_counter()
     result = validate(scenario, device, args.layers, args.requests, args.variant)
     from simkv.gpu.report import write_validation

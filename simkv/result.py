@@ -4,12 +4,14 @@ folder (summary.json, requests.csv, timeseries.csv) and loaded back."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from simkv.safe_paths import prepare_folder, write_file
 from simkv.scenario import Scenario
 
 _INT_COLUMNS = {"req_id", "group", "class_id", "prompt_tokens", "output_tokens", "max_new_tokens", "status", "reject_reason",
@@ -27,18 +29,19 @@ class Result:
     requests: dict = field(default_factory=dict)     # column -> array, one row per request
     timeseries: dict = field(default_factory=dict)   # column -> array, one row per sample
 
-    def save(self, folder: str | Path) -> Path:
-        """Write requests.csv, timeseries.csv, scenario.json and, last and atomically, summary.json
-        into `folder`: a folder with summary.json is complete (sweeps rely on it to resume)."""
+    def save(self, folder: str | Path, root: str | Path | None = None) -> Path:
+        """Write requests.csv, timeseries.csv, scenario.json and, last, summary.json into `folder`
+        (each atomically, never through a symbolic link; `root`, default `folder`, is the results
+        folder it lies in): a folder with summary.json is complete (sweeps rely on it to resume)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        root = folder if root is None else Path(root)
+        prepare_folder(folder, root)
         if self.scenario is not None:
-            (folder / "scenario.json").write_text(self.scenario.model_dump_json(indent=2, exclude_none=True) + "\n")
-        write_columns(folder / "requests.csv", self.requests)
-        write_columns(folder / "timeseries.csv", self.timeseries)
-        partial = folder / "summary.json.partial"
-        partial.write_text(json.dumps(self.summary, indent=2) + "\n")
-        partial.replace(folder / "summary.json")
+            write_file(folder / "scenario.json", self.scenario.model_dump_json(indent=2, exclude_none=True) + "\n",
+                       root=root)
+        write_columns(folder / "requests.csv", self.requests, root=root)
+        write_columns(folder / "timeseries.csv", self.timeseries, root=root)
+        write_file(folder / "summary.json", json.dumps(self.summary, indent=2) + "\n", root=root)
         return folder
 
     @classmethod
@@ -84,14 +87,16 @@ def _fmt(name: str, col) -> list[str]:
     return ["" if not np.isfinite(v) else repr(round(float(v), 9)) for v in arr]
 
 
-def write_columns(path: Path, columns: dict) -> None:
-    """CSV with a header; NaN written as an empty field; text with commas or quotes quoted."""
+def write_columns(path: Path, columns: dict, root: str | Path | None = None) -> None:
+    """CSV with a header; NaN written as an empty field; text with commas or quotes quoted. Written
+    atomically by `safe_paths.write_file` (`root`: the results folder, default the file's folder)."""
     names = list(columns)
     formatted = [_fmt(n, columns[n]) for n in names]
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows(zip(*formatted))
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(names)
+    writer.writerows(zip(*formatted))
+    write_file(path, fh.getvalue(), root=root)
 
 
 def read_columns(path: Path) -> dict:

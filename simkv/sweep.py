@@ -114,7 +114,7 @@ def run_sweep(base: Scenario, points: list[dict], variants: list[str] | None, ou
         row = todo_rows[i]
         result, error = outcome if outcome is not None else (None, died)
         if result is not None:
-            result.save(out / "points" / row["key"])
+            result.save(out / "points" / row["key"], root=out)
             row["summary"] = result.summary
         row["error"] = error
         if progress:

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from simkv.result import write_columns
+from simkv.safe_paths import prepare_folder, write_file
 from simkv.gpu.validate import Validation
 
 
 def write_validation(v: Validation, folder: Path) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
+    prepare_folder(folder)
     summary = v.summary
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_file(folder / "summary.json", json.dumps(summary, indent=2) + "\n", root=folder)
     steps = v.trace.steps
     columns = {"step": np.arange(len(steps)), "start_s_simulated": [s.start_s for s in steps],
                "decode_seqs": [len(s.decode_ids) for s in steps],
@@ -27,7 +28,7 @@ def write_validation(v: Validation, folder: Path) -> list[str]:
         columns[f"measured_{kind}_s"] = seconds
     write_columns(folder / "steps.csv", columns)
     figures = _figure(v, folder)
-    (folder / "report.md").write_text(_markdown(summary, figures[0]))
+    write_file(folder / "report.md", _markdown(summary, figures[0]), root=folder)
     return ["summary.json", "steps.csv", "report.md"] + figures
 
 
