@@ -61,7 +61,7 @@ class RooflineCost:
         return {
             "gemm": roof, "lm_head": roof, "attention_prefill": roof, "attention_decode": roof,
             "elementwise": f"roofline: bytes moved / bandwidth with {ceilings}",
-            "layer_correction": "none: the roofline has no launch gaps or kernel tails (a lower bound on small steps)",
+            "layer_correction": "roofline: no fitted correction (no launch gaps or kernel tails: a lower bound on small steps)",
             "fp8_weights": f"roofline: {fp8} (not measured)" if self.weight_dtype == "fp8" else f"n/a ({self.weight_dtype} weights)",
             "kv_fp8_attention": ("roofline: fp8 KV read at 1 byte per element (not measured)" if self.kvb != 2
                                  else f"n/a ({self.kv_dtype} KV cache)"),
