@@ -72,12 +72,14 @@ class Replica:
 
     # ------------------------------------------------------------ sessions
     def _end_session(self, rid: int) -> None:
-        """A turn that cannot run ends its conversation: later turns are never sent."""
+        """A turn that cannot run ends its conversation: later turns are never sent. A later turn
+        that no engine could serve anyway keeps that reason (it is unservable, not refused)."""
         nxt = self.t.next_turn
         while nxt is not None and nxt[rid] >= 0:
             rid = int(nxt[rid])
             self.t.status[rid] = REJECTED
-            self.t.reject_reason[rid] = SESSION_ENDED
+            if self.t.reject_reason[rid] == 0:
+                self.t.reject_reason[rid] = SESSION_ENDED
 
     def _answered(self, finished: tuple[int, ...]) -> None:
         """Schedule each finished turn's follow-up a think time later."""
@@ -119,6 +121,7 @@ class Replica:
             plan = sched.schedule()
             if plan is None:
                 if self._arrivals_done:
+                    rec.on_end(env.now)   # an idle tail up to the end of the measured window
                     return
                 if self._wake.triggered:
                     self._wake = env.event()

@@ -6,6 +6,15 @@ Definitions (DESIGN.md): TTFT = first token - arrival; TBT = gaps between a requ
 TPOT = (E2E - TTFT) / (output tokens - 1); queueing = first scheduled - arrival. Requests arriving
 before warm-up are left out; throughput counts tokens of steps ending in the measured window
 [warm-up, end of arrivals].
+
+Offered vs served: latency percentiles are over served requests (finished, arrived after warm-up).
+SLO attainment and goodput are over offered requests: every request that arrived in the measured
+window, a request the engine refused (queue full, or a conversation ended by an earlier turn that
+could not run) counting as a miss. Requests no engine of this configuration could ever serve (prompt
+over max_model_len, reservation larger than the whole KV cache, prompt over the prefill budget) are
+counted by cause and left out of the attainment denominator. The offered latency view counts a
+refused request as infinitely late (a percentile that falls on one is None, "∞" in the report).
+A turn never sent because its conversation ended counts from the arrival of the turn that ended it.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ import math
 
 import numpy as np
 
-from simkv.request import DONE, REJECT_REASONS, REJECTED, RequestTable
+from simkv.request import (DONE, PROMPT_OVER_PREFILL_BUDGET, REFUSED_BY_ENGINE, REJECT_REASONS, REJECTED,
+                           SESSION_ENDED, RequestTable)
 from simkv.sched.base import StepOutcome
 
 KV_FIELDS = ("token_tokens", "reserved_tokens", "internal_frag_tokens", "external_frag_tokens", "free_tokens")
@@ -22,6 +32,10 @@ SERIES_COLUMNS = ("time_s",) + KV_FIELDS + ("utilization", "num_running", "num_w
 # token-gap histogram: log-spaced bins from 1 us to 10^4 s, 1000 per decade (0.23% wide)
 _GAP_LO, _GAP_DECADES, _GAP_PER_DECADE = -6.0, 10, 1000
 _GAP_BINS = _GAP_DECADES * _GAP_PER_DECADE
+# reject reasons: no engine of this configuration could ever serve the request (excluded from SLO
+# attainment, reported by cause) vs. the engine refused a servable request (a missed SLO)
+UNSERVABLE_REASONS = (1, 2, PROMPT_OVER_PREFILL_BUDGET)
+REFUSED_REASONS = (REFUSED_BY_ENGINE, SESSION_ENDED)
 
 
 def _gap_bin(gap: float) -> int:
@@ -109,6 +123,12 @@ class Recorder:
             state = np.array([[0], [0], [0], [0], [self.capacity]], dtype=np.int64)
             self._sample(np.array([end_s]), state, 0, 0)
 
+    def on_end(self, now_s: float) -> None:
+        """The engine ran out of work at `now_s`: the rest of the measured window is idle (so the
+        KV breakdown integrates over the whole window and its mean fractions sum to 1)."""
+        if now_s < self.w1:
+            self.on_idle(now_s, self.w1)
+
     # ------------------------------------------------------------ time series
     def _sample(self, ends, kv, running: int, waiting: int) -> None:
         """Append the state at every grid time t = s * dt up to ends[-1] (the caller's steps
@@ -151,6 +171,35 @@ def _stats(values: np.ndarray) -> dict:
             "max": float(values.max())}
 
 
+def _offered_stats(served: np.ndarray, num_refused: int) -> dict:
+    """_stats over the served values plus `num_refused` infinite ones: a percentile whose
+    interpolation touches an infinite value, the mean and the max are None (infinite)."""
+    if not num_refused:
+        return _stats(served)
+    n_ok, n = len(served), len(served) + num_refused
+    out = {"mean": None, "max": None}
+    if n_ok:
+        v = np.sort(served)
+        padded = np.concatenate([v, np.full(num_refused, v[-1])])   # sorts after every finite value
+    for q in (50, 90, 99):
+        hi = math.ceil(q / 100.0 * (n - 1))
+        out[f"p{q}"] = float(np.percentile(padded, q)) if hi < n_ok else None
+    return {k: out[k] for k in ("mean", "p50", "p90", "p99", "max")}
+
+
+def offered_arrival_s(t: RequestTable) -> np.ndarray:
+    """Arrival times, with each never-sent turn of a conversation (arrival NaN: an earlier turn
+    could not run) given the arrival of the latest earlier turn of its conversation that was sent."""
+    arrival = t.arrival_s
+    if t.session is None or not np.isnan(arrival).any():
+        return arrival
+    n = len(arrival)
+    idx = np.where(~np.isnan(arrival), np.arange(n), -1)
+    last = np.maximum.accumulate(idx)
+    same = (last >= 0) & (t.session[np.maximum(last, 0)] == t.session)
+    return np.where(np.isnan(arrival) & same, arrival[np.maximum(last, 0)], arrival)
+
+
 def request_latencies(t: RequestTable) -> dict[str, np.ndarray]:
     """Per-request latency columns (NaN where undefined)."""
     ttft = t.first_token_s - t.arrival_s
@@ -169,6 +218,7 @@ class RequestGroups:
 
     def __init__(self, t: RequestTable) -> None:
         starts = np.flatnonzero(np.r_[True, t.group[1:] != t.group[:-1]])
+        self.starts = starts
         first = lambda col: col[starts]
         self.num_requests = len(starts)
         self.arrival_s = first(t.arrival_s)
@@ -189,15 +239,60 @@ class RequestGroups:
         self.class_id = None if t.class_id is None else first(t.class_id)
 
 
+class _Views:
+    """Which requests each statistic is over (see the module docstring)."""
+
+    def __init__(self, t, offered_arrival: np.ndarray, w0: float) -> None:
+        arrived = offered_arrival >= w0                          # NaN (never arrived) -> False
+        rejected = t.status == REJECTED
+        self.arrived = arrived
+        self.served = (t.arrival_s >= w0) & (t.status == DONE)  # the latency percentiles' requests
+        self.unservable = arrived & rejected & np.isin(t.reject_reason, UNSERVABLE_REASONS)
+        self.offered = arrived & ~self.unservable                # SLO attainment's denominator
+        self.refused = self.offered & rejected
+        self.missing = self.offered & ~self.served                # refused: infinite latency
+
+    def restrict(self, mine: np.ndarray) -> "_Views":
+        out = object.__new__(_Views)
+        for k, v in vars(self).items():
+            setattr(out, k, v & mine)
+        return out
+
+
+def _unservable_by_reason(t, rows: np.ndarray) -> dict[str, int]:
+    counts = {REJECT_REASONS[i]: int(np.count_nonzero(rows & (t.reject_reason == i))) for i in UNSERVABLE_REASONS}
+    return {k: v for k, v in counts.items() if v}
+
+
+def _latency(lat, t, rows: np.ndarray) -> dict:
+    return {"ttft": _stats(lat["ttft_s"][rows]), "e2e": _stats(lat["e2e_s"][rows]),
+            "tpot": _stats(lat["tpot_s"][rows & (t.output_tokens > 1)]), "queue": _stats(lat["queue_s"][rows])}
+
+
+def _latency_offered(lat, t, v: _Views) -> dict:
+    """Percentiles over offered requests, a refused one counting as infinitely late."""
+    many = t.output_tokens > 1
+    out = {"over": "offered requests (arrived in the window, unservable excluded); refused = infinite latency "
+                   "(a percentile, mean or max that falls on one is null)",
+           "requests": int(v.offered.sum()), "refused": int(v.missing.sum())}
+    for key in ("ttft", "e2e", "queue"):
+        out[key] = _offered_stats(lat[f"{key}_s"][v.served], int(v.missing.sum()))
+    out["tpot"] = _offered_stats(lat["tpot_s"][v.served & many], int((v.missing & many).sum()))
+    return out
+
+
 def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = None,
               classes: list[tuple[str, object]] | None = None) -> dict:
     """The run's summary: throughput, latency percentiles, KV breakdown, batch, preemptions.
     Request statistics are per request; with parallel sampling a request is all its sequences.
     `classes` ([(name, slo)]) adds per-class request statistics."""
+    offered_arrival = offered_arrival_s(t)
     if len(t.group) and (np.diff(t.group) == 0).any():
         t = RequestGroups(t)
+        offered_arrival = offered_arrival[t.starts]
     lat = request_latencies(t)
-    measured = (t.arrival_s >= rec.w0) & (t.status == DONE)
+    views = _Views(t, offered_arrival, rec.w0)
+    measured = views.served
     window = span = rec.w1 - rec.w0   # the measured window (s)
     finished_in_window = np.count_nonzero((t.finish_s >= rec.w0) & (t.finish_s <= rec.w1))
     kv_mean = rec.kv_integral / (span * rec.capacity)
@@ -205,12 +300,22 @@ def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = 
     kv_peak = {name.replace("_tokens", ""): int(v) / rec.capacity for name, v in zip(KV_FIELDS, rec.kv_peak)}
     rejected = t.status == REJECTED
     reasons = {REJECT_REASONS[i]: int(np.count_nonzero(t.reject_reason == i)) for i in range(1, len(REJECT_REASONS))}
+    latency = _latency(lat, t, measured)
+    latency = {"ttft": latency["ttft"],
+               "tbt": {"p50": rec.gap_percentile(50), "p90": rec.gap_percentile(90), "p99": rec.gap_percentile(99),
+                       "max": rec.gap_max_s if rec.gap_hist.any() else None,
+                       "note": "pooled over every token gap of measured requests; percentiles to 0.23%"},
+               "e2e": latency["e2e"], "tpot": latency["tpot"], "queue": latency["queue"],
+               "over": "served requests (finished, arrived after warm-up); see latency_s_offered"}
     summary = {
         "requests": {
             "total": int(t.num_requests), "measured": int(measured.sum()), "completed": int(np.count_nonzero(t.status == DONE)),
             "rejected": int(rejected.sum()), "rejected_by_reason": {k: v for k, v in reasons.items() if v},
             "preempted_requests": int(np.count_nonzero(t.num_preemptions[measured] > 0)),
             "preemptions": int(t.num_preemptions.sum()),
+            "arrived_in_window": int(views.arrived.sum()), "refused_in_window": int(views.refused.sum()),
+            "unservable": _unservable_by_reason(t, views.unservable),
+            "unservable_total": _unservable_by_reason(t, rejected),
         },
         "throughput": {
             "measured_window_s": [rec.w0, rec.w1],
@@ -219,15 +324,8 @@ def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = 
             "total_output_tokens": int(rec.total_tokens),
             "makespan_s": float(np.nanmax(t.finish_s)) if np.isfinite(t.finish_s).any() else 0.0,
         },
-        "latency_s": {
-            "ttft": _stats(lat["ttft_s"][measured]),
-            "tbt": {"p50": rec.gap_percentile(50), "p90": rec.gap_percentile(90), "p99": rec.gap_percentile(99),
-                    "max": rec.gap_max_s if rec.gap_hist.any() else None,
-                    "note": "pooled over every token gap of measured requests; percentiles to 0.23%"},
-            "e2e": _stats(lat["e2e_s"][measured]),
-            "tpot": _stats(lat["tpot_s"][measured & (t.output_tokens > 1)]),
-            "queue": _stats(lat["queue_s"][measured]),
-        },
+        "latency_s": latency,
+        "latency_s_offered": _latency_offered(lat, t, views),
         "kv_cache": {
             "capacity_tokens": int(rec.capacity),
             "mean_fraction": kv, "peak_fraction": kv_peak,
@@ -245,40 +343,45 @@ def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = 
                                                "hit_blocks": hit_b, "query_blocks": query_b,
                                                "block_hit_rate": hit_b / query_b if query_b else None}
     if slo is not None and any(v is not None for v in (slo.ttft_s, slo.tpot_s, slo.e2e_s)):
-        summary["slo"] = _slo(lat, measured, slo, window, rec.w1, t)
+        summary["slo"] = _slo(lat, views, slo, window)
     if isinstance(t, RequestGroups):
         summary["requests"]["sequences"] = int(t.sequences_per_request.sum())
     if classes and t.class_id is not None:
-        summary["classes"] = {name: _class_summary(t, lat, measured, t.class_id == i, cls_slo or slo, rec)
+        summary["classes"] = {name: _class_summary(t, lat, views, t.class_id == i, cls_slo or slo, rec)
                               for i, (name, cls_slo) in enumerate(classes)}
     if extra:
         summary.update(extra)
     return summary
 
 
-def _class_summary(t, lat, measured, mine, slo, rec: Recorder) -> dict:
+def _class_summary(t, lat, views: _Views, mine, slo, rec: Recorder) -> dict:
     """One class's request counts, latency percentiles and SLO attainment."""
-    m = measured & mine
+    v = views.restrict(mine)
     window = rec.w1 - rec.w0
-    out = {"requests": int(mine.sum()), "measured": int(m.sum()),
+    out = {"requests": int(mine.sum()), "measured": int(v.served.sum()),
            "rejected": int(np.count_nonzero(mine & (t.status == REJECTED))),
            "requests_per_s": int(np.count_nonzero(mine & (t.finish_s >= rec.w0) & (t.finish_s <= rec.w1))) / window,
-           "latency_s": {"ttft": _stats(lat["ttft_s"][m]), "tpot": _stats(lat["tpot_s"][m & (t.output_tokens > 1)]),
-                         "e2e": _stats(lat["e2e_s"][m]), "queue": _stats(lat["queue_s"][m])}}
-    if slo is not None and any(v is not None for v in (slo.ttft_s, slo.tpot_s, slo.e2e_s)):
-        out["slo"] = _slo(lat, m, slo, window, rec.w1, t)
+           "latency_s": dict(_latency(lat, t, v.served), over="served requests (finished, arrived after warm-up)"),
+           "arrived_in_window": int(v.arrived.sum()), "refused_in_window": int(v.refused.sum()),
+           "unservable": _unservable_by_reason(t, v.unservable),
+           "latency_s_offered": _latency_offered(lat, t, v)}
+    if slo is not None and any(x is not None for x in (slo.ttft_s, slo.tpot_s, slo.e2e_s)):
+        out["slo"] = _slo(lat, v, slo, window)
     return out
 
 
-def _slo(lat, measured, slo, window: float, window_end: float, t: RequestTable) -> dict:
-    """Attainment over measured requests; goodput = requests finishing in the window that met
-    every target, per second (so goodput <= requests_per_s)."""
-    ok = measured.copy()
+def _slo(lat, v: _Views, slo, window: float) -> dict:
+    """Attainment over offered requests (arrived in the window; refused = missed; unservable left
+    out); goodput = offered requests that finished meeting every target, per second of window."""
+    ok = v.served.copy()
     for key, target in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)):
         if target is not None:
             ok &= np.nan_to_num(lat[key], nan=0.0) <= target
-    n = int(measured.sum())
-    in_window = ok & (t.finish_s >= t.arrival_s.min()) & (t.finish_s <= window_end)
-    return {"targets": {k: v for k, v in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)) if v is not None},
-            "attainment": (int(ok.sum()) / n) if n else None,
-            "goodput_requests_per_s": int(in_window.sum()) / window}
+    met, offered, served = int(ok.sum()), int(v.offered.sum()), int(v.served.sum())
+    unservable, refused = int(v.unservable.sum()), int(v.refused.sum())
+    return {"targets": {k: x for k, x in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)) if x is not None},
+            "attainment": (met / offered) if offered else None,
+            "goodput_requests_per_s": met / window,
+            "over": f"offered requests (arrived in the window), refused = missed; {unservable} unservable excluded",
+            "offered": offered, "met": met, "refused": refused, "unservable": unservable,
+            "attainment_served": (met / served) if served else None}

@@ -17,6 +17,30 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+def _inf_s(v) -> str:
+    """A latency of the offered view: None there means it falls on a refused request."""
+    return "∞" if v is None else f"{v:.2f}"
+
+
+def _offered_line(name: str, served: dict, offered: dict | None) -> str | None:
+    """Served and offered (refused = ∞) percentiles side by side, when they differ."""
+    if not offered or not offered.get("refused"):
+        return None
+    parts = [f"{label} p50 / p99 {_s(served[key]['p50'])} / {_s(served[key]['p99'])} s served, "
+             f"{_inf_s(offered[key]['p50'])} / {_inf_s(offered[key]['p99'])} s offered"
+             for key, label in (("ttft", "TTFT"), ("e2e", "E2E"))]
+    return (f"- {name}: {offered['refused']} of {offered['requests']} offered request(s) refused (counted as ∞ in "
+            f"the offered view): " + "; ".join(parts) + ".")
+
+
+def _slo_line(name: str, slo: dict) -> str:
+    line = f"- {name}: SLO {slo['targets']} met by {_pct(slo['attainment'])} of offered requests"
+    if "offered" in slo:
+        line += (f" ({slo['met']} of {slo['offered']}; {slo['refused']} refused = missed, {slo['unservable']} "
+                 f"unservable excluded; {_pct(slo['attainment_served'])} of served requests)")
+    return line + f"; goodput {slo['goodput_requests_per_s']:.2f} req/s."
+
+
 COLUMNS = (
     ("variant", lambda n, s: n),
     ("req/s", lambda n, s: f"{s['throughput']['requests_per_s']:.2f}"),
@@ -75,6 +99,12 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
               f"{mem['kv_bytes_per_token']:,} bytes per token.",
               f"- Limits: max_num_seqs {setup['max_num_seqs']}, max_num_batched_tokens {setup['max_num_batched_tokens']}, "
               f"max_model_len {setup['max_model_len']}."]
+    if "engine" in setup:
+        lines.append("- Engine as run (preset applied, defaults resolved): "
+                     + ", ".join(f"`{k}={v}`" for k, v in setup["engine"].items()) + ".")
+    if "cost_sources" in setup:
+        lines.append("- Where the step-time numbers come from (measured / fitted / roofline / assumed):")
+        lines += [f"  - {k}: {v}" for k, v in setup["cost_sources"].items()]
     if wl is not None and wl.classes:
         for c in wl.classes:
             lines.append(f"- Class **{c.name}**: {_describe(c.arrival)} arrivals; prompts {_describe(c.prompt_tokens)} "
@@ -102,6 +132,12 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
         req = r.summary["requests"]
         if req["rejected"]:
             lines.append(f"- {name}: {req['rejected']} request(s) rejected: {req['rejected_by_reason']}.")
+        if req.get("unservable"):
+            lines.append(f"- {name}: {sum(req['unservable'].values())} request(s) arriving in the window no engine of "
+                         f"this configuration could serve (left out of SLO attainment): {req['unservable']}.")
+        offered = _offered_line(name, r.summary["latency_s"], r.summary.get("latency_s_offered"))
+        if offered:
+            lines.append(offered)
         trunc = r.summary["workload_effects"]["outputs_truncated_at_max_model_len"]
         if trunc:
             lines.append(f"- {name}: {trunc} output(s) stopped at max_model_len.")
@@ -111,24 +147,32 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
             lines.append(f"- {name}: prefix cache hit {_pct(pc['hit_rate'])} of prompt tokens{block} "
                          f"({pc['hit_tokens']:,} of {pc['query_tokens']:,} tokens).")
         if "slo" in r.summary:
-            slo = r.summary["slo"]
-            lines.append(f"- {name}: SLO {slo['targets']} met by {_pct(slo['attainment'])} of requests; "
-                         f"goodput {slo['goodput_requests_per_s']:.2f} req/s.")
+            lines.append(_slo_line(name, r.summary["slo"]))
     for name, r in results.items():
         if "classes" in r.summary:
             lines += ["", f"Per request class ({name}):", "",
-                      "| class | requests | req/s | TTFT p50 / p99 s | TPOT p50 ms | E2E p50 / p99 s | SLO met |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
+                      "| class | requests | refused | req/s | TTFT p50 / p99 s | TPOT p50 ms | E2E p50 / p99 s | "
+                      "offered TTFT / E2E p99 s | SLO met (offered) |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for cname, c in r.summary["classes"].items():
                 lat = c["latency_s"]
                 met = _pct(c["slo"]["attainment"]) if "slo" in c else "–"
-                lines.append(f"| {cname} | {c['requests']} | {c['requests_per_s']:.2f} | {_s(lat['ttft']['p50'])} / "
+                off = c.get("latency_s_offered")
+                offered = f"{_inf_s(off['ttft']['p99'])} / {_inf_s(off['e2e']['p99'])}" if off and off["refused"] else "same"
+                lines.append(f"| {cname} | {c['requests']} | {c.get('refused_in_window', '–')} | {c['requests_per_s']:.2f} | "
+                             f"{_s(lat['ttft']['p50'])} / "
                              f"{_s(lat['ttft']['p99'])} | {_ms(lat['tpot']['p50'])} | {_s(lat['e2e']['p50'])} / "
-                             f"{_s(lat['e2e']['p99'])} | {met} |")
+                             f"{_s(lat['e2e']['p99'])} | {offered} | {met} |")
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "## Definitions", "",
               "- TTFT = first token − arrival; TPOT = (E2E − TTFT) / (output tokens − 1); TBT = every gap between "
               "consecutive tokens of a request (stalls included), pooled; E2E = finish − arrival.",
+              "- Latency percentiles in the table are over served requests (finished, arrived after warm-up). The "
+              "offered view also counts every request the engine refused (queue full, or a conversation ended by an "
+              "earlier turn that could not run) as infinitely late (∞). SLO attainment and goodput are over offered "
+              "requests (arrived in the measured window; refused = missed); requests no engine of this configuration "
+              "could serve (prompt over max_model_len, reservation larger than the KV cache, prompt over the prefill "
+              "budget) are reported by cause and left out.",
               "- KV breakdown (vLLM paper, Fig. 2): token states (slots holding a key/value), reserved (held for "
               "tokens still to come), internal fragmentation (held, never filled), external fragmentation (free slots "
               "in holes too small for the next waiting request; with nobody waiting, free slots outside the largest "

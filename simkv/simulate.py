@@ -70,7 +70,25 @@ def _setup(sim: Simulation) -> dict:
             "preset": e.preset, "scheduler": e.scheduler, "allocator": e.allocator, "block_size": e.block_size,
             "reservation": e.reservation if e.allocator == "contiguous" else None,
             "max_num_seqs": sim.limits.max_num_seqs, "max_num_batched_tokens": sim.limits.max_num_batched_tokens,
-            "max_model_len": sim.limits.max_model_len, "cost_model": sim.cost_name, "memory": sim.memory.describe()}
+            "max_model_len": sim.limits.max_model_len, "cost_model": sim.cost_name, "memory": sim.memory.describe(),
+            "engine": resolved_engine(sim), "cost_sources": cost_sources(sim.cost)}
+
+
+def resolved_engine(sim: Simulation) -> dict:
+    """Every engine field as it ran: the preset applied, the derived limits filled in (JSON-safe)."""
+    e = sim.engine if sim.engine is not None else sim.scenario.engine
+    out = e.model_dump(mode="json")
+    out.update(max_model_len=sim.limits.max_model_len, max_num_batched_tokens=sim.limits.max_num_batched_tokens,
+               max_num_seqs=sim.limits.max_num_seqs)
+    if out.get("activation_reserve_gib") is None:
+        out["activation_reserve_gib"] = sim.memory.describe().get("activation_reserve_gib")
+    return out
+
+
+def cost_sources(cost) -> dict:
+    """Per cost component, where its numbers come from (the cost model says; see its sources())."""
+    sources = getattr(cost, "sources", None)
+    return sources() if sources is not None else {"all": f"unknown: {type(cost).__name__} does not say"}
 
 
 def _request_columns(sim: Simulation) -> dict:

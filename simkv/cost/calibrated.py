@@ -91,6 +91,7 @@ class CalibratedCost:
                  max_tokens: int = 16384) -> None:
         d = model.shard(tensor_parallel)
         self.cal, self.d = calibration, d
+        self.gpu, self.weight_dtype, self.kv_dtype = gpu, weight_dtype, kv_dtype
         self.lc = LayerCosts(calibration.ops, d, weight_dtype)
         self.layers = d.num_layers
         self.tp = tensor_parallel
@@ -109,6 +110,37 @@ class CalibratedCost:
         self._prefill = np.where(tokens > 0, self.lc.prefill_attention(np.maximum(tokens, 1), 0), 0.0)
         self._lm_head = c_lin * self.lc.lm_head(np.arange(0, 1025))
         self._decode_curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------ provenance
+    def sources(self) -> dict[str, str]:
+        """Where each cost component's numbers come from: measured, fitted, roofline or assumed."""
+        g, gemm = self.cal.gpu, self.cal.ops.gemm
+        dtype = self.lc.dtype
+        measured = lambda shapes: all((k, n, dtype) in gemm.curves for k, n in shapes)
+        tables = f"measured: {g} GEMM tables ({dtype}"
+        scaled = ", unmeasured shapes scaled from the measured ones by roofline efficiency)"
+        c_lin, c_att, c_qkv, c_ew, c0 = self.cal.coef
+        heads = "" if self.d.head_dim == 128 else f"; head_dim {self.d.head_dim} scaled by bytes from 128"
+        return {
+            "gemm": tables + (")" if measured(self.lc.linears) else scaled) + f" x fitted graph factor {c_lin:.3f}",
+            "lm_head": tables + (")" if measured([(self.d.hidden, self.d.vocab)]) else scaled)
+                       + f" x fitted graph factor {c_lin:.3f}",
+            "attention_prefill": f"measured: {g} attention tables (causal prefill; chunks against cached context "
+                                 f"from the measured chunk times{heads}) x fitted factor {c_att:.3f}",
+            "attention_decode": f"measured: {g} attention tables (decode, by sequences x KV heads and context{heads}) "
+                                f"x fitted factor {c_att:.3f}",
+            "elementwise": f"fitted: bytes moved per token / {g} measured copy rate, coefficients {c_qkv:.3f} (q/k/v "
+                           f"layout, cache writes) and {c_ew:.3f} (elementwise) fitted on {g} layer_steps.csv",
+            "layer_correction": f"fitted: non-negative least squares on {g} graph-replayed layer_steps.csv "
+                                f"(constant {c0 * 1e6:.1f} us per layer)",
+            "fp8_weights": (f"measured: {g} fp8 GEMM tables; the layer correction fitted on bf16 layers is assumed "
+                            "to carry over (not measured)") if self.weight_dtype == "fp8" else f"n/a ({self.weight_dtype} weights)",
+            "kv_fp8_attention": ("assumed: fp8 KV halves the decode attention context read (not measured); "
+                                 "prefill attention as bf16") if self.kv_scale != 1 else f"n/a ({self.kv_dtype} KV cache)",
+            "tp_allreduce": _allreduce_source(self.tp, self.link_bytes_per_s),
+            "swap": swap_source(self.gpu),
+            "host_overhead": host_overhead_source(self.host_overhead_s),
+        }
 
     # ------------------------------------------------------------ precomputed parts
     def _grow_fixed(self, m_max: int) -> None:
@@ -189,3 +221,22 @@ class CalibratedCost:
         """Moving `num_tokens` of KV between GPU and host memory at the measured pinned-copy rate."""
         rate = self.d2h_bytes_per_s if to_host else self.h2d_bytes_per_s
         return num_tokens * self.kv_bytes_per_token / rate
+
+
+def _allreduce_source(tp: int, link_bytes_per_s: float) -> str:
+    if tp == 1:
+        return "n/a (tensor_parallel 1)"
+    return f"roofline: ring all-reduce over NVLink at {link_bytes_per_s / 1e9:g} GB/s, two per layer (not calibrated)"
+
+
+def swap_source(gpu: GpuSpec) -> str:
+    if gpu.measured is not None:
+        return (f"measured: pinned host<->device copy {gpu.measured.d2h_gbps:.1f} / {gpu.measured.h2d_gbps:.1f} GB/s "
+                f"(d2h / h2d; {gpu.description} measured ceilings, device.json)")
+    return f"roofline: datasheet host link {gpu.host_link_gbps:g} GB/s per direction (not measured)"
+
+
+def host_overhead_source(seconds: float) -> str:
+    if seconds == 0:
+        return "assumed 0 (engine.host_overhead_s)"
+    return f"assumed {seconds:g} s per step (engine.host_overhead_s, not measured)"

@@ -47,6 +47,28 @@ class RooflineCost:
         self.kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype, tensor_parallel)
         self.d2h_bytes_per_s, self.h2d_bytes_per_s = gpu.device_to_host_bps, gpu.host_to_device_bps
         self._fixed_cache: dict[tuple[int, int], float] = {}
+        self.gpu, self.weight_dtype, self.kv_dtype = gpu, weight_dtype, kv_dtype
+
+    def sources(self) -> dict[str, str]:
+        """Where each cost component's numbers come from (roofline ceilings, nothing fitted)."""
+        from simkv.cost.calibrated import _allreduce_source, host_overhead_source, swap_source
+        gpu = self.gpu
+        ceilings = (f"{gpu.description} measured ceilings (copy {gpu.measured.copy_gbps:.0f} GB/s, bf16 matmul "
+                    f"{gpu.measured.bf16_matmul_tflops:.0f} TFLOP/s)" if gpu.measured else
+                    f"{gpu.description} datasheet ceilings ({gpu.hbm_bandwidth_gbps:g} GB/s, bf16 {gpu.bf16_tflops:g} TFLOP/s; not measured)")
+        roof = f"roofline: max(FLOPs / compute, bytes / bandwidth) with {ceilings}"
+        fp8 = ("datasheet fp8 rate x measured/datasheet bf16 ratio" if gpu.measured else "datasheet fp8 rate")
+        return {
+            "gemm": roof, "lm_head": roof, "attention_prefill": roof, "attention_decode": roof,
+            "elementwise": f"roofline: bytes moved / bandwidth with {ceilings}",
+            "layer_correction": "roofline: no fitted correction (no launch gaps or kernel tails: a lower bound on small steps)",
+            "fp8_weights": f"roofline: {fp8} (not measured)" if self.weight_dtype == "fp8" else f"n/a ({self.weight_dtype} weights)",
+            "kv_fp8_attention": ("roofline: fp8 KV read at 1 byte per element (not measured)" if self.kvb != 2
+                                 else f"n/a ({self.kv_dtype} KV cache)"),
+            "tp_allreduce": _allreduce_source(self.tp, self.link_bytes_per_s),
+            "swap": swap_source(gpu),
+            "host_overhead": host_overhead_source(self.host_overhead_s),
+        }
 
     # ------------------------------------------------------------ kernels
     def _linear_s(self, m: int) -> float:
