@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import simkv
-from simkv.build import build
-from simkv.presets import apply_preset
+from simkv.build import build, resolve_engine
 from simkv.report import markdown_report
 from simkv.scenario import Engine
 from simkv.simulate import run_simulation
@@ -26,9 +25,9 @@ UNSERVABLE = (1, 2, 4)
 
 
 def _tgi_overloaded(**over):
-    """TGI refusing arrivals (queue full) and rejecting prompts over its prefill budget."""
+    """TGI refusing arrivals (queue full) and, with chunking off, rejecting prompts over its prefill budget."""
     raw = dict(engine={"preset": "tgi", "max_concurrent_requests": 10, "num_gpu_blocks": 128, "max_model_len": 512,
-                       "max_batch_prefill_tokens": 180},
+                       "max_batch_prefill_tokens": 180, "prefill_chunking": False},
                run={"seed": 5, "num_requests": 200, "warmup_s": 0.5},
                workload__arrival={"process": "poisson", "rate": 20.0}, slo={"ttft_s": 0.3})
     raw.update(over)
@@ -71,7 +70,8 @@ def test_slo_attainment_and_goodput_count_refused_requests_as_missed():
 def test_unservable_requests_are_counted_by_cause_and_left_out():
     # prompts over max_model_len (reason 1) and over TGI's prefill budget (reason 4)
     sc = _tgi_overloaded(engine={"preset": "tgi", "max_concurrent_requests": 64, "num_gpu_blocks": 128,
-                                 "max_model_len": 150, "max_batch_prefill_tokens": 120},
+                                 "max_model_len": 150, "max_batch_prefill_tokens": 120,
+                                 "prefill_chunking": False},
                          workload__overlong="reject", workload__arrival={"process": "poisson", "rate": 5.0},
                          run={"seed": 5, "num_requests": 200, "warmup_s": 6.0})
     res = simkv.simulate(sc)
@@ -215,7 +215,7 @@ def test_setup_lists_every_resolved_engine_field(tmp_path):
     setup = json.loads((tmp_path / "summary.json").read_text())["setup"]    # JSON-safe round trip
     engine = setup["engine"]
     assert set(engine) == set(Engine.model_fields)
-    resolved = apply_preset(sc.engine)
+    resolved = resolve_engine(sc)
     for name in Engine.model_fields:
         if name not in ("max_num_batched_tokens", "max_model_len", "activation_reserve_gib"):
             assert engine[name] == getattr(resolved, name), name
