@@ -332,13 +332,13 @@ def cmd_validate(args) -> int:
     from simkv.loading import load_scenario
     from simkv.gpu.validate import torch_or_error, validate
     device = "cuda" if args.gpu else (args.device or "cpu")
-    torch_or_error()
     for name in ("layers", "requests"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SimkvError(f"{getattr(args, name)} {name}", field=f"--{name}", fix="give 1 or more")
     scenario = load_scenario(args.scenario, args.overrides)
     from simkv.gpu.validate import choose_variant
     choose_variant(scenario, args.variant)
+    torch_or_error()
     out = Path(args.output) if args.output else Path("results") / f"validate-{scenario.name}"
     start = time.perf_counter()
     result = validate(scenario, device, args.layers, args.requests, args.variant)

@@ -285,6 +285,8 @@ def test_capacity_cli_rejects_out_of_range_numbers(tmp_path, args, field):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stderr.startswith("simkv: error: ") and field in proc.stderr and "fix:" in proc.stderr
     assert "Traceback" not in proc.stderr
+    if field == "--slo":
+        assert "cannot read SLO" in proc.stderr          # refused as written, not after a search
 
 
 def test_variant_typo_names_the_known_variants(tmp_path):
@@ -311,16 +313,17 @@ def test_validate_runs_the_named_variant(tmp_path):
     """`simkv validate --variant narrow` ran into a KeyError (the variants were dropped first)."""
     path = _tiny(tmp_path)
     out = tmp_path / "v"
-    proc = _cli("validate", str(path), "--device", "cpu", "--variant", "narrow", "--layers", "1", "--requests", "6",
+    proc = _cli("validate", str(path), "--device", "cpu", "--variant", "narrow", "--layers", "1", "--requests", "3",
+                "--set", "workload.output_tokens={dist: fixed, value: 3}", "--set", "workload.prompt_tokens={dist: fixed, value: 16}",
                 "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["variant"] == "narrow" and summary["requests"] == 6
+    assert summary["variant"] == "narrow" and summary["requests"] == 3
     from simkv.gpu.validate import prepare
     from simkv.gpu.schedule import record_schedule
     sc = simkv.load_scenario(path)
     narrow = dict(simkv.loading.expand_variants(sc))["narrow"]
-    assert record_schedule(prepare(narrow, "cpu", 1, 6)).result.summary["setup"]["max_num_seqs"] == 8
+    assert record_schedule(prepare(narrow, "cpu", 1, 3)).result.summary["setup"]["max_num_seqs"] == 8
 
 
 # ---------------------------------------------------------------- 6. a private Ray binds to loopback
