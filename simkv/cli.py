@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--gpu", default="h100", help="catalog GPU (default h100), or one named in --catalog")
     st.add_argument("--catalog", metavar="GPU.yaml", help="extra GPU entries, e.g. the gpu.yaml `simkv calibrate` writes")
     st.add_argument("--model", default="llama3-8b", help="catalog model (default llama3-8b)")
-    st.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
+    st.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1; must divide the model's heads)")
     st.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16", help="weight precision")
     st.add_argument("--cost", choices=["calibrated", "roofline"], default="calibrated")
     st.add_argument("--batches", required=True, metavar="FILE.csv",
@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=int, default=0, help="local worker processes (default: all cores)")
     sw.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="where points run: local processes (default) or a Ray cluster (pip install 'simkv[ray]')")
-    sw.add_argument("--address", help="Ray cluster address (host:port from `ray start --head`); default: a local Ray")
+    sw.add_argument("--address", help="Ray cluster address (host:port from `ray start --head`); default: a private Ray on this "
+                         "machine, listening on 127.0.0.1 only")
     sw.set_defaults(func=cmd_sweep)
     cap = sub.add_parser("capacity", help="highest arrival rate one replica sustains within percentile SLOs")
     cap.add_argument("scenario", help="scenario YAML file (its arrival rate is the starting point)")
@@ -68,7 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--price", type=float, help="$ per GPU-hour: prints the cost per million generated tokens")
     cap.add_argument("--tolerance", type=float, default=0.02, help="bisect until the bracket is this tight (fraction)")
     cap.add_argument("--seeds", type=int, default=3,
-                     help="request streams the answer is re-checked on (confidence; default 3, 1 = none)")
+                     help="request streams every rate is checked on; the answer holds on all of them (default 3)")
+    cap.add_argument("--max-rate", type=float,
+                     help="highest rate the search tries (requests/s; default 1024 x the scenario's rate)")
+    cap.add_argument("--max-probes", type=int, default=40, help="most rates the search tries (default 40)")
+    cap.add_argument("--json", action="store_true", help="machine-readable output")
     cap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     cap.set_defaults(func=cmd_capacity)
     plot = sub.add_parser("plot", help="re-draw the figures and report of a saved results folder")
@@ -226,10 +231,11 @@ def _run_point(scenario, args, label: str):
 
 def cmd_step_time(args) -> int:
     from simkv.steptime_table import predict_table
-    gpus = None
+    gpus, models = None, {}
     if args.catalog:
         from simkv.loading import read_catalog
-        gpus = read_catalog(Path(args.catalog))[1]
+        models, gpus = read_catalog(Path(args.catalog))
+    _check_tensor_parallel(args.tp, args.model, models)
     text = predict_table(Path(args.batches), gpu=args.gpu, model=args.model, tensor_parallel=args.tp,
                          dtype=args.dtype, cost=args.cost, gpus=gpus)
     if args.output:
@@ -238,6 +244,24 @@ def cmd_step_time(args) -> int:
     else:
         print(text, end="")
     return 0
+
+
+def _check_tensor_parallel(tp: int, model: str, extra_models: dict) -> None:
+    """--tp is a degree the model's attention heads split into (as a scenario's hardware.tensor_parallel)."""
+    from simkv.catalog import builtin_models
+    from simkv.specs import ModelSpec
+    spec = builtin_models().get(model)
+    if model in extra_models:
+        spec = ModelSpec(**extra_models[model])
+    degrees = None
+    if spec is not None:
+        degrees = [d for d in range(1, spec.num_heads + 1) if spec.num_heads % d == 0
+                   and (spec.num_kv_heads % d == 0 or d % spec.num_kv_heads == 0)]
+    if tp < 1 or (degrees is not None and tp not in degrees):
+        why = "is not a tensor-parallel degree" if tp < 1 else \
+            f"does not divide {model}'s {spec.num_heads} attention heads ({spec.num_kv_heads} KV heads)"
+        raise SimkvError(f"--tp {tp} {why}", field="--tp",
+                         fix=f"use one of {', '.join(map(str, degrees))}" if degrees else "use 1 or more GPUs")
 
 
 def cmd_cost_report(args) -> int:
@@ -273,23 +297,47 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_capacity(args) -> int:
-    from simkv.capacity import find_capacity, parse_slo
+    from simkv.capacity import check_number, check_variant, find_capacity, parse_slo
     from simkv.loading import load_scenario
     from simkv.simulate import simulate
 
-    scenario = load_scenario(args.scenario, args.overrides)
+    # the command line first: a typo must not wait for a scenario to load
+    check_number(args.tolerance, "--tolerance", high=1.0, what="a fraction between 0 and 1, e.g. 0.02")
+    if args.seeds < 1:
+        raise SimkvError(f"{args.seeds} seeds", field="--seeds", fix="give 1 or more request streams (default 3)")
+    if args.max_probes < 2:
+        raise SimkvError(f"{args.max_probes} probes", field="--max-probes", fix="give at least 2 (default 40)")
+    check_number(args.target_rate, "--target-rate", what="a positive rate in requests/s")
+    check_number(args.price, "--price", allow_low=True, what="a price of zero or more $ per GPU-hour")
+    check_number(args.max_rate, "--max-rate", what="a positive rate in requests/s")
     slo = parse_slo(args.slo)
+    scenario = load_scenario(args.scenario, args.overrides)
+    check_variant(scenario, args.variant)
     res = find_capacity(scenario, slo, simulate_fn=lambda sc, v: simulate(sc, v), variant=args.variant,
                         tolerance=args.tolerance, target_rate=args.target_rate, price_per_gpu_hour=args.price,
-                        seeds=args.seeds)
+                        seeds=args.seeds, max_rate=args.max_rate, max_probes=args.max_probes)
+    if args.json:
+        print(json.dumps({"scenario": scenario.name, "variant": args.variant, "slo_s": {f"{m}_{p}": v for (m, p), v in slo.items()},
+                          **res.to_dict()}, indent=2))
+        return 0
     for p in res.probes:
         worst = ", ".join(f"{k} {v:.3g}/{t:.3g} s" for k, (v, t) in p.worst.items() if v is not None)
-        print(f"  rate {p.rate:8.3f} req/s: {'meets' if p.meets else 'misses'}  ({worst})")
-    print(f"capacity: {res.capacity_rate:.3f} req/s per replica ({res.output_tokens_per_s:,.0f} output tok/s); "
-          f"{res.failing_rate:.3f} req/s misses; +10% ({res.check_rate:.3f}) {'meets' if res.check_meets else 'misses'}")
-    if res.seeds_meeting[1] > 1:
-        print(f"confidence: the SLO holds at capacity on {res.seeds_meeting[0]} of {res.seeds_meeting[1]} request "
-              f"streams (seeds), at +10% on {res.seeds_meeting_check[0]} of {res.seeds_meeting_check[1]}")
+        refused = f", {p.refused} refused" if p.refused else ""
+        verdict = ("meets" + (f" on all {args.seeds} seeds" if args.seeds > 1 else "") if p.meets
+                   else "misses" + (f" on seed {p.seed}" if args.seeds > 1 else ""))
+        print(f"  rate {p.rate:8.3f} req/s: {verdict}  ({worst}{refused})")
+    k, n = res.seeds_meeting
+    print(f"capacity: {'at least ' if res.failing_rate is None else ''}{res.capacity_rate:.3f} req/s per replica, "
+          f"holds on {k} of {n} seed(s)" + ("" if k == n else " -- NOT on every request stream searched"))
+    if res.stopped:
+        print(f"  search stopped: {res.stopped}")
+    print(f"  {res.output_tokens_per_s:,.0f} output tok/s at capacity; "
+          + (f"{res.failing_rate:.3f} req/s misses; " if res.failing_rate is not None else "no rate that misses was found; ")
+          + f"+10% ({res.check_rate:.3f}) meets on {res.seeds_meeting_check[0]} of {res.seeds_meeting_check[1]} seed(s)")
+    if res.unservable_requests:
+        reasons = "; ".join(f"{c} {reason}" for reason, c in res.unservable.items())
+        print(f"  unservable: {res.unservable_requests} of {res.total_requests} requests at capacity ({reasons}): "
+              f"{res.unservable_treatment}")
     if res.gpus_for_target is not None:
         print(f"GPUs for {args.target_rate:g} req/s: {res.gpus_for_target} ({res.gpus_per_replica} per replica)")
     if res.cost_per_million_tokens is not None:
@@ -301,8 +349,13 @@ def cmd_validate(args) -> int:
     from simkv.loading import load_scenario
     from simkv.gpu.validate import torch_or_error, validate
     device = "cuda" if args.gpu else (args.device or "cpu")
-    torch_or_error()
+    for name in ("layers", "requests"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SimkvError(f"{getattr(args, name)} {name}", field=f"--{name}", fix="give 1 or more")
     scenario = load_scenario(args.scenario, args.overrides)
+    from simkv.gpu.validate import choose_variant
+    choose_variant(scenario, args.variant)
+    torch_or_error()
     out = Path(args.output) if args.output else _default_output(f"validate-{scenario.name}", args.scenario, "name")
     from simkv.safe_paths import check_root
     check_root(out)

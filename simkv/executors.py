@@ -4,6 +4,7 @@ interrupted sweep loses nothing already done; a task whose worker dies yields an
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -38,7 +39,14 @@ def _local(fn, items, workers):
                 yield futures[fut], None, f"worker died: {type(err).__name__}: {err}"
 
 
+# Ray rewrites a node address of 127.0.0.1 to this machine's network address, and its servers listen on
+# the node address, unless multi-node clusters are off; it reads this switch once, when it is imported
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def _ray(fn, items, workers, address):
+    if not address:
+        os.environ.setdefault(LOOPBACK_ENV, "0")   # a private Ray: single machine, loopback only
     try:
         import ray
     except ImportError:
@@ -49,8 +57,7 @@ def _ray(fn, items, workers, address):
         if address and address != "auto" and not address.startswith("ray://"):
             _check_reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     **({"num_cpus": workers} if workers and not address else {}))
+            ray.init(**ray_init_kwargs(address, workers))
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise SimkvError(f"cannot reach Ray at {address!r}: {err}", field="--address",
                              fix="start the cluster with `ray start --head` and pass the address it prints (host:port)") from None
@@ -68,6 +75,19 @@ def _ray(fn, items, workers, address):
     finally:
         if started:
             ray.shutdown()
+
+
+def ray_init_kwargs(address: str | None, workers: int = 0) -> dict:
+    """Arguments of `ray.init`: no dashboard, no log forwarding; without an address a new private Ray
+    is started on this machine ("local": not a cluster found through RAY_ADDRESS or `ray start`), bound
+    to the loopback interface (127.0.0.1) so no other host can reach it (with LOOPBACK_ENV, see _ray)."""
+    kwargs = {"address": address or "local", "include_dashboard": False, "log_to_driver": False,
+              "configure_logging": False}
+    if not address:
+        kwargs["_node_ip_address"] = "127.0.0.1"
+        if workers:
+            kwargs["num_cpus"] = workers
+    return kwargs
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

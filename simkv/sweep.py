@@ -53,10 +53,28 @@ def load_sweep(path: Path) -> tuple[Scenario, list[dict[str, Any]], list[str] | 
 
 
 def point_key(scenario: Scenario, variant: str) -> str:
-    """A hash of everything that determines a point's result: the full scenario, the variant, and
-    simkv's own code and data (a fixed bug must not be served from the cache)."""
-    text = json.dumps([scenario.model_dump(mode="json"), variant, code_fingerprint()], sort_keys=True)
+    """A hash of everything that determines a point's result: the full scenario, the engine the
+    variant actually runs (its preset's defaults filled in: a field left unset and the same field set
+    to its default can run different engines), the variant, and simkv's own code and data (a fixed
+    bug must not be served from the cache)."""
+    text = json.dumps([scenario.model_dump(mode="json"), resolved_engine(scenario, variant), variant,
+                       code_fingerprint()], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolved_engine(scenario: Scenario, variant: str | None) -> dict:
+    """The engine settings `variant` of `scenario` simulates, after its preset filled the unset fields."""
+    from simkv.presets import apply_preset
+    runs = dict(expand_variants(scenario))
+    sub = runs[variant] if variant in runs else next(iter(runs.values()))
+    return apply_preset(sub.engine).model_dump(mode="json")
+
+
+def scenario_message(scenario: Scenario) -> str:
+    """A scenario as JSON for a worker process or Ray task. Only the fields the scenario set are sent:
+    presets fill exactly the engine fields a scenario leaves unset, and a full dump would mark every
+    field set (a `preset: tgi` point would run the default FCFS engine)."""
+    return scenario.model_dump_json(exclude_unset=True)
 
 
 @lru_cache(maxsize=None)
@@ -73,8 +91,8 @@ def code_fingerprint() -> str:
 
 
 def _run_point(args: tuple[str, str | None]):
-    """Worker (a local process or a Ray task): simulate one (scenario JSON, variant); (Result, error).
-    The driver saves it, so workers need no shared disk."""
+    """Worker (a local process or a Ray task): simulate one (`scenario_message` JSON, variant);
+    (Result, error). The driver saves it, so workers need no shared disk."""
     scenario_json, variant = args
     from simkv.simulate import simulate
     try:
@@ -108,7 +126,7 @@ def run_sweep(base: Scenario, points: list[dict], variants: list[str] | None, ou
                 row["summary"] = json.loads((folder / "summary.json").read_text())
                 row["cached"] = True
             else:
-                todo.append((sc.model_dump_json(), variant))
+                todo.append((scenario_message(sc), variant))
                 todo_rows.append(row)
     for done, (i, outcome, died) in enumerate(run_tasks(_run_point, todo, executor, workers, address), start=1):
         row = todo_rows[i]

@@ -21,12 +21,12 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env=env)
 
 
-def _sweep_file(tmp_path: Path, extra: str = "") -> Path:
+def _sweep_file(tmp_path: Path, extra: str = "", zipped: str = "") -> Path:
     (tmp_path / "s.yaml").write_text(
         f"base: {QUICK}\n"
         "set: {run.num_requests: 80, run.warmup_s: 0}\n"
         "grid: {workload.arrival.rate: [4, 12]}\n"
-        "zip: {engine.block_size: [16, 32], engine.max_num_seqs: [64, 128]}\n" + extra)
+        f"zip: {{engine.block_size: [16, 32], engine.max_num_seqs: [64, 128]{zipped}}}\n" + extra)
     return tmp_path / "s.yaml"
 
 
@@ -98,10 +98,11 @@ def _free_port() -> int:
 
 
 def test_ray_executor_gives_the_same_points_as_local(tmp_path):
-    """A local Ray head started here, the sweep sent to its address, points.csv byte-identical."""
+    """A local Ray head started here, the sweep sent to its address, points.csv byte-identical; the
+    points run the engine presets they name, exactly as `simulate()` does."""
     ray_cli = Path(sys.executable).with_name("ray")
     assert ray_cli.exists(), "Ray is part of the test extra (pip install -e '.[test]')"
-    sweep = _sweep_file(tmp_path)
+    sweep = _sweep_file(tmp_path, zipped=", engine.preset: [tgi, vllm-v1]")
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}   # a private test cluster
     temp = Path("/tmp") / f"simkv-ray-{os.getpid()}"   # Ray's socket paths must stay short
@@ -119,6 +120,15 @@ def test_ray_executor_gives_the_same_points_as_local(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "ray" / "points.csv").read_bytes() == (tmp_path / "local" / "points.csv").read_bytes()
     assert len((tmp_path / "ray" / "points.csv").read_text().splitlines()) == 5
+    import json
+
+    import simkv
+    for row in csv.DictReader((tmp_path / "ray" / "points.csv").open()):
+        summary = json.loads((tmp_path / "ray" / "points" / row["key"] / "summary.json").read_text())
+        assert summary["setup"]["scheduler"] == {"tgi": "tgi", "vllm-v1": "chunked"}[row["engine.preset"]]
+        sc = simkv.load_scenario(QUICK, ["run.num_requests=80", "run.warmup_s=0", *(
+            f"{k}={row[k]}" for k in ("workload.arrival.rate", "engine.block_size", "engine.max_num_seqs", "engine.preset"))])
+        assert summary == json.loads(json.dumps(simkv.simulate(sc).summary))
 
 
 def test_ray_errors_are_clear(tmp_path):

@@ -65,6 +65,9 @@ def record_schedule(scenario: Scenario, variant: str | None = None) -> ScheduleT
     from simkv.workload.stream import generate_stream
     runs = dict(expand_variants(scenario))
     name = variant or next(iter(runs))
+    if name not in runs:
+        from simkv.errors import SimkvError
+        raise SimkvError(f"no variant '{name}' in the scenario", field="--variant", fix=f"one of: {', '.join(runs)}")
     stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
     sim = build(runs[name], stream)
     recording = _Recording(sim.scheduler)

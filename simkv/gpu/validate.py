@@ -11,7 +11,7 @@ from functools import cached_property
 import numpy as np
 
 from simkv.errors import SimkvError
-from simkv.loading import apply_overrides, validate_scenario
+from simkv.loading import apply_overrides, expand_variants, validate_scenario
 from simkv.scenario import Scenario
 from simkv.gpu.schedule import ScheduleTrace, record_schedule
 from simkv.gpu.timeline import percentiles, replay_timeline
@@ -72,6 +72,7 @@ class Validation:
     swaps: int
     recomputes: int
     decode_kernel: str = "gather"
+    variant: str = "base"                 # which of the scenario's variants ran
 
     @cached_property
     def predicted(self) -> np.ndarray:
@@ -104,7 +105,7 @@ class Validation:
     @cached_property
     def summary(self) -> dict:
         s = self.scenario
-        return {"scenario": s.name, "device": self.device, "device_name": self.device_name, "dtype": self.dtype,
+        return {"scenario": s.name, "variant": self.variant, "device": self.device, "device_name": self.device_name, "dtype": self.dtype,
                 "model": s.model_spec().model_dump(include={"num_layers", "hidden_size", "num_heads", "num_kv_heads",
                                                               "head_dim", "intermediate_size", "vocab_size"}),
                 "predicted_for": s.hardware.gpu if isinstance(s.hardware.gpu, str) else "custom GPU",
@@ -162,6 +163,17 @@ class _NoModel:
         return {seg.rid: 0 for seg in segments if seg.sample}
 
 
+def choose_variant(scenario: Scenario, variant: str | None) -> str:
+    """The variant to validate (default the first), or an error naming the scenario's variants."""
+    names = [name for name, _ in expand_variants(scenario)]
+    if variant is None:
+        return names[0]
+    if variant not in names:
+        raise SimkvError(f"no variant '{variant}' in the scenario", field="--variant",
+                         fix=f"one of: {', '.join(names)}" + ("" if scenario.variants else " (the scenario has no variants)"))
+    return variant
+
+
 def validate(scenario: Scenario, device: str = "cpu", layers: int | None = None, requests: int | None = None,
              variant: str | None = None, seed: int = 0, warmup_steps: int = 8) -> Validation:
     torch = torch_or_error()
@@ -169,8 +181,10 @@ def validate(scenario: Scenario, device: str = "cpu", layers: int | None = None,
     from simkv.gpu.replay import replay
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SimkvError("no CUDA GPU is visible to PyTorch", field="--gpu", fix="run on a GPU machine, or use --device cpu")
-    sc = prepare(scenario, device, layers, requests)
-    trace = record_schedule(sc, variant)
+    name = choose_variant(scenario, variant)
+    # the variant's own scenario, then cut down: prepare drops `variants`, so choosing after it finds none
+    sc = prepare(dict(expand_variants(scenario))[name], device, layers, requests)
+    trace = record_schedule(sc)
     if not trace.steps:
         raise SimkvError("the simulation ran no steps", field="workload", fix="give it some requests")
     shape = sc.model_spec().shard(1)
@@ -184,9 +198,9 @@ def validate(scenario: Scenario, device: str = "cpu", layers: int | None = None,
         run = replay(trace, model, store, seed)
         measured[kind], outputs[kind] = run.seconds, run.outputs
         extra = extra or run
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
     generated = sum(len(v) for v in outputs["paged"].values())
     served = ~np.isnan(np.asarray(trace.result.requests["first_token_s"], dtype=float))
-    return Validation(sc, trace, device, name, str(dtype).replace("torch.", ""), measured,
+    return Validation(sc, trace, device, device_name, str(dtype).replace("torch.", ""), measured,
                       outputs["paged"] == outputs["contiguous"], generated, int(trace.output_tokens[served].sum()),
-                      extra.swaps, extra.recomputes, model.decode_kernel)
+                      extra.swaps, extra.recomputes, model.decode_kernel, name)
