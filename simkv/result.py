@@ -37,7 +37,7 @@ class Result:
         root = folder if root is None else Path(root)
         prepare_folder(folder, root)
         if self.scenario is not None:
-            write_file(folder / "scenario.json", self.scenario.model_dump_json(indent=2, exclude_none=True) + "\n",
+            write_file(folder / "scenario.json", self.scenario.model_dump_json(indent=2, exclude_unset=True) + "\n",
                        root=root)
         write_columns(folder / "requests.csv", self.requests, root=root)
         write_columns(folder / "timeseries.csv", self.timeseries, root=root)

@@ -267,7 +267,7 @@ def test_saved_files_are_exactly_the_serialised_data(tmp_path, two_variants):
         rows = list(csv.reader((out / name / "requests.csv").open(newline="")))
         assert rows[0] == list(res.requests) and len(rows) == 1 + len(res.requests["req_id"])
         assert [int(r[0]) for r in rows[1:]] == [int(v) for v in res.requests["req_id"]]
-        assert (out / name / "scenario.json").read_text() == res.scenario.model_dump_json(indent=2, exclude_none=True) + "\n"
+        assert (out / name / "scenario.json").read_text() == res.scenario.model_dump_json(indent=2, exclude_unset=True) + "\n"
     table = list(csv.DictReader((out / "comparison.csv").open(newline="")))
     assert [r["variant"] for r in table] == list(two_variants)
     assert [int(r["completed"]) for r in table] == [r.summary["requests"]["completed"] for r in two_variants.values()]
@@ -310,3 +310,17 @@ def test_simkv_sweep_refuses_a_symlinked_points_folder(tmp_path):
     assert list(elsewhere.iterdir()) == []
     proc = _cli("sweep", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "no" / "out"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr and not (tmp_path / "no").exists()
+
+
+def test_saved_scenario_reloads_with_its_preset(tmp_path):
+    """scenario.json keeps only what the scenario set, so a reloaded scenario resolves its preset
+    exactly as the original (a full dump would mark every engine field as set)."""
+    from conftest import small_scenario
+    from simkv.build import resolve_engine
+    from simkv.result import Result
+    sc = small_scenario(engine={"preset": "tgi", "num_gpu_blocks": 64, "max_model_len": 512})
+    res = simkv.simulate(sc)
+    res.save(tmp_path / "out")
+    again = Result.load(tmp_path / "out").scenario
+    assert resolve_engine(again) == resolve_engine(sc)
+    assert resolve_engine(again).scheduler == "tgi"
