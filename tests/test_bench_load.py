@@ -257,3 +257,18 @@ def test_bad_concurrency_through_the_cli(tmp_path):
     assert out.returncode == 2
     assert out.stderr.startswith("simkv: error: ") and "concurrency" in out.stderr and "fix:" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("trace", ["lengths_sharegpt_8k_llama2", "azure2023_conv"])
+def test_closed_loop_over_a_trace(trace):
+    from simkv.trace_io import trace_for
+    from simkv.scenario import TraceSpec
+    raw = dict(model="llama3-8b", hardware={"gpu": "h100"}, engine={"preset": "vllm-v1", "max_model_len": 8192},
+               workload={"trace": {"name": trace}, "arrival": {"process": "closed", "concurrency": 4}},
+               run={"num_requests": 40})
+    res = _run(raw)
+    assert res.summary["requests"]["completed"] == 40
+    assert res.summary["bench"]["concurrency"]["mean_in_flight"] == pytest.approx(4.0)
+    data = trace_for(TraceSpec(name=trace))
+    if data.arrival_s is not None:  # a timed trace: its first rows, in order, paced by the clients
+        np.testing.assert_array_equal(np.asarray(res.requests["prompt_tokens"]), data.prompt_tokens[:40])
