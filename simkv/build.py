@@ -13,6 +13,7 @@ import numpy as np
 from simkv.calibration_data import calibration_for, calibration_from
 from simkv.cost.calibrated import CalibratedCost
 from simkv.cost.roofline import RooflineCost
+from simkv import frontend
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
@@ -113,6 +114,8 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
             fix=f"lower engine.max_model_len to {mem.capacity_tokens} or less, raise gpu_memory_utilization, "
                 "or add tensor parallelism")
     table, truncated = _request_table(stream, limits.max_model_len, scenario.workload.overlong)
+    table.clients = stream.clients
+    table.frontend_s = frontend.per_request_s(frontend.resolve(scenario.frontend, e.preset), table.prompt_tokens)
     beams = scenario.workload.sampling.beam_width > 1
     if beams and e.reserve_upfront:
         raise SimkvError("beam search is not modelled for an engine that reserves at admission (tgi)",
@@ -262,6 +265,8 @@ def _reject_unplaceable(table: RequestTable, policy: str, max_len: int, allocato
 
 def _measured_window(scenario: Scenario, stream: RequestStream) -> tuple[float, float]:
     run = scenario.run
+    if stream.clients is not None and stream.num_requests:  # closed loop: the window closes with the last send
+        return (np.inf if run.warmup_requests else run.warmup_s), np.inf
     if stream.num_requests == 0:
         raise SimkvError(f"the workload produced no requests in {run.duration_s} s", field="run.duration_s",
                          fix="lengthen run.duration_s or raise workload.arrival.rate")

@@ -17,6 +17,7 @@ import simpy
 
 from simkv.metrics import Recorder
 from simkv.request import REFUSED_BY_ENGINE, REJECTED, SESSION_ENDED, RequestTable
+from simkv.workload.clients import ClientPool
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -39,6 +40,9 @@ class Replica:
         self._initial_done = False
         self._follow_ups: list[float] = []  # heap of pending follow-up arrival times
         self._wake = env.event()
+        self.clients = None
+        if getattr(table, "clients", None) is not None:  # closed-loop / offline clients send the requests
+            self._start_clients()
         self.done = env.process(self._step_loop())
         env.process(self._arrivals())
 
@@ -74,6 +78,8 @@ class Replica:
     def _end_session(self, rid: int) -> None:
         """A turn that cannot run ends its conversation: later turns are never sent. A later turn
         that no engine could serve anyway keeps that reason (it is unservable, not refused)."""
+        if self.clients is not None:  # a refused request still releases its client
+            self._release(rid)
         nxt = self.t.next_turn
         while nxt is not None and nxt[rid] >= 0:
             rid = int(nxt[rid])
@@ -84,7 +90,9 @@ class Replica:
     def _answered(self, finished: tuple[int, ...]) -> None:
         """Schedule each finished turn's follow-up a think time later."""
         for rid in finished:
-            nxt = int(self.t.next_turn[rid])
+            nxt = int(self.t.next_turn[rid]) if self.t.next_turn is not None else -1
+            if nxt < 0 and self.clients is not None:
+                self._release(rid)
             if nxt >= 0:
                 at = self.env.now + float(self.t.think_s[nxt])
                 heapq.heappush(self._follow_ups, at)
@@ -95,6 +103,47 @@ class Replica:
         heapq.heappop(self._follow_ups)
         self.t.arrival_s[rid] = self.env.now
         self._admit(rid)
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    # ------------------------------------------------------------ closed-loop clients
+    def _start_clients(self) -> None:
+        t = self.t
+        self.clients = pool = ClientPool(t.clients, t.num_requests, t.session)
+        self._initial = np.zeros(0, dtype=np.int64)   # every request is sent by a client
+        if t.clients.warmup_requests:  # the measured window starts when the first measured request is sent
+            self.recorder.w0 = np.inf
+            self.scheduler.batch.warmup_s = np.inf
+        for at, group in pool.start():
+            heapq.heappush(self._follow_ups, at)
+            self.env.process(self._send(group, at))
+
+    def _release(self, rid: int) -> None:
+        nxt = self.clients.release(rid, self.env.now)
+        if nxt is not None:
+            at, group = nxt
+            heapq.heappush(self._follow_ups, at)
+            self.env.process(self._send(group, at))
+
+    def _send(self, group: int, at: float):
+        """A client sends its group's next request at `at`; the engine sees it after the frontend's cost."""
+        env, t, pool, rec = self.env, self.t, self.clients, self.recorder
+        yield env.timeout(at - env.now)
+        heapq.heappop(self._follow_ups)
+        rid = pool.take(group)
+        if rid is not None:
+            t.sent_s[rid] = env.now
+            if pool.sent == t.clients.warmup_requests + 1 and t.clients.warmup_requests:
+                rec.w0 = self.scheduler.batch.warmup_s = env.now
+            if pool.exhausted and env.now > rec.w0:  # arrivals end: the measured window closes
+                rec.w1 = env.now
+            delay = float(t.frontend_s[rid]) if t.frontend_s is not None else 0.0
+            if delay > 0:
+                heapq.heappush(self._follow_ups, env.now + delay)
+                yield env.timeout(delay)
+                heapq.heappop(self._follow_ups)
+            t.arrival_s[rid] = env.now
+            self._admit(rid)
         if not self._wake.triggered:
             self._wake.succeed()
 
@@ -121,6 +170,8 @@ class Replica:
             plan = sched.schedule()
             if plan is None:
                 if self._arrivals_done:
+                    if self.clients is not None and not np.isfinite(rec.w1):  # offline: up to the last answer
+                        rec.w1 = env.now
                     rec.on_end(env.now)   # an idle tail up to the end of the measured window
                     return
                 if self._wake.triggered:
@@ -134,7 +185,7 @@ class Replica:
             # the same cumulative sum as commit's step ends, so token times match env.now exactly
             yield env.timeout(float(durations[0] if len(durations) == 1 else np.cumsum(durations)[-1]))
             outcome = sched.commit(plan, start, durations)
-            if self.t.next_turn is not None and outcome.finished_ids:
+            if (self.t.next_turn is not None or self.clients is not None) and outcome.finished_ids:
                 self._answered(outcome.finished_ids)
             rec.on_steps(start, outcome, durations)
             rec.on_extra_gaps(outcome.extra_gaps_s)

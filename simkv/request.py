@@ -51,6 +51,9 @@ class RequestTable:
         self.session: np.ndarray | None = None   # conversation of each turn, or None
         self.next_turn: np.ndarray | None = None  # the session's next turn row (-1: last)
         self.think_s: np.ndarray | None = None    # think time before a follow-up turn is sent
+        self.clients = None                        # closed-loop / offline clients (simkv.workload.clients.ClientSpec)
+        self.sent_s = np.full(n, np.nan)           # when a client sent the request (NaN: arrival - frontend_s)
+        self.frontend_s: np.ndarray | None = None  # client-side time outside the engine per request (s)
         self.prefix_hit_tokens = np.zeros(n, dtype=np.int64)    # prompt tokens found in the prefix cache
         self.prefix_query_tokens = np.zeros(n, dtype=np.int64)  # prompt tokens looked up
         self.prefix_hit_blocks = np.zeros(n, dtype=np.int64)    # full blocks found in the prefix cache

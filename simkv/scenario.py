@@ -78,8 +78,28 @@ class SpikeArrivals(Strict):
     duration_s: PositiveFloat = Field(description="how long it lasts (s)")
 
 
-Arrivals = Annotated[Union[PoissonArrivals, GammaArrivals, OnOffArrivals, PiecewiseArrivals, SpikeArrivals],
+class ClosedArrivals(Strict):
+    """Closed-loop clients (`vllm bench serve --max-concurrency`, genai-perf `--concurrency`): N
+    clients, each with at most one request in flight; a client sends its next request a think time
+    after the previous one's last token (or after it was refused). Needs run.num_requests."""
+
+    process: Literal["closed"]
+    concurrency: PositiveInt = Field(description="clients, each with one request in flight at most (count)")
+    think_s: NonNegativeFloat = Field(0.0, description="mean think time after an answer, exponential; 0: none (s)")
+    ramp_up_s: NonNegativeFloat = Field(0.0, description="client i starts at i/N x ramp_up_s; 0: all start together (s)")
+
+
+class OfflineArrivals(Strict):
+    """Every request queued at time 0 (`vllm bench throughput`, MLPerf Offline); throughput is the
+    headline. Needs run.num_requests (or a trace)."""
+
+    process: Literal["offline"]
+
+
+Arrivals = Annotated[Union[PoissonArrivals, GammaArrivals, OnOffArrivals, PiecewiseArrivals, SpikeArrivals,
+                           ClosedArrivals, OfflineArrivals],
                      Field(discriminator="process")]
+CLIENT_PROCESSES = ("closed", "offline")
 
 
 class _Bounded(Strict):
@@ -359,6 +379,8 @@ class Run(Strict):
     num_requests: PositiveInt | None = Field(None, description="requests to generate (requests); or duration_s")
     duration_s: PositiveFloat | None = Field(None, description="arrivals stop after this time (s); or num_requests")
     warmup_s: NonNegativeFloat = Field(0.0, description="requests arriving before this are left out of statistics (s)")
+    warmup_requests: NonNegativeInt = Field(0, description="closed loop / offline: the first this many requests sent "
+                                            "are left out of statistics (requests)")
     time_series_points: PositiveInt = Field(2000, ge=10, description="most rows kept in timeseries.csv (rows)")
 
     @model_validator(mode="after")
@@ -367,6 +389,10 @@ class Run(Strict):
             raise ValueError("give exactly one of num_requests and duration_s")
         if self.duration_s is not None and self.warmup_s >= self.duration_s:
             raise ValueError(f"warmup_s ({self.warmup_s}) must be below duration_s ({self.duration_s})")
+        if self.warmup_requests and self.warmup_s:
+            raise ValueError("give warm-up in seconds (warmup_s) or in requests (warmup_requests), not both")
+        if self.num_requests is not None and self.warmup_requests >= self.num_requests:
+            raise ValueError(f"warmup_requests ({self.warmup_requests}) must be below num_requests ({self.num_requests})")
         return self
 
 
@@ -376,6 +402,15 @@ class Slo(Strict):
     ttft_s: PositiveFloat | None = Field(None, description="time to first token target (s)")
     tpot_s: PositiveFloat | None = Field(None, description="time per output token target (s)")
     e2e_s: PositiveFloat | None = Field(None, description="end-to-end latency target (s)")
+
+
+class Frontend(Strict):
+    """Per-request time between a client sending a request and the engine seeing it (HTTP, tokenisation,
+    the input queue) plus streaming back: added to client-side TTFT and E2E. Unset fields take the
+    engine preset's defaults (`simkv.frontend`, 0 where not measured)."""
+
+    fixed_s: NonNegativeFloat | None = Field(None, description="fixed cost per request (s); default from the preset")
+    per_prompt_token_s: NonNegativeFloat | None = Field(None, description="cost per prompt token (s/token); default from the preset")
 
 
 FORBIDDEN_VARIANT_PREFIXES = ("workload", "run", "variants", "name", "catalog_files")
@@ -428,12 +463,29 @@ class Scenario(Strict):
     slo: Slo = Field(default_factory=Slo)
     variants: list[Variant] = Field(default_factory=list, description="named override sets compared side by side")
     sweep: Sweep | None = Field(None, description="step one field over values; each variant runs at each value")
+    frontend: "Frontend" = Field(default_factory=lambda: Frontend(), description="client-side time outside the engine's steps")
     catalog_files: list[str] = Field(default_factory=list, description="extra catalog YAML files ({models: ..., gpus: ...}), relative to this file; merged into models/gpus when loaded")
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="user model entries by name, usable in `model:`")
     gpus: dict[str, GpuSpec] = Field(default_factory=dict, description="user GPU entries by name, usable in `hardware.gpu:`")
 
     @model_validator(mode="after")
     def _run_length(self):
+        w = self.workload
+        procs = ({c.arrival.process for c in w.classes} if w.classes else
+                 {w.arrival.process} if w.arrival is not None else set())
+        if procs & set(CLIENT_PROCESSES):
+            if len(procs) > 1 and w.classes:
+                raise ValueError("with closed-loop or offline clients every class needs the same kind of arrival "
+                                 f"(have {', '.join(sorted(procs))}): give each class {{process: closed, concurrency: N}}")
+            if self.run.duration_s is not None:
+                raise ValueError("closed-loop and offline clients send a fixed number of requests: give "
+                                 "run.num_requests instead of run.duration_s")
+            if self.run.num_requests is None and w.trace is None:
+                raise ValueError("closed-loop and offline clients need run.num_requests (requests to send in all)")
+            return self
+        if self.run.warmup_requests:
+            raise ValueError("run.warmup_requests is for closed-loop and offline clients; use run.warmup_s with "
+                             "an open-loop arrival process")
         replay = self.workload.trace is not None and self.workload.arrival is None
         if not replay and self.run.num_requests is None and self.run.duration_s is None:
             raise ValueError("run: give exactly one of num_requests and duration_s (a trace replay may give neither)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
+from simkv import frontend
+from simkv.bench_metrics import bench_summary, client_sent_s
 from simkv.build import Simulation, build
 from simkv.engine import ProgressFn, Replica
 from simkv.loading import expand_sweep, expand_variants
@@ -50,6 +52,9 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
     env = simpy.Environment()
     run = sim.scenario.run
     recorder = Recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s, run.time_series_points)
+    if not np.isfinite(sim.measure_end_s):  # closed loop / offline: the engine closes the window at run time
+        recorder = Recorder(sim.memory.capacity_tokens, sim.measure_start_s, 1.0, run.time_series_points)
+        recorder.w1 = np.inf
     replica = Replica(env, sim.table, sim.scheduler, sim.cost, recorder, progress)
     env.run(until=replica.done)
     if progress is not None:
@@ -57,6 +62,7 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
     extra = {"scenario": sim.scenario.name, "variant": name, "overrides": overrides or {}, "setup": _setup(sim),
              "workload_effects": {"outputs_truncated_at_max_model_len": sim.num_outputs_truncated}}
     classes = [(c.name, c.slo) for c in sim.scenario.workload.classes] if sim.scenario.workload.classes else None
+    extra["bench"] = bench_summary(sim.table, recorder, frontend.resolve(sim.scenario.frontend, sim.engine.preset))
     summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra, classes=classes)
     return Result(name=name, scenario=sim.scenario, summary=summary, requests=_request_columns(sim),
                   timeseries=recorder.time_series())
@@ -97,6 +103,7 @@ def _request_columns(sim: Simulation) -> dict:
             "class_id": t.class_id if t.class_id is not None else np.zeros(t.num_requests, dtype=np.int64), "prompt_tokens": t.prompt_tokens,
             "output_tokens": t.output_tokens, "max_new_tokens": t.max_new_tokens, "status": t.status,
             "reject_reason": t.reject_reason, "num_preemptions": t.num_preemptions,
-            "first_scheduled_s": t.first_scheduled_s, "first_token_s": t.first_token_s, "finish_s": t.finish_s}
+            "first_scheduled_s": t.first_scheduled_s, "first_token_s": t.first_token_s, "finish_s": t.finish_s,
+            "sent_s": client_sent_s(t)}
     cols.update(request_latencies(t))
     return cols

@@ -13,7 +13,8 @@ import numpy as np
 
 from simkv.errors import SimkvError
 from simkv.scenario import CapMaxNew, MultipleMaxNew, Run, Workload
-from simkv.workload.arrivals import arrival_times
+from simkv.workload.arrivals import arrival_times as _open_arrival_times
+from simkv.workload.clients import first_turns, group_for, is_client_process, with_clients
 from simkv.workload.lengths import sample_lengths
 
 
@@ -34,6 +35,7 @@ class RequestStream:
     think_s: np.ndarray | None = None        # float64: think time before this turn (follow-ups; arrival NaN)
     block_tokens: int = 512                  # tokens per id in block_ids
     block_ids: list | None = None            # trace prefix block ids per request (Mooncake), or None
+    clients: object | None = None            # closed-loop / offline clients (simkv.workload.clients.ClientSpec)
 
     @property
     def num_requests(self) -> int:
@@ -80,7 +82,20 @@ def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
                            block_tokens=trace.block_tokens if trace is not None else 512)
     if workload.sessions is not None:
         stream = _sessions(stream, workload, rng_samples)
+    if is_client_process(workload.arrival):
+        if k > 1:
+            raise SimkvError("closed-loop and offline clients send one sequence per request", field="workload.sampling",
+                             fix="remove workload.sampling (n / beam_width), or use an open-loop arrival process")
+        stream = with_clients(stream, [group_for(workload.arrival, first_turns(stream))], run)
     return stream
+
+
+def arrival_times(spec, rng, *, num_requests=None, duration_s=None):
+    """Open-loop arrival times; closed-loop and offline clients set them while the engine runs
+    (placeholders here: one row per request to send)."""
+    if is_client_process(spec):
+        return np.zeros(num_requests or 0)
+    return _open_arrival_times(spec, rng, num_requests=num_requests, duration_s=duration_s)
 
 
 def _sessions(first: RequestStream, workload: Workload, rng: np.random.Generator) -> RequestStream:
@@ -117,7 +132,11 @@ def _from_trace(workload: Workload, run: Run, trace, rng_arrival, rng_rows):
     """Replay a trace's arrivals and lengths exactly (windowed, sampled, sped up), or, for a
     lengths-only trace or when workload.arrival is given, resample its (prompt, output) rows."""
     spec = workload.trace
-    if trace.arrival_s is None or workload.arrival is not None:
+    paced = workload.arrival is not None and is_client_process(workload.arrival)  # lengths from the trace, pacing from clients
+    if trace.arrival_s is None and paced and run.num_requests is None:
+        raise SimkvError("the trace has no arrival times, so it has no number of requests to send", file=trace.origin,
+                         field="run.num_requests", fix="give run.num_requests (rows are drawn from the trace)")
+    if trace.arrival_s is None or (workload.arrival is not None and not paced):
         if workload.arrival is None:
             raise SimkvError("the trace has no arrival times (a lengths-only table)", file=trace.origin,
                              field="workload.arrival", fix="give workload.arrival (e.g. {process: poisson, rate: 5}) "
@@ -172,6 +191,8 @@ def _client_limits(policy, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def _merge_classes(workload: Workload, run: Run) -> RequestStream:
     """Each class's stream from its own seed (run.seed, class index), merged by arrival time."""
     parts = []
+    if is_client_process(workload.classes[0].arrival):
+        return _client_classes(workload, run)
     for i, cls in enumerate(workload.classes):
         sub = workload.model_copy(update={"classes": None, "arrival": cls.arrival, "prompt_tokens": cls.prompt_tokens,
                                           "output_tokens": cls.output_tokens, "max_new_tokens": cls.max_new_tokens})
@@ -189,3 +210,39 @@ def _merge_classes(workload: Workload, run: Run) -> RequestStream:
     _, group = np.unique(group, return_inverse=True)
     return RequestStream(arrival[order], cat("prompt_tokens"), cat("output_tokens"), cat("max_new_tokens"),
                          cat("prefix_id"), cat("prefix_tokens"), group=group.astype(np.int64), class_id=class_id)
+
+
+def _client_classes(workload: Workload, run: Run) -> RequestStream:
+    """Closed-loop classes: each class has its own clients drawing from its own requests; run.num_requests
+    is split over the classes in proportion to their concurrency (offline: equally)."""
+    from dataclasses import replace
+    from simkv.workload.clients import ClientSpec
+    weights = np.array([getattr(c.arrival, "concurrency", 1) for c in workload.classes], dtype=float)
+    counts = np.floor(run.num_requests * weights / weights.sum()).astype(int)
+    counts[: run.num_requests - int(counts.sum())] += 1
+    parts, groups, offset = [], [], 0
+    for i, (cls, n) in enumerate(zip(workload.classes, counts.tolist())):
+        if n == 0:
+            raise SimkvError(f"run.num_requests ({run.num_requests}) leaves class '{cls.name}' no request",
+                             field="run.num_requests", fix=f"give at least {len(counts)} requests")
+        sub = workload.model_copy(update={"classes": None, "arrival": cls.arrival, "prompt_tokens": cls.prompt_tokens,
+                                          "output_tokens": cls.output_tokens, "max_new_tokens": cls.max_new_tokens})
+        seed = int(np.random.SeedSequence([run.seed, i]).generate_state(1)[0])
+        p = generate_stream(sub, run.model_copy(update={"seed": seed, "num_requests": n, "warmup_requests": 0}))
+        g = p.clients.groups[0]
+        groups.append(replace(g, rows=g.rows + offset))
+        parts.append(p)
+        offset += p.num_requests
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])
+    class_id = np.concatenate([np.full(p.num_requests, i, dtype=np.int64) for i, p in enumerate(parts)])
+    sessions = parts[0].session is not None
+    session = next_turn = think = None
+    if sessions:  # conversations stay distinct across classes; next-turn pointers move with their rows
+        session = np.concatenate([p.session + sum(int(q.session.max()) + 1 for q in parts[:i]) for i, p in enumerate(parts)])
+        offs = np.cumsum([0] + [q.num_requests for q in parts[:-1]])
+        next_turn = np.concatenate([np.where(p.next_turn >= 0, p.next_turn + o, -1) for p, o in zip(parts, offs)])
+        think = cat("think_s")
+    return RequestStream(cat("arrival_s"), cat("prompt_tokens"), cat("output_tokens"), cat("max_new_tokens"),
+                         cat("prefix_id"), cat("prefix_tokens"), group=np.arange(offset, dtype=np.int64),
+                         class_id=class_id, session=session, next_turn=next_turn, think_s=think,
+                         clients=ClientSpec(tuple(groups), run.seed, run.warmup_requests))
