@@ -379,12 +379,43 @@ class Slo(Strict):
 
 FORBIDDEN_VARIANT_PREFIXES = ("workload", "run", "variants", "name", "catalog_files")
 
+# files a results folder holds next to the variants' sub-folders (simkv.output, simkv.result, simkv.plots)
+OUTPUT_FILES = frozenset(
+    ["summary.json", "summary.json.partial", "comparison.csv", "report.md", "scenario.json", "requests.csv",
+     "timeseries.csv", "sweep.json", "sweep.csv", "points.csv", "points"]
+    + [f"{stem}.{ext}" for stem in ("kv_breakdown", "kv_breakdown_mean", "kv_utilization", "latency_cdf",
+                                     "batch_queue", "sweep", "curves") for ext in ("png", "svg")])
+MAX_NAME_BYTES = 255   # longest file name on common file systems
+
+
+def _folder_name(value: str, what: str) -> str:
+    """A name that becomes a results folder: not blank, at most 255 bytes, not '.', '..' or the
+    name of a results file."""
+    if not value.strip():
+        raise ValueError(f"{what} must not be blank")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ValueError(f"{what} is {size} bytes long; it names a results folder, and file names hold at most "
+                         f"{MAX_NAME_BYTES} bytes")
+    if value.strip() in (".", ".."):
+        raise ValueError(f"{what} '{value}' cannot name a results folder")
+    if value.lower() in OUTPUT_FILES:
+        raise ValueError(f"{what} '{value}' is the name of a file in the results folder")
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL character")
+    return value
+
 
 class Variant(Strict):
     """A named set of dotted overrides, simulated on the same request stream as the others."""
 
     name: str = Field(min_length=1, description="label in tables and figures")
     set: dict[str, Any] = Field(default_factory=dict, description="dotted field -> value, e.g. engine.block_size: 32")
+
+    @field_validator("name")
+    @classmethod
+    def _usable_as_folder(cls, value: str) -> str:
+        return _folder_name(value, "a variant name")
 
     @field_validator("set")
     @classmethod
@@ -431,6 +462,11 @@ class Scenario(Strict):
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="user model entries by name, usable in `model:`")
     gpus: dict[str, GpuSpec] = Field(default_factory=dict, description="user GPU entries by name, usable in `hardware.gpu:`")
 
+    @field_validator("name")
+    @classmethod
+    def _usable_as_folder(cls, value: str) -> str:
+        return _folder_name(value, "the scenario name")
+
     @model_validator(mode="after")
     def _run_length(self):
         replay = self.workload.trace is not None and self.workload.arrival is None
@@ -463,7 +499,7 @@ def _lookup(value, user: dict, builtin: dict, field: str):
     if value in builtin:
         return builtin[value]
     known = sorted(set(user) | set(builtin))
-    close = difflib.get_close_matches(value, known, n=1)
+    close = difflib.get_close_matches(value, known, n=1, cutoff=0.75)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise SimkvError(f"unknown name '{value}'", field=field,
                      fix=f"{hint}known: {', '.join(known)}; or define it under `models:`/`gpus:` or in a catalog file")

@@ -32,7 +32,7 @@ def _number(value):
         raise ValueError(f"expected a number, got the text {value!r} (write the number without quotes)")
     if isinstance(value, int) and abs(value) > MAX_INT:
         digits = int(abs(value).bit_length() * 0.30103) + 1   # no str(): Python refuses huge ints
-        raise ValueError(f"a number of about {digits} digits is beyond any plausible value (at most {MAX_INT:,})")
+        raise ValueError(f"a number of about {digits} digits is beyond any plausible value")
     return value
 
 
