@@ -30,7 +30,10 @@ def load_scenario(path: str | Path, overrides: Iterable[str] | dict[str, Any] = 
     """
     path = Path(path)
     raw = read_yaml_mapping(path)
-    items = _override_items(overrides)
+    try:
+        items = _override_items(overrides)
+    except SimkvError as err:
+        raise err.located(str(path)) from None
     catalog = [(k, v) for k, v in items if k.split(".")[0] == "catalog_files"]
     rest = [(k, v) for k, v in items if k.split(".")[0] != "catalog_files"]
     raw = apply_overrides(raw, catalog, origin=str(path))
