@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from simkv.errors import SimkvError
@@ -335,6 +335,9 @@ def _mutated(draw) -> str:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=_mutated())
+@example(text="\n".join(_SHIPPED).replace("seed: 0", "seed: " + "9" * 5000))        # ValueError before
+@example(text="\n".join(_SHIPPED) + "\ndescription: " + "[" * 3000 + "]" * 3000)  # RecursionError before
+@example(text="\n".join(_SHIPPED).replace("block_size: 16", "block_size: {a: 1}\n  engine: {}"))
 def test_fuzzed_scenarios_load_or_raise_simkv_error(tmp_path, text):
     path = tmp_path / "fuzz.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
