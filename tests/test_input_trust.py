@@ -233,6 +233,12 @@ def test_implausible_gpu_in_catalog_file(tmp_path):
     _error(_cli(tmp_path, text, timeout=30), "cat.yaml", "hbm_bandwidth_gbps")
 
 
+@pytest.mark.parametrize("body", ["gpus: [a, b]\n", "gpus:\n  slow: 5\n"])
+def test_malformed_catalog_file(tmp_path, body):
+    (tmp_path / "cat.yaml").write_text(body)
+    _error(_cli(tmp_path, GOOD + "catalog_files: [cat.yaml]\n", timeout=30), "cat.yaml", "expected a mapping")
+
+
 def test_enormous_host_overhead(tmp_path):
     _error(_cli(tmp_path, GOOD, "--set", "engine.host_overhead_s=1e308", timeout=30), "engine.host_overhead_s")
 
