@@ -15,11 +15,13 @@ import heapq
 import numpy as np
 import simpy
 
+from simkv.errors import SimkvError
 from simkv.metrics import Recorder
 from simkv.request import REFUSED_BY_ENGINE, REJECTED, SESSION_ENDED, RequestTable
 from simkv.workload.clients import ClientPool
 
 ProgressFn = Callable[[int, int, float], None]
+MAX_STEP_S = 1e6   # one engine step of more than ~11 days means the cost model's inputs are wrong
 
 
 class Replica:
@@ -181,6 +183,7 @@ class Replica:
                 rec.on_idle(idle_from, env.now)
                 continue
             durations = self._durations(plan)
+            _check_step_times(durations)
             start = env.now
             # the same cumulative sum as commit's step ends, so token times match env.now exactly
             yield env.timeout(float(durations[0] if len(durations) == 1 else np.cumsum(durations)[-1]))
@@ -192,3 +195,14 @@ class Replica:
             iterations += 1
             if self.progress is not None and iterations % 512 == 0:
                 self.progress(self._next_arrival, self.t.num_requests, env.now)
+
+
+def _check_step_times(durations: np.ndarray) -> None:
+    """A step time must be finite, non-negative and plausible, or time stops making sense (an
+    infinite step never ends; a step of 1e300 s swallows every later arrival)."""
+    if durations.size and not (np.all(np.isfinite(durations)) and durations.min() >= 0
+                               and durations.max() <= MAX_STEP_S):
+        bad = next(float(d) for d in durations if not (np.isfinite(d) and 0 <= d <= MAX_STEP_S))
+        raise SimkvError(f"the cost model gave a step time of {bad:.3g} s (at most {MAX_STEP_S:.0e} s is plausible)",
+                         field="cost", fix="check the GPU's bandwidth and compute numbers and engine.host_overhead_s "
+                         "in the scenario, its catalog files and --set overrides")

@@ -16,11 +16,11 @@ class SimkvError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
-        """One paragraph: where, what, how to fix."""
+        """One line: `<file>: <field>: <problem>; fix: <what to do>` (the CLI prefixes `simkv: error: `)."""
         where = ": ".join(p for p in (self.file, self.field) if p)
         text = f"{where}: {self.message}" if where else self.message
         if self.fix:
-            text += f"\n  fix: {self.fix}"
+            text += f"; fix: {self.fix}"
         return text
 
     def located(self, file: str) -> "SimkvError":

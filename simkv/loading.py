@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,41 +22,105 @@ from simkv.scenario import Scenario
 def load_scenario(path: str | Path, overrides: Iterable[str] | dict[str, Any] = ()) -> Scenario:
     """Load and validate a scenario file, applying dotted overrides (`engine.block_size=32`).
 
+    Order: the file, then overrides of `catalog_files`, then the catalog files are merged, then
+    the other overrides (so they can change a catalog entry), then paths are made absolute: every
+    relative path, in the file or in an override, is relative to the scenario file's folder.
+
     Raises:
         SimkvError: naming the file and field, for every kind of bad input.
     """
     path = Path(path)
     raw = read_yaml_mapping(path)
+    try:
+        items = _override_items(overrides)
+    except SimkvError as err:
+        raise err.located(str(path)) from None
+    catalog = [(k, v) for k, v in items if k.split(".")[0] == "catalog_files"]
+    rest = [(k, v) for k, v in items if k.split(".")[0] != "catalog_files"]
+    raw = apply_overrides(raw, catalog, origin=str(path))
     _merge_catalog_files(raw, path)
-    _resolve_trace_path(raw, path)
-    raw = apply_overrides(raw, overrides, origin=str(path))
+    raw = apply_overrides(raw, rest, origin=str(path))
+    _resolve_paths(raw, path)
     scenario = validate_scenario(raw, origin=str(path))
     try:
         scenario.model_spec(), scenario.gpu_spec()
         for _, point in expand_sweep(scenario):
-            for _ in expand_variants(point):
-                pass
+            check_run_length(point)
+            for i, (name, sub) in enumerate(expand_variants(point)):
+                check_runnable(sub, f"variants[{i}] ({name}): " if point.variants else "")
     except SimkvError as err:
         raise err.located(str(path)) from None
     return scenario
 
 
+def _override_items(overrides) -> list[tuple[str, Any]]:
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    return [parse_override(o) if isinstance(o, str) else tuple(o) for o in overrides]
+
+
+def check_run_length(scenario: Scenario) -> None:
+    """Arrival generation must finish: every arrival process can reach run.num_requests (or
+    fill run.duration_s) in bounded work (see `simkv.workload.arrivals.check_reachable`)."""
+    from simkv.workload.arrivals import check_reachable
+    w, run = scenario.workload, scenario.run
+    specs = [(f"workload.classes[{i}].arrival", c.arrival) for i, c in enumerate(w.classes or [])]
+    if w.arrival is not None:
+        specs.append(("workload.arrival", w.arrival))
+    if run.num_requests is None and run.duration_s is None:
+        return  # a trace replay with its own arrivals
+    for field, spec in specs:
+        check_reachable(spec, num_requests=run.num_requests, duration_s=run.duration_s, field=field)
+
+
+def check_runnable(scenario: Scenario, where: str = "") -> None:
+    """Values the schema accepts one by one but that cannot run together (checked at load time
+    instead of failing deep inside the simulation): fp8 on a GPU without fp8, a watermark that
+    leaves no room for one max_model_len request."""
+    from simkv.presets import apply_preset
+    e, gpu = apply_preset(scenario.engine), scenario.gpu_spec()
+    for name in ("weight_dtype", "kv_cache_dtype"):
+        if getattr(e, name) == "fp8" and gpu.fp8_tflops is None:
+            raise SimkvError(f"{gpu.description} has no fp8 support (its GPU entry has no fp8_tflops)",
+                             field=f"{where}engine.{name}",
+                             fix="use bf16 or fp16, or a GPU with fp8 (h100, h200; or give fp8_tflops in your GPU entry)")
+    if e.allocator != "paged" or e.watermark == 0:
+        return
+    from simkv.build import resolve_limits
+    from simkv.memory import plan_memory
+    try:
+        limits = resolve_limits(scenario, e)
+        mem = plan_memory(scenario.model_spec(), gpu, tensor_parallel=scenario.hardware.tensor_parallel,
+                          gpu_memory_utilization=e.gpu_memory_utilization, weight_dtype=e.weight_dtype,
+                          kv_dtype=e.kv_cache_dtype, block_size=e.block_size,
+                          max_num_batched_tokens=limits.max_num_batched_tokens, max_num_seqs=limits.max_num_seqs,
+                          activation_reserve_gib=e.activation_reserve_gib, num_gpu_blocks=e.num_gpu_blocks)
+    except (SimkvError, ValueError):
+        return  # reported, with its own message, when the simulation is built
+    if mem.capacity_tokens < limits.max_model_len:
+        return  # "does not fit", reported when built
+    kept = int(e.watermark * mem.num_blocks)
+    usable = (mem.num_blocks - kept - 1) * e.block_size
+    if usable < limits.max_model_len:
+        raise SimkvError(f"watermark {e.watermark:g} keeps {kept} of the {mem.num_blocks} KV blocks free, leaving "
+                         f"{max(usable, 0)} tokens: a {limits.max_model_len}-token request could never be admitted",
+                         field=f"{where}engine.watermark",
+                         fix=f"lower engine.watermark (vLLM uses 0.01), or lower engine.max_model_len to {max(usable, 1)}")
+
+
 def read_yaml_mapping(path: Path) -> dict:
-    """Parse a YAML file that must hold a mapping."""
+    """Parse a YAML file that must hold a mapping (see `ScenarioLoader` for the rules)."""
     if not path.exists():
         raise SimkvError("file not found", file=str(path), fix="check the path (scenarios live in scenarios/)")
     if path.is_dir():
         raise SimkvError("is a folder, not a scenario file", file=str(path), fix="name a .yaml file inside it")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SimkvError(f"YAML syntax error at {where}: {problem}", file=str(path),
-                         fix="check indentation, colons and quotes around that line") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SimkvError("not a text file", file=str(path), fix="give a YAML scenario file") from None
+    except OSError as err:
+        raise SimkvError(f"cannot read the file ({err.strerror})", file=str(path), fix="check its permissions") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         raise SimkvError("the file is empty", file=str(path), fix="start from scenarios/quickstart.yaml")
     if not isinstance(data, dict):
@@ -64,22 +129,212 @@ def read_yaml_mapping(path: Path) -> dict:
     return data
 
 
+# ---------------------------------------------------------------- YAML
+
+
+MAX_DEPTH = 40            # nested mappings/lists; a scenario needs about 6
+MAX_NODES = 200_000       # values after expanding aliases (a billion-laughs file expands to 10^9)
+MAX_INT_DIGITS = 30       # far beyond any count; Python itself refuses to read 4,300 digits
+MAX_TEXT_BYTES = 10 * 2 ** 20
+
+
+class YamlProblem(Exception):
+    """A rule of `ScenarioLoader` broken at a line (turned into a SimkvError by `parse_yaml`)."""
+
+    def __init__(self, problem: str, mark, fix: str):
+        self.problem, self.mark, self.fix = problem, mark, fix
+        super().__init__(problem)
+
+
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+
+
+class ScenarioLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars and guard rails.
+
+    Scalars: only `true`/`false` are booleans (not yes/no/on/off), `010` is ten (no octal
+    without `0o`), `1:30` is text (no base-60), dates stay text; `~`/`null`/empty are null.
+    Refused with the line: a key given twice in one mapping (PyYAML keeps the last silently),
+    keys that are not text, integers over MAX_INT_DIGITS digits, nesting deeper than
+    MAX_DEPTH, and aliases expanding to more than MAX_NODES values (billion laughs) or into
+    themselves."""
+
+    yaml_implicit_resolvers: dict = {}
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise YamlProblem(f"nesting deeper than {MAX_DEPTH} levels", self.peek_event().start_mark,
+                                  "a scenario needs only a few levels of mappings and lists")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                    shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a " + key_node.id
+                    raise YamlProblem(f"key {shown!r} is not text", key_node.start_mark,
+                                      "keys are field names: quote it if it is a name")
+                key = key_node.value
+                if key in seen:
+                    raise YamlProblem(f"duplicate key '{key}' (first given at line {seen[key]})",
+                                      key_node.start_mark, f"give '{key}' once: merge the two, or delete one")
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        text = str(self.construct_scalar(node)).replace("_", "")
+        digits = text.lstrip("+-")
+        if len(digits) > MAX_INT_DIGITS:
+            raise YamlProblem(f"an integer of {len(digits)} digits", node.start_mark,
+                              "give a plausible number (counts in a scenario have at most a dozen digits)")
+        try:
+            if digits.startswith("0o"):
+                value = int(digits[2:], 8)
+            elif digits.startswith("0x"):
+                value = int(digits[2:], 16)
+            else:
+                value = int(digits, 10)
+        except ValueError:
+            raise YamlProblem(f"{text!r} is not an integer", node.start_mark, "write a decimal integer") from None
+        return -value if text.startswith("-") else value
+
+    def construct_yaml_float(self, node):
+        text = self.construct_scalar(node).replace("_", "")
+        low = text.lower()
+        if low in (".inf", "+.inf", "-.inf", ".nan"):
+            return float(low.replace(".", ""))
+        try:
+            return float(text)
+        except ValueError:
+            raise YamlProblem(f"{text!r} is not a number", node.start_mark, "write a decimal number") from None
+
+
+ScenarioLoader.add_constructor("tag:yaml.org,2002:int", ScenarioLoader.construct_yaml_int)
+ScenarioLoader.add_constructor("tag:yaml.org,2002:float", ScenarioLoader.construct_yaml_float)
+ScenarioLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+ScenarioLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                     list("tTfF"))
+ScenarioLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+ScenarioLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+ScenarioLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"),
+                                     ["~", "n", "N", ""])
+ScenarioLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+
+
+def _check_expansion(root) -> None:
+    """Refuse alias graphs that expand beyond MAX_NODES values, or into themselves."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[object, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            kids = _children(node)
+            sizes[key] = 1 + sum(sizes[id(k)] for k in kids)
+            open_.discard(key)
+            if sizes[key] > MAX_NODES:
+                raise YamlProblem(f"aliases expand to more than {MAX_NODES:,} values", node.start_mark,
+                                  "write the values out, or use fewer nested aliases (*name)")
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise YamlProblem("an alias refers to the mapping or list that contains it", node.start_mark,
+                              "remove the self-referencing alias (*name)")
+        open_.add(key)
+        stack.append((node, True))
+        for kid in _children(node):
+            if id(kid) in open_:
+                raise YamlProblem("an alias refers to the mapping or list that contains it", kid.start_mark,
+                                  "remove the self-referencing alias (*name)")
+            if id(kid) not in sizes:
+                stack.append((kid, False))
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def parse_yaml(text: str, origin: str, field: str | None = None):
+    """Parse YAML text with `ScenarioLoader`; every problem becomes a SimkvError with its line."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+        raise SimkvError(f"larger than {MAX_TEXT_BYTES // 2 ** 20} MiB", file=origin, field=field,
+                         fix="a scenario is a short text file; put long data in a trace file")
+    try:
+        return yaml.load(text, Loader=ScenarioLoader)  # noqa: S506 - a SafeLoader subclass
+    except YamlProblem as err:
+        raise SimkvError(f"{_where(err.mark)}: {err.problem}", file=origin, field=field, fix=err.fix) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SimkvError(f"YAML syntax error at {_where(mark)}: {problem}", file=origin, field=field,
+                         fix="check indentation, colons and quotes around that line") from None
+    except RecursionError:
+        raise SimkvError(f"YAML nested too deeply", file=origin, field=field,
+                         fix=f"a scenario needs only a few levels (at most {MAX_DEPTH})") from None
+
+
+def _where(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
+
+
 def _merge_catalog_files(raw: dict, path: Path) -> None:
-    for i, name in enumerate(raw.get("catalog_files") or []):
-        cat_path = (path.parent / str(name))
+    files = raw.get("catalog_files")
+    if files is None:
+        return
+    if isinstance(files, str):
+        files = raw["catalog_files"] = [files]
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise SimkvError(f"expected a list of catalog file names, got {files!r:.80}", file=str(path),
+                         field="catalog_files", fix="for example catalog_files: [my-gpus.yaml]")
+    for key in ("models", "gpus"):
+        if not isinstance(raw.get(key) or {}, dict):
+            raise SimkvError(f"expected a mapping of names to entries, got {type(raw[key]).__name__}", file=str(path),
+                             field=key, fix=f"{key}: {{name: {{...}}}}")
+    for i, name in enumerate(files):
+        cat_path = (path.parent / name)
         field = f"catalog_files[{i}]"
-        if not cat_path.exists():
+        if not cat_path.is_file():
             raise SimkvError(f"catalog file '{name}' not found next to the scenario", file=str(path),
-                             field=field, fix="paths are relative to the scenario file")
+                             field=field, fix=f"paths are relative to the scenario file's folder ({path.parent})")
         models, gpus = read_catalog(cat_path)
-        raw.setdefault("models", {}).update(models)
-        raw.setdefault("gpus", {}).update(gpus)
-    for entry in (raw.get("gpus") or {}).values():   # inline entries: relative to the scenario
+        raw["models"] = {**(raw.get("models") or {}), **models}
+        raw["gpus"] = {**(raw.get("gpus") or {}), **gpus}
+
+
+def _resolve_paths(raw: dict, path: Path) -> None:
+    """Inline GPU calibration folders and the trace file, relative to the scenario's folder."""
+    gpus = raw.get("gpus")
+    for entry in (gpus.values() if isinstance(gpus, dict) else ()):
         if isinstance(entry, dict):
             _resolved_calibration(entry, path)
     gpu = (raw.get("hardware") or {}).get("gpu") if isinstance(raw.get("hardware"), dict) else None
     if isinstance(gpu, dict):
         _resolved_calibration(gpu, path)
+    _resolve_trace_path(raw, path)
 
 
 def read_catalog(path: Path) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -113,18 +368,24 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`engine.block_size=32` → ('engine.block_size', 32); values are parsed as YAML scalars."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise SimkvError(f"override '{text}' is not of the form field.path=value", field="--set",
+        raise SimkvError(f"override '{text[:80]}' is not of the form field.path=value", field="--set",
                          fix="for example --set engine.block_size=32")
+    if not value.strip():
+        return key.strip(), ""
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = yaml.load(value, Loader=ScenarioLoader)  # noqa: S506 - a SafeLoader subclass
+    except YamlProblem as err:
+        raise SimkvError(f"value {value[:60]!r}: {err.problem}", field=f"--set {key.strip()}", fix=err.fix) from None
     except yaml.YAMLError:
         parsed = value
+    except RecursionError:
+        raise SimkvError("value nested too deeply", field=f"--set {key.strip()}", fix="give a simpler value") from None
     return key.strip(), parsed
 
 
 def apply_overrides(raw: dict, overrides: Iterable[str] | dict[str, Any], origin: str) -> dict:
     """A copy of `raw` with each dotted key set (intermediate mappings created as needed)."""
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    items = _override_items(overrides)
     out = copy.deepcopy(raw)
     for key, value in items:
         node = out
@@ -193,10 +454,16 @@ def expand_variants(scenario: Scenario) -> list[tuple[str, Scenario]]:
 
 # ---------------------------------------------------------------- pydantic error translation
 
+SUGGEST_CUTOFF = 0.75   # difflib similarity: 'engien' -> 'engine' (0.83), but not 'cluster' -> 'cost' (0.55)
+
 
 def _translate(err: ValidationError, origin: str | None) -> SimkvError:
     # unknown fields first: a misspelt key also shows up as a missing one, and the suggestion helps most
     errors = sorted(err.errors(), key=lambda e: (e["type"] != "extra_forbidden", -len(e["loc"])))
+    # `str | Spec` fields: a spec with a bad field also fails the str branch; that is noise
+    paths = [_field_path(e["loc"])[0] for e in errors]
+    errors = [e for e, p in zip(errors, paths)
+              if not (e["type"] == "string_type" and any(q.startswith(p + ".") for q in paths))] or errors
     seen, lines = set(), []
     first_fix = None
     for e in errors:
@@ -280,7 +547,7 @@ def _explain(e: dict, path: str, owner) -> tuple[str, str | None]:
     name = path.rsplit(".", 1)[-1]
     if kind == "extra_forbidden":
         fields = list(getattr(owner, "model_fields", {}) or {})
-        close = difflib.get_close_matches(name.split("[")[0], fields, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(name.split("[")[0], fields, n=1, cutoff=SUGGEST_CUTOFF)
         if close:
             return f"unknown field '{name}' (did you mean '{close[0]}'?)", f"rename '{name}' to '{close[0]}'"
         valid = f" (valid here: {', '.join(fields)})" if fields else ""
@@ -294,5 +561,18 @@ def _explain(e: dict, path: str, owner) -> tuple[str, str | None]:
         return (f"{e['msg']}", f"set `{ctx.get('discriminator', 'the kind').strip(chr(39))}:` to one of "
                 f"{ctx.get('expected_tags', 'the documented kinds')}")
     value = e.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
-    return f"{e['msg']}{shown}", None
+    shown = f" (got {_short(value)})" if not isinstance(value, (dict, list)) else ""
+    msg = e["msg"].removeprefix("Value error, ")
+    if msg.startswith("expected a number"):
+        return msg + ("" if kind == "value_error" else shown), ("write a plain number, without quotes (YAML's "
+                                                               "true/false are booleans, not 1/0)")
+    if kind == "bool_type":
+        return f"{msg}{shown}", "write true or false"
+    if kind == "value_error":
+        return msg, ("rename it" if "results folder" in msg else None)
+    return f"{msg}{shown}", None
+
+
+def _short(value) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else "a huge integer"
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -11,30 +11,33 @@ import difflib
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      field_validator, model_validator)
+from annotated_types import Le
+from pydantic import Field, field_validator, model_validator
 
 from simkv.catalog import builtin_gpus, builtin_models
 from simkv.errors import SimkvError
-from simkv.specs import DType, GpuSpec, ModelSpec, Strict
+from simkv.specs import (Bool, DType, Float, GpuSpec, ModelSpec, NonNegativeFloat, NonNegativeInt,
+                         PositiveFloat, PositiveInt, Strict)
 
 # ---------------------------------------------------------------- workload
 
 Z99 = 2.3263478740408408  # standard normal 99th percentile
+MAX_REQUESTS = 10_000_000  # requests one run may generate: ~2 GB of request tables, minutes of simulation
+MAX_RATE = 1e7  # requests/s, far beyond any replica
 
 
 class PoissonArrivals(Strict):
     """Exponential gaps between requests (coefficient of variation 1)."""
 
     process: Literal["poisson"]
-    rate: PositiveFloat = Field(description="mean arrival rate (requests/s)")
+    rate: PositiveFloat = Field(le=MAX_RATE, description="mean arrival rate (requests/s)")
 
 
 class GammaArrivals(Strict):
     """Gamma-distributed gaps: cv > 1 is burstier than Poisson, cv < 1 smoother."""
 
     process: Literal["gamma"]
-    rate: PositiveFloat = Field(description="mean arrival rate (requests/s)")
+    rate: PositiveFloat = Field(le=MAX_RATE, description="mean arrival rate (requests/s)")
     cv: PositiveFloat = Field(description="coefficient of variation of the gaps (std/mean, dimensionless)")
 
 
@@ -43,7 +46,7 @@ class OnOffArrivals(Strict):
     period lengths are exponential (a two-state Markov-modulated Poisson process)."""
 
     process: Literal["onoff"]
-    rate_on: PositiveFloat = Field(description="arrival rate while on (requests/s)")
+    rate_on: PositiveFloat = Field(le=MAX_RATE, description="arrival rate while on (requests/s)")
     on_s: PositiveFloat = Field(description="mean length of an on-period (s)")
     off_s: PositiveFloat = Field(description="mean length of an off-period (s)")
 
@@ -53,7 +56,7 @@ class PiecewiseArrivals(Strict):
 
     process: Literal["piecewise"]
     times_s: list[NonNegativeFloat] = Field(min_length=1, description="knot times, increasing, the first 0 (s)")
-    rates: list[NonNegativeFloat] = Field(min_length=1, description="rate at each knot (requests/s)")
+    rates: list[Annotated[NonNegativeFloat, Le(MAX_RATE)]] = Field(min_length=1, description="rate at each knot (requests/s)")
     interpolate: Literal["step", "linear"] = Field("step", description="hold each rate to the next knot, or interpolate")
     period_s: PositiveFloat | None = Field(None, description="repeat the curve with this period (s); none: hold the last rate")
 
@@ -72,8 +75,8 @@ class SpikeArrivals(Strict):
     """Poisson at `rate`, multiplied by `factor` from `start_s` for `duration_s` (a load spike)."""
 
     process: Literal["spike"]
-    rate: PositiveFloat = Field(description="base arrival rate (requests/s)")
-    factor: PositiveFloat = Field(description="rate multiplier during the spike (dimensionless)")
+    rate: PositiveFloat = Field(le=MAX_RATE, description="base arrival rate (requests/s)")
+    factor: PositiveFloat = Field(le=1e6, description="rate multiplier during the spike (dimensionless)")
     start_s: NonNegativeFloat = Field(description="when the spike starts (s)")
     duration_s: PositiveFloat = Field(description="how long it lasts (s)")
 
@@ -147,7 +150,7 @@ class LognormalLength(_Bounded):
     dist: Literal["lognormal"]
     mean: PositiveFloat | None = Field(None, description="mean length (tokens); with p99")
     p99: PositiveFloat | None = Field(None, description="99th percentile length (tokens); with mean")
-    mu: float | None = Field(None, description="mean of log(length); with sigma")
+    mu: Float | None = Field(None, description="mean of log(length); with sigma")
     sigma: PositiveFloat | None = Field(None, description="std of log(length); with mu")
 
     @model_validator(mode="after")
@@ -179,7 +182,7 @@ class MultipleMaxNew(Strict):
     """Clients ask for a multiple of the true output length (rounded up)."""
 
     policy: Literal["multiple"]
-    factor: float = Field(ge=1.0, description="max_new_tokens / true output length (>= 1)")
+    factor: Float = Field(ge=1.0, description="max_new_tokens / true output length (>= 1)")
 
 
 class ExactMaxNew(Strict):
@@ -194,7 +197,7 @@ MaxNewTokens = Annotated[Union[CapMaxNew, MultipleMaxNew, ExactMaxNew], Field(di
 class SharedPrefix(Strict):
     """System prompts shared by a fraction of requests (what prefix caching can reuse)."""
 
-    fraction: float = Field(ge=0, le=1, description="share of requests that start with a shared prefix (dimensionless)")
+    fraction: Float = Field(ge=0, le=1, description="share of requests that start with a shared prefix (dimensionless)")
     tokens: PositiveInt = Field(description="length of each shared prefix, added before the sampled prompt (tokens)")
     num_prefixes: PositiveInt = Field(1, description="distinct shared prefixes, picked uniformly (count)")
 
@@ -202,9 +205,9 @@ class SharedPrefix(Strict):
 class Sampling(Strict):
     """Parallel sampling (n sequences from one prompt) or beam search (beam_width beams)."""
 
-    n: PositiveInt = Field(1, description="sequences sampled per request (count); each has its own output length")
-    beam_width: PositiveInt = Field(1, description="beams per request (count); all run for the request's output length")
-    beam_reselect: float | None = Field(
+    n: PositiveInt = Field(1, le=1024, description="sequences sampled per request (count); each has its own output length")
+    beam_width: PositiveInt = Field(1, le=1024, description="beams per request (count); all run for the request's output length")
+    beam_reselect: Float | None = Field(
         None, ge=0, le=1, description="beam search: chance per step that a beam continues another beam's hypothesis "
         "(dimensionless); paged engines then share that beam's blocks; required with beam_width > 1")
 
@@ -243,7 +246,7 @@ class TraceSpec(Strict):
     columns: TraceColumns | None = Field(None, description="column mapping (required for your own file)")
     time_unit: Literal["s", "ms", "us", "datetime"] = Field("s", description="unit of the arrival column (datetime: 'YYYY-MM-DD HH:MM:SS[.f]')")
     window_s: tuple[NonNegativeFloat, PositiveFloat] | None = Field(None, description="keep arrivals in [start, end) after the first (s)")
-    sample: float = Field(1.0, gt=0, le=1, description="keep this share of the requests, chosen at random with run.seed (dimensionless)")
+    sample: Float = Field(1.0, gt=0, le=1, description="keep this share of the requests, chosen at random with run.seed (dimensionless)")
     speed: PositiveFloat = Field(1.0, description="replay k times faster: arrival gaps divided by k (dimensionless)")
 
     @model_validator(mode="after")
@@ -322,7 +325,7 @@ class Hardware(Strict):
     """The GPUs one replica runs on."""
 
     gpu: str | GpuSpec = Field(description="catalog name (see `simkv catalog`) or a full GPU spec")
-    tensor_parallel: PositiveInt = Field(1, description="GPUs one replica's weights and KV are split across")
+    tensor_parallel: PositiveInt = Field(1, le=1024, description="GPUs one replica's weights and KV are split across")
 
 
 Reservation = Literal["max_model_len", "pow2", "oracle", "prompt_plus_max_new"]
@@ -341,32 +344,32 @@ class Engine(Strict):
         "fcfs", description="batching policy: fcfs (mixed whole prompts), chunked (token budget, vLLM v1 / "
         "Sarathi), prefill-first (vLLM v0), tgi (TGI router), static (FasterTransformer)")
     allocator: Literal["paged", "contiguous"] = Field("paged", description="paged blocks on demand, or one contiguous region per request")
-    block_size: PositiveInt = Field(16, description="tokens per KV block (paged); unit of the capacity override")
+    block_size: PositiveInt = Field(16, le=2 ** 16, description="tokens per KV block (paged); unit of the capacity override")
     reservation: Reservation = Field("max_model_len", description="contiguous: slots reserved at admission")
     placement: Literal["first_fit", "best_fit", "buddy"] = Field(
         "first_fit", description="contiguous: which free extent a region goes to (buddy: power-of-two blocks, Orca)")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory the engine may use (dimensionless)")
-    max_num_seqs: PositiveInt = Field(256, description="most requests running at once (requests)")
-    max_num_batched_tokens: PositiveInt | None = Field(None, description="most tokens processed in one step (tokens); default max(max_model_len, 2048)")
-    max_model_len: PositiveInt | None = Field(None, description="longest prompt + output (tokens); default the model's maximum")
-    watermark: float = Field(0.0, ge=0, lt=1, description="paged: fraction of blocks kept free when admitting (dimensionless)")
-    activation_reserve_gib: NonNegativeFloat | None = Field(None, description="memory held for activations per GPU (GiB); default estimated from the step size")
-    num_gpu_blocks: PositiveInt | None = Field(None, description="measured KV capacity in blocks (overrides the memory arithmetic)")
+    gpu_memory_utilization: Float = Field(0.9, gt=0, le=1, description="fraction of GPU memory the engine may use (dimensionless)")
+    max_num_seqs: PositiveInt = Field(256, le=2 ** 20, description="most requests running at once (requests)")
+    max_num_batched_tokens: PositiveInt | None = Field(None, le=2 ** 24, description="most tokens processed in one step (tokens); default max(max_model_len, 2048)")
+    max_model_len: PositiveInt | None = Field(None, le=2 ** 27, description="longest prompt + output (tokens); default the model's maximum")
+    watermark: Float = Field(0.0, ge=0, le=0.5, description="paged: fraction of blocks kept free when admitting (dimensionless); vLLM uses 0.01")
+    activation_reserve_gib: NonNegativeFloat | None = Field(None, le=1e5, description="memory held for activations per GPU (GiB); default estimated from the step size")
+    num_gpu_blocks: PositiveInt | None = Field(None, le=2 ** 40, description="measured KV capacity in blocks (overrides the memory arithmetic)")
     weight_dtype: DType = Field("bf16", description="weight precision")
     kv_cache_dtype: DType = Field("bf16", description="KV cache precision")
-    host_overhead_s: NonNegativeFloat = Field(0.0, description="CPU time per step not overlapped with the GPU (s)")
-    prefix_caching: bool = Field(False, description="reuse cached KV blocks of identical prompt prefixes (chunked scheduler)")
-    reserve_upfront: bool = Field(False, description="paged: take the blocks for prompt + max_new_tokens at admission (TGI)")
+    host_overhead_s: NonNegativeFloat = Field(0.0, le=10, description="CPU time per step not overlapped with the GPU (s)")
+    prefix_caching: Bool = Field(False, description="reuse cached KV blocks of identical prompt prefixes (chunked scheduler)")
+    reserve_upfront: Bool = Field(False, description="paged: take the blocks for prompt + max_new_tokens at admission (TGI)")
     preemption: Literal["recompute", "swap", "auto"] = Field(
         "recompute", description="how a preempted request gets its KV back (swap: prefill-first only; auto: vLLM V0's "
         "rule, recompute for a single-sequence request, swap for one with several sequences)")
-    swap_space_gib: NonNegativeFloat = Field(4.0, description="host memory for swapped-out KV per GPU (GiB)")
-    max_batch_prefill_tokens: PositiveInt = Field(4096, description="tgi: most prompt tokens in one prefill step (tokens)")
-    prefill_chunking: bool = Field(False, description="tgi: prefill long prompts in chunks within max_batch_prefill_tokens, "
+    swap_space_gib: NonNegativeFloat = Field(4.0, le=1e6, description="host memory for swapped-out KV per GPU (GiB)")
+    max_batch_prefill_tokens: PositiveInt = Field(4096, le=2 ** 24, description="tgi: most prompt tokens in one prefill step (tokens)")
+    prefill_chunking: Bool = Field(False, description="tgi: prefill long prompts in chunks within max_batch_prefill_tokens, "
                                    "in steps shared with the decodes (TGI v3 PREFILL_CHUNKING)")
-    waiting_served_ratio: NonNegativeFloat = Field(0.3, description="tgi: prefill only once waiting >= ratio x running (dimensionless)")
-    max_waiting_tokens: PositiveInt = Field(20, description="tgi: force a prefill after this many decode steps (steps)")
-    max_concurrent_requests: PositiveInt = Field(128, description="tgi: requests in the system beyond which arrivals are refused (requests)")
+    waiting_served_ratio: NonNegativeFloat = Field(0.3, le=1e6, description="tgi: prefill only once waiting >= ratio x running (dimensionless)")
+    max_waiting_tokens: PositiveInt = Field(20, le=2 ** 31, description="tgi: force a prefill after this many decode steps (steps)")
+    max_concurrent_requests: PositiveInt = Field(128, le=2 ** 31, description="tgi: requests in the system beyond which arrivals are refused (requests)")
 
 
 # ---------------------------------------------------------------- run, SLOs, variants
@@ -376,12 +379,12 @@ class Run(Strict):
     """How long to simulate, with which seed, and what to leave out of the statistics."""
 
     seed: NonNegativeInt = Field(0, description="seed of the request stream (same seed, same results)")
-    num_requests: PositiveInt | None = Field(None, description="requests to generate (requests); or duration_s")
+    num_requests: PositiveInt | None = Field(None, le=MAX_REQUESTS, description="requests to generate (requests); or duration_s")
     duration_s: PositiveFloat | None = Field(None, description="arrivals stop after this time (s); or num_requests")
     warmup_s: NonNegativeFloat = Field(0.0, description="requests arriving before this are left out of statistics (s)")
     warmup_requests: NonNegativeInt = Field(0, description="closed loop / offline: the first this many requests sent "
                                             "are left out of statistics (requests)")
-    time_series_points: PositiveInt = Field(2000, ge=10, description="most rows kept in timeseries.csv (rows)")
+    time_series_points: PositiveInt = Field(2000, ge=10, le=10 ** 6, description="most rows kept in timeseries.csv (rows)")
 
     @model_validator(mode="after")
     def _one_length(self):
@@ -415,12 +418,43 @@ class Frontend(Strict):
 
 FORBIDDEN_VARIANT_PREFIXES = ("workload", "run", "variants", "name", "catalog_files")
 
+# files a results folder holds next to the variants' sub-folders (simkv.output, simkv.result, simkv.plots)
+OUTPUT_FILES = frozenset(
+    ["summary.json", "summary.json.partial", "comparison.csv", "report.md", "scenario.json", "requests.csv",
+     "timeseries.csv", "sweep.json", "sweep.csv", "points.csv", "points"]
+    + [f"{stem}.{ext}" for stem in ("kv_breakdown", "kv_breakdown_mean", "kv_utilization", "latency_cdf",
+                                     "batch_queue", "sweep", "curves") for ext in ("png", "svg")])
+MAX_NAME_BYTES = 255   # longest file name on common file systems
+
+
+def _folder_name(value: str, what: str) -> str:
+    """A name that becomes a results folder: not blank, at most 255 bytes, not '.', '..' or the
+    name of a results file."""
+    if not value.strip():
+        raise ValueError(f"{what} must not be blank")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ValueError(f"{what} is {size} bytes long; it names a results folder, and file names hold at most "
+                         f"{MAX_NAME_BYTES} bytes")
+    if value.strip() in (".", ".."):
+        raise ValueError(f"{what} '{value}' cannot name a results folder")
+    if value.lower() in OUTPUT_FILES:
+        raise ValueError(f"{what} '{value}' is the name of a file in the results folder")
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL character")
+    return value
+
 
 class Variant(Strict):
     """A named set of dotted overrides, simulated on the same request stream as the others."""
 
     name: str = Field(min_length=1, description="label in tables and figures")
     set: dict[str, Any] = Field(default_factory=dict, description="dotted field -> value, e.g. engine.block_size: 32")
+
+    @field_validator("name")
+    @classmethod
+    def _usable_as_folder(cls, value: str) -> str:
+        return _folder_name(value, "a variant name")
 
     @field_validator("set")
     @classmethod
@@ -467,6 +501,11 @@ class Scenario(Strict):
     catalog_files: list[str] = Field(default_factory=list, description="extra catalog YAML files ({models: ..., gpus: ...}), relative to this file; merged into models/gpus when loaded")
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="user model entries by name, usable in `model:`")
     gpus: dict[str, GpuSpec] = Field(default_factory=dict, description="user GPU entries by name, usable in `hardware.gpu:`")
+
+    @field_validator("name")
+    @classmethod
+    def _usable_as_folder(cls, value: str) -> str:
+        return _folder_name(value, "the scenario name")
 
     @model_validator(mode="after")
     def _run_length(self):
@@ -516,7 +555,7 @@ def _lookup(value, user: dict, builtin: dict, field: str):
     if value in builtin:
         return builtin[value]
     known = sorted(set(user) | set(builtin))
-    close = difflib.get_close_matches(value, known, n=1)
+    close = difflib.get_close_matches(value, known, n=1, cutoff=0.75)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise SimkvError(f"unknown name '{value}'", field=field,
                      fix=f"{hint}known: {', '.join(known)}; or define it under `models:`/`gpus:` or in a catalog file")

@@ -6,33 +6,63 @@ Simplifications: dense decoder-only transformers (no MoE, no sliding-window evic
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from annotated_types import Ge, Gt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import Strict as _StrictMode
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp8": 1}
 DType = Literal["bf16", "fp16", "fp8"]
 GIB = 1024 ** 3
 
+# ---------------------------------------------------------------- strict numbers
+# YAML hands over booleans, text and huge integers where numbers belong; a schema number takes
+# only an int or a float (an int is fine for a float field), never `true` (which Python counts
+# as 1) or a string, is finite (allow_inf_nan=False below) and, for integers, at most 2**53
+# (exact as a float, and far beyond any physical count).
+
+MAX_INT = 2 ** 53
+
+
+def _number(value):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"expected a number, got the text {value!r} (write the number without quotes)")
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        digits = int(abs(value).bit_length() * 0.30103) + 1   # no str(): Python refuses huge ints
+        raise ValueError(f"a number of about {digits} digits is beyond any plausible value")
+    return value
+
+
+_Num = BeforeValidator(_number)
+Float = Annotated[float, _Num]
+PositiveInt = Annotated[int, Gt(0), _Num]
+NonNegativeInt = Annotated[int, Ge(0), _Num]
+PositiveFloat = Annotated[float, Gt(0), _Num]
+NonNegativeFloat = Annotated[float, Ge(0), _Num]
+Bool = Annotated[bool, _StrictMode()]
+
 
 class Strict(BaseModel):
     """Base for every schema object: unknown fields are errors, objects are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
     """A decoder-only transformer architecture."""
 
-    num_layers: PositiveInt = Field(description="decoder layers")
-    hidden_size: PositiveInt = Field(description="model width (elements)")
-    num_heads: PositiveInt = Field(description="query heads")
-    num_kv_heads: PositiveInt = Field(description="key/value heads (grouped-query attention when < num_heads)")
-    head_dim: PositiveInt = Field(description="elements per attention head")
-    intermediate_size: PositiveInt = Field(description="MLP inner width (elements)")
-    vocab_size: PositiveInt = Field(description="vocabulary entries (lm_head rows)")
-    num_params: PositiveInt = Field(description="parameters the engine loads (count)")
-    max_position_embeddings: PositiveInt = Field(description="longest context the model supports (tokens)")
+    num_layers: PositiveInt = Field(le=4096, description="decoder layers")
+    hidden_size: PositiveInt = Field(le=2 ** 20, description="model width (elements)")
+    num_heads: PositiveInt = Field(le=2 ** 14, description="query heads")
+    num_kv_heads: PositiveInt = Field(le=2 ** 14, description="key/value heads (grouped-query attention when < num_heads)")
+    head_dim: PositiveInt = Field(le=2 ** 14, description="elements per attention head")
+    intermediate_size: PositiveInt = Field(le=2 ** 22, description="MLP inner width (elements)")
+    vocab_size: PositiveInt = Field(le=2 ** 24, description="vocabulary entries (lm_head rows)")
+    num_params: PositiveInt = Field(le=10 ** 14, description="parameters the engine loads (count)")
+    max_position_embeddings: PositiveInt = Field(le=2 ** 27, description="longest context the model supports (tokens)")
     mlp: Literal["gated", "standard"] = Field("gated", description="gated (SwiGLU: gate, up, down) or standard (fc1, fc2)")
     source: str = Field("user-defined", description="where these numbers come from")
 
@@ -82,22 +112,22 @@ class ShardDims(Strict):
 class MeasuredCeilings(Strict):
     """Ceilings measured on a real card (device.json of the calibration runs)."""
 
-    copy_gbps: PositiveFloat = Field(description="device-to-device copy, bytes read + written per second (GB/s)")
-    bf16_matmul_tflops: PositiveFloat = Field(description="8192^3 bf16 matmul rate (TFLOP/s)")
-    h2d_gbps: PositiveFloat = Field(description="pinned host-to-device copy (GB/s)")
-    d2h_gbps: PositiveFloat = Field(description="pinned device-to-host copy (GB/s)")
+    copy_gbps: PositiveFloat = Field(ge=1, le=1e6, description="device-to-device copy, bytes read + written per second (GB/s)")
+    bf16_matmul_tflops: PositiveFloat = Field(ge=0.01, le=1e6, description="8192^3 bf16 matmul rate (TFLOP/s)")
+    h2d_gbps: PositiveFloat = Field(ge=0.01, le=1e5, description="pinned host-to-device copy (GB/s)")
+    d2h_gbps: PositiveFloat = Field(ge=0.01, le=1e5, description="pinned device-to-host copy (GB/s)")
 
 
 class GpuSpec(Strict):
     """A GPU: memory, bandwidths and compute ceilings."""
 
     description: str = Field("user-defined GPU", description="what card this is")
-    memory_gib: PositiveFloat = Field(description="device memory visible to the framework (GiB)")
-    hbm_bandwidth_gbps: PositiveFloat = Field(description="datasheet HBM bandwidth (GB/s)")
-    bf16_tflops: PositiveFloat = Field(description="datasheet dense bf16 tensor throughput (TFLOP/s)")
-    fp8_tflops: PositiveFloat | None = Field(None, description="datasheet dense fp8 throughput (TFLOP/s); none if unsupported")
-    host_link_gbps: PositiveFloat = Field(description="datasheet host link bandwidth per direction (GB/s)")
-    nvlink_gbps: PositiveFloat = Field(450.0, description="GPU-to-GPU bandwidth per direction for all-reduce (GB/s)")
+    memory_gib: PositiveFloat = Field(le=1e5, description="device memory visible to the framework (GiB)")
+    hbm_bandwidth_gbps: PositiveFloat = Field(ge=1, le=1e6, description="datasheet HBM bandwidth (GB/s)")
+    bf16_tflops: PositiveFloat = Field(ge=0.01, le=1e6, description="datasheet dense bf16 tensor throughput (TFLOP/s)")
+    fp8_tflops: PositiveFloat | None = Field(None, ge=0.01, le=1e6, description="datasheet dense fp8 throughput (TFLOP/s); none if unsupported")
+    host_link_gbps: PositiveFloat = Field(ge=0.01, le=1e5, description="datasheet host link bandwidth per direction (GB/s)")
+    nvlink_gbps: PositiveFloat = Field(450.0, ge=0.01, le=1e5, description="GPU-to-GPU bandwidth per direction for all-reduce (GB/s)")
     measured: MeasuredCeilings | None = Field(None, description="measured ceilings; preferred over datasheet values")
     calibration: str | None = Field(None, description="folder of operator and step measurements written by `simkv "
                                     "calibrate`: makes this GPU a calibrated cost-model target (relative to the catalog file)")

@@ -40,7 +40,12 @@ def parse_catalog(data: object, origin: str) -> tuple[dict[str, ModelSpec], dict
         raise ValueError(f"{origin}: a catalog file is a mapping with keys 'models' and/or 'gpus'")
     models, gpus = {}, {}
     for key, cls, out in (("models", ModelSpec, models), ("gpus", GpuSpec, gpus)):
-        for name, entry in (data.get(key) or {}).items():
+        section = data.get(key) or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"{key}: expected a mapping of names to entries, got {type(section).__name__}")
+        for name, entry in section.items():
+            if not isinstance(entry, (dict, type(None))):
+                raise ValueError(f"{key}.{name}: expected a mapping of fields, got {type(entry).__name__}")
             try:
                 out[str(name)] = cls(**(entry or {}))
             except ValidationError as err:

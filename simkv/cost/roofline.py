@@ -15,10 +15,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from simkv.errors import SimkvError
 from simkv.sched.base import StepPlan
 from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec
 
 ACT_BYTES = 2  # activations are bf16
+
+
+def _check_rates(rates: dict[str, float], host_overhead_s: float) -> None:
+    """Ceilings must be finite and positive, the host overhead finite and non-negative: anything
+    else gives infinite or meaningless step times."""
+    for name, value in rates.items():
+        if not (np.isfinite(value) and value > 0):
+            raise SimkvError(f"the GPU's {name} ceiling is {value!r}", field="hardware.gpu",
+                             fix="give finite, positive bandwidth and compute numbers in the GPU entry")
+    if not (np.isfinite(host_overhead_s) and host_overhead_s >= 0):
+        raise SimkvError(f"host_overhead_s is {host_overhead_s!r}", field="engine.host_overhead_s",
+                         fix="give a finite, non-negative time in seconds")
 
 
 class RooflineCost:
@@ -48,6 +61,9 @@ class RooflineCost:
         self.d2h_bytes_per_s, self.h2d_bytes_per_s = gpu.device_to_host_bps, gpu.host_to_device_bps
         self._fixed_cache: dict[tuple[int, int], float] = {}
         self.gpu, self.weight_dtype, self.kv_dtype = gpu, weight_dtype, kv_dtype
+        _check_rates({"compute (FLOP/s)": self.flops_per_s, "memory bandwidth (B/s)": self.bytes_per_s,
+                      "nvlink (B/s)": self.link_bytes_per_s, "device-to-host (B/s)": self.d2h_bytes_per_s,
+                      "host-to-device (B/s)": self.h2d_bytes_per_s}, host_overhead_s)
 
     def sources(self) -> dict[str, str]:
         """Where each cost component's numbers come from (roofline ceilings, nothing fitted)."""
