@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+import simkv.figure_files  # noqa: E402,F401  (log axes with CPU-independent coordinates)
 from simkv.result import Result  # noqa: E402
 
 KV_LAYERS = (("token_tokens", "token states", "#2b6cb0"), ("reserved_tokens", "reserved", "#68d391"),

@@ -61,3 +61,36 @@ def test_reproduce_check_compares_with_the_docs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--check", "--only", "scenario-reference",
                            "-o", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "differs" in proc.stdout
+
+
+
+def _avx512_features() -> list[str]:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        return []
+    return [f for f in ("X86_V4", "AVX512_ICL", "AVX512_SPR", "AVX512F", "AVX512_SKX", "AVX512_CLX", "AVX512_CNL")
+            if features.get(f)]
+
+
+def test_log_axis_figures_have_the_same_bytes_on_cpus_without_avx512(tmp_path):
+    """numpy's log10 differs in the last bit between its AVX-512 and AVX2 paths: the latency CDFs
+    (log axes) of docs/ came out with other bytes on an AVX2-only machine. Emulated here by
+    switching numpy's AVX-512 code off (NPY_DISABLE_CPU_FEATURES)."""
+    import os
+    import shutil
+
+    import pytest
+    disable = _avx512_features()
+    if not disable:
+        pytest.skip("this CPU has no AVX-512: numpy takes the AVX2 path anyway")
+    run = subprocess.run([sys.executable, "-m", "simkv.cli", "run", "scenarios/quickstart.yaml", "-q", "-o",
+                          str(tmp_path / "native")], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    shutil.copytree(tmp_path / "native", tmp_path / "avx2")
+    for name, env in (("native", {}), ("avx2", {"NPY_DISABLE_CPU_FEATURES": " ".join(disable)})):
+        proc = subprocess.run([sys.executable, "-m", "simkv.cli", "plot", str(tmp_path / name)], capture_output=True,
+                              text=True, cwd=ROOT, env={**os.environ, **env})    # both drawn from the same files
+        assert proc.returncode == 0, proc.stderr
+    for name in ("latency_cdf.png", "latency_cdf.svg", "kv_utilization.png"):
+        assert (tmp_path / "native" / name).read_bytes() == (tmp_path / "avx2" / name).read_bytes(), name
