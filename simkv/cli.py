@@ -177,7 +177,7 @@ def cmd_run(args) -> int:
     wall = time.perf_counter() - wall
     if scenario.sweep is not None:
         from simkv.output import scenario_title, write_sweep
-        write_sweep(scenario.sweep.field, points, out, scenario_title(scenario))
+        write_sweep(scenario.sweep.field, points, out, scenario_title(scenario, points))
         print(f"{scenario.name}: {total:,} simulated requests in {wall:.1f} s wall ({total / wall:,.0f} requests/s)")
         print(f"results: {out}/ (sweep.csv, sweep.png, report.md, one folder per value)")
         return 0

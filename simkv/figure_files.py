@@ -3,6 +3,7 @@ run to run so `simkv reproduce` can regenerate docs/ without spurious changes.""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -30,7 +31,9 @@ class _DeterministicLogScale(LogScale):
         self._transform = _RoundedLogTransform(self._transform.base, "clip" if self._transform._clip else "mask")
 
 
-register_scale(_DeterministicLogScale)
+with warnings.catch_warnings():      # matplotlib >= 3.11 notes the (still supported) `axis` argument
+    warnings.simplefilter("ignore", PendingDeprecationWarning)
+    register_scale(_DeterministicLogScale)
 
 # no dates, no library versions, fixed SVG element ids: the bytes depend only on the figure
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}

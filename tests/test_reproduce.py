@@ -94,3 +94,58 @@ def test_log_axis_figures_have_the_same_bytes_on_cpus_without_avx512(tmp_path):
         assert proc.returncode == 0, proc.stderr
     for name in ("latency_cdf.png", "latency_cdf.svg", "kv_utilization.png"):
         assert (tmp_path / "native" / name).read_bytes() == (tmp_path / "avx2" / name).read_bytes(), name
+
+
+def _quickstart_results(*sets: str):
+    import simkv
+    scenario = simkv.load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["run.num_requests=400", "run.warmup_s=2", *sets])
+    return {"base": simkv.simulate(scenario)}
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_figures_tick_labels_never_overlap_and_legends_stay_off_the_data():
+    import matplotlib.pyplot as plt
+
+    from simkv.plots import FIGURES
+    results = _quickstart_results()
+    for name, make in FIGURES.items():
+        fig = make(results)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                boxes = [t.get_window_extent(renderer) for t in axis.get_ticklabels(which="both")
+                         if t.get_visible() and t.get_text()]
+                for i, a in enumerate(boxes):
+                    assert not any(_overlap(a, b) for b in boxes[i + 1:]), (name, [t.get_text() for t in axis.get_ticklabels(which="both")])
+            assert ax.get_legend() is None, name                        # no legend inside an axes
+        for legend in fig.legends:
+            box = legend.get_window_extent(renderer)
+            assert not any(_overlap(box, ax.get_window_extent(renderer)) for ax in fig.axes), name
+        plt.close(fig)
+
+
+def test_titles_come_from_the_setup_not_from_the_description():
+    """quickstart's description says "one H100": simulated on an H200, every title says H200,
+    and a sweep's title (from scenario_title) too; presets are named."""
+    import matplotlib.pyplot as plt
+
+    import simkv
+    from simkv.output import scenario_title
+    from simkv.plots import FIGURES
+    results = _quickstart_results("hardware.gpu=h200")
+    for name, make in FIGURES.items():
+        fig = make(results)
+        title = fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title()
+        assert "H200" in title and "H100" not in title and "engine preset simkv" in title, (name, title)
+        plt.close(fig)
+    scenario = simkv.load_scenario(ROOT / "scenarios" / "vllm-vs-tgi-h100.yaml", ["hardware.gpu=h200", "run.duration_s=5",
+                                                                                  "run.warmup_s=0"])
+    assert "H100" in scenario.description
+    from simkv.simulate import simulate_sweep
+    points = simulate_sweep(scenario)[:1]
+    title = scenario_title(scenario, points)
+    assert "H200" in title and "H100" not in title and "vllm-v1 / tgi" in title, title
