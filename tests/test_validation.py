@@ -81,10 +81,10 @@ def test_paged_attention_after_preemption_and_resume(block_size):
 
 
 def _tight(preset: str, preemption: str | None = None) -> simkv.Scenario:
-    sets = ["run.num_requests=30", "run.warmup_s=0", "engine.num_gpu_blocks=40", "engine.max_model_len=512",
+    sets = ["run.num_requests=20", "run.warmup_s=0", "engine.num_gpu_blocks=24", "engine.max_model_len=256",
             f"engine.preset={preset}", "engine.prefix_caching=false", "workload.arrival.rate=30",
-            "workload.prompt_tokens={dist: uniform, low: 20, high: 200}",
-            "workload.output_tokens={dist: uniform, low: 5, high: 60}"]
+            "workload.prompt_tokens={dist: uniform, low: 20, high: 120}",  # short: seconds on any CPU
+            "workload.output_tokens={dist: uniform, low: 5, high: 40}"]
     if preemption:
         sets.append(f"engine.preemption={preemption}")
     return simkv.load_scenario(ROOT / "scenarios" / "quickstart.yaml", sets)
