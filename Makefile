@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run test test-slow bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
 run: $(VENV)/.installed
 	$(BIN)/simkv run scenarios/quickstart.yaml -o results/quickstart
 
+# the default suite: minutes on any CPU (tests marked `slow` are deselected in pyproject.toml)
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# only the slow tests: real model shapes on the CPU (bf16 is emulated, ~100x slower, on CPUs
+# without AVX-512 BF16 / AMX)
+test-slow: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m slow
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_engine.py

@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     va.add_argument("--layers", type=int, help="decoder layers of the mini engine (default: the model's; 2 on cpu)")
     va.add_argument("--requests", type=int, help="simulate only this many requests (default: the scenario's run)")
     va.add_argument("--variant", help="which variant's schedule (default: the first)")
+    va.add_argument("--shapes", choices=["tiny", "model"], default=None,
+                    help="tiny: a tiny Llama-style model (default on cpu); model: the scenario's own shapes (default on cuda)")
     va.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     va.add_argument("-o", "--output", help="folder (default results/validate-<scenario name>)")
     va.set_defaults(func=cmd_validate)
@@ -114,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--device", choices=["cpu", "cuda"], default=None, help="cpu: a small grid (tests)")
     ca.add_argument("--models", help="comma-separated calibration shapes (llama3-8b, llama2-7b, llama3-70b-tp4)")
     ca.add_argument("--quick", action="store_true", help="every third shape of the reference grid")
+    ca.add_argument("--shapes", choices=["tiny", "real"], default=None,
+                    help="tiny: a tiny layer in float32 (default on cpu without --models: seconds, checks the machinery); "
+                         "real: the calibration models in bfloat16 (default on cuda; slow on CPUs without native bf16)")
     ca.add_argument("--reference", default="h100", help="shipped tables whose shapes to measure and compare with")
     ca.add_argument("--name", help="catalog name of this GPU in gpu.yaml (default from the device name)")
     ca.add_argument("-o", "--output", default="results/calibration", help="folder for the tables")
@@ -181,7 +186,7 @@ def cmd_run(args) -> int:
     wall = time.perf_counter() - wall
     if scenario.sweep is not None:
         from simkv.output import scenario_title, write_sweep
-        write_sweep(scenario.sweep.field, points, out, scenario_title(scenario))
+        write_sweep(scenario.sweep.field, points, out, scenario_title(scenario, points))
         print(f"{scenario.name}: {total:,} simulated requests in {wall:.1f} s wall ({total / wall:,.0f} requests/s)")
         print(f"results: {out}/ (sweep.csv, sweep.png, report.md, one folder per value)")
         return 0
@@ -360,7 +365,7 @@ def cmd_validate(args) -> int:
     from simkv.safe_paths import check_root
     check_root(out)
     start = time.perf_counter()
-    result = validate(scenario, device, args.layers, args.requests, args.variant)
+    result = validate(scenario, device, args.layers, args.requests, args.variant, shapes=args.shapes)
     from simkv.gpu.report import write_validation
     write_validation(result, out)
     s = result.summary
@@ -380,7 +385,7 @@ def cmd_calibrate(args) -> int:
     start = time.perf_counter()
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     calibrate(out, device, models, args.quick, args.reference, args.name,
-              log=lambda text: print(f"  {text}", file=sys.stderr))
+              log=lambda text: print(f"  {text}", file=sys.stderr, flush=True), shapes_kind=args.shapes)
     info = json.loads((out / "device.json").read_text())
     print(f"measured {info['name']} in {time.perf_counter() - start:.0f} s -> {out}/ (4 tables, device.json, gpu.yaml)")
     print(f"  copy {info['d2d_copy_GBps_read_plus_write']:,.0f} GB/s (read+write), bf16 matmul "

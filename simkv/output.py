@@ -91,19 +91,24 @@ def write_figures(results: dict[str, Result], folder: Path) -> list[str]:
     return names
 
 
-def scenario_title(scenario) -> str:
-    """A figure title: the scenario name and the start of its description."""
-    text = (scenario.description or "").split(":")[0].strip()
-    if len(text) > 110:
-        text = text[:110].rsplit(" ", 1)[0] + "…"
-    return f"{scenario.name}: {text}" if text else scenario.name
+def scenario_title(scenario, points: list | None = None) -> str:
+    """A figure title from structured fields: the scenario name, model, GPU, tensor parallelism
+    and engine preset(s) of the results' setups (never the free-text description, which may
+    name another GPU than the one simulated)."""
+    from simkv.plots import setup_line
+    setups = [r.summary.get("setup", {}) for _, results in points or [] for r in results.values()]
+    if not setups:
+        return scenario.name
+    field = scenario.sweep.field if scenario.sweep is not None else None
+    return setup_line(setups, scenario.name) + (f", swept {field}" if field else "")
 
 
 def sweep_title(name: str, points: list[dict], rows: list[dict]) -> str:
     """`base: model on gpu, swept field, field` for the curves of a sweep file."""
+    from simkv.plots import setup_line
     fields = list(dict.fromkeys(k for p in points for k in p))
-    setup = next((r["summary"]["setup"] for r in rows if r["summary"]), None)
-    return f"{name}: {setup['model']} on {setup['gpu']}, swept {', '.join(fields)}" if setup else name
+    setups = [r["summary"]["setup"] for r in rows if r["summary"]]      # every point's: a swept GPU lists each
+    return f"{setup_line(setups, name)}, swept {', '.join(fields)}" if setups else name
 
 
 def write_sweep(field: str, points: list[tuple[object, dict[str, Result]]], folder: str | Path, title: str) -> Path:

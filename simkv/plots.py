@@ -12,7 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+import simkv.figure_files  # noqa: E402,F401  (log axes with CPU-independent coordinates)
 from simkv.result import Result  # noqa: E402
 
 KV_LAYERS = (("token_tokens", "token states", "#2b6cb0"), ("reserved_tokens", "reserved", "#68d391"),
@@ -20,17 +22,65 @@ KV_LAYERS = (("token_tokens", "token states", "#2b6cb0"), ("reserved_tokens", "r
              ("external_frag_tokens", "external fragmentation", "#e53e3e"), ("free_tokens", "free", "#e2e8f0"))
 
 
+def setup_line(setups: list[dict], scenario: str = "") -> str:
+    """`scenario: model on GPU (TP n), engine preset` from the summaries' structured setup (never
+    from a scenario's free-text description); fields that differ between results list each value."""
+    def values(key, default=""):
+        return " / ".join(dict.fromkeys(str(s.get(key, default)) for s in setups)) or "?"
+    presets = values("preset")
+    text = (f"{values('model')} on {values('gpu').upper()} (TP {values('tensor_parallel', 1)}), "
+            f"engine preset{'s' if ' / ' in presets else ''} {presets}")
+    return f"{scenario}: {text}" if scenario else text
+
+
 def _title(results: dict[str, Result], what: str) -> str:
     first = next(iter(results.values()))
-    setup = first.summary.get("setup", {})
-    return f"{what}\n{first.summary.get('scenario', '')}: {setup.get('model', '')} on {setup.get('gpu', '')}" \
-           f" (TP {setup.get('tensor_parallel', 1)})"
+    return f"{what}\n{setup_line([r.summary.get('setup', {}) for r in results.values()], first.summary.get('scenario', ''))}"
+
+
+class _LogTicks(LogLocator):
+    """Major ticks of a log axis that never crowd: decades (every few when many); over less than
+    two decades also 2 and 5 times them; over less than half a decade every integer multiple."""
+
+    def tick_values(self, vmin, vmax):
+        if vmin > 0 and vmax > 0:
+            span = abs(np.log10(vmax / vmin))
+            self.set_params(subs=(1.0,) if span >= 2 else (1.0, 2.0, 5.0) if span >= 0.5 else np.arange(1.0, 10.0))
+        return super().tick_values(vmin, vmax)
+
+
+def _plain(value: float, _pos=None) -> str:
+    return f"{value:g}"
+
+
+def log_axis(axis) -> None:
+    """Ticks of a log-scaled `axis` (ax.xaxis / ax.yaxis; after set_xscale("log")) with readable, non-overlapping labels: plain
+    numbers (0.01, 0.2, 5) on the major ticks only, unlabelled minor ticks."""
+    axis.set_major_locator(_LogTicks(numticks=8))
+    axis.set_major_formatter(FuncFormatter(_plain))
+    axis.set_minor_locator(LogLocator(subs=np.arange(2.0, 10.0), numticks=12))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def legend_below(fig, ax_or_axes, ncol: int = 5) -> None:
+    """One legend for the figure, below the axes (outside them, so it never covers data); the
+    figure uses constrained layout, which makes room for it."""
+    axes = np.atleast_1d(ax_or_axes).ravel()
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lbl in zip(*ax.get_legend_handles_labels()):
+            if lbl not in handles and not lbl.startswith("_"):
+                handles[lbl] = h
+                labels.append(lbl)
+    if labels:
+        fig.legend([handles[lbl] for lbl in labels], labels, loc="outside lower center", ncol=min(ncol, len(labels)),
+                   fontsize=8, frameon=False)
 
 
 def kv_breakdown_over_time(results: dict[str, Result]) -> Figure:
     """Stacked KV breakdown (fraction of capacity) over simulated time, one panel per result."""
     n = len(results)
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n + 0.8), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n + 1.2), sharex=True, squeeze=False, layout="constrained")
     for ax, (name, res) in zip(axes[:, 0], results.items()):
         ts = res.timeseries
         if not len(ts.get("time_s", [])):
@@ -43,15 +93,14 @@ def kv_breakdown_over_time(results: dict[str, Result]) -> Figure:
         ax.set_ylabel("fraction of KV cache")
         ax.set_title(name, fontsize=10, loc="left")
     axes[-1, 0].set_xlabel("simulated time (s)")
-    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=3)
+    legend_below(fig, axes[0, 0])
     fig.suptitle(_title(results, "KV cache breakdown over time"), fontsize=11)
-    fig.tight_layout()
     return fig
 
 
 def kv_breakdown_bars(results: dict[str, Result]) -> Figure:
     """Time-averaged KV breakdown per result as stacked horizontal bars."""
-    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.7 * len(results)))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.7 * len(results)), layout="constrained")
     names = list(results)
     left = np.zeros(len(names))
     for key, label, colour in KV_LAYERS:
@@ -62,9 +111,8 @@ def kv_breakdown_bars(results: dict[str, Result]) -> Figure:
     ax.set_xlim(0, 1)
     ax.set_xlabel("time-averaged fraction of KV cache capacity")
     ax.invert_yaxis()
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, fontsize=7, frameon=False)
-    ax.set_title(_title(results, "Where the KV cache goes (measured window)"), fontsize=10, pad=22)
-    fig.tight_layout()
+    legend_below(fig, ax)
+    fig.suptitle(_title(results, "Where the KV cache goes (measured window)"), fontsize=10)
     return fig
 
 
@@ -72,7 +120,7 @@ def latency_cdfs(results: dict[str, Result]) -> Figure:
     """Empirical CDFs of TTFT, TPOT, E2E and each request's longest token gap."""
     panels = (("ttft_s", "time to first token (s)"), ("tpot_s", "time per output token (s)"),
               ("e2e_s", "end-to-end latency (s)"), ("max_tbt_s", "longest gap between tokens (s)"))
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.4), layout="constrained")
     for ax, (col, label) in zip(axes.flat, panels):
         for name, res in results.items():
             warm = res.summary["throughput"]["measured_window_s"][0]
@@ -82,18 +130,18 @@ def latency_cdfs(results: dict[str, Result]) -> Figure:
             if len(vals):
                 ax.plot(vals, np.arange(1, len(vals) + 1) / len(vals), label=name, drawstyle="steps-post")
         ax.set_xscale("log")
+        log_axis(ax.xaxis)
         ax.set_xlabel(label)
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3, which="both")
-    axes[0, 0].legend(fontsize=8)
+    legend_below(fig, axes)
     fig.suptitle(_title(results, "Latency distributions (requests after warm-up)"), fontsize=11)
-    fig.tight_layout()
     return fig
 
 
 def batch_and_queue(results: dict[str, Result]) -> Figure:
     """Running batch size and waiting queue depth over simulated time."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.4), sharex=True, layout="constrained")
     for name, res in results.items():
         ts = res.timeseries
         if not len(ts.get("time_s", [])):
@@ -103,17 +151,16 @@ def batch_and_queue(results: dict[str, Result]) -> Figure:
     top.set_ylabel("running requests")
     bottom.set_ylabel("waiting requests")
     bottom.set_xlabel("simulated time (s)")
-    top.legend(fontsize=8)
+    legend_below(fig, top)
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     fig.suptitle(_title(results, "Batch size and queue depth"), fontsize=11)
-    fig.tight_layout()
     return fig
 
 
 def utilization_over_time(results: dict[str, Result]) -> Figure:
     """KV utilization (token states / capacity) over time, results overlaid."""
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.4), layout="constrained")
     for name, res in results.items():
         ts = res.timeseries
         if len(ts.get("time_s", [])):
@@ -122,9 +169,8 @@ def utilization_over_time(results: dict[str, Result]) -> Figure:
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("KV utilization (token states / capacity)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(_title(results, "KV cache utilization over time"), fontsize=10)
-    fig.tight_layout()
+    legend_below(fig, ax)
+    fig.suptitle(_title(results, "KV cache utilization over time"), fontsize=10)
     return fig
 
 
@@ -162,7 +208,7 @@ def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:
     """Headline metrics against the swept value, one line per variant (rows: flat metrics with
     'value' and 'variant'; optional 'group' picks the colour and 'style' the marker and dashes, so
     curves of a second swept field stay visible where they coincide)."""
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+    fig, axes = plt.subplots(2, 4, figsize=(16, 8), layout="constrained")
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     groups = list(dict.fromkeys(r.get("group", r["variant"]) for r in rows))
     styles = list(dict.fromkeys(r.get("style", "") for r in rows))
@@ -182,6 +228,7 @@ def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:
                 ax.plot(x, [np.nan if r[p50] is None else r[p50] for r in pts], "--", color=colour, lw=1)
         if with_p50:
             ax.set_yscale("log")
+            log_axis(ax.yaxis)
         else:
             ax.set_ylim(bottom=0)
         ax.set_xlabel(field_label(field))
@@ -189,9 +236,8 @@ def sweep_curves(rows: list[dict], field: str, title: str) -> Figure:
         ax.grid(alpha=0.3, which="both")
         if categorical:
             ax.set_xticks(range(len(values)), values, rotation=20, fontsize=8)
-    axes[0, 0].legend(fontsize=8)
+    legend_below(fig, axes)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     return fig
 
 

@@ -103,7 +103,7 @@ def _run_scenario(path: Path, out: Path) -> None:
     scenario = load_scenario(path)
     points = simulate_sweep(scenario)
     if scenario.sweep is not None:
-        write_sweep(scenario.sweep.field, points, out, scenario_title(scenario))
+        write_sweep(scenario.sweep.field, points, out, scenario_title(scenario, points))
     else:
         write_results(points[0][1], out)
 

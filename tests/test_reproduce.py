@@ -61,3 +61,91 @@ def test_reproduce_check_compares_with_the_docs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--check", "--only", "scenario-reference",
                            "-o", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "differs" in proc.stdout
+
+
+
+def _avx512_features() -> list[str]:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        return []
+    return [f for f in ("X86_V4", "AVX512_ICL", "AVX512_SPR", "AVX512F", "AVX512_SKX", "AVX512_CLX", "AVX512_CNL")
+            if features.get(f)]
+
+
+def test_log_axis_figures_have_the_same_bytes_on_cpus_without_avx512(tmp_path):
+    """numpy's log10 differs in the last bit between its AVX-512 and AVX2 paths: the latency CDFs
+    (log axes) of docs/ came out with other bytes on an AVX2-only machine. Emulated here by
+    switching numpy's AVX-512 code off (NPY_DISABLE_CPU_FEATURES)."""
+    import os
+    import shutil
+
+    import pytest
+    disable = _avx512_features()
+    if not disable:
+        pytest.skip("this CPU has no AVX-512: numpy takes the AVX2 path anyway")
+    run = subprocess.run([sys.executable, "-m", "simkv.cli", "run", "scenarios/quickstart.yaml", "-q", "-o",
+                          str(tmp_path / "native")], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    shutil.copytree(tmp_path / "native", tmp_path / "avx2")
+    for name, env in (("native", {}), ("avx2", {"NPY_DISABLE_CPU_FEATURES": " ".join(disable)})):
+        proc = subprocess.run([sys.executable, "-m", "simkv.cli", "plot", str(tmp_path / name)], capture_output=True,
+                              text=True, cwd=ROOT, env={**os.environ, **env})    # both drawn from the same files
+        assert proc.returncode == 0, proc.stderr
+    for name in ("latency_cdf.png", "latency_cdf.svg", "kv_utilization.png"):
+        assert (tmp_path / "native" / name).read_bytes() == (tmp_path / "avx2" / name).read_bytes(), name
+
+
+def _quickstart_results(*sets: str):
+    import simkv
+    scenario = simkv.load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["run.num_requests=400", "run.warmup_s=2", *sets])
+    return {"base": simkv.simulate(scenario)}
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_figures_tick_labels_never_overlap_and_legends_stay_off_the_data():
+    import matplotlib.pyplot as plt
+
+    from simkv.plots import FIGURES
+    results = _quickstart_results()
+    for name, make in FIGURES.items():
+        fig = make(results)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                boxes = [t.get_window_extent(renderer) for t in axis.get_ticklabels(which="both")
+                         if t.get_visible() and t.get_text()]
+                for i, a in enumerate(boxes):
+                    assert not any(_overlap(a, b) for b in boxes[i + 1:]), (name, [t.get_text() for t in axis.get_ticklabels(which="both")])
+            assert ax.get_legend() is None, name                        # no legend inside an axes
+        for legend in fig.legends:
+            box = legend.get_window_extent(renderer)
+            assert not any(_overlap(box, ax.get_window_extent(renderer)) for ax in fig.axes), name
+        plt.close(fig)
+
+
+def test_titles_come_from_the_setup_not_from_the_description():
+    """quickstart's description says "one H100": simulated on an H200, every title says H200,
+    and a sweep's title (from scenario_title) too; presets are named."""
+    import matplotlib.pyplot as plt
+
+    import simkv
+    from simkv.output import scenario_title
+    from simkv.plots import FIGURES
+    results = _quickstart_results("hardware.gpu=h200")
+    for name, make in FIGURES.items():
+        fig = make(results)
+        title = fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title()
+        assert "H200" in title and "H100" not in title and "engine preset simkv" in title, (name, title)
+        plt.close(fig)
+    scenario = simkv.load_scenario(ROOT / "scenarios" / "vllm-vs-tgi-h100.yaml", ["hardware.gpu=h200", "run.duration_s=5",
+                                                                                  "run.warmup_s=0"])
+    assert "H100" in scenario.description
+    from simkv.simulate import simulate_sweep
+    points = simulate_sweep(scenario)[:1]
+    title = scenario_title(scenario, points)
+    assert "H200" in title and "H100" not in title and "vllm-v1 / tgi" in title, title

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch", reason="validation needs the gpu extra (CPU torch is enough)")
 
@@ -80,10 +81,10 @@ def test_paged_attention_after_preemption_and_resume(block_size):
 
 
 def _tight(preset: str, preemption: str | None = None) -> simkv.Scenario:
-    sets = ["run.num_requests=30", "run.warmup_s=0", "engine.num_gpu_blocks=40", "engine.max_model_len=512",
+    sets = ["run.num_requests=20", "run.warmup_s=0", "engine.num_gpu_blocks=24", "engine.max_model_len=256",
             f"engine.preset={preset}", "engine.prefix_caching=false", "workload.arrival.rate=30",
-            "workload.prompt_tokens={dist: uniform, low: 20, high: 200}",
-            "workload.output_tokens={dist: uniform, low: 5, high: 60}"]
+            "workload.prompt_tokens={dist: uniform, low: 20, high: 120}",  # short: seconds on any CPU
+            "workload.output_tokens={dist: uniform, low: 5, high: 40}"]
     if preemption:
         sets.append(f"engine.preemption={preemption}")
     return simkv.load_scenario(ROOT / "scenarios" / "quickstart.yaml", sets)
@@ -121,7 +122,10 @@ def test_timeline_with_simulated_durations_reproduces_the_simulation():
 
 def test_validate_cli_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", "scenarios/validation-small.yaml", "--device", "cpu",
-                           "--requests", "16", "--set", "engine.num_gpu_blocks=130",
+                           "--requests", "16", "--set", "engine.num_gpu_blocks=40", "--set", "engine.max_model_len=512",
+                           "--set", "engine.max_num_batched_tokens=256",      # short sequences: seconds on any CPU
+                           "--set", "workload.prompt_tokens={dist: lognormal, mean: 120, p99: 400, max: 400}",
+                           "--set", "workload.output_tokens={dist: exponential, mean: 40, max: 120}",
                            "--set", "workload.arrival.rate=20000",   # a tiny model's steps are microseconds: a burst
                            "-o", str(tmp_path)],
                           capture_output=True, text=True, cwd=ROOT)
@@ -133,6 +137,31 @@ def test_validate_cli_on_cpu(tmp_path):
     for name in ("report.md", "steps.csv", "validation.png", "validation.svg"):
         assert (tmp_path / name).stat().st_size > 0
     assert "predicted vs measured" in (tmp_path / "report.md").read_text()
+    assert s["dtype"] == "float32" and s["model"]["hidden_size"] == 64            # tiny and fp32 on the CPU
+    for phase in ("recorded", "paged KV store: warm-up", "contiguous KV store: warm-up", f"{s['steps']}/{s['steps']} steps"):
+        assert phase in proc.stderr, proc.stderr                                  # progress on stderr
+
+
+def test_step_progress_reports_every_few_seconds_and_at_the_end(monkeypatch):
+    from simkv.gpu import validate as v
+    clock = iter([0.0, 1.0, 6.0, 7.0, 8.0])
+    monkeypatch.setattr(v.time, "perf_counter", lambda: next(clock))
+    lines = []
+    progress = v.StepProgress(lines.append, "paged KV store", every_s=5.0)
+    for done in (1, 2, 3, 4):
+        progress(done, 4)
+    assert lines == ["paged KV store: 2/4 steps (50%) in 6.0 s, ~6 s left", "paged KV store: 4/4 steps (100%) in 8.0 s"]
+
+
+@pytest.mark.slow
+def test_validate_cli_on_cpu_with_the_models_real_shapes(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", "scenarios/validation-small.yaml", "--device", "cpu",
+                           "--shapes", "model", "--layers", "1", "--requests", "4", "-o", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["model"]["hidden_size"] == 4096 and s["model"]["num_layers"] == 1
+    assert s["outputs_identical_paged_vs_contiguous"] and s["tokens_generated"] == s["tokens_expected"] > 0
 
 
 def test_validate_errors_are_clear(tmp_path, monkeypatch):
@@ -157,10 +186,75 @@ def test_core_never_imports_torch():
     assert out == ["False", "False"]
 
 
-def test_calibrate_on_cpu_writes_the_reference_formats_and_makes_a_cost_target(tmp_path):
+def _check_reference_formats(out):
+    shipped = ROOT / "simkv" / "cost" / "data" / "h100"
+    for table in ("gemm.csv", "elementwise.csv", "attention.csv", "layer_steps.csv"):
+        lines = (out / table).read_text().splitlines()
+        assert lines[0] == (shipped / table).read_text().splitlines()[0]          # the same columns
+        ms = [float(row.split(",")[-2 if table == "gemm.csv" else -1]) for row in lines[1:]]
+        assert ms and min(ms) > 0
+    kinds = {row.split(",")[2] for row in (out / "layer_steps.csv").read_text().splitlines()[1:]}
+    assert kinds == {"prefill", "decode", "mixed"}
+    device = json.loads((out / "device.json").read_text())
+    assert set(json.loads((shipped / "device.json").read_text())) <= set(device)
+    return device
+
+
+def _simulate_on(tmp_path, gpu_yaml: str) -> dict:
+    (tmp_path / "s.yaml").write_text(
+        f"name: on-this-cpu\ncatalog_files: [{gpu_yaml}]\nmodel: llama3-8b\nhardware: {{gpu: this-cpu}}\n"
+        "engine: {preset: vllm-v1, max_model_len: 2048, num_gpu_blocks: 400}\n"
+        "workload:\n  arrival: {process: poisson, rate: 0.5}\n  prompt_tokens: {dist: fixed, value: 256}\n"
+        "  output_tokens: {dist: fixed, value: 16}\nrun: {num_requests: 10}\n")
+    return simkv.simulate(simkv.load_scenario(tmp_path / "s.yaml")).summary
+
+
+def test_calibrate_on_cpu_defaults_to_a_tiny_float32_shape_with_progress(tmp_path):
+    """`simkv calibrate --device cpu` measures a tiny layer in float32 (seconds on any CPU, no
+    emulated bf16 matmuls), writes the reference formats, reports each phase on stderr, and its
+    gpu.yaml is an honest target: the measured ceilings (roofline), no calibration of real models."""
     out = tmp_path / "calib"
     proc = subprocess.run([sys.executable, "-m", "simkv.cli", "calibrate", "--device", "cpu", "--name", "this-cpu",
-                           "-o", str(out)], capture_output=True, text=True, cwd=ROOT)
+                           "-o", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    device = _check_reference_formats(out)
+    gemm = (out / "gemm.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in gemm} == {"tiny-cpu"} and {row.split(",")[5] for row in gemm} == {"float32"}
+    assert "float32" in device["note"]
+    for phase in ("gemm (", "elementwise (", "attention (", "layer_steps (", "device ceilings", "done in"):
+        assert phase in proc.stderr, proc.stderr                      # progress, not minutes of silence
+    assert json.loads((out / "compare-h100.json").read_text())["layer_steps"]["rows"] == 0   # no shared shapes
+    assert "calibration" not in yaml.safe_load((out / "gpu.yaml").read_text())["gpus"]["this-cpu"]
+    summary = _simulate_on(tmp_path, "calib/gpu.yaml")
+    assert summary["setup"]["cost_model"] == "roofline (no calibration measurements for 'this-cpu')"
+    assert summary["requests"]["completed"] == 10
+
+
+def test_a_calibration_folder_is_a_cost_model_target_through_its_catalog_entry(tmp_path):
+    """The gpu.yaml entry calibrate writes for real shapes (`calibration: .`), over a folder of
+    llama3-8b measurements (the shipped H100 ones here: measuring them on a CPU is the slow test)."""
+    import shutil
+
+    import yaml as _yaml
+
+    from simkv.gpu.calibrate import _catalog_entry
+    folder = tmp_path / "calib"
+    shutil.copytree(ROOT / "simkv" / "cost" / "data" / "h100", folder)
+    device = json.loads((folder / "device.json").read_text())
+    device.setdefault("h2d_pinned_GBps", 55.0)
+    device.setdefault("d2h_pinned_GBps", 55.0)
+    (folder / "gpu.yaml").write_text(_yaml.safe_dump({"gpus": {"this-cpu": _catalog_entry(device)}}, sort_keys=False))
+    summary = _simulate_on(tmp_path, "calib/gpu.yaml")
+    assert summary["setup"]["cost_model"] == "calibrated (this-cpu, calib/ measurements)"
+    assert summary["requests"]["completed"] == 10
+
+
+@pytest.mark.slow
+def test_calibrate_on_cpu_real_shapes_writes_the_reference_formats_and_makes_a_cost_target(tmp_path):
+    """Real llama3-8b shapes in bf16 on the CPU: hours where bf16 matmuls are emulated (no AVX-512 BF16 / AMX)."""
+    out = tmp_path / "calib"
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "calibrate", "--device", "cpu", "--shapes", "real",
+                           "--name", "this-cpu", "-o", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     shipped = ROOT / "simkv" / "cost" / "data" / "h100"
     for table in ("gemm.csv", "elementwise.csv", "attention.csv", "layer_steps.csv"):

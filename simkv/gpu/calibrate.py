@@ -4,7 +4,10 @@ random weights and inputs, medians, L2 flushed between operator repeats, whole-l
 CUDA-graph replays. Writes the same CSVs and device.json, plus gpu.yaml, a catalog entry whose
 `calibration:` points at the folder, so the new GPU is a calibrated cost-model target at once.
 
-On a CPU (`--device cpu`) the same code runs a small grid, for the test suite.
+On a CPU (`--device cpu`) the same code runs a small grid, by default on a tiny Llama-style shape
+in float32 (seconds on any CPU: a check of the machinery, for the test suite); `--shapes real`
+measures the calibration models' real shapes in bfloat16 there too (slow where the CPU has no
+native bf16 matmuls: they are emulated, ~100x slower).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import yaml
 from simkv.calibration_data import load_tables
 from simkv.cost.layer import calibration_shapes
 from simkv.errors import SimkvError
-from simkv.gpu.validate import torch_or_error
+from simkv.gpu.validate import cap_cpu_threads, torch_or_error
+from simkv.specs import ShardDims
 
 HEADERS = {"gemm.csv": ["model", "op", "m", "k", "n", "dtype", "ms", "tflops"],
            "elementwise.csv": ["model", "op", "m", "ms"],
@@ -38,6 +42,15 @@ CPU_GRID = {"gemm_m": [1, 4, 16, 64], "lm_head_m": [1, 4, 16], "elementwise_m": 
             "layer_steps": [("prefill", 1, 16, 0, 0), ("prefill", 1, 64, 0, 0), ("prefill", 2, 32, 0, 0),
                             ("decode", 0, 0, 1, 128), ("decode", 0, 0, 4, 128), ("decode", 0, 0, 4, 512),
                             ("decode", 0, 0, 8, 256), ("mixed", 1, 32, 4, 128)]}
+
+
+# `--device cpu --shapes tiny`: a tiny Llama-style layer (the shape simkv validate runs on a CPU).
+# Its rows are labelled with this name, which no cost model knows: the folder is a roofline target
+# of the measured ceilings (gpu.yaml has no `calibration:`), not a calibrated one.
+TINY_NAME = "tiny-cpu"
+TINY_SHAPE = ShardDims(num_layers=1, hidden=128, heads=4, kv_heads=2, head_dim=32, intermediate=256, vocab=1024,
+                       gated=True, tp=1)
+SHAPE_CHOICES = ("tiny", "real")
 
 
 class Timer:
@@ -128,33 +141,55 @@ def _grid(models: list[str], reference: str, quick: bool, cpu: bool) -> dict[str
 
 
 def calibrate(out: Path, device: str = "cuda", models: list[str] | None = None, quick: bool = False,
-              reference: str = "h100", name: str | None = None, log: Callable[[str], None] = lambda s: None) -> Path:
-    """Measure and write the tables into `out`; returns the folder."""
+              reference: str = "h100", name: str | None = None, log: Callable[[str], None] = lambda s: None,
+              shapes_kind: str | None = None) -> Path:
+    """Measure and write the tables into `out`; returns the folder. `shapes_kind`: "real" (the
+    calibration models in bfloat16; the default on a GPU) or "tiny" (a tiny shape in float32;
+    the default on a CPU). `log` gets a line per phase (progress)."""
     torch = torch_or_error()
     cpu = device == "cpu"
     if not cpu and not torch.cuda.is_available():
         raise SimkvError("no CUDA GPU is visible to PyTorch", field="--gpu", fix="run on a GPU machine, or use --device cpu")
+    shapes_kind = shapes_kind or ("tiny" if cpu and not models else "real")
+    if shapes_kind not in SHAPE_CHOICES:
+        raise SimkvError(f"unknown shapes '{shapes_kind}'", field="--shapes", fix=f"one of: {', '.join(SHAPE_CHOICES)}")
+    tiny = shapes_kind == "tiny"
     shapes = calibration_shapes()
+    if tiny:
+        if models:
+            raise SimkvError("--models measures real shapes", field="--models",
+                             fix="add --shapes real (slow on a CPU without native bf16), or drop --models")
+        shapes, models = {TINY_NAME: TINY_SHAPE}, [TINY_NAME]
+        cap_cpu_threads(torch, device)
     models = models or (["llama3-8b"] if cpu else ["llama3-8b", "llama2-7b", "llama3-70b-tp4"])
     unknown = [m for m in models if m not in shapes]
     if unknown:
         raise SimkvError(f"no calibration shape {unknown}", field="--models", fix=f"choose from {', '.join(shapes)}")
-    dtype = torch.bfloat16        # the reference engine's precision, on a CPU too
+    # the reference engine's precision (on a CPU too, with real shapes); float32 for the tiny shape,
+    # which checks the machinery, not the numbers (bf16 matmuls are emulated on CPUs without AVX-512 BF16/AMX)
+    dtype = torch.float32 if tiny else torch.bfloat16
+    dtype_name = str(dtype).replace("torch.", "")
     timer = Timer(torch, device, repeats=3 if cpu else 20)
     out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator(device=device).manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, generator=g, device=device, dtype=dtype)
     rows = {k: [] for k in HEADERS}
     started = time.perf_counter()
+    log(f"calibrating {', '.join(models)} on {device} in {dtype_name}"
+        f"{' (tiny shape: a check of the machinery, not a calibration of real models)' if tiny else ''}")
     for model in models:
         d = shapes[model]
         grid = _grid([model], reference, quick, cpu)
+        if tiny:
+            grid["gemm"] = [(m, op, dtype_name) for m, op, _ in grid["gemm"]]
+        phase = _Phases(log, model, grid, started)
         q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
         kn = {"qkv_proj": (d.hidden, q + 2 * kv), "o_proj": (q, d.hidden), "gate_up_proj": (d.hidden, 2 * d.intermediate),
               "down_proj": (d.intermediate, d.hidden), "lm_head": (d.hidden, d.vocab)}
         weights: dict = {}
         fp8 = not cpu and torch.cuda.get_device_capability(device) >= (8, 9)
         for m, op, gemm_dtype in grid["gemm"]:
+            phase("gemm")
             k, n = kn[op]
             if (op, gemm_dtype) not in weights:
                 weights = {(op, gemm_dtype): rand(k, n)}          # one weight alive at a time (lm_head is ~1 GB)
@@ -174,30 +209,61 @@ def calibrate(out: Path, device: str = "cuda", models: list[str] | None = None, 
             rows["gemm.csv"].append([model, op, m, k, n, gemm_dtype, round(ms, 5),
                                      round(2 * m * k * n / (ms * 1e-3) / 1e12, 2)])
         for op, m in grid["elementwise"]:
+            phase("elementwise")
             rows["elementwise.csv"].append([model, op, m, round(timer.op_ms(_elementwise(torch, op, m, d, rand)), 5)])
         del weights
         for kind, batch, q_len, kv_len in grid["attention"]:
+            phase("attention")
             rows["attention.csv"].append([model, kind, batch, q_len, kv_len,
                                           round(timer.op_ms(_attention(torch, kind, batch, q_len, kv_len, d, rand)), 5)])
         layer = _Layer(torch, d, rand)
         for kind, ps, pl, b, c in grid["layer_steps"]:
+            phase("layer_steps")
             fn = layer.step(ps, pl, b, c)
             rows["layer_steps.csv"].append([model, 1, kind, ps, pl, b, c, round(timer.graph_ms(fn), 5)])
             del fn
-        log(f"{model}: {sum(len(v) for v in rows.values())} rows after {time.perf_counter() - started:.0f} s")
+        phase.done()
     for fname, header in HEADERS.items():
         with (out / fname).open("w", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows[fname])
+    log("device ceilings: copy bandwidth, matmul rate, host copies")
     device_info = _device(torch, device, dtype, rand, timer)
     (out / "device.json").write_text(json.dumps(device_info, indent=1) + "\n")
     gpu_name = name or ("cpu" if cpu else device_info["name"].lower().replace("nvidia ", "").replace(" ", "-"))
     fp8_rows = [r[7] for r in rows["gemm.csv"] if r[5] == "fp8_e4m3"]
     entry = _catalog_entry(device_info, max(fp8_rows) if fp8_rows else None)
+    if tiny:          # no cost model knows the tiny shape: a roofline target of the measured ceilings
+        entry.pop("calibration")
+        entry["source"] = "simkv calibrate --shapes tiny: measured ceilings only (the tables are of a tiny shape)"
     (out / "gpu.yaml").write_text(yaml.safe_dump({"gpus": {gpu_name: entry}}, sort_keys=False))
-    (out / "README.md").write_text(_readme(device_info, models, quick, cpu))
+    (out / "README.md").write_text(_readme(device_info, models, quick, cpu, dtype_name, tiny))
+    log(f"done in {time.perf_counter() - started:.0f} s")
     return out
+
+
+class _Phases:
+    """Progress of one model's measurements: a line when a table starts (with its row count)
+    and every ~10 s within one, so a slow device is never minutes of silence."""
+
+    def __init__(self, log: Callable[[str], None], model: str, grid: dict, started: float) -> None:
+        self.log, self.model, self.started = log, model, started
+        self.total = {k: len(v) for k, v in grid.items()}
+        self.current, self.done_rows, self.last = None, 0, time.perf_counter()
+
+    def __call__(self, table: str) -> None:
+        now = time.perf_counter()
+        if table != self.current:
+            self.current, self.done_rows, self.last = table, 0, now
+            self.log(f"{self.model}: {table} ({self.total[table]} shapes) at {now - self.started:.0f} s")
+        elif now - self.last > 10:
+            self.last = now
+            self.log(f"{self.model}: {table} {self.done_rows}/{self.total[table]} at {now - self.started:.0f} s")
+        self.done_rows += 1
+
+    def done(self) -> None:
+        self.log(f"{self.model}: {sum(self.total.values())} shapes measured after {time.perf_counter() - self.started:.0f} s")
 
 
 def _fp8_matmul(torch, x, w):
@@ -315,7 +381,8 @@ def _device(torch, device: str, dtype, rand, timer: Timer) -> dict:
                  "bf16_matmul_8192_TFLOPs": 2 * size ** 3 / (mm_ms * 1e-3) / 1e12,
                  "h2d_pinned_GBps": h2d, "d2h_pinned_GBps": d2h})
     if cpu:
-        info["note"] = "CPU run: bf16 matmul of 1024^3 (not 8192^3), copy of 64 MiB; host copies stand in for PCIe rates"
+        info["note"] = (f"CPU run: {str(dtype).replace('torch.', '')} matmul of 1024^3 (not bf16 8192^3), copy of 64 MiB;"
+                        " host copies stand in for PCIe rates")
     return info
 
 
@@ -355,10 +422,16 @@ def _catalog_entry(dev: dict, fp8_tflops: float | None = None) -> dict:
     return entry
 
 
-def _readme(dev: dict, models: list[str], quick: bool, cpu: bool) -> str:
+def _readme(dev: dict, models: list[str], quick: bool, cpu: bool, dtype: str = "bfloat16", tiny: bool = False) -> str:
+    how = (f"CPU run on a small grid, {dtype}, wall-clock medians." if cpu else
+           f"{dtype}, random weights and inputs; operators: median, L2 flushed between repeats; layer steps: CUDA-graph replays, median of 20.")
+    if tiny:
+        how += (f" The shape is a tiny Llama-style layer ({TINY_SHAPE.hidden} hidden, {TINY_SHAPE.heads} heads): a check of"
+                " the machinery. gpu.yaml gives the measured ceilings only (a roofline target); measure real shapes"
+                " with `--shapes real`.")
     return (f"# Calibration measurements: {dev['name']}\n\nMeasured by `simkv calibrate` with PyTorch {dev['torch']}"
             f" on {time.strftime('%Y-%m-%d')}: models {', '.join(models)}{' (quick grid: every third shape)' if quick else ''}."
-            f" {'CPU run on a small grid (tests only), bfloat16, wall-clock medians.' if cpu else 'bfloat16, random weights and inputs; operators: median, L2 flushed between repeats; layer steps: CUDA-graph replays, median of 20.'}"
+            f" {how}"
             " Same formats as simkv/cost/data/ (see its README). Use it in a scenario with"
             " `catalog_files: [path/to/this/gpu.yaml]` and `hardware: {gpu: <name in gpu.yaml>}`.\n")
 

@@ -36,8 +36,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def replay(trace: ScheduleTrace, model: MiniModel, store, seed: int = 0, max_steps: int | None = None) -> Replay:
-    """Run `trace`'s steps (all, or the first `max_steps`) on `model` over `store`."""
+def replay(trace: ScheduleTrace, model: MiniModel, store, seed: int = 0, max_steps: int | None = None,
+           progress=None) -> Replay:
+    """Run `trace`'s steps (all, or the first `max_steps`) on `model` over `store`; `progress(done,
+    total)` is called after each step, outside its timing."""
     dev = model.device
     tokens: dict[int, list[int]] = {}
     kv_len: dict[int, int] = {}
@@ -45,7 +47,7 @@ def replay(trace: ScheduleTrace, model: MiniModel, store, seed: int = 0, max_ste
     out = Replay(np.zeros(0), {})
     seconds = []
     steps = trace.steps if max_steps is None else trace.steps[:max_steps]
-    for step in steps:
+    for done_steps, step in enumerate(steps, 1):
         _sync(dev)
         t0 = time.perf_counter()
         for rid in step.preempted_ids:
@@ -92,6 +94,8 @@ def replay(trace: ScheduleTrace, model: MiniModel, store, seed: int = 0, max_ste
             if done and len(tokens[rid]) - trace.prompt_tokens[rid] >= trace.output_tokens[rid]:
                 store.free(rid)
                 kv_len.pop(rid, None)
+        if progress is not None:
+            progress(done_steps, len(steps))
     out.seconds = np.array(seconds)
     out.outputs = {rid: toks[int(trace.prompt_tokens[rid]):] for rid, toks in tokens.items()}
     return out

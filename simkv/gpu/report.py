@@ -36,7 +36,8 @@ def _figure(v: Validation, folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     from simkv.figure_files import save_figure
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    from simkv.plots import log_axis
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), layout="constrained")
     pred = v.predicted * 1e3
     prefill = np.array([len(s.prefill_ids) > 0 for s in v.trace.steps])
     ax = axes[0]
@@ -48,7 +49,10 @@ def _figure(v: Validation, folder: Path) -> list[str]:
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="predicted = measured")
     ax.set(xscale="log", yscale="log", xlabel="measured step time (ms)", ylabel="predicted step time (ms)",
            title="every step of the schedule")
-    ax.legend(fontsize=7)
+    log_axis(ax.xaxis)
+    log_axis(ax.yaxis)
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "frameon": False, "ncol": 2}   # off the data
+    ax.legend(fontsize=7, **below)
     for ax, metric, label in ((axes[1], "ttft", "TTFT (s)"), (axes[2], "e2e", "end-to-end latency (s)")):
         curves = [(name if name == "simulated" else f"measured ({name})", tl) for name, tl in v.timelines.items()]
         for i, (name, tl) in enumerate(curves):
@@ -57,11 +61,10 @@ def _figure(v: Validation, folder: Path) -> list[str]:
                     ls="-" if i == 0 else "--", label=name)
         ax.set(xlabel=label, ylabel="fraction of requests", title=f"{label.split(' (')[0]} distribution")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, **below)
     s = v.summary
     fig.suptitle(f"simkv validate: {s['scenario']} — {s['model']['num_layers']}-layer model on {s['device_name']} "
                  f"({s['dtype']}) vs the {s['cost_model']} prediction for {s['predicted_for']}", fontsize=10)
-    fig.tight_layout()
     return [n for n in save_figure(fig, folder, "validation") if n.endswith(".png")] + ["validation.svg"]
 
 

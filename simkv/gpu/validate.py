@@ -5,6 +5,9 @@ a contiguous KV store, and compare measured with predicted step times and latenc
 from __future__ import annotations
 
 import platform
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -31,16 +34,31 @@ def torch_or_error():
     return torch
 
 
-def prepare(scenario: Scenario, device: str, layers: int | None, requests: int | None) -> Scenario:
-    """The scenario the mini engine can run: its model with `layers` layers (tiny on the CPU), one
-    GPU, one sequence per request, no prefix caching (the mini engine shares no blocks)."""
+def cap_cpu_threads(torch, device: str, threads: int = 2) -> None:
+    """On a CPU, at most `threads` torch threads (tiny shapes gain nothing from more, and a shared
+    machine's other jobs keep theirs)."""
+    if device == "cpu" and torch.get_num_threads() > threads:
+        torch.set_num_threads(threads)
+
+
+SHAPES = ("tiny", "model")
+
+
+def prepare(scenario: Scenario, device: str, layers: int | None, requests: int | None,
+            shapes: str | None = None) -> Scenario:
+    """The scenario the mini engine can run: its model with `layers` layers (or the TINY shape:
+    the default on the CPU), one GPU, one sequence per request, no prefix caching (the mini
+    engine shares no blocks)."""
     if scenario.hardware.tensor_parallel != 1:
         raise SimkvError("the mini engine runs on one GPU", field="hardware.tensor_parallel",
                          fix="set --set hardware.tensor_parallel=1 (a shard's shape can be given as the model)")
     spec = scenario.model_spec().model_dump()
     if spec.get("mlp", "gated") != "gated":
         raise SimkvError("the mini engine implements gated (SwiGLU) MLPs", field="model.mlp", fix="use a Llama-style model")
-    if device == "cpu":
+    shapes = shapes or ("tiny" if device == "cpu" else "model")
+    if shapes not in SHAPES:
+        raise SimkvError(f"unknown shapes '{shapes}'", field="--shapes", fix=f"one of: {', '.join(SHAPES)}")
+    if shapes == "tiny":
         spec = {**TINY, "num_layers": layers or TINY["num_layers"]}
     elif layers:
         per_layer = (spec["hidden_size"] * (spec["num_heads"] + 2 * spec["num_kv_heads"]) * spec["head_dim"]
@@ -174,8 +192,34 @@ def choose_variant(scenario: Scenario, variant: str | None) -> str:
     return variant
 
 
+def stderr_log(text: str) -> None:
+    print(f"  {text}", file=sys.stderr, flush=True)
+
+
+class StepProgress:
+    """`progress(done, total)` for a replay: a line on stderr about every `every_s` seconds
+    (and at the end), with steps done, rate and the time left."""
+
+    def __init__(self, log: Callable[[str], None], label: str, every_s: float = 5.0) -> None:
+        self.log, self.label, self.every_s = log, label, every_s
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < self.every_s:
+            return
+        self.last = now
+        elapsed = now - self.start
+        left = elapsed / done * (total - done) if done else 0.0
+        self.log(f"{self.label}: {done}/{total} steps ({100 * done / max(total, 1):.0f}%) in {elapsed:.1f} s"
+                 + (f", ~{left:.0f} s left" if done < total else ""))
+
+
 def validate(scenario: Scenario, device: str = "cpu", layers: int | None = None, requests: int | None = None,
-             variant: str | None = None, seed: int = 0, warmup_steps: int = 8) -> Validation:
+             variant: str | None = None, seed: int = 0, warmup_steps: int = 8, shapes: str | None = None,
+             log: Callable[[str], None] = stderr_log) -> Validation:
+    """Simulate, replay on the mini engine (paged and contiguous), measure. `log` gets a line per
+    phase and progress lines during the replays (default: stderr)."""
     torch = torch_or_error()
     from simkv.gpu.mini_model import MiniModel
     from simkv.gpu.replay import replay
@@ -183,19 +227,26 @@ def validate(scenario: Scenario, device: str = "cpu", layers: int | None = None,
         raise SimkvError("no CUDA GPU is visible to PyTorch", field="--gpu", fix="run on a GPU machine, or use --device cpu")
     name = choose_variant(scenario, variant)
     # the variant's own scenario, then cut down: prepare drops `variants`, so choosing after it finds none
-    sc = prepare(dict(expand_variants(scenario))[name], device, layers, requests)
+    sc = prepare(dict(expand_variants(scenario))[name], device, layers, requests, shapes)
+    started = time.perf_counter()
+    log(f"simulating {sc.name} and recording its schedule")
     trace = record_schedule(sc)
     if not trace.steps:
         raise SimkvError("the simulation ran no steps", field="workload", fix="give it some requests")
     shape = sc.model_spec().shard(1)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    if device == "cpu" and (shapes or "tiny") == "tiny":
+        cap_cpu_threads(torch, device)
+    log(f"{len(trace.steps)} steps of {len(trace.arrival_s)} requests recorded in {time.perf_counter() - started:.1f} s; "
+        f"mini engine: {shape.num_layers} layers x hidden {shape.hidden}, {str(dtype).replace('torch.', '')} on {device}")
     model = MiniModel(shape, device, dtype, seed)
     engine = trace.result.summary["setup"]
     measured, outputs, extra = {}, {}, None
     for kind, store in _stores(trace, shape, engine["block_size"], engine["max_model_len"], dtype, device).items():
+        log(f"{kind} KV store: warm-up ({min(warmup_steps, len(trace.steps))} steps)")
         replay(trace, model, store, seed, max_steps=warmup_steps)          # warm-up: allocator, kernels, caches
         store.free_all()
-        run = replay(trace, model, store, seed)
+        run = replay(trace, model, store, seed, progress=StepProgress(log, f"{kind} KV store"))
         measured[kind], outputs[kind] = run.seconds, run.outputs
         extra = extra or run
     device_name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
