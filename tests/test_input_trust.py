@@ -172,7 +172,9 @@ def test_fp8_in_a_variant(tmp_path):
 
 def test_output_into_a_missing_parent_is_a_clear_error(tmp_path):
     """Only the -o folder itself is created: a missing parent is more often a typo than a wish."""
-    _error(_cli(tmp_path, GOOD, out=tmp_path / "no" / "such" / "deep" / "out"), "no/such/deep", "fix:")
+    proc = _cli(tmp_path, GOOD, out=tmp_path / "no" / "such" / "deep" / "out")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("simkv: error: ") and "output folder" in proc.stderr and "; fix: " in proc.stderr
     assert not (tmp_path / "no").exists()
 
 
