@@ -29,6 +29,7 @@ class CalibrationTables:
     elementwise: dict    # model, op, m, s
     attention: dict      # model, kind, batch, q_len, kv_len, s
     layer_steps: dict    # model, layers, kind, prefill_seqs, prefill_len, decode_batch, decode_ctx, s
+    model_steps: dict | None = None  # the same columns for whole-model steps (None when not measured)
 
 
 def available_gpus() -> list[str]:
@@ -57,10 +58,12 @@ _FILES = ("device.json", "gemm.csv", "elementwise.csv", "attention.csv", "layer_
 
 def _read_tables(name: str, folder) -> CalibrationTables:
     """The five files of a measurement folder (a package resource or a Path: anything with
-    joinpath and read_text)."""
+    joinpath and read_text), and `model_steps.csv` (whole-model steps) where there is one."""
     read = lambda file: _columns(folder.joinpath(file).read_text(encoding="utf-8"))
+    whole = read("model_steps.csv") if folder.joinpath("model_steps.csv").is_file() else None
     return CalibrationTables(name, json.loads(folder.joinpath("device.json").read_text(encoding="utf-8")),
-                             read("gemm.csv"), read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"))
+                             read("gemm.csv"), read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"),
+                             whole)
 
 
 @lru_cache(maxsize=None)

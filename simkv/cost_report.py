@@ -38,6 +38,42 @@ class GpuValidation:
     op_sum: np.ndarray     # isolated operators summed, no correction
     roofline: np.ndarray
     coef: np.ndarray
+    whole: "WholeModelValidation | None" = None
+
+
+@dataclass
+class WholeModelValidation:
+    """Whole-model steps (model_steps.csv) against the composed model: layers x layer + lm_head
+    alone, with the whole-model terms refitted without the row (leave-one-out), and refitted
+    without the row's whole step kind (leave-one-kind-out)."""
+
+    measured: np.ndarray
+    kind: np.ndarray
+    shape: list
+    composed: np.ndarray
+    loo: np.ndarray
+    loko: np.ndarray
+    coef: np.ndarray
+
+
+def validate_whole(tables, ops, coef, bytes_per_s) -> WholeModelValidation | None:
+    from simkv.cost.whole_model import composed_and_features, fit_whole_model
+    M = tables.model_steps
+    if M is None or not len(M["s"]):
+        return None
+    y = M["s"]
+    composed, x = composed_and_features(tables, ops, coef, bytes_per_s)
+    full = fit_whole_model(composed, x, y, float(coef[4]))
+    loo, loko = np.empty_like(y), np.empty_like(y)
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        loo[i] = composed[i] + x[i] @ fit_whole_model(composed[keep], x[keep], y[keep], float(coef[4]))
+    for kind in np.unique(M["kind"]):
+        sel = M["kind"] == kind
+        loko[sel] = composed[sel] + x[sel] @ fit_whole_model(composed[~sel], x[~sel], y[~sel], float(coef[4]))
+    shape = [f"{int(M['prefill_seqs'][i])}x{int(M['prefill_len'][i])} + {int(M['decode_batch'][i])}@{int(M['decode_ctx'][i])}"
+             for i in range(len(y))]
+    return WholeModelValidation(y, M["kind"], shape, composed, loo, loko, full)
 
 
 def validate(gpu: str) -> GpuValidation:
@@ -56,7 +92,9 @@ def validate(gpu: str) -> GpuValidation:
         cal = Calibration.fit(tables, (name,))
         lomo[sel] = layer_step_features(tables, cal.ops, sel) @ cal.coef
     op_sum = x[:, :4] @ np.array([1.0, 1.0, 0.0, 0.0]) + _isolated_elementwise(tables, ops)
-    return GpuValidation(gpu, y, L["model"], L["kind"], loo, lomo, op_sum, _roofline(tables), fit_correction(x, y))
+    coef = fit_correction(x, y)
+    whole = validate_whole(tables, ops, coef, tables.device["d2d_copy_GBps_read_plus_write"] * 1e9)
+    return GpuValidation(gpu, y, L["model"], L["kind"], loo, lomo, op_sum, _roofline(tables), coef, whole)
 
 
 def _isolated_elementwise(tables, ops) -> np.ndarray:
@@ -106,7 +144,31 @@ def report_markdown(results: list[GpuValidation], figure_dir: str) -> str:
             lines.append(f"| {label} | {a['n']} | {100 * a['median']:.1f}% | {100 * a['p90']:.1f}% | {100 * a['max']:.1f}% "
                          f"| {100 * b['median']:.1f}% | {100 * b['p90']:.1f}% | {100 * b['max']:.1f}% |")
         lines += ["", f"![predicted vs measured, {v.gpu}]({figure_dir}/predicted-vs-measured-{v.gpu}.png)", ""]
+        lines += whole_markdown(v)
     return "\n".join(lines)
+
+
+def whole_markdown(v: GpuValidation) -> list[str]:
+    w = v.whole
+    if w is None:
+        return []
+    g, a = w.coef
+    lines = [f"Whole-model steps ({v.gpu.upper()}, `model_steps.csv`, llama3-8b, 32 layers): fitted graph overhead "
+             f"saved {g * 1e6:.1f} us per layer, activation traffic {a:.2f} x elementwise bytes per token per layer.", "",
+             "| step kind | rows | layers x layer + lm_head: median | max | **whole model, leave-one-out**: median "
+             "| p90 | max | leave-one-kind-out: median | max |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, sel in [("all", np.ones(len(w.measured), bool))] + [(k, w.kind == k) for k in ("prefill", "decode", "mixed")]:
+        if not sel.any():
+            continue
+        c, l, k = (error_stats(p[sel], w.measured[sel]) for p in (w.composed, w.loo, w.loko))
+        lines.append(f"| {label} | {c['n']} | {100 * c['median']:.1f}% | {100 * c['max']:.1f}% | {100 * l['median']:.1f}% "
+                     f"| {100 * l['p90']:.1f}% | {100 * l['max']:.1f}% | {100 * k['median']:.1f}% | {100 * k['max']:.1f}% |")
+    lines += ["", "<details><summary>per step (signed error, leave-one-out)</summary>", "",
+              "| kind | prefills + decodes@context | measured ms | composed | whole model |", "|---|---|---:|---:|---:|"]
+    for i in range(len(w.measured)):
+        lines.append(f"| {w.kind[i]} | {w.shape[i]} | {w.measured[i] * 1e3:.2f} | {100 * (w.composed[i] / w.measured[i] - 1):+.1f}% "
+                     f"| {100 * (w.loo[i] / w.measured[i] - 1):+.1f}% |")
+    return lines + ["", "</details>", ""]
 
 
 def figure(v: GpuValidation):
