@@ -98,4 +98,34 @@ def calibration_for(gpu: str):
     from simkv.cost.calibrated import Calibration
     if gpu not in available_gpus():
         return None
-    return Calibration.fit(load_tables(gpu))
+    from dataclasses import replace
+    return replace(Calibration.fit(load_tables(gpu)), allreduce=vidur_allreduce_for(gpu))
+
+
+# ---------------------------------------------------------------- Vidur profiles (MIT; simkv/cost/data/vidur/)
+VIDUR_NETWORK = {"h100": "h100_dgx", "h200": "h100_dgx", "a100-80gb": "a100_dgx", "a100-40gb": "a100_dgx"}
+
+
+def _vidur_text(*parts: str) -> str:
+    return resources.files("simkv.cost").joinpath("data", "vidur", *parts).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def load_vidur_collective(topology: str, op: str = "all_reduce") -> dict:
+    """Vidur's NCCL profile `network/<topology>/<op>.csv` as columns: num_workers, devices_per_node,
+    size (bytes), s (median seconds)."""
+    rows = list(csv.DictReader(_vidur_text("network", topology, f"{op}.csv").splitlines()))
+    col = lambda name: np.array([float(r[name]) for r in rows])
+    return {"num_workers": col("num_workers"), "devices_per_node": col("devices_per_node"), "size": col("size"),
+            "s": col(f"time_stats.{op}.median") / 1e3}
+
+
+@lru_cache(maxsize=None)
+def vidur_allreduce_for(gpu: str):
+    """The fitted all-reduce model of a catalog GPU's NVSwitch node (None when Vidur has no profile)."""
+    from simkv.cost.collectives import CollectiveModel
+    topology = VIDUR_NETWORK.get(gpu)
+    if topology is None:
+        return None
+    return CollectiveModel.fit(load_vidur_collective(topology, "all_reduce"), f"{topology} all_reduce",
+                               assumed_for=None if gpu.startswith(topology.split("_")[0]) else gpu)

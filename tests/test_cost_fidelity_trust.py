@@ -97,3 +97,46 @@ def test_folder_without_model_steps_keeps_the_plain_composition(tmp_path):
     assert cost.seconds(plan) == pytest.approx(32 * cost.layer_seconds(plan) + cost.lm_head_s(8))
     assert cost.sources()["whole_model"].startswith("assumed 0")
     assert load_tables("h100").model_steps is not None
+
+
+# ---------------------------------------------------------------- TP all-reduce from Vidur's NCCL profiles
+VIDUR = ROOT / "simkv" / "cost" / "data" / "vidur"
+
+
+def raw_allreduce(topology: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    with open(VIDUR / "network" / topology / "all_reduce.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["num_workers"]) == n == int(r["devices_per_node"])]
+    return (np.array([float(r["size"]) for r in rows]), np.array([float(r["time_stats.all_reduce.median"]) for r in rows]) / 1e3)
+
+
+def test_vidur_files_are_unchanged_copies_with_licence():
+    assert "MIT License" in (VIDUR / "LICENSE").read_text() and "7d47513" in (VIDUR / "README.md").read_text()
+    shared = SHARED / "vidur"
+    if shared.is_dir():
+        for p in shared.rglob("*"):
+            if p.is_file():
+                assert (VIDUR / p.relative_to(shared)).read_bytes() == p.read_bytes(), p
+
+
+@pytest.mark.parametrize("gpu,topology", [("h100", "h100_dgx"), ("h200", "h100_dgx")])
+def test_tp_allreduce_follows_the_measured_nccl_profile(gpu, topology):
+    from simkv.catalog import builtin_models
+    hidden = builtin_models()["llama3-70b"].hidden_size
+    for tp in (2, 4, 8):
+        size, t = raw_allreduce(topology, tp)
+        # independent fit of the same latency-bandwidth line (numpy least squares in relative error)
+        x = np.c_[np.ones(len(t)), size] / t[:, None]
+        alpha, per_byte = np.linalg.lstsq(x, np.ones(len(t)), rcond=None)[0]
+        big = size > 32 * 2**20  # the bandwidth-bound end: the model is within 10% of the raw medians
+        cost, _ = cost_model(gpu, "llama3-70b", tensor_parallel=tp)
+        for m in (1, 64, 2048):
+            ar = cost.layer_fixed_s(m) - _layer_without_allreduce(cost, m)
+            assert ar == pytest.approx(2 * (alpha + m * hidden * 2 * per_byte), rel=1e-6)
+        model = cost.allreduce.seconds(size[big], tp)
+        assert np.median(np.abs(model / t[big] - 1)) < 0.10
+        assert cost.sources()["tp_allreduce"].startswith(f"measured: Vidur NCCL profile {topology} all_reduce on {tp} GPUs")
+    assert cost_model(gpu, "llama3-8b")[0].sources()["tp_allreduce"] == "n/a (tensor_parallel 1)"
+
+
+def _layer_without_allreduce(cost, m: int) -> float:
+    return cost._c_lin * float(cost.lc.linear(m)) + cost._per_token * m + cost._c0

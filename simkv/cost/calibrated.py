@@ -11,8 +11,9 @@ non-negative coefficients are fitted, in relative error, on the GPU's graph-repl
 same graph factor as the layer's GEMMs) + the whole-model terms fitted on `model_steps.csv`
 (simkv.cost.whole_model: graph overhead paid once per step, activation traffic per token)
 + two all-reduces per layer when tensor_parallel > 1
-(NVLink roofline, not measured) + the engine's host overhead per step.
-Simplifications: all-reduce is not calibrated; fp8 reuses the bf16 layer correction with fp8
+(Vidur's NCCL profile of the GPU's NVSwitch node, simkv.cost.collectives; NVLink roofline where
+none exists) + the engine's host overhead per step.
+Simplifications: fp8 reuses the bf16 layer correction with fp8
 GEMM times.
 """
 
@@ -77,6 +78,7 @@ class Calibration:
     coef: np.ndarray
     bytes_per_s: float
     whole: np.ndarray | None = None  # (g, a) of simkv.cost.whole_model; None: not measured (zeros)
+    allreduce: object | None = None  # simkv.cost.collectives.CollectiveModel of the GPU's node; None: roofline
 
     @classmethod
     def fit(cls, tables: CalibrationTables, exclude_models: tuple[str, ...] = ()) -> "Calibration":
@@ -106,6 +108,8 @@ class CalibratedCost:
         self.tp = tensor_parallel
         self.host_overhead_s = host_overhead_s
         self.link_bytes_per_s = gpu.nvlink_gbps * 1e9
+        ar = calibration.allreduce
+        self.allreduce = ar if tensor_parallel > 1 and ar is not None and ar.covers(tensor_parallel) else None
         self.kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype, tensor_parallel)
         self.d2h_bytes_per_s, self.h2d_bytes_per_s = gpu.device_to_host_bps, gpu.host_to_device_bps
         self.kv_scale = DTYPE_BYTES[kv_dtype] / 2  # decode attention reads KV bytes
@@ -149,7 +153,8 @@ class CalibratedCost:
                             "to carry over (not measured)") if self.weight_dtype == "fp8" else f"n/a ({self.weight_dtype} weights)",
             "kv_fp8_attention": ("assumed: fp8 KV halves the decode attention context read (not measured); "
                                  "prefill attention as bf16") if self.kv_scale != 1 else f"n/a ({self.kv_dtype} KV cache)",
-            "tp_allreduce": _allreduce_source(self.tp, self.link_bytes_per_s),
+            "tp_allreduce": (self.allreduce.describe(self.tp) + ", two per layer of tokens x hidden x 2 bytes"
+                             if self.allreduce is not None else _allreduce_source(self.tp, self.link_bytes_per_s)),
             "swap": swap_source(self.gpu),
             "host_overhead": host_overhead_source(self.host_overhead_s),
         }
@@ -175,7 +180,9 @@ class CalibratedCost:
         m = np.arange(0, m_max + 1, dtype=float)
         lin = self.lc.linear(np.maximum(m, 1))
         layer = self._c_lin * lin + self._per_token * m + self._c0
-        if self.tp > 1:
+        if self.allreduce is not None:
+            layer = layer + 2 * self.allreduce.seconds(m * self.d.hidden * ACT_BYTES, self.tp)
+        elif self.tp > 1:
             layer = layer + 2 * (2.0 * (self.tp - 1) / self.tp * m * self.d.hidden * ACT_BYTES) / self.link_bytes_per_s
         self._fixed = np.where(m > 0, layer, 0.0)
 
