@@ -96,6 +96,8 @@ def calibration_from(folder: str):
 def calibration_for(gpu: str):
     """The fitted Calibration of `gpu`, or None when no measurements are shipped for it."""
     from simkv.cost.calibrated import Calibration
+    if gpu in VIDUR_A100:
+        return vidur_a100_calibration(gpu)
     if gpu not in available_gpus():
         return None
     from dataclasses import replace
@@ -129,3 +131,25 @@ def vidur_allreduce_for(gpu: str):
         return None
     return CollectiveModel.fit(load_vidur_collective(topology, "all_reduce"), f"{topology} all_reduce",
                                assumed_for=None if gpu.startswith(topology.split("_")[0]) else gpu)
+
+
+VIDUR_MODELS = ("Meta-Llama-3-8B", "Llama-2-7b-hf", "Meta-Llama-3-70B", "Llama-2-70b-hf")
+VIDUR_A100 = {"a100-80gb": (2039.0, 312.0), "a100-40gb": (1555.0, 312.0)}  # datasheet GB/s, TFLOP/s (catalog)
+
+
+@lru_cache(maxsize=None)
+def load_vidur_compute(device: str, model: str) -> dict:
+    """Vidur's `compute/<device>/<model>/mlp.csv` as float columns (use_gated_mlp dropped)."""
+    rows = list(csv.DictReader(_vidur_text("compute", device, model, "mlp.csv").splitlines()))
+    names = [k for k in rows[0] if k and k != "use_gated_mlp"]
+    return {k: np.array([float(r[k]) for r in rows]) for k in names}
+
+
+@lru_cache(maxsize=None)
+def vidur_a100_calibration(gpu: str):
+    """An A100 Calibration from Vidur's A100 profiles and the H100 measurements (simkv.cost.vidur_a100)."""
+    from simkv.cost.vidur_a100 import a100_calibration
+    hbm, tflops = VIDUR_A100[gpu]
+    profiles = {m: load_vidur_compute("a100", m) for m in VIDUR_MODELS}
+    return a100_calibration(gpu, hbm, tflops, profiles, load_tables("h100"), calibration_for("h100"),
+                            vidur_allreduce_for(gpu))

@@ -79,6 +79,8 @@ class Calibration:
     bytes_per_s: float
     whole: np.ndarray | None = None  # (g, a) of simkv.cost.whole_model; None: not measured (zeros)
     allreduce: object | None = None  # simkv.cost.collectives.CollectiveModel of the GPU's node; None: roofline
+    notes: dict | None = None        # source texts replacing the default ones (e.g. simkv.cost.vidur_a100)
+    ratios: tuple | None = None      # A100/H100 (compute, memory) time ratios the attention is scaled by
 
     @classmethod
     def fit(cls, tables: CalibrationTables, exclude_models: tuple[str, ...] = ()) -> "Calibration":
@@ -129,6 +131,16 @@ class CalibratedCost:
     # ------------------------------------------------------------ provenance
     def sources(self) -> dict[str, str]:
         """Where each cost component's numbers come from: measured, fitted, roofline or assumed."""
+        g, gemm = self.cal.gpu, self.cal.ops.gemm
+        dtype = self.lc.dtype
+        measured = lambda shapes: all((k, n, dtype) in gemm.curves for k, n in shapes)
+        tables = f"measured: {g} GEMM tables ({dtype}"
+        scaled = ", unmeasured shapes scaled from the measured ones by roofline efficiency)"
+        c_lin, c_att, c_qkv, c_ew, c0 = self.cal.coef
+        heads = "" if self.d.head_dim == 128 else f"; head_dim {self.d.head_dim} scaled by bytes from 128"
+        return {**self._default_sources(), **(self.cal.notes or {})}
+
+    def _default_sources(self) -> dict[str, str]:
         g, gemm = self.cal.gpu, self.cal.ops.gemm
         dtype = self.lc.dtype
         measured = lambda shapes: all((k, n, dtype) in gemm.curves for k, n in shapes)
