@@ -211,6 +211,8 @@ def make_cost(scenario: Scenario, max_tokens: int = 16384):
             calibration, source = _own_calibration(gpu.calibration), f"{gpu_name or 'custom GPU'}, {gpu.calibration.rstrip('/').rsplit('/', 1)[-1]}/"
         elif gpu_name:
             calibration = calibration_for(gpu_name)
+        if calibration is not None and calibration.notes:  # A100: Vidur profiles (issue 16)
+            source = f"{gpu_name}: Vidur A100 operator profiles, stated attention model; no simkv"
         if calibration is not None:
             cost = CalibratedCost(calibration, model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype,
                                   kv_dtype=e.kv_cache_dtype, host_overhead_s=e.host_overhead_s, max_tokens=max_tokens)

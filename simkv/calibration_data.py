@@ -29,6 +29,7 @@ class CalibrationTables:
     elementwise: dict    # model, op, m, s
     attention: dict      # model, kind, batch, q_len, kv_len, s
     layer_steps: dict    # model, layers, kind, prefill_seqs, prefill_len, decode_batch, decode_ctx, s
+    model_steps: dict | None = None  # the same columns for whole-model steps (None when not measured)
 
 
 def available_gpus() -> list[str]:
@@ -57,10 +58,12 @@ _FILES = ("device.json", "gemm.csv", "elementwise.csv", "attention.csv", "layer_
 
 def _read_tables(name: str, folder) -> CalibrationTables:
     """The five files of a measurement folder (a package resource or a Path: anything with
-    joinpath and read_text)."""
+    joinpath and read_text), and `model_steps.csv` (whole-model steps) where there is one."""
     read = lambda file: _columns(folder.joinpath(file).read_text(encoding="utf-8"))
+    whole = read("model_steps.csv") if folder.joinpath("model_steps.csv").is_file() else None
     return CalibrationTables(name, json.loads(folder.joinpath("device.json").read_text(encoding="utf-8")),
-                             read("gemm.csv"), read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"))
+                             read("gemm.csv"), read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"),
+                             whole)
 
 
 @lru_cache(maxsize=None)
@@ -93,6 +96,60 @@ def calibration_from(folder: str):
 def calibration_for(gpu: str):
     """The fitted Calibration of `gpu`, or None when no measurements are shipped for it."""
     from simkv.cost.calibrated import Calibration
+    if gpu in VIDUR_A100:
+        return vidur_a100_calibration(gpu)
     if gpu not in available_gpus():
         return None
-    return Calibration.fit(load_tables(gpu))
+    from dataclasses import replace
+    return replace(Calibration.fit(load_tables(gpu)), allreduce=vidur_allreduce_for(gpu))
+
+
+# ---------------------------------------------------------------- Vidur profiles (MIT; simkv/cost/data/vidur/)
+VIDUR_NETWORK = {"h100": "h100_dgx", "h200": "h100_dgx", "a100-80gb": "a100_dgx", "a100-40gb": "a100_dgx"}
+
+
+def _vidur_text(*parts: str) -> str:
+    return resources.files("simkv.cost").joinpath("data", "vidur", *parts).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def load_vidur_collective(topology: str, op: str = "all_reduce") -> dict:
+    """Vidur's NCCL profile `network/<topology>/<op>.csv` as columns: num_workers, devices_per_node,
+    size (bytes), s (median seconds)."""
+    rows = list(csv.DictReader(_vidur_text("network", topology, f"{op}.csv").splitlines()))
+    col = lambda name: np.array([float(r[name]) for r in rows])
+    return {"num_workers": col("num_workers"), "devices_per_node": col("devices_per_node"), "size": col("size"),
+            "s": col(f"time_stats.{op}.median") / 1e3}
+
+
+@lru_cache(maxsize=None)
+def vidur_allreduce_for(gpu: str):
+    """The fitted all-reduce model of a catalog GPU's NVSwitch node (None when Vidur has no profile)."""
+    from simkv.cost.collectives import CollectiveModel
+    topology = VIDUR_NETWORK.get(gpu)
+    if topology is None:
+        return None
+    return CollectiveModel.fit(load_vidur_collective(topology, "all_reduce"), f"{topology} all_reduce",
+                               assumed_for=None if gpu.startswith(topology.split("_")[0]) else gpu)
+
+
+VIDUR_MODELS = ("Meta-Llama-3-8B", "Llama-2-7b-hf", "Meta-Llama-3-70B", "Llama-2-70b-hf")
+VIDUR_A100 = {"a100-80gb": (2039.0, 312.0), "a100-40gb": (1555.0, 312.0)}  # datasheet GB/s, TFLOP/s (catalog)
+
+
+@lru_cache(maxsize=None)
+def load_vidur_compute(device: str, model: str) -> dict:
+    """Vidur's `compute/<device>/<model>/mlp.csv` as float columns (use_gated_mlp dropped)."""
+    rows = list(csv.DictReader(_vidur_text("compute", device, model, "mlp.csv").splitlines()))
+    names = [k for k in rows[0] if k and k != "use_gated_mlp"]
+    return {k: np.array([float(r[k]) for r in rows]) for k in names}
+
+
+@lru_cache(maxsize=None)
+def vidur_a100_calibration(gpu: str):
+    """An A100 Calibration from Vidur's A100 profiles and the H100 measurements (simkv.cost.vidur_a100)."""
+    from simkv.cost.vidur_a100 import a100_calibration
+    hbm, tflops = VIDUR_A100[gpu]
+    profiles = {m: load_vidur_compute("a100", m) for m in VIDUR_MODELS}
+    return a100_calibration(gpu, hbm, tflops, profiles, load_tables("h100"), calibration_for("h100"),
+                            vidur_allreduce_for(gpu))

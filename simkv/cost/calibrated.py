@@ -8,9 +8,12 @@ two byte terms carry the memory traffic a graph does and isolated tables miss or
 q/k/v layout copies and cache writes; elementwise kernels whose inputs are still in L2). The
 non-negative coefficients are fitted, in relative error, on the GPU's graph-replayed
 `layer_steps.csv`. A whole step is layers x layer + lm_head on the sampled tokens (a GEMM with the
-same graph factor as the layer's GEMMs) + two all-reduces per layer when tensor_parallel > 1
-(NVLink roofline, not measured) + the engine's host overhead per step.
-Simplifications: all-reduce is not calibrated; fp8 reuses the bf16 layer correction with fp8
+same graph factor as the layer's GEMMs) + the whole-model terms fitted on `model_steps.csv`
+(simkv.cost.whole_model: graph overhead paid once per step, activation traffic per token)
++ two all-reduces per layer when tensor_parallel > 1
+(Vidur's NCCL profile of the GPU's NVSwitch node, simkv.cost.collectives; NVLink roofline where
+none exists) + the engine's host overhead per step.
+Simplifications: fp8 reuses the bf16 layer correction with fp8
 GEMM times.
 """
 
@@ -22,6 +25,7 @@ import numpy as np
 
 from simkv.calibration_data import CalibrationTables
 from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, elementwise_widths
+from simkv.cost.whole_model import whole_model_coef
 from simkv.sched.base import StepPlan
 from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec, ShardDims
 
@@ -73,6 +77,10 @@ class Calibration:
     ops: OperatorSet
     coef: np.ndarray
     bytes_per_s: float
+    whole: np.ndarray | None = None  # (g, a) of simkv.cost.whole_model; None: not measured (zeros)
+    allreduce: object | None = None  # simkv.cost.collectives.CollectiveModel of the GPU's node; None: roofline
+    notes: dict | None = None        # source texts replacing the default ones (e.g. simkv.cost.vidur_a100)
+    ratios: tuple | None = None      # A100/H100 (compute, memory) time ratios the attention is scaled by
 
     @classmethod
     def fit(cls, tables: CalibrationTables, exclude_models: tuple[str, ...] = ()) -> "Calibration":
@@ -80,7 +88,12 @@ class Calibration:
         keep = ~np.isin(tables.layer_steps["model"], exclude_models)
         x = layer_step_features(tables, ops, keep)
         coef = fit_correction(x, tables.layer_steps["s"][keep])
-        return cls(tables.gpu, ops, coef, tables.device["d2d_copy_GBps_read_plus_write"] * 1e9)
+        bw = tables.device["d2d_copy_GBps_read_plus_write"] * 1e9
+        whole = None
+        if tables.model_steps is not None:
+            rows = ~np.isin(tables.model_steps["model"], exclude_models)
+            whole = whole_model_coef(tables, ops, coef, bw, rows) if rows.any() else None
+        return cls(tables.gpu, ops, coef, bw, whole)
 
 
 class CalibratedCost:
@@ -97,6 +110,8 @@ class CalibratedCost:
         self.tp = tensor_parallel
         self.host_overhead_s = host_overhead_s
         self.link_bytes_per_s = gpu.nvlink_gbps * 1e9
+        ar = calibration.allreduce
+        self.allreduce = ar if tensor_parallel > 1 and ar is not None and ar.covers(tensor_parallel) else None
         self.kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype, tensor_parallel)
         self.d2h_bytes_per_s, self.h2d_bytes_per_s = gpu.device_to_host_bps, gpu.host_to_device_bps
         self.kv_scale = DTYPE_BYTES[kv_dtype] / 2  # decode attention reads KV bytes
@@ -104,6 +119,8 @@ class CalibratedCost:
         qkv, ew = per_token_bytes(d)
         self._per_token = (c_qkv * qkv + c_ew * ew) / calibration.bytes_per_s
         self._c_lin, self._c0 = c_lin, c0
+        g, a = calibration.whole if calibration.whole is not None else (0.0, 0.0)
+        self._graph_saving_s, self._whole_per_token_s = float(g), float(a) * ew / calibration.bytes_per_s
         self._fixed = np.zeros(0)
         self._grow_fixed(max_tokens)
         tokens = np.arange(0, max_tokens + 1)
@@ -114,6 +131,16 @@ class CalibratedCost:
     # ------------------------------------------------------------ provenance
     def sources(self) -> dict[str, str]:
         """Where each cost component's numbers come from: measured, fitted, roofline or assumed."""
+        g, gemm = self.cal.gpu, self.cal.ops.gemm
+        dtype = self.lc.dtype
+        measured = lambda shapes: all((k, n, dtype) in gemm.curves for k, n in shapes)
+        tables = f"measured: {g} GEMM tables ({dtype}"
+        scaled = ", unmeasured shapes scaled from the measured ones by roofline efficiency)"
+        c_lin, c_att, c_qkv, c_ew, c0 = self.cal.coef
+        heads = "" if self.d.head_dim == 128 else f"; head_dim {self.d.head_dim} scaled by bytes from 128"
+        return {**self._default_sources(), **(self.cal.notes or {})}
+
+    def _default_sources(self) -> dict[str, str]:
         g, gemm = self.cal.gpu, self.cal.ops.gemm
         dtype = self.lc.dtype
         measured = lambda shapes: all((k, n, dtype) in gemm.curves for k, n in shapes)
@@ -133,14 +160,31 @@ class CalibratedCost:
                            f"layout, cache writes) and {c_ew:.3f} (elementwise) fitted on {g} layer_steps.csv",
             "layer_correction": f"fitted: non-negative least squares on {g} graph-replayed layer_steps.csv "
                                 f"(constant {c0 * 1e6:.1f} us per layer)",
+            "whole_model": self._whole_source(),
             "fp8_weights": (f"measured: {g} fp8 GEMM tables; the layer correction fitted on bf16 layers is assumed "
                             "to carry over (not measured)") if self.weight_dtype == "fp8" else f"n/a ({self.weight_dtype} weights)",
             "kv_fp8_attention": ("assumed: fp8 KV halves the decode attention context read (not measured); "
                                  "prefill attention as bf16") if self.kv_scale != 1 else f"n/a ({self.kv_dtype} KV cache)",
-            "tp_allreduce": _allreduce_source(self.tp, self.link_bytes_per_s),
+            "tp_allreduce": (self.allreduce.describe(self.tp) + ", two per layer of tokens x hidden x 2 bytes"
+                             if self.allreduce is not None else _allreduce_source(self.tp, self.link_bytes_per_s)),
             "swap": swap_source(self.gpu),
             "host_overhead": host_overhead_source(self.host_overhead_s),
         }
+
+    def _whole_source(self) -> str:
+        g = self.cal.gpu
+        if self.cal.whole is None:
+            return (f"assumed 0: no whole-model steps measured for {g} (model_steps.csv); a step is layers x one "
+                    "graph-replayed layer + lm_head")
+        sv, a = self.cal.whole
+        return (f"fitted: bounded least squares on {g} model_steps.csv (whole llama3-8b forwards in one CUDA graph): "
+                f"{sv * 1e6:.1f} us per layer of single-layer graph overhead paid once per step, not per layer; "
+                f"+{a:.2f} x the layer's elementwise bytes per token of activation traffic per layer")
+
+    def whole_model_s(self, m: int) -> float:
+        """What the whole forward adds (+) or saves (-) over layers x one layer, for m tokens
+        (simkv.cost.whole_model)."""
+        return self.layers * self._whole_per_token_s * m - (self.layers - 1) * self._graph_saving_s
 
     # ------------------------------------------------------------ precomputed parts
     def _grow_fixed(self, m_max: int) -> None:
@@ -148,7 +192,9 @@ class CalibratedCost:
         m = np.arange(0, m_max + 1, dtype=float)
         lin = self.lc.linear(np.maximum(m, 1))
         layer = self._c_lin * lin + self._per_token * m + self._c0
-        if self.tp > 1:
+        if self.allreduce is not None:
+            layer = layer + 2 * self.allreduce.seconds(m * self.d.hidden * ACT_BYTES, self.tp)
+        elif self.tp > 1:
             layer = layer + 2 * (2.0 * (self.tp - 1) / self.tp * m * self.d.hidden * ACT_BYTES) / self.link_bytes_per_s
         self._fixed = np.where(m > 0, layer, 0.0)
 
@@ -200,7 +246,8 @@ class CalibratedCost:
         swap = self.transfer_seconds(plan)
         if plan.num_batched_tokens == 0:
             return self.host_overhead_s + swap
-        return self.layers * self.layer_seconds(plan) + self.lm_head_s(plan.num_sampled) + self.host_overhead_s + swap
+        return (self.layers * self.layer_seconds(plan) + self.whole_model_s(plan.num_batched_tokens)
+                + self.lm_head_s(plan.num_sampled) + self.host_overhead_s + swap)
 
     def transfer_seconds(self, plan: StepPlan) -> float:
         """Swap traffic of the step at the measured pinned host<->device rates (not overlapped)."""
@@ -215,7 +262,7 @@ class CalibratedCost:
         ctx = decode_ctx[None, :] + np.arange(num_steps)[:, None]
         att = np.interp(ctx, knots, share).sum(axis=1)
         fixed = self.layer_fixed_s(n)
-        return self.layers * (fixed + self.c_att * att) + self.lm_head_s(n) + self.host_overhead_s
+        return self.layers * (fixed + self.c_att * att) + self.whole_model_s(n) + self.lm_head_s(n) + self.host_overhead_s
 
     def swap_seconds(self, num_tokens: int, to_host: bool) -> float:
         """Moving `num_tokens` of KV between GPU and host memory at the measured pinned-copy rate."""
