@@ -30,6 +30,7 @@ from simkv.sched.continuous import ContinuousBatchingScheduler
 from simkv.sched.prefill_first import PrefillFirstScheduler
 from simkv.sched.static import StaticBatchScheduler
 from simkv.sched.tgi import TgiScheduler
+from simkv.cost.block_size import PER_TOKEN_GATHER_SCHEDULERS, decode_attention_factor
 from simkv.sched.sglang import SglangScheduler
 from simkv.sched.trtllm import TrtllmScheduler
 from simkv.specs import GIB
@@ -116,10 +117,11 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
                 "or add tensor parallelism")
     table, truncated = _request_table(stream, limits.max_model_len, scenario.workload.overlong)
     beams = scenario.workload.sampling.beam_width > 1
-    if beams and e.reserve_upfront:
-        raise SimkvError("beam search is not modelled for an engine that reserves at admission (tgi)",
-                         field="workload.sampling.beam_width", fix="use another preset, or parallel sampling (n)")
     reserving = reserves_upfront(e)
+    if beams and reserving:
+        raise SimkvError("beam search is not modelled for an engine that reserves at admission (tgi, trtllm "
+                         "GUARANTEED_NO_EVICT)",
+                         field="workload.sampling.beam_width", fix="use another preset, or parallel sampling (n)")
     if e.allocator == "paged" and (e.prefix_caching or beams):  # reference-counted blocks
         allocator = PrefixCachingAllocator(mem.num_blocks, e.block_size)
         if reserving:  # TGI's radix allocator: cached prefix blocks + the rest of the reservation
@@ -145,6 +147,8 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     # a step never computes more tokens than the cache holds (Orca's step has no token budget)
     step_tokens = min(max(limits.max_num_batched_tokens, e.max_batch_prefill_tokens), mem.capacity_tokens + limits.max_num_seqs)
     cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
+    if e.allocator == "paged":   # the paged kernel's block-size term (1.0 at block 16 and above)
+        cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
     start, end = _measured_window(scenario, stream)
     return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)
 

@@ -65,6 +65,13 @@ class SglangScheduler(ChunkedPrefillScheduler):
         self.ratio_decay = (self.init_ratio - self.min_ratio) / NEW_TOKEN_RATIO_DECAY_STEPS
         self.new_token_ratio = self.init_ratio
         self.num_retractions = 0
+        self._queued_hashes: dict[int, tuple[int, list]] = {}   # waiting rid -> (tokens, page names)
+
+    def _names(self, rid: int, tokens: int) -> list:
+        got = self._queued_hashes.get(rid)
+        if got is None or got[0] != tokens:
+            got = self._queued_hashes[rid] = (tokens, self.block_hashes(rid, tokens))
+        return got[1]
 
     # ------------------------------------------------------------ protocol
     def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
@@ -136,7 +143,7 @@ class SglangScheduler(ChunkedPrefillScheduler):
                 break
             rid = self.waiting[0]
             target = self.prompt_tokens(rid)
-            hashes = self.block_hashes(rid, target)
+            hashes = self._names(rid, target)
             hits = kv.match_prefix(hashes)
             if hits * kv.block_size >= target:
                 hits -= 1
@@ -160,6 +167,7 @@ class SglangScheduler(ChunkedPrefillScheduler):
             b.start_prefill(rid, cached, 0)
             self._cache_scheduled(rid, cached + n)
             self.waiting.popleft()
+            self._queued_hashes.pop(rid, None)
             chunks.append((rid, n))
             admitted.append(rid)
             rem_chunk, rem_input = rem_chunk - n, rem_input - n
@@ -175,7 +183,7 @@ class SglangScheduler(ChunkedPrefillScheduler):
         kv, seen = self.kv, set()
         keys = {}
         for rid in self.waiting:
-            hashes = self.block_hashes(rid, self.prompt_tokens(rid))
+            hashes = self._names(rid, self.prompt_tokens(rid))
             hits = kv.match_prefix(hashes)
             deferred = False
             if hits * kv.block_size <= IN_BATCH_PREFIX_THRESHOLD:
