@@ -31,6 +31,9 @@ from simkv.sched.continuous import ContinuousBatchingScheduler
 from simkv.sched.prefill_first import PrefillFirstScheduler
 from simkv.sched.static import StaticBatchScheduler
 from simkv.sched.tgi import TgiScheduler
+from simkv.cost.block_size import PER_TOKEN_GATHER_SCHEDULERS, decode_attention_factor
+from simkv.sched.sglang import SglangScheduler
+from simkv.sched.trtllm import TrtllmScheduler
 from simkv.specs import GIB
 from simkv.workload.stream import RequestStream
 
@@ -117,24 +120,27 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     table.clients = stream.clients
     table.frontend_s = frontend.per_request_s(frontend.resolve(scenario.frontend, e.preset), table.prompt_tokens)
     beams = scenario.workload.sampling.beam_width > 1
-    if beams and e.reserve_upfront:
-        raise SimkvError("beam search is not modelled for an engine that reserves at admission (tgi)",
+    reserving = reserves_upfront(e)
+    if beams and reserving:
+        raise SimkvError("beam search is not modelled for an engine that reserves at admission (tgi, trtllm "
+                         "GUARANTEED_NO_EVICT)",
                          field="workload.sampling.beam_width", fix="use another preset, or parallel sampling (n)")
     if e.allocator == "paged" and (e.prefix_caching or beams):  # reference-counted blocks
         allocator = PrefixCachingAllocator(mem.num_blocks, e.block_size)
-        if e.reserve_upfront:  # TGI's radix allocator: cached prefix blocks + the rest of the reservation
+        if reserving:  # TGI's radix allocator: cached prefix blocks + the rest of the reservation
             allocator.reserve_upfront = True
             _reject_unplaceable(table, "prompt_plus_max_new", limits.max_model_len, allocator)
     elif e.allocator == "paged":
-        allocator = PagedAllocator(mem.num_blocks, e.block_size, reserve_upfront=e.reserve_upfront)
-        if e.reserve_upfront:
+        allocator = PagedAllocator(mem.num_blocks, e.block_size, reserve_upfront=reserving)
+        if reserving:
             _reject_unplaceable(table, "prompt_plus_max_new", limits.max_model_len, allocator)
     else:
         allocator = (BuddyAllocator(mem.capacity_tokens) if e.placement == "buddy"
                      else ContiguousAllocator(mem.capacity_tokens, e.placement))
         _reject_unplaceable(table, e.reservation, limits.max_model_len, allocator)
-    if e.scheduler == "tgi" and not e.prefill_chunking:  # without chunking a prompt must fit one prefill
-        over = (table.prompt_tokens > e.max_batch_prefill_tokens) & (table.reject_reason == 0)
+    if e.scheduler in ("tgi", "trtllm") and not e.prefill_chunking:  # without chunking a prompt must fit one step
+        budget = e.max_batch_prefill_tokens if e.scheduler == "tgi" else limits.max_num_batched_tokens
+        over = (table.prompt_tokens > budget) & (table.reject_reason == 0)
         table.reject_reason[over] = PROMPT_OVER_PREFILL_BUDGET
         table.status[over] = REJECTED
     kv_per_token = model.kv_bytes_per_token(e.kv_cache_dtype, tp)
@@ -144,12 +150,20 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     # a step never computes more tokens than the cache holds (Orca's step has no token budget)
     step_tokens = min(max(limits.max_num_batched_tokens, e.max_batch_prefill_tokens), mem.capacity_tokens + limits.max_num_seqs)
     cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
+    if e.allocator == "paged":   # the paged kernel's block-size term (1.0 at block 16 and above)
+        cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
     start, end = _measured_window(scenario, stream)
     return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)
 
 
+def reserves_upfront(e: Engine) -> bool:
+    """Does the engine take the blocks for prompt + max_new_tokens at admission (TGI, TensorRT-LLM's
+    GUARANTEED_NO_EVICT)?"""
+    return e.reserve_upfront or (e.scheduler == "trtllm" and e.capacity_scheduler_policy == "guaranteed_no_evict")
+
+
 def _check_policy(e: Engine) -> None:
-    if e.scheduler in ("chunked", "prefill-first", "tgi") and e.allocator != "paged":
+    if e.scheduler in ("chunked", "prefill-first", "tgi", "sglang", "trtllm") and e.allocator != "paged":
         raise SimkvError(f"the {e.scheduler} scheduler works on a paged KV cache", field="engine.allocator",
                          fix="set engine.allocator: paged, or use scheduler fcfs/static for contiguous memory")
     if e.scheduler == "static" and e.allocator == "paged":
@@ -162,15 +176,17 @@ def _check_policy(e: Engine) -> None:
     if e.reserve_upfront and e.scheduler != "tgi":
         raise SimkvError("up-front reservation is modelled for the tgi scheduler only", field="engine.reserve_upfront",
                          fix="remove it, or use engine.scheduler: tgi")
-    if e.prefix_caching and (e.scheduler not in ("chunked", "tgi") or e.allocator != "paged"):
-        raise SimkvError("prefix caching is modelled for the chunked (vLLM v1) and tgi schedulers on a paged cache",
-                         field="engine.prefix_caching", fix="use engine.preset: vllm-v1 or tgi, or remove it")
+    if e.prefix_caching and (e.scheduler not in ("chunked", "tgi", "sglang", "trtllm") or e.allocator != "paged"):
+        raise SimkvError("prefix caching is modelled for the chunked (vLLM v1), tgi, sglang and trtllm schedulers "
+                         "on a paged cache", field="engine.prefix_caching",
+                         fix="use engine.preset: vllm-v1, tgi, sglang or trtllm, or remove it")
     if e.preemption in ("swap", "auto") and e.scheduler != "prefill-first":
         raise SimkvError(f"{e.preemption} preemption is modelled for the prefill-first (vLLM v0) scheduler only",
                          field="engine.preemption", fix="use recompute, or engine.preset: vllm-v0")
-    if e.prefill_chunking and e.scheduler != "tgi":
-        raise SimkvError("prefill_chunking is the tgi scheduler's switch (the chunked scheduler always chunks)",
-                         field="engine.prefill_chunking", fix="remove it, or use engine.scheduler: tgi")
+    if e.prefill_chunking and e.scheduler not in ("tgi", "trtllm"):
+        raise SimkvError("prefill_chunking is the tgi and trtllm schedulers' switch (the chunked and sglang "
+                         "schedulers always chunk)", field="engine.prefill_chunking",
+                         fix="remove it, or use engine.scheduler: tgi or trtllm")
 
 
 def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimits, mem: MemoryPlan,
@@ -192,6 +208,16 @@ def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimi
                             waiting_served_ratio=e.waiting_served_ratio, max_waiting_tokens=e.max_waiting_tokens,
                             max_concurrent_requests=e.max_concurrent_requests, chunking=e.prefill_chunking,
                             prefix_caching=e.prefix_caching, **common)
+    if e.scheduler == "sglang":
+        return SglangScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
+                               max_model_len=limits.max_model_len, schedule_policy=e.schedule_policy,
+                               schedule_conservativeness=e.schedule_conservativeness,
+                               prefix_caching=e.prefix_caching, **common)
+    if e.scheduler == "trtllm":
+        return TrtllmScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
+                               max_model_len=limits.max_model_len, capacity_policy=e.capacity_scheduler_policy,
+                               chunking=e.prefill_chunking, prefix_caching=e.prefix_caching,
+                               watermark_blocks=watermark, **common)
     if e.scheduler == "static":
         return StaticBatchScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
                                     max_model_len=limits.max_model_len, reservation=e.reservation, **common)

@@ -111,6 +111,80 @@ def _resolve_orca(engine: Engine, target: Target, explicit: set) -> dict:
     return {"max_num_batched_tokens": engine.max_num_seqs * _max_len(engine, target)}
 
 
+# ---------------------------------------------------------------- SGLang (v0.5)
+SGLANG_SOURCE = "SGLang v0.5 (python/sglang/srt/server_args.py ServerArgs._handle_gpu_memory_settings)"
+
+
+def sglang_memory_defaults(target: Target) -> tuple[int, float]:
+    """(chunked_prefill_size, mem_fraction_static) SGLang picks from the card's memory (MiB, as
+    get_device_memory_capacity reports it) and the tensor-parallel size: chunks of 2048 below 35 GB,
+    4096 below 60 GB, 8192 below 160 GB (H100, H200), else 16384; the static fraction is what is left
+    after `reserved_mem` = 512 + 1.5 x max(chunk, 2048) + 2 x cuda_graph_max_bs + tp x 1024 / 8 MiB
+    (at least 10 GiB on cards over 60 GB), rounded to 3 decimals."""
+    mib = target.gpu.memory_bytes / 2**20
+    tp = target.tensor_parallel
+    if mib < 35 * 1024:
+        chunk, graph_bs = 2048, (24 if tp < 4 else 80)
+    elif mib < 60 * 1024:
+        chunk, graph_bs = 4096, (32 if tp < 4 else 160)
+    elif mib < 160 * 1024:
+        chunk, graph_bs = 8192, (256 if tp < 4 else 512)
+    else:
+        chunk, graph_bs = 16384, 512
+    reserved = 512 + max(chunk, 2048) * 1.5 + graph_bs * 2 + tp * 1024 / 8
+    if mib > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    return chunk, round((mib - reserved) / mib, 3)
+
+
+def sglang_max_running_requests(total_tokens: int, context_len: int) -> int:
+    """SGLang's default max_running_requests: min(max_total_num_tokens // 2, req_to_token_pool size),
+    the pool holding min(max(total / context_len x 512, 2048), 4096) requests
+    (managers/scheduler.py, model_executor/model_runner.py init_memory_pool)."""
+    pool = min(max(int(total_tokens / context_len * 512), 2048), 4096)
+    return max(1, min(total_tokens // 2, pool))
+
+
+def _resolve_sglang(engine: Engine, target: Target, explicit: set) -> dict:
+    from simkv.memory import plan_memory   # the KV pool decides max_running_requests
+    chunk, fraction = sglang_memory_defaults(target)
+    out = {"max_num_batched_tokens": chunk, "gpu_memory_utilization": fraction}
+    if "max_num_seqs" not in explicit:
+        util = engine.gpu_memory_utilization if "gpu_memory_utilization" in explicit else fraction
+        try:
+            mem = plan_memory(target.model, target.gpu, tensor_parallel=target.tensor_parallel,
+                              gpu_memory_utilization=util, weight_dtype=engine.weight_dtype,
+                              kv_dtype=engine.kv_cache_dtype, block_size=engine.block_size,
+                              max_num_batched_tokens=chunk, max_num_seqs=1,
+                              activation_reserve_gib=engine.activation_reserve_gib, num_gpu_blocks=engine.num_gpu_blocks)
+        except Exception:   # the model does not fit: build() says so with its own message
+            return out
+        out["max_num_seqs"] = sglang_max_running_requests(mem.capacity_tokens, _max_len(engine, target))
+    return out
+
+
+# ---------------------------------------------------------------- TensorRT-LLM (1.1)
+TRTLLM_FREE_GPU_MEMORY_FRACTION = 0.9   # tensorrt_llm/llmapi/llm_args.py KvCacheConfig.free_gpu_memory_fraction
+
+
+def _resolve_trtllm(engine: Engine, target: Target, explicit: set) -> dict:
+    """KvCacheConfig.free_gpu_memory_fraction = 0.9 is a fraction of the memory left free after the
+    weights and the activations are in place; simkv's gpu_memory_utilization is a fraction of the
+    whole card, so the same KV pool is (weights + activations + 0.9 x the rest) / card memory."""
+    if "gpu_memory_utilization" in explicit:
+        return {}
+    from simkv.memory import estimate_activation_bytes
+    m, gpu, tp = target.model, target.gpu, target.tensor_parallel
+    weights = m.weight_bytes_per_gpu(engine.weight_dtype, tp)
+    acts = (engine.activation_reserve_gib * GIB if engine.activation_reserve_gib is not None else
+            estimate_activation_bytes(m, tp, engine.max_num_batched_tokens or 8192, engine.max_num_seqs))
+    rest = gpu.memory_bytes - weights - acts
+    if rest <= 0:
+        return {}
+    util = (weights + acts + TRTLLM_FREE_GPU_MEMORY_FRACTION * rest) / gpu.memory_bytes
+    return {"gpu_memory_utilization": min(1.0, util)}
+
+
 PRESETS: dict[str, dict] = {
     "simkv": {
         "source": "simkv's core policy: FCFS iteration-level batching, whole prompts mixed with decodes",
@@ -232,6 +306,65 @@ PRESETS: dict[str, dict] = {
                          "(SarathiBlockSpaceManager inherits it)",
             "gpu_memory_utilization": "sarathi/config/config.py WorkerConfig.gpu_memory_utilization = 0.8",
         },
+    },
+}
+
+
+PRESETS["sglang"] = {
+    "source": "SGLang v0.5 (python/sglang/srt/managers/scheduler.py, schedule_policy.py, schedule_batch.py, "
+              "mem_cache/radix_cache.py; defaults from server_args.py and environ.py): RadixAttention prefix "
+              "cache with page size 1 and LRU eviction of leaves, prefill batches run alone (mixed chunks off), "
+              "chunked prefill of 8192 tokens on 35-160 GB cards, max_prefill_tokens 16384, schedule policy fcfs "
+              "(lpm: longest prefix match, FCFS above 128 waiting), new-token ratio 0.7 decaying to 0.098 over "
+              "600 decode steps, retraction with 20 decode steps of headroom, mem_fraction_static from the card",
+    "defaults": {"scheduler": "sglang", "allocator": "paged", "block_size": 1, "prefix_caching": True,
+                 "schedule_policy": "fcfs", "schedule_conservativeness": 1.0, "gpu_memory_utilization": 0.88,
+                 "activation_reserve_gib": 0.0, "max_num_batched_tokens": 8192, "max_num_seqs": 4096,
+                 "preemption": "recompute"},
+    "resolve": _resolve_sglang,
+    "sources": {
+        "block_size": "server_args.py ServerArgs.page_size = 1 (None resolves to 1 for the default backends)",
+        "prefix_caching": "server_args.py ServerArgs.disable_radix_cache = False",
+        "schedule_policy": "server_args.py ServerArgs.schedule_policy = 'fcfs' (lpm: schedule_policy.py "
+                           "CacheAwarePolicy.LPM, FCFS when len(waiting_queue) > 128)",
+        "schedule_conservativeness": "server_args.py ServerArgs.schedule_conservativeness = 1.0",
+        "max_num_batched_tokens": SGLANG_SOURCE + ": chunked_prefill_size 2048 (< 35 GB) / 4096 (< 60 GB) / "
+                                  "8192 (< 160 GB) / 16384",
+        "gpu_memory_utilization": SGLANG_SOURCE + ": mem_fraction_static = (memory - reserved_mem) / memory "
+                                  "(0.88 without a target)",
+        "activation_reserve_gib": "mem_fraction_static already leaves reserved_mem outside the weights + KV pool",
+        "max_num_seqs": "managers/scheduler.py max_running_requests = min(max_total_num_tokens // 2, "
+                        "req_to_token_pool size); model_runner.py pool = min(max(tokens / context_len x 512, "
+                        "2048), 4096) (4096 without a target)",
+        "max_prefill_tokens": "server_args.py ServerArgs.max_prefill_tokens = 16384 (fixed in simkv/sched/sglang.py)",
+        "new_token_ratio": "environ.py SGLANG_INIT_NEW_TOKEN_RATIO 0.7, SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR 0.14, "
+                           "SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS 600, SGLANG_RETRACT_DECODE_STEPS 20, "
+                           "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION 4096",
+    },
+}
+PRESETS["trtllm"] = {
+    "source": "TensorRT-LLM 1.1 (cpp/tensorrt_llm/batch_manager/capacityScheduler.cpp, microBatchScheduler.cpp; "
+              "defaults from tensorrt_llm/llmapi/llm_args.py): in-flight batching of whole prompts with decodes "
+              "within max_num_tokens 8192 and max_batch_size 2048, capacity scheduler GUARANTEED_NO_EVICT "
+              "(blocks for prompt + max_new_tokens reserved at admission, never preempts; MAX_UTILIZATION "
+              "admits by current need and pauses the newest), 32 tokens per KV block, block reuse on, chunked "
+              "context off, free_gpu_memory_fraction 0.9",
+    "defaults": {"scheduler": "trtllm", "allocator": "paged", "block_size": 32, "prefix_caching": True,
+                 "capacity_scheduler_policy": "guaranteed_no_evict", "max_num_batched_tokens": 8192,
+                 "max_num_seqs": 2048, "prefill_chunking": False, "gpu_memory_utilization": 0.9,
+                 "preemption": "recompute"},
+    "resolve": _resolve_trtllm,
+    "sources": {
+        "capacity_scheduler_policy": "llm_args.py SchedulerConfig.capacity_scheduler_policy = GUARANTEED_NO_EVICT",
+        "block_size": "llm_args.py KvCacheConfig.tokens_per_block = 32",
+        "prefix_caching": "llm_args.py KvCacheConfig.enable_block_reuse = True",
+        "max_num_batched_tokens": "llm_args.py BaseLlmArgs.max_num_tokens = 8192",
+        "max_num_seqs": "llm_args.py BaseLlmArgs.max_batch_size = 2048",
+        "prefill_chunking": "llm_args.py BaseLlmArgs.enable_chunked_prefill = False",
+        "gpu_memory_utilization": "llm_args.py KvCacheConfig.free_gpu_memory_fraction = 0.9 of the memory free "
+                                  "after weights and activations, converted to a fraction of the card",
+        "preemption": "capacityScheduler.cpp MaxUtilizationScheduler pauses the last started requests "
+                      "(MAX_UTILIZATION only)",
     },
 }
 

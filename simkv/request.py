@@ -11,7 +11,7 @@ import numpy as np
 WAITING, DONE, REJECTED = 0, 1, 2
 REJECT_REASONS = ("", "prompt longer than max_model_len", "reservation larger than the KV cache",
                   "refused by the engine (queue full: max_concurrent_requests)",
-                  "prompt longer than the engine's prefill budget (max_batch_prefill_tokens)",
+                  "prompt longer than the engine's prefill budget (tgi: max_batch_prefill_tokens; trtllm without chunking: max_num_tokens)",
                   "conversation ended (an earlier turn could not run)")
 REFUSED_BY_ENGINE = 3
 PROMPT_OVER_PREFILL_BUDGET = 4

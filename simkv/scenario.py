@@ -332,7 +332,7 @@ Reservation = Literal["max_model_len", "pow2", "oracle", "prompt_plus_max_new"]
 
 
 PresetName = Literal["simkv", "vllm-v1", "vllm-v0", "tgi", "orca-max", "orca-pow2", "orca-oracle",
-                     "fastertransformer", "sarathi-serve"]
+                     "fastertransformer", "sarathi-serve", "sglang", "trtllm"]
 
 
 class Engine(Strict):
@@ -340,9 +340,10 @@ class Engine(Strict):
     field the scenario leaves unset (see `simkv catalog --presets` and docs/engines.md)."""
 
     preset: PresetName = Field("simkv", description="engine whose policies and defaults to use")
-    scheduler: Literal["fcfs", "chunked", "prefill-first", "tgi", "static"] = Field(
+    scheduler: Literal["fcfs", "chunked", "prefill-first", "tgi", "static", "sglang", "trtllm"] = Field(
         "fcfs", description="batching policy: fcfs (mixed whole prompts), chunked (token budget, vLLM v1 / "
-        "Sarathi), prefill-first (vLLM v0), tgi (TGI router), static (FasterTransformer)")
+        "Sarathi), prefill-first (vLLM v0), tgi (TGI router), static (FasterTransformer), sglang (SGLang "
+        "scheduler), trtllm (TensorRT-LLM capacity + micro-batch schedulers)")
     allocator: Literal["paged", "contiguous"] = Field("paged", description="paged blocks on demand, or one contiguous region per request")
     block_size: PositiveInt = Field(16, le=2 ** 16, description="tokens per KV block (paged); unit of the capacity override")
     reservation: Reservation = Field("max_model_len", description="contiguous: slots reserved at admission")
@@ -370,6 +371,15 @@ class Engine(Strict):
     waiting_served_ratio: NonNegativeFloat = Field(0.3, le=1e6, description="tgi: prefill only once waiting >= ratio x running (dimensionless)")
     max_waiting_tokens: PositiveInt = Field(20, le=2 ** 31, description="tgi: force a prefill after this many decode steps (steps)")
     max_concurrent_requests: PositiveInt = Field(128, le=2 ** 31, description="tgi: requests in the system beyond which arrivals are refused (requests)")
+    # SGLang and TensorRT-LLM (simkv/sched/sglang.py, simkv/sched/trtllm.py)
+    schedule_policy: Literal["fcfs", "lpm"] = Field(
+        "fcfs", description="sglang: order of the waiting queue: fcfs, or lpm (longest prefix match first; FCFS "
+        "when more than 128 wait)")
+    schedule_conservativeness: PositiveFloat = Field(
+        1.0, description="sglang: scales the new-token ratio that reserves room for running requests (dimensionless)")
+    capacity_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = Field(
+        "guaranteed_no_evict", description="trtllm: guaranteed_no_evict reserves prompt + max_new_tokens at admission "
+        "and never preempts; max_utilization admits by current need and pauses the newest on pressure")
 
 
 # ---------------------------------------------------------------- run, SLOs, variants

@@ -44,7 +44,8 @@ def _run(scenario):
 
 def test_every_preset_runs_and_finishes_every_request():
     for name in PRESETS:
-        sc = small_scenario(engine={"preset": name, "max_model_len": 512, "num_gpu_blocks": 200,
+        blocks = 200 * 16 // PRESETS[name]["defaults"].get("block_size", 16)   # 3200 KV tokens for every preset
+        sc = small_scenario(engine={"preset": name, "max_model_len": 512, "num_gpu_blocks": blocks,
                                     "max_num_seqs": 16, "max_batch_prefill_tokens": 600},
                             run__num_requests=40)
         sim, res = _run(sc)
@@ -263,13 +264,15 @@ def test_prefix_cache_shares_blocks_scheduled_in_the_same_step():
        sampling=st.sampled_from([None, {"n": 3}, {"beam_width": 3, "beam_reselect": 0.4}]))
 def test_any_preset_on_any_small_engine_finishes_every_token_once(preset, seed, rate, blocks, max_seqs, shared,
                                                                   sampling):
+    block_size = PRESETS[preset]["defaults"].get("block_size", 16)
+    blocks = blocks * 16 // block_size   # the same KV tokens whatever the preset's block size
     over = dict(engine={"preset": preset, "max_model_len": 512, "num_gpu_blocks": blocks, "max_num_seqs": max_seqs,
                         "max_batch_prefill_tokens": 600, "max_concurrent_requests": 10_000},
                 run__seed=seed, run__num_requests=50, workload__arrival={"process": "poisson", "rate": rate})
     if shared:
         over["workload__shared_prefix"] = {"fraction": 0.7, "tokens": 96, "num_prefixes": 2}
     if sampling is not None:
-        if preset == "tgi" and "beam_width" in sampling:
+        if preset in ("tgi", "trtllm") and "beam_width" in sampling:
             return  # not modelled: refused with a clear error (tested below)
         over["workload__sampling"] = sampling
     sim, res = _run(small_scenario(**over))

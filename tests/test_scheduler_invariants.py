@@ -19,6 +19,8 @@ from simkv.sched.continuous import ContinuousBatchingScheduler
 from simkv.sched.prefill_first import PrefillFirstScheduler
 from simkv.sched.static import StaticBatchScheduler
 from simkv.sched.tgi import TgiScheduler
+from simkv.sched.sglang import SglangScheduler
+from simkv.sched.trtllm import TrtllmScheduler
 from simkv.simulate import run_simulation
 from simkv.workload.stream import generate_stream
 
@@ -36,7 +38,7 @@ def _table(prompts, outputs):
 
 
 POLICIES = ["fcfs-paged", "fcfs-contiguous", "fcfs-buddy", "chunked", "chunked-prefix", "prefill-first-swap", "prefill-first-recompute", "tgi",
-            "static"]
+            "static", "sglang-fcfs", "sglang-lpm", "trtllm-no-evict", "trtllm-max-util", "trtllm-no-evict-chunked"]
 
 
 def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget):
@@ -46,8 +48,9 @@ def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget)
         kv = ContiguousAllocator(blocks * block_size)
     elif policy == "fcfs-buddy":
         kv = BuddyAllocator(blocks * block_size)
-    elif policy == "chunked-prefix":
+    elif policy == "chunked-prefix" or policy.startswith(("sglang", "trtllm")):
         kv = PrefixCachingAllocator(blocks, block_size)
+        kv.reserve_upfront = policy.startswith("trtllm-no-evict")
     else:
         kv = PagedAllocator(blocks, block_size, reserve_upfront=policy == "tgi")
     if policy.startswith("fcfs"):
@@ -59,6 +62,13 @@ def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget)
     elif policy.startswith("prefill-first"):
         s = PrefillFirstScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100,
                                   preemption=policy.rsplit("-", 1)[1], swap_capacity_tokens=150, **kw)
+    elif policy.startswith("sglang"):
+        s = SglangScheduler(table, kv, max_num_batched_tokens=budget, max_model_len=100,
+                            schedule_policy=policy.rsplit("-", 1)[1], **kw)
+    elif policy.startswith("trtllm"):
+        s = TrtllmScheduler(table, kv, max_num_batched_tokens=max(budget, 100), max_model_len=100,
+                            capacity_policy="guaranteed_no_evict" if "no-evict" in policy else "max_utilization",
+                            chunking=policy.endswith("chunked"), prefix_caching=True, **kw)
     elif policy == "tgi":
         s = TgiScheduler(table, kv, max_batch_prefill_tokens=120, max_concurrent_requests=10_000, **kw)
     else:
@@ -101,8 +111,10 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert plan.num_batched_tokens <= self.s.max_num_batched_tokens
         if self.policy in ("tgi", "static") or self.policy.startswith("prefill-first"):
             assert not (len(plan.decode_ids) and len(plan.prefill_ids)), "this policy never mixes prefill and decode"
-        if self.policy == "tgi":
-            assert not plan.preempted_ids, "TGI never preempts"
+        if self.policy == "tgi" or self.policy.startswith("trtllm-no-evict"):
+            assert not plan.preempted_ids, "TGI and GUARANTEED_NO_EVICT never preempt"
+        if self.policy.startswith("sglang"):
+            assert not (len(plan.decode_ids) and len(plan.prefill_ids)), "SGLang runs prefill batches alone"
         assert len(set(plan.decode_ids.tolist()) | set(plan.prefill_ids.tolist())) == plan.num_seqs
         k = plan.max_steps
         out = self.s.commit(plan, self.now, np.full(k, dt))

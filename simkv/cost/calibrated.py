@@ -99,6 +99,8 @@ class Calibration:
 class CalibratedCost:
     """StepCost from a GPU's calibration for one model shard (see module docstring)."""
 
+    decode_attention_scale = 1.0   # block-size term (simkv.cost.block_size), set by the builder
+
     def __init__(self, calibration: Calibration, model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int = 1,
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", host_overhead_s: float = 0.0,
                  max_tokens: int = 16384) -> None:
@@ -220,7 +222,7 @@ class CalibratedCost:
         if not len(contexts):
             return 0.0
         knots, share = self._decode_curve(len(contexts))
-        return float(np.interp(contexts, knots, share).sum())
+        return self.decode_attention_scale * float(np.interp(contexts, knots, share).sum())
 
     def prefill_attention_s(self, new: np.ndarray, ctx: np.ndarray) -> float:
         """Causal attention of each prefill (a table lookup when nothing is cached)."""
@@ -260,7 +262,7 @@ class CalibratedCost:
         n = len(decode_ctx)
         knots, share = self._decode_curve(n)
         ctx = decode_ctx[None, :] + np.arange(num_steps)[:, None]
-        att = np.interp(ctx, knots, share).sum(axis=1)
+        att = self.decode_attention_scale * np.interp(ctx, knots, share).sum(axis=1)
         fixed = self.layer_fixed_s(n)
         return self.layers * (fixed + self.c_att * att) + self.whole_model_s(n) + self.lm_head_s(n) + self.host_overhead_s
 

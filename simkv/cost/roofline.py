@@ -37,6 +37,8 @@ def _check_rates(rates: dict[str, float], host_overhead_s: float) -> None:
 class RooflineCost:
     """Per-kernel roofline over a model shard on one GPU."""
 
+    decode_attention_scale = 1.0   # block-size term (simkv.cost.block_size), set by the builder
+
     def __init__(self, model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int = 1,
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", host_overhead_s: float = 0.0) -> None:
         d = model.shard(tensor_parallel)
@@ -157,7 +159,8 @@ class RooflineCost:
         if n:
             fpc, bpc, f0, b0 = self._decode_attention_parts(n)
             total_ctx = float(plan.decode_ctx.sum())
-            attn += max((f0 + fpc * total_ctx) / self.flops_per_s, (b0 + bpc * total_ctx) / self.bytes_per_s)
+            attn += self.decode_attention_scale * max((f0 + fpc * total_ctx) / self.flops_per_s,
+                                                      (b0 + bpc * total_ctx) / self.bytes_per_s)
         return self._fixed_s(tokens, plan.num_sampled) + self.layers * attn
 
     def layer_seconds(self, plan: StepPlan) -> float:
@@ -169,5 +172,6 @@ class RooflineCost:
         fixed = self._fixed_s(n, n)
         fpc, bpc, f0, b0 = self._decode_attention_parts(n)
         total_ctx = float(decode_ctx.sum()) + n * np.arange(num_steps, dtype=np.float64)
-        attn = np.maximum((f0 + fpc * total_ctx) / self.flops_per_s, (b0 + bpc * total_ctx) / self.bytes_per_s)
+        attn = self.decode_attention_scale * np.maximum((f0 + fpc * total_ctx) / self.flops_per_s,
+                                                        (b0 + bpc * total_ctx) / self.bytes_per_s)
         return fixed + self.layers * attn
