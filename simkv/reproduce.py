@@ -80,6 +80,7 @@ def _run(job: DocJob, root: Path, docs: Path) -> list[Path]:
         from simkv.e2e_validation import write_page
         target = docs / "validation-e2e.md"
         if not target.exists() and (root / "docs" / "validation-e2e.md").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / "docs" / "validation-e2e.md", target)   # its hand-written text around the table
         write_page(root, target, docs / "figures" / "validation-e2e")
         return [docs / t for t in job.outputs]
