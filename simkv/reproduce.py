@@ -25,7 +25,7 @@ class DocJob:
     name: str
     source: str = ""                       # scenario or sweep file, relative to the repository
     figures: tuple[str, ...] = ()          # PNG files of the results folder to keep
-    kind: str = "scenario"                 # scenario | sweep | cost-model | reference
+    kind: str = "scenario"                 # scenario | sweep | cost-model | reference | e2e-validation
     outputs: tuple[str, ...] = field(default=())  # generated files (for the manifest test)
 
     def targets(self) -> list[str]:
@@ -46,6 +46,8 @@ MANIFEST: tuple[DocJob, ...] = (
            outputs=("cost-model.md", "figures/cost-model/predicted-vs-measured-h100.png",
                     "figures/cost-model/predicted-vs-measured-h200.png")),
     DocJob("scenario-reference", kind="reference", outputs=("scenario-reference.md",)),
+    DocJob("validation-e2e", kind="e2e-validation",
+           outputs=("validation-e2e.md", "figures/validation-e2e/measured-vs-simulated.png")),
 )
 
 
@@ -74,6 +76,14 @@ def _run(job: DocJob, root: Path, docs: Path) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(scenario_reference())
         return [path]
+    if job.kind == "e2e-validation":
+        from simkv.e2e_validation import write_page
+        target = docs / "validation-e2e.md"
+        if not target.exists() and (root / "docs" / "validation-e2e.md").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / "docs" / "validation-e2e.md", target)   # its hand-written text around the table
+        write_page(root, target, docs / "figures" / "validation-e2e")
+        return [docs / t for t in job.outputs]
     if job.kind == "cost-model":
         from simkv.cost_report import write_report
         target = docs / "cost-model.md"
