@@ -376,7 +376,7 @@ class Engine(Strict):
         "fcfs", description="sglang: order of the waiting queue: fcfs, or lpm (longest prefix match first; FCFS "
         "when more than 128 wait)")
     schedule_conservativeness: PositiveFloat = Field(
-        1.0, description="sglang: scales the new-token ratio that reserves room for running requests (dimensionless)")
+        1.0, le=100, description="sglang: scales the new-token ratio that reserves room for running requests (dimensionless)")
     capacity_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = Field(
         "guaranteed_no_evict", description="trtllm: guaranteed_no_evict reserves prompt + max_new_tokens at admission "
         "and never preempts; max_utilization admits by current need and pauses the newest on pressure")
