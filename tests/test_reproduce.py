@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from simkv.reference import scenario_reference
 from simkv.reproduce import MANIFEST
@@ -62,6 +64,14 @@ def test_reproduce_check_compares_with_the_docs(tmp_path):
                            "-o", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "differs" in proc.stdout
 
+
+@pytest.mark.parametrize("job", ["quickstart", "cost-model"])
+def test_committed_docs_are_what_the_code_regenerates(job):
+    """A fast slice of `simkv reproduce --check`: the committed quickstart figures and the
+    cost-model page are byte for byte what the code gives now (the whole check takes minutes)."""
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--check", "--only", job],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "identical to docs/" in proc.stdout, proc.stdout + proc.stderr
 
 
 def _avx512_features() -> list[str]:
