@@ -22,7 +22,7 @@ from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.memory import MemoryPlan, plan_memory
 from simkv.request import RequestTable
-from simkv.scenario import Scenario
+from simkv.scenario import Scenario, StepTableSpec
 from simkv.presets import Target, apply_preset
 from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED
 from simkv.scenario import Engine
@@ -227,7 +227,10 @@ def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimi
 
 
 def make_cost(scenario: Scenario, max_tokens: int = 16384):
-    """(step-time model, its description): calibrated where the GPU has measurements."""
+    """(step-time model, its description): calibrated where the GPU has measurements; the user's
+    measured step table (simkv.cost.step_table) with `cost: {table: ...}`."""
+    if isinstance(scenario.cost, StepTableSpec):
+        return _table_cost(scenario, max_tokens)
     model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), resolve_engine(scenario)
     tp = scenario.hardware.tensor_parallel
     gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
@@ -248,6 +251,17 @@ def make_cost(scenario: Scenario, max_tokens: int = 16384):
     if scenario.cost == "calibrated":
         return cost, f"roofline (no calibration measurements for '{gpu_name or 'custom GPU'}')"
     return cost, "roofline"
+
+
+def _table_cost(scenario: Scenario, max_tokens: int):
+    from simkv.cost.step_table import StepTableCost
+    from simkv.step_table_io import read_step_table
+    spec = scenario.cost
+    base, base_name = make_cost(scenario.model_copy(update={"cost": "calibrated"}), max_tokens)
+    e = resolve_engine(scenario)
+    cost = StepTableCost(read_step_table(spec.table), base, host_overhead_s=e.host_overhead_s,
+                         extrapolate=spec.extrapolate, host_in_table=spec.host_in_table)
+    return cost, f"user step table ({spec.table}; swap from {base_name})"
 
 
 def _own_calibration(folder: str):

@@ -491,6 +491,19 @@ class Sweep(Strict):
         return value
 
 
+class StepTableSpec(Strict):
+    """Step times from your own measurements: a CSV of step shapes (the columns of `simkv step-time
+    --batches`: prefill_seqs, prefill_len, decode_batch, decode_ctx, optional tokens_per_seq) and
+    `ms`, measured for this scenario's model, GPU and TP, interpolated (docs/cost-model.md)."""
+
+    table: str = Field(min_length=1, description="the CSV file, relative to the scenario file")
+    extrapolate: Literal["linear", "reject"] = Field(
+        "linear", description="steps outside the table's shapes: nearest row + a fitted plane (counted in the "
+        "summary), or stop with an error")
+    host_in_table: Bool = Field(False, description="the measured times include the engine's CPU time per step "
+                                "(then engine.host_overhead_s and host_per_seq_s are not added)")
+
+
 class Scenario(Strict):
     """One simulation study: a replica, its traffic, and optional variants."""
 
@@ -499,9 +512,10 @@ class Scenario(Strict):
     model: str | ModelSpec = Field(description="catalog name (see `simkv catalog`) or a full model spec")
     hardware: Hardware
     engine: Engine = Field(default_factory=Engine)
-    cost: Literal["calibrated", "roofline"] = Field(
+    cost: Literal["calibrated", "roofline"] | StepTableSpec = Field(
         "calibrated", description="step-time model: calibrated on the GPU's measurements (falls back to the "
-        "roofline for GPUs without measurements), or the roofline of measured/datasheet ceilings")
+        "roofline for GPUs without measurements), the roofline of measured/datasheet ceilings, or "
+        "{table: steps.csv}: your own measured step times")
     workload: Workload
     run: Run
     slo: Slo = Field(default_factory=Slo)
