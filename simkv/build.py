@@ -13,7 +13,7 @@ import numpy as np
 from simkv.calibration_data import calibration_for, calibration_from
 from simkv.cost.calibrated import CalibratedCost
 from simkv.cost.roofline import RooflineCost
-from simkv import frontend
+from simkv import frontend, host_overhead
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
@@ -228,9 +228,19 @@ def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimi
 
 def make_cost(scenario: Scenario, max_tokens: int = 16384):
     """(step-time model, its description): calibrated where the GPU has measurements; the user's
-    measured step table (simkv.cost.step_table) with `cost: {table: ...}`."""
+    measured step table (simkv.cost.step_table) with `cost: {table: ...}`; plus the engine's host
+    overhead per step (simkv.host_overhead: fixed + per sequence, the preset's where unset)."""
     if isinstance(scenario.cost, StepTableSpec):
         return _table_cost(scenario, max_tokens)
+    cost, name = _gpu_cost(scenario, max_tokens)
+    host = host_overhead.resolve(scenario.engine)
+    cost.host_overhead_s, cost.host_per_seq_s, cost.host_source = host.fixed_s, host.per_seq_s, host.source
+    if hasattr(cost, "_fixed_cache"):
+        cost._fixed_cache.clear()   # the roofline memoises steps with the fixed host term in them
+    return cost, name
+
+
+def _gpu_cost(scenario: Scenario, max_tokens: int):
     model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), resolve_engine(scenario)
     tp = scenario.hardware.tensor_parallel
     gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
@@ -258,9 +268,9 @@ def _table_cost(scenario: Scenario, max_tokens: int):
     from simkv.step_table_io import read_step_table
     spec = scenario.cost
     base, base_name = make_cost(scenario.model_copy(update={"cost": "calibrated"}), max_tokens)
-    e = resolve_engine(scenario)
-    cost = StepTableCost(read_step_table(spec.table), base, host_overhead_s=e.host_overhead_s,
-                         extrapolate=spec.extrapolate, host_in_table=spec.host_in_table)
+    cost = StepTableCost(read_step_table(spec.table), base, host_overhead_s=base.host_overhead_s,
+                         host_per_seq_s=base.host_per_seq_s, extrapolate=spec.extrapolate,
+                         host_in_table=spec.host_in_table)
     return cost, f"user step table ({spec.table}; swap from {base_name})"
 
 

@@ -130,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--check", action="store_true",
                     help="regenerate into a temporary folder and compare byte for byte with the docs folder (exit 1 on a difference)")
     rp.set_defaults(func=cmd_reproduce)
+    fho = sub.add_parser("fit-host-overhead", help="fit the engine's host time per step (fixed + per sequence) to a step log")
+    fho.add_argument("steplog", help="CSV with num_seqs and host_ms (or step_ms and gpu_ms) per step")
+    fho.add_argument("--json", action="store_true", help="machine-readable output")
+    fho.set_defaults(func=cmd_fit_host_overhead)
     cat = sub.add_parser("catalog", help="list the models and GPUs simkv knows")
     cat.add_argument("--json", action="store_true", help="machine-readable output")
     cat.add_argument("--presets", action="store_true", help="list the engine presets with their defaults and sources")
@@ -500,5 +504,19 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def cmd_fit_host_overhead(args) -> int:
+    from simkv.host_log_io import fit_file
+    fit = fit_file(args.steplog)
+    if args.json:
+        print(json.dumps({"host_overhead_s": fit.fixed_s, "host_per_seq_s": fit.per_seq_s, "steps": fit.rows,
+                          "r2": fit.r2, "median_rel_error": fit.rel_err_median}))
+        return 0
+    print(f"host overhead: {fit.describe()}")
+    print("scenario:\n  engine:\n"
+          f"    host_overhead_s: {fit.fixed_s:.6g}\n    host_per_seq_s: {fit.per_seq_s:.6g}")
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -358,7 +358,10 @@ class Engine(Strict):
     num_gpu_blocks: PositiveInt | None = Field(None, le=2 ** 40, description="measured KV capacity in blocks (overrides the memory arithmetic)")
     weight_dtype: DType = Field("bf16", description="weight precision")
     kv_cache_dtype: DType = Field("bf16", description="KV cache precision")
-    host_overhead_s: NonNegativeFloat = Field(0.0, le=10, description="CPU time per step not overlapped with the GPU (s)")
+    host_overhead_s: NonNegativeFloat = Field(0.0, le=10, description="CPU time per step not overlapped with the GPU, "
+                                              "fixed part (s); unset: the preset's (simkv.host_overhead)")
+    host_per_seq_s: NonNegativeFloat | None = Field(None, le=1, description="CPU time per step not overlapped with the "
+                                                    "GPU, per sequence in the step (s); unset: the preset's")
     prefix_caching: Bool = Field(False, description="reuse cached KV blocks of identical prompt prefixes (chunked scheduler)")
     reserve_upfront: Bool = Field(False, description="paged: take the blocks for prompt + max_new_tokens at admission (TGI)")
     preemption: Literal["recompute", "swap", "auto"] = Field(

@@ -86,6 +86,9 @@ def resolved_engine(sim: Simulation) -> dict:
     out = e.model_dump(mode="json")
     out.update(max_model_len=sim.limits.max_model_len, max_num_batched_tokens=sim.limits.max_num_batched_tokens,
                max_num_seqs=sim.limits.max_num_seqs)
+    for key in ("host_overhead_s", "host_per_seq_s"):   # as resolved by simkv.host_overhead (the cost holds them)
+        if getattr(sim.cost, key, None) is not None:
+            out[key] = float(getattr(sim.cost, key))
     if out.get("activation_reserve_gib") is None:
         out["activation_reserve_gib"] = sim.memory.describe().get("activation_reserve_gib")
     return out

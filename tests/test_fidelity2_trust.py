@@ -155,3 +155,52 @@ def test_bad_step_tables_are_clear_errors(tmp_path, body, needle):
 def test_missing_step_table_is_a_clear_error(tmp_path):
     proc = _cli("run", str(_scenario(tmp_path, {"table": "nope.csv"}, n=20)), "-o", str(tmp_path / "o"), "-q")
     assert proc.returncode == 2 and "cost.table: cannot read the step table" in proc.stderr and "nope.csv" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ (2) host overhead
+
+def test_host_overhead_fixed_plus_per_sequence(tmp_path):
+    """Each step costs host_overhead_s + host_per_seq_s x sequences more than the GPU time."""
+    from simkv.build import make_cost
+    from simkv.loading import load_scenario
+    base = load_scenario(_scenario(tmp_path, None))
+    plain, _ = make_cost(base)
+    over = load_scenario(_scenario(tmp_path, None, host_overhead_s=0.002, host_per_seq_s=3e-5))
+    cost, _ = make_cost(over)
+    for shape in ((0, 0, 7, 1000), (2, 300, 5, 100), (1, 50, 0, 0)):
+        plan = plan_from_shape(*shape)
+        assert cost.seconds(plan) - plain.seconds(plan) == pytest.approx(0.002 + 3e-5 * plan.num_seqs, rel=1e-9)
+    run = cost.decode_run_seconds(np.array([10, 20, 30]), 4) - plain.decode_run_seconds(np.array([10, 20, 30]), 4)
+    assert run == pytest.approx([0.002 + 9e-5] * 4, rel=1e-9)
+    assert "host_per_seq_s 3e-05" in cost.sources()["host_overhead"]
+    roof, _ = make_cost(over.model_copy(update={"cost": "roofline"}))
+    roof0, _ = make_cost(base.model_copy(update={"cost": "roofline"}))
+    plan = plan_from_shape(0, 0, 7, 1000)
+    assert roof.seconds(plan) - roof0.seconds(plan) == pytest.approx(0.002 + 7 * 3e-5, rel=1e-9)
+
+
+def test_host_overhead_defaults_are_cited_or_assumed_zero(tmp_path):
+    from simkv.build import make_cost
+    from simkv.loading import load_scenario
+    for preset, word in (("sglang", "cited 0: LMSYS"), ("trtllm", "cited 0: TensorRT-LLM"),
+                         ("vllm-v1", "assumed 0"), ("tgi", "assumed 0")):
+        cost, _ = make_cost(load_scenario(_scenario(tmp_path, None, preset=preset)))
+        assert cost.host_overhead_s == 0 and cost.host_per_seq_s == 0
+        assert word in cost.sources()["host_overhead"], preset
+
+
+def test_fit_host_overhead_recovers_the_terms(tmp_path):
+    rng = np.random.default_rng(1)
+    n = rng.integers(1, 256, 200)
+    host_ms = 0.8 + 0.012 * n + rng.normal(0, 0.01, len(n))
+    gpu = rng.uniform(5, 30, len(n))
+    lines = ["num_seqs,step_ms,gpu_ms"] + [f"{a},{g + h:.6f},{g:.6f}" for a, g, h in zip(n, gpu, host_ms)]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    proc = _cli("fit-host-overhead", str(tmp_path / "log.csv"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["host_overhead_s"] == pytest.approx(0.8e-3, rel=0.02)
+    assert out["host_per_seq_s"] == pytest.approx(0.012e-3, rel=0.02)
+    (tmp_path / "bad.csv").write_text("num_seqs,host_ms\n4,1\n")
+    proc = _cli("fit-host-overhead", str(tmp_path / "bad.csv"))
+    assert proc.returncode == 2 and "at least two different batch sizes" in proc.stderr, proc.stderr
