@@ -24,8 +24,8 @@ NOT_MEASURED = "no public per-step number (fixed or per-sequence) for this engin
 
 # preset -> (fixed s per step, s per sequence, source)
 DEFAULTS: dict[str, tuple[float, float, str]] = {
-    "sglang": (0.0, 0.0, "cited 0: " + SGLANG_BLOG),
-    "trtllm": (0.0, 0.0, "cited 0: " + TRTLLM_DOC),
+    "sglang": (0.0, 0.0, "assumed 0, as published: " + SGLANG_BLOG),
+    "trtllm": (0.0, 0.0, "assumed 0, as published: " + TRTLLM_DOC),
     "vllm-v1": (0.0, 0.0, "assumed 0: " + NOT_MEASURED + "; vLLM V1 (blog 2025-01-27) runs the scheduler in "
                 "its own EngineCore process and async scheduling overlaps it with the GPU, so the visible "
                 "remainder is small but unquantified"),
@@ -51,10 +51,11 @@ def resolve(engine, preset: str | None = None) -> HostOverhead:
     fixed = float(engine.host_overhead_s) if own_fixed else d_fixed
     per_seq = float(engine.host_per_seq_s) if own_seq else d_seq
     if own_fixed or own_seq:
-        src = (f"scenario: engine.host_overhead_s {fixed:g} s + host_per_seq_s {per_seq:g} s x sequences per step"
+        src = (f"assumed: engine.host_overhead_s {fixed:g} s + host_per_seq_s {per_seq:g} s x sequences per step "
+               "(the scenario's; fit them with `simkv fit-host-overhead`)"
                + ("" if own_fixed and own_seq else f" (the unset term from the {preset} preset: {d_src})"))
     else:
-        src = f"{preset} preset: {fixed:g} s + {per_seq:g} s x sequences per step; {d_src}"
+        src = f"{d_src} ({preset} preset: {fixed:g} s + {per_seq:g} s x sequences per step)"
     return HostOverhead(fixed, per_seq, src)
 
 

@@ -398,6 +398,9 @@ class Run(Strict):
     warmup_requests: NonNegativeInt = Field(0, description="closed loop / offline: the first this many requests sent "
                                             "are left out of statistics (requests)")
     time_series_points: PositiveInt = Field(2000, ge=10, le=10 ** 6, description="most rows kept in timeseries.csv (rows)")
+    intervals: NonNegativeInt = Field(0, le=1000, description="prediction intervals: re-simulate this many times with "
+                                      "other seeds and resampled cost-model errors, report [p5, p95] of the headline "
+                                      "metrics (runs); 0: none (simkv.intervals)")
 
     @model_validator(mode="after")
     def _one_length(self):

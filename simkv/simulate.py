@@ -26,14 +26,22 @@ def simulate(scenario: Scenario, variant: str | None = None, *, progress: Progre
         raise KeyError(f"no variant named {name!r}; have {', '.join(runs)}")
     stream = stream if stream is not None else generate_stream(scenario.workload, scenario.run,
                                                                trace_for(scenario.workload.trace))
-    return run_simulation(build(runs[name], stream), name, progress, _overrides(scenario, name))
+    return _with_intervals(run_simulation(build(runs[name], stream), name, progress, _overrides(scenario, name)), runs[name])
 
 
 def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> dict[str, Result]:
     """Every variant of `scenario` on the identical request stream, in file order."""
     stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
-    return {name: run_simulation(build(sub, stream), name, progress, _overrides(scenario, name))
+    return {name: _with_intervals(run_simulation(build(sub, stream), name, progress, _overrides(scenario, name)), sub)
             for name, sub in expand_variants(scenario)}
+
+
+def _with_intervals(result: Result, scenario: Scenario) -> Result:
+    """The result with summary["intervals"] when run.intervals asks for them (simkv.intervals)."""
+    if scenario.run.intervals:
+        from simkv.intervals import prediction_intervals
+        result.summary["intervals"] = prediction_intervals(scenario, result.name, result.summary, scenario.run.intervals)
+    return result
 
 
 def simulate_sweep(scenario: Scenario, *, progress: ProgressFn | None = None) -> list[tuple[object, dict[str, Result]]]:

@@ -182,7 +182,7 @@ def test_host_overhead_fixed_plus_per_sequence(tmp_path):
 def test_host_overhead_defaults_are_cited_or_assumed_zero(tmp_path):
     from simkv.build import make_cost
     from simkv.loading import load_scenario
-    for preset, word in (("sglang", "cited 0: LMSYS"), ("trtllm", "cited 0: TensorRT-LLM"),
+    for preset, word in (("sglang", "assumed 0, as published: LMSYS"), ("trtllm", "assumed 0, as published: TensorRT-LLM"),
                          ("vllm-v1", "assumed 0"), ("tgi", "assumed 0")):
         cost, _ = make_cost(load_scenario(_scenario(tmp_path, None, preset=preset)))
         assert cost.host_overhead_s == 0 and cost.host_per_seq_s == 0
@@ -204,3 +204,54 @@ def test_fit_host_overhead_recovers_the_terms(tmp_path):
     (tmp_path / "bad.csv").write_text("num_seqs,host_ms\n4,1\n")
     proc = _cli("fit-host-overhead", str(tmp_path / "bad.csv"))
     assert proc.returncode == 2 and "at least two different batch sizes" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ (3) prediction intervals
+
+def test_interval_residuals_are_the_cost_reports_held_out_errors():
+    """The factors resampled are exactly `simkv cost report`'s leave-one-out whole-model errors."""
+    from simkv.cost_report import validate
+    from simkv.intervals import calibration_residuals
+    by_kind, what = calibration_residuals("h100")
+    w = validate("h100").whole
+    for kind in ("decode", "prefill", "mixed"):
+        sel = w.kind == kind
+        assert sorted(by_kind[kind]) == pytest.approx(sorted(w.measured[sel] / w.loo[sel]), rel=1e-9)
+    assert "model_steps.csv" in what
+
+
+def test_scaled_cost_scales_by_step_kind():
+    from simkv.cost.api import cost_model
+    from simkv.intervals import ScaledCost
+    m, _ = cost_model("h100", "llama3-8b")
+    s = ScaledCost(m, {"decode": 2.0, "prefill": 3.0, "mixed": 5.0})
+    for shape, f in (((0, 0, 4, 100), 2.0), ((1, 100, 0, 0), 3.0), ((1, 100, 4, 100), 5.0)):
+        assert s.seconds(plan_from_shape(*shape)) == pytest.approx(f * m.seconds(plan_from_shape(*shape)))
+    assert s.decode_run_seconds(np.array([5, 6]), 3) == pytest.approx(2 * m.decode_run_seconds(np.array([5, 6]), 3))
+
+
+def test_intervals_collapse_without_any_variation(tmp_path):
+    """Offline fixed-length requests (no seed effect) on a planar step table (held-out errors all
+    exactly 1): every replicate is the run itself, so every interval is [value, value]."""
+    from simkv.scenario import Scenario
+    from simkv.simulate import simulate
+    _planar_table(tmp_path / "steps.csv")
+    raw = yaml.safe_load(_scenario(tmp_path, {"table": "steps.csv"}).read_text())
+    raw["workload"] = {"arrival": {"process": "offline"}, "prompt_tokens": {"dist": "fixed", "value": 300},
+                       "output_tokens": {"dist": "fixed", "value": 20}}
+    raw["run"] = {"num_requests": 40, "intervals": 3}
+    raw["cost"] = {"table": str(tmp_path / "steps.csv")}
+    summary = simulate(Scenario.model_validate(raw)).summary   # (load_scenario: offline arrivals, see report)
+    iv = summary["intervals"]
+    assert iv["replicates"] == 3 and "step table" in iv["residuals"]
+    assert all(f == pytest.approx(1.0) for fs in iv["factors"] for f in fs.values())
+    rps = summary["throughput"]["requests_per_s"]
+    assert iv["metrics"]["throughput.requests_per_s"] == pytest.approx([rps, rps], rel=1e-9)
+
+
+def test_cli_intervals_in_summary_and_report(tmp_path):
+    proc = _cli("run", str(_scenario(tmp_path, None, n=150)), "-o", str(tmp_path / "o"), "-q", "--intervals", "2")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    lo, hi = s["intervals"]["metrics"]["latency_s.ttft.p99"]
+    assert 0 < lo <= hi and "Prediction intervals" in (tmp_path / "o" / "report.md").read_text()
