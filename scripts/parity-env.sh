@@ -14,7 +14,7 @@ $PIP --no-deps "vllm==$VLLM"
 $PIP regex cachetools psutil sentencepiece numpy requests tqdm blake3 py-cpuinfo "transformers<5.21" \
      huggingface_hub tokenizers safetensors protobuf "pydantic>=2.12" msgspec cloudpickle pyzmq cbor2 pybase64 \
      prometheus_client pyyaml typing_extensions filelock einops openai fastapi aiohttp pillow partial-json-parser \
-     setproctitle ijson python-json-logger watchfiles tiktoken cachetools simpy scipy annotated_types
-# simkv itself (its own light deps) for the side-by-side run
-$PIP --no-deps -e "$(dirname "$0")/.." || true
+     setproctitle ijson python-json-logger watchfiles tiktoken oss-harmony uvloop xgrammar llguidance
+# simkv's own dependencies (simkv itself runs from the checkout: PYTHONPATH, see `make parity`)
+$PIP simpy scipy pyyaml annotated_types
 echo "parity venv ready: $VENV"

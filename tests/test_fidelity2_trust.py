@@ -255,3 +255,23 @@ def test_cli_intervals_in_summary_and_report(tmp_path):
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     lo, hi = s["intervals"]["metrics"]["latency_s.ttft.p99"]
     assert 0 < lo <= hi and "Prediction intervals" in (tmp_path / "o" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ (4) vLLM parity harness (no vLLM here)
+
+def test_parity_needs_vllm_only_when_run(tmp_path):
+    """The harness imports vLLM lazily: without it, a clear error (exit 2), and nothing else in
+    simkv imports the harness."""
+    import simkv.parity as parity
+    assert "vllm" not in sys.modules or sys.modules["vllm"] is not None
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    proc = subprocess.run([sys.executable, "-m", "simkv.parity", "-o", str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("simkv: error: parity: vllm is not installed; fix: ")
+    assert set(parity.WORKLOADS) == {"chat-poisson", "prefix-heavy", "overload-preemption"}
+    users = [p for p in (ROOT / "simkv").rglob("*.py") if "simkv.parity" in p.read_text() and p.name != "parity.py"]
+    assert users == []
