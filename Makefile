@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slow bench clean
+.PHONY: run test test-slow bench clean parity
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ test-slow: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_engine.py
+
+# step-by-step parity with vLLM's own V1 scheduler (optional; never needed by run or test): a separate
+# venv with vllm --no-deps and a CPU torch (scripts/parity-env.sh, ~3 minutes), then results/parity/summary.json
+PARITY_VENV ?= /tmp/simkv-vllm-parity
+parity:
+	test -x $(PARITY_VENV)/bin/python || scripts/parity-env.sh $(PARITY_VENV)
+	PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(PARITY_VENV)/bin/python -m simkv.parity -o results/parity
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis

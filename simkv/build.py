@@ -13,7 +13,7 @@ import numpy as np
 from simkv.calibration_data import calibration_for, calibration_from
 from simkv.cost.calibrated import CalibratedCost
 from simkv.cost.roofline import RooflineCost
-from simkv import frontend
+from simkv import frontend, host_overhead
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
@@ -22,7 +22,7 @@ from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.memory import MemoryPlan, plan_memory
 from simkv.request import RequestTable
-from simkv.scenario import Scenario
+from simkv.scenario import Scenario, StepTableSpec
 from simkv.presets import Target, apply_preset
 from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED
 from simkv.scenario import Engine
@@ -227,7 +227,20 @@ def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimi
 
 
 def make_cost(scenario: Scenario, max_tokens: int = 16384):
-    """(step-time model, its description): calibrated where the GPU has measurements."""
+    """(step-time model, its description): calibrated where the GPU has measurements; the user's
+    measured step table (simkv.cost.step_table) with `cost: {table: ...}`; plus the engine's host
+    overhead per step (simkv.host_overhead: fixed + per sequence, the preset's where unset)."""
+    if isinstance(scenario.cost, StepTableSpec):
+        return _table_cost(scenario, max_tokens)
+    cost, name = _gpu_cost(scenario, max_tokens)
+    host = host_overhead.resolve(scenario.engine)
+    cost.host_overhead_s, cost.host_per_seq_s, cost.host_source = host.fixed_s, host.per_seq_s, host.source
+    if hasattr(cost, "_fixed_cache"):
+        cost._fixed_cache.clear()   # the roofline memoises steps with the fixed host term in them
+    return cost, name
+
+
+def _gpu_cost(scenario: Scenario, max_tokens: int):
     model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), resolve_engine(scenario)
     tp = scenario.hardware.tensor_parallel
     gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
@@ -248,6 +261,17 @@ def make_cost(scenario: Scenario, max_tokens: int = 16384):
     if scenario.cost == "calibrated":
         return cost, f"roofline (no calibration measurements for '{gpu_name or 'custom GPU'}')"
     return cost, "roofline"
+
+
+def _table_cost(scenario: Scenario, max_tokens: int):
+    from simkv.cost.step_table import StepTableCost
+    from simkv.step_table_io import read_step_table
+    spec = scenario.cost
+    base, base_name = make_cost(scenario.model_copy(update={"cost": "calibrated"}), max_tokens)
+    cost = StepTableCost(read_step_table(spec.table), base, host_overhead_s=base.host_overhead_s,
+                         host_per_seq_s=base.host_per_seq_s, extrapolate=spec.extrapolate,
+                         host_in_table=spec.host_in_table)
+    return cost, f"user step table ({spec.table}; swap from {base_name})"
 
 
 def _own_calibration(folder: str):

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a field, e.g. --set engine.block_size=32 (repeatable)")
     run.add_argument("--no-figures", action="store_true", help="skip figures and report (faster)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--intervals", type=int, metavar="N", help="prediction intervals from N replicates (other seeds, "
+                     "resampled cost-model errors): [p5, p95] per headline metric (same as run.intervals)")
     run.set_defaults(func=cmd_run)
     schema = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     schema.set_defaults(func=cmd_schema)
@@ -130,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--check", action="store_true",
                     help="regenerate into a temporary folder and compare byte for byte with the docs folder (exit 1 on a difference)")
     rp.set_defaults(func=cmd_reproduce)
+    fho = sub.add_parser("fit-host-overhead", help="fit the engine's host time per step (fixed + per sequence) to a step log")
+    fho.add_argument("steplog", help="CSV with num_seqs and host_ms (or step_ms and gpu_ms) per step")
+    fho.add_argument("--json", action="store_true", help="machine-readable output")
+    fho.set_defaults(func=cmd_fit_host_overhead)
     cat = sub.add_parser("catalog", help="list the models and GPUs simkv knows")
     cat.add_argument("--json", action="store_true", help="machine-readable output")
     cat.add_argument("--presets", action="store_true", help="list the engine presets with their defaults and sources")
@@ -169,6 +175,10 @@ def cmd_run(args) -> int:
 
     from simkv.output import check_output_names
     from simkv.safe_paths import check_root
+    if getattr(args, "intervals", None) is not None:
+        if not 0 <= args.intervals <= 1000:
+            raise SimkvError(f"--intervals {args.intervals}", fix="give 0..1000 replicates")
+        args.overrides = [*args.overrides, f"run.intervals={args.intervals}"]
     scenario = load_scenario(args.scenario, args.overrides)
     check_output_names(scenario, args.scenario)
     out = Path(args.output) if args.output else _default_output(scenario.name, args.scenario, "name")
@@ -231,6 +241,9 @@ def _run_point(scenario, args, label: str):
             raise SimkvError(err.message, file=args.scenario, field=field, fix=err.fix) from None
         results[name] = run_simulation(sim, name, bar, next((v.set for v in scenario.variants if v.name == name), {}))
         bar.close()
+        if sub.run.intervals:
+            from simkv.intervals import prediction_intervals
+            results[name].summary["intervals"] = prediction_intervals(sub, name, results[name].summary, sub.run.intervals)
     return results, stream.num_requests
 
 
@@ -500,5 +513,19 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def cmd_fit_host_overhead(args) -> int:
+    from simkv.host_log_io import fit_file
+    fit = fit_file(args.steplog)
+    if args.json:
+        print(json.dumps({"host_overhead_s": fit.fixed_s, "host_per_seq_s": fit.per_seq_s, "steps": fit.rows,
+                          "r2": fit.r2, "median_rel_error": fit.rel_err_median}))
+        return 0
+    print(f"host overhead: {fit.describe()}")
+    print("scenario:\n  engine:\n"
+          f"    host_overhead_s: {fit.fixed_s:.6g}\n    host_per_seq_s: {fit.per_seq_s:.6g}")
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

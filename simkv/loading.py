@@ -338,6 +338,22 @@ def _resolve_paths(raw: dict, path: Path) -> None:
     if isinstance(gpu, dict):
         _resolved_calibration(gpu, path)
     _resolve_trace_path(raw, path)
+    _resolve_step_table_paths(raw, path)
+
+
+def _resolve_step_table_paths(raw: dict, path: Path) -> None:
+    """`cost: {table: ...}` (also in a variant's set) is relative to the scenario's folder."""
+    def fix(holder: dict, key: str) -> None:
+        value = holder.get(key)
+        if isinstance(value, dict) and isinstance(value.get("table"), str):
+            value["table"] = os.path.abspath(path.parent / value["table"])
+        elif key == "cost.table" and isinstance(value, str):
+            holder[key] = os.path.abspath(path.parent / value)
+    fix(raw, "cost")
+    for variant in raw.get("variants") or () if isinstance(raw.get("variants"), list) else ():
+        if isinstance(variant, dict) and isinstance(variant.get("set"), dict):
+            fix(variant["set"], "cost")
+            fix(variant["set"], "cost.table")
 
 
 def read_catalog(path: Path) -> tuple[dict[str, dict], dict[str, dict]]:

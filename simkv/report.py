@@ -163,6 +163,10 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
                              f"{_s(lat['ttft']['p50'])} / "
                              f"{_s(lat['ttft']['p99'])} | {_ms(lat['tpot']['p50'])} | {_s(lat['e2e']['p50'])} / "
                              f"{_s(lat['e2e']['p99'])} | {offered} | {met} |")
+    for name, r in results.items():
+        if r.summary.get("intervals"):
+            from simkv.intervals import markdown_intervals
+            lines += markdown_intervals(name, r.summary)
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "## Definitions", "",
               "- TTFT = first token − arrival; TPOT = (E2E − TTFT) / (output tokens − 1); TBT = every gap between "

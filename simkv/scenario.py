@@ -358,7 +358,10 @@ class Engine(Strict):
     num_gpu_blocks: PositiveInt | None = Field(None, le=2 ** 40, description="measured KV capacity in blocks (overrides the memory arithmetic)")
     weight_dtype: DType = Field("bf16", description="weight precision")
     kv_cache_dtype: DType = Field("bf16", description="KV cache precision")
-    host_overhead_s: NonNegativeFloat = Field(0.0, le=10, description="CPU time per step not overlapped with the GPU (s)")
+    host_overhead_s: NonNegativeFloat = Field(0.0, le=10, description="CPU time per step not overlapped with the GPU, "
+                                              "fixed part (s); unset: the preset's (simkv.host_overhead)")
+    host_per_seq_s: NonNegativeFloat | None = Field(None, le=1, description="CPU time per step not overlapped with the "
+                                                    "GPU, per sequence in the step (s); unset: the preset's")
     prefix_caching: Bool = Field(False, description="reuse cached KV blocks of identical prompt prefixes (chunked scheduler)")
     reserve_upfront: Bool = Field(False, description="paged: take the blocks for prompt + max_new_tokens at admission (TGI)")
     preemption: Literal["recompute", "swap", "auto"] = Field(
@@ -395,6 +398,9 @@ class Run(Strict):
     warmup_requests: NonNegativeInt = Field(0, description="closed loop / offline: the first this many requests sent "
                                             "are left out of statistics (requests)")
     time_series_points: PositiveInt = Field(2000, ge=10, le=10 ** 6, description="most rows kept in timeseries.csv (rows)")
+    intervals: NonNegativeInt = Field(0, le=1000, description="prediction intervals: re-simulate this many times with "
+                                      "other seeds and resampled cost-model errors, report [p5, p95] of the headline "
+                                      "metrics (runs); 0: none (simkv.intervals)")
 
     @model_validator(mode="after")
     def _one_length(self):
@@ -491,6 +497,19 @@ class Sweep(Strict):
         return value
 
 
+class StepTableSpec(Strict):
+    """Step times from your own measurements: a CSV of step shapes (the columns of `simkv step-time
+    --batches`: prefill_seqs, prefill_len, decode_batch, decode_ctx, optional tokens_per_seq) and
+    `ms`, measured for this scenario's model, GPU and TP, interpolated (docs/cost-model.md)."""
+
+    table: str = Field(min_length=1, description="the CSV file, relative to the scenario file")
+    extrapolate: Literal["linear", "reject"] = Field(
+        "linear", description="steps outside the table's shapes: nearest row + a fitted plane (counted in the "
+        "summary), or stop with an error")
+    host_in_table: Bool = Field(False, description="the measured times include the engine's CPU time per step "
+                                "(then engine.host_overhead_s and host_per_seq_s are not added)")
+
+
 class Scenario(Strict):
     """One simulation study: a replica, its traffic, and optional variants."""
 
@@ -499,9 +518,10 @@ class Scenario(Strict):
     model: str | ModelSpec = Field(description="catalog name (see `simkv catalog`) or a full model spec")
     hardware: Hardware
     engine: Engine = Field(default_factory=Engine)
-    cost: Literal["calibrated", "roofline"] = Field(
+    cost: Literal["calibrated", "roofline"] | StepTableSpec = Field(
         "calibrated", description="step-time model: calibrated on the GPU's measurements (falls back to the "
-        "roofline for GPUs without measurements), or the roofline of measured/datasheet ceilings")
+        "roofline for GPUs without measurements), the roofline of measured/datasheet ceilings, or "
+        "{table: steps.csv}: your own measured step times")
     workload: Workload
     run: Run
     slo: Slo = Field(default_factory=Slo)

@@ -26,14 +26,22 @@ def simulate(scenario: Scenario, variant: str | None = None, *, progress: Progre
         raise KeyError(f"no variant named {name!r}; have {', '.join(runs)}")
     stream = stream if stream is not None else generate_stream(scenario.workload, scenario.run,
                                                                trace_for(scenario.workload.trace))
-    return run_simulation(build(runs[name], stream), name, progress, _overrides(scenario, name))
+    return _with_intervals(run_simulation(build(runs[name], stream), name, progress, _overrides(scenario, name)), runs[name])
 
 
 def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> dict[str, Result]:
     """Every variant of `scenario` on the identical request stream, in file order."""
     stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
-    return {name: run_simulation(build(sub, stream), name, progress, _overrides(scenario, name))
+    return {name: _with_intervals(run_simulation(build(sub, stream), name, progress, _overrides(scenario, name)), sub)
             for name, sub in expand_variants(scenario)}
+
+
+def _with_intervals(result: Result, scenario: Scenario) -> Result:
+    """The result with summary["intervals"] when run.intervals asks for them (simkv.intervals)."""
+    if scenario.run.intervals:
+        from simkv.intervals import prediction_intervals
+        result.summary["intervals"] = prediction_intervals(scenario, result.name, result.summary, scenario.run.intervals)
+    return result
 
 
 def simulate_sweep(scenario: Scenario, *, progress: ProgressFn | None = None) -> list[tuple[object, dict[str, Result]]]:
@@ -86,6 +94,9 @@ def resolved_engine(sim: Simulation) -> dict:
     out = e.model_dump(mode="json")
     out.update(max_model_len=sim.limits.max_model_len, max_num_batched_tokens=sim.limits.max_num_batched_tokens,
                max_num_seqs=sim.limits.max_num_seqs)
+    for key in ("host_overhead_s", "host_per_seq_s"):   # as resolved by simkv.host_overhead (the cost holds them)
+        if getattr(sim.cost, key, None) is not None:
+            out[key] = float(getattr(sim.cost, key))
     if out.get("activation_reserve_gib") is None:
         out["activation_reserve_gib"] = sim.memory.describe().get("activation_reserve_gib")
     return out

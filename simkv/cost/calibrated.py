@@ -100,6 +100,8 @@ class CalibratedCost:
     """StepCost from a GPU's calibration for one model shard (see module docstring)."""
 
     decode_attention_scale = 1.0   # block-size term (simkv.cost.block_size), set by the builder
+    host_per_seq_s = 0.0           # host time per sequence in a step (simkv.host_overhead), set by the builder
+    host_source: str | None = None
 
     def __init__(self, calibration: Calibration, model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int = 1,
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", host_overhead_s: float = 0.0,
@@ -170,7 +172,7 @@ class CalibratedCost:
             "tp_allreduce": (self.allreduce.describe(self.tp) + ", two per layer of tokens x hidden x 2 bytes"
                              if self.allreduce is not None else _allreduce_source(self.tp, self.link_bytes_per_s)),
             "swap": swap_source(self.gpu),
-            "host_overhead": host_overhead_source(self.host_overhead_s),
+            "host_overhead": self.host_source or host_overhead_source(self.host_overhead_s),
         }
 
     def _whole_source(self) -> str:
@@ -249,7 +251,7 @@ class CalibratedCost:
         if plan.num_batched_tokens == 0:
             return self.host_overhead_s + swap
         return (self.layers * self.layer_seconds(plan) + self.whole_model_s(plan.num_batched_tokens)
-                + self.lm_head_s(plan.num_sampled) + self.host_overhead_s + swap)
+                + self.lm_head_s(plan.num_sampled) + self.host_overhead_s + self.host_per_seq_s * plan.num_seqs + swap)
 
     def transfer_seconds(self, plan: StepPlan) -> float:
         """Swap traffic of the step at the measured pinned host<->device rates (not overlapped)."""
@@ -264,7 +266,8 @@ class CalibratedCost:
         ctx = decode_ctx[None, :] + np.arange(num_steps)[:, None]
         att = self.decode_attention_scale * np.interp(ctx, knots, share).sum(axis=1)
         fixed = self.layer_fixed_s(n)
-        return self.layers * (fixed + self.c_att * att) + self.whole_model_s(n) + self.lm_head_s(n) + self.host_overhead_s
+        return (self.layers * (fixed + self.c_att * att) + self.whole_model_s(n) + self.lm_head_s(n) + self.host_overhead_s
+                + self.host_per_seq_s * n)
 
     def swap_seconds(self, num_tokens: int, to_host: bool) -> float:
         """Moving `num_tokens` of KV between GPU and host memory at the measured pinned-copy rate."""

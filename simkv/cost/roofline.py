@@ -85,7 +85,7 @@ class RooflineCost:
                                  else f"n/a ({self.kv_dtype} KV cache)"),
             "tp_allreduce": _allreduce_source(self.tp, self.link_bytes_per_s),
             "swap": swap_source(gpu),
-            "host_overhead": host_overhead_source(self.host_overhead_s),
+            "host_overhead": self.host_source or host_overhead_source(self.host_overhead_s),
         }
 
     # ------------------------------------------------------------ kernels
@@ -147,8 +147,11 @@ class RooflineCost:
         return self.kv_bytes_per_token * (plan.swap_out_tokens / self.d2h_bytes_per_s
                                           + plan.swap_in_tokens / self.h2d_bytes_per_s)
 
+    host_per_seq_s = 0.0           # host time per sequence in a step (simkv.host_overhead), set by the builder
+    host_source: str | None = None
+
     def seconds(self, plan: StepPlan) -> float:
-        return self._compute_seconds(plan) + self.transfer_seconds(plan)
+        return self._compute_seconds(plan) + self.transfer_seconds(plan) + self.host_per_seq_s * plan.num_seqs
 
     def _compute_seconds(self, plan: StepPlan) -> float:
         tokens = plan.num_batched_tokens
@@ -174,4 +177,4 @@ class RooflineCost:
         total_ctx = float(decode_ctx.sum()) + n * np.arange(num_steps, dtype=np.float64)
         attn = self.decode_attention_scale * np.maximum((f0 + fpc * total_ctx) / self.flops_per_s,
                                                         (b0 + bpc * total_ctx) / self.bytes_per_s)
-        return fixed + self.layers * attn
+        return fixed + self.layers * attn + self.host_per_seq_s * n
