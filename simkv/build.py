@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from simkv.calibration_data import calibration_for, calibration_from
+from simkv.calibration_data import moe_table_for
 from simkv.cost.calibrated import CalibratedCost
+from simkv.model_checks import check_moe_engine
 from simkv.cost.roofline import RooflineCost
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.buddy import BuddyAllocator
@@ -102,6 +104,7 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     _check_policy(e)
     if e.weight_dtype == "fp8" and gpu.fp8_tflops is None:
         raise SimkvError(f"{gpu.description} has no fp8 tensor cores", field="engine.weight_dtype", fix="use bf16")
+    check_moe_engine(model, e, tp)
     mem = plan_memory(model, gpu, tensor_parallel=tp, gpu_memory_utilization=e.gpu_memory_utilization,
                       weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype, block_size=e.block_size,
                       max_num_batched_tokens=limits.max_num_batched_tokens, max_num_seqs=limits.max_num_seqs,
@@ -208,12 +211,20 @@ def make_cost(scenario: Scenario, max_tokens: int = 16384):
             calibration, source = _own_calibration(gpu.calibration), f"{gpu_name or 'custom GPU'}, {gpu.calibration.rstrip('/').rsplit('/', 1)[-1]}/"
         elif gpu_name:
             calibration = calibration_for(gpu_name)
+        moe_table = None
+        if calibration is not None and model.moe is not None:
+            moe_table = moe_table_for(gpu_name or "", gpu.calibration) if (gpu_name or gpu.calibration) else None
+            if moe_table is None:
+                calibration, source = None, f"{source}: no moe_gemm.csv"
         if calibration is not None:
             cost = CalibratedCost(calibration, model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype,
-                                  kv_dtype=e.kv_cache_dtype, host_overhead_s=e.host_overhead_s, max_tokens=max_tokens)
+                                  kv_dtype=e.kv_cache_dtype, host_overhead_s=e.host_overhead_s, max_tokens=max_tokens,
+                                  moe_table=moe_table, expert_parallel=e.expert_parallel,
+                                  expert_imbalance=e.expert_load_imbalance)
             return cost, f"calibrated ({source} measurements)"
     cost = RooflineCost(model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype,
-                        host_overhead_s=e.host_overhead_s)
+                        host_overhead_s=e.host_overhead_s, expert_parallel=e.expert_parallel,
+                        expert_imbalance=e.expert_load_imbalance)
     if scenario.cost == "calibrated":
         return cost, f"roofline (no calibration measurements for '{gpu_name or 'custom GPU'}')"
     return cost, "roofline"

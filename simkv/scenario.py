@@ -16,7 +16,7 @@ from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Po
 
 from simkv.catalog import builtin_gpus, builtin_models
 from simkv.errors import SimkvError
-from simkv.specs import DType, GpuSpec, ModelSpec, Strict
+from simkv.specs import DType, GpuSpec, ModelSpec, Strict, WeightDType
 
 # ---------------------------------------------------------------- workload
 
@@ -332,7 +332,7 @@ class Engine(Strict):
     watermark: float = Field(0.0, ge=0, lt=1, description="paged: fraction of blocks kept free when admitting (dimensionless)")
     activation_reserve_gib: NonNegativeFloat | None = Field(None, description="memory held for activations per GPU (GiB); default estimated from the step size")
     num_gpu_blocks: PositiveInt | None = Field(None, description="measured KV capacity in blocks (overrides the memory arithmetic)")
-    weight_dtype: DType = Field("bf16", description="weight precision")
+    weight_dtype: WeightDType = Field("bf16", description="weight precision (int4: AWQ/GPTQ-style W4A16, group-128 scales)")
     kv_cache_dtype: DType = Field("bf16", description="KV cache precision")
     host_overhead_s: NonNegativeFloat = Field(0.0, description="CPU time per step not overlapped with the GPU (s)")
     prefix_caching: bool = Field(False, description="reuse cached KV blocks of identical prompt prefixes (chunked scheduler)")
@@ -347,6 +347,10 @@ class Engine(Strict):
     waiting_served_ratio: NonNegativeFloat = Field(0.3, description="tgi: prefill only once waiting >= ratio x running (dimensionless)")
     max_waiting_tokens: PositiveInt = Field(20, description="tgi: force a prefill after this many decode steps (steps)")
     max_concurrent_requests: PositiveInt = Field(128, description="tgi: requests in the system beyond which arrivals are refused (requests)")
+    expert_parallel: bool = Field(False, description="MoE: spread whole experts across the replica's GPUs (all-to-all "
+                                  "dispatch/combine) instead of splitting every expert tensor-parallel")
+    expert_load_imbalance: float = Field(1.0, ge=1.0, description="MoE: tokens of the busiest expert / the balanced "
+                                         "share once all experts are busy (routing skew; 1 = balanced, dimensionless)")
 
 
 # ---------------------------------------------------------------- run, SLOs, variants

@@ -10,6 +10,9 @@ non-negative coefficients are fitted, in relative error, on the GPU's graph-repl
 `layer_steps.csv`. A whole step is layers x layer + lm_head on the sampled tokens (a GEMM with the
 same graph factor as the layer's GEMMs) + two all-reduces per layer when tensor_parallel > 1
 (NVLink roofline, not measured) + the engine's host overhead per step.
+Mixture-of-experts layers replace the MLP GEMMs by simkv.cost.moe's expert GEMMs (measured grouped
+GEMMs where the shape was measured) with the same graph factor; int4 (W4A16) GEMMs are a stated
+model over the bf16 tables (simkv.cost.operators), labelled "not measured" in sources().
 Simplifications: all-reduce is not calibrated; fp8 reuses the bf16 layer correction with fp8
 GEMM times.
 """
@@ -22,6 +25,7 @@ import numpy as np
 
 from simkv.calibration_data import CalibrationTables
 from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, elementwise_widths
+from simkv.cost.moe import MoeGemmTable, MoeLayer, moe_shard, moe_sources
 from simkv.sched.base import StepPlan
 from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec, ShardDims
 
@@ -88,7 +92,8 @@ class CalibratedCost:
 
     def __init__(self, calibration: Calibration, model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int = 1,
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", host_overhead_s: float = 0.0,
-                 max_tokens: int = 16384) -> None:
+                 max_tokens: int = 16384, moe_table: MoeGemmTable | None = None, expert_parallel: bool = False,
+                 expert_imbalance: float = 1.0) -> None:
         d = model.shard(tensor_parallel)
         self.cal, self.d = calibration, d
         self.gpu, self.weight_dtype, self.kv_dtype = gpu, weight_dtype, kv_dtype
@@ -104,6 +109,15 @@ class CalibratedCost:
         qkv, ew = per_token_bytes(d)
         self._per_token = (c_qkv * qkv + c_ew * ew) / calibration.bytes_per_s
         self._c_lin, self._c0 = c_lin, c0
+        self.moe, self.moe_layers = None, 0
+        if model.moe is not None:  # MoE layers: attention GEMMs + experts (simkv.cost.moe), elementwise at the active width
+            if moe_table is None:
+                raise ValueError(f"no moe_gemm.csv measurements for {calibration.gpu}: a mixture-of-experts model needs them")
+            self.moe = MoeLayer(moe_table, calibration.ops.gemm, model, tensor_parallel, dtype=self.lc.dtype,
+                                expert_parallel=expert_parallel, imbalance=expert_imbalance)
+            self.moe_layers = model.num_moe_layers
+            mqkv, mew = per_token_bytes(moe_shard(d, self.moe))
+            self._per_token_moe = (c_qkv * mqkv + c_ew * mew) / calibration.bytes_per_s
         self._fixed = np.zeros(0)
         self._grow_fixed(max_tokens)
         tokens = np.arange(0, max_tokens + 1)
@@ -140,7 +154,17 @@ class CalibratedCost:
             "tp_allreduce": _allreduce_source(self.tp, self.link_bytes_per_s),
             "swap": swap_source(self.gpu),
             "host_overhead": host_overhead_source(self.host_overhead_s),
+            **self._quant_moe_sources(c_lin),
         }
+
+    def _quant_moe_sources(self, c_lin: float) -> dict[str, str]:
+        out = {"int4_weights": (f"stated model (not measured): W4A16 GEMMs at the {self.cal.gpu} bf16 GEMM tables' "
+                                "efficiency over a roofline reading 4-bit weights plus group-128 scales "
+                                "(0.52 bytes per weight) at the bf16 tensor-core rate; lm_head stays bf16")
+               if self.weight_dtype == "int4" else f"n/a ({self.weight_dtype} weights)"}
+        if self.moe is not None:
+            out.update(moe_sources(self.moe, self.cal.gpu, c_lin, self.link_bytes_per_s / 1e9))
+        return out
 
     # ------------------------------------------------------------ precomputed parts
     def _grow_fixed(self, m_max: int) -> None:
@@ -148,8 +172,17 @@ class CalibratedCost:
         m = np.arange(0, m_max + 1, dtype=float)
         lin = self.lc.linear(np.maximum(m, 1))
         layer = self._c_lin * lin + self._per_token * m + self._c0
+        allreduce = 2.0 * (self.tp - 1) / self.tp * m * self.d.hidden * ACT_BYTES / self.link_bytes_per_s
         if self.tp > 1:
-            layer = layer + 2 * (2.0 * (self.tp - 1) / self.tp * m * self.d.hidden * ACT_BYTES) / self.link_bytes_per_s
+            layer = layer + 2 * allreduce
+        if self.moe is not None:  # the per-layer average over dense and MoE layers
+            mm = np.maximum(m, 1)
+            attn = sum(self.lc.ops.gemm.time(mm, k, n, self.lc.dtype) for k, n in self.lc.linears[:2])
+            moe = self._c_lin * (attn + self.moe.linear(mm)) + self._per_token_moe * m + self._c0
+            if self.tp > 1:  # expert parallelism: one all-reduce (attention) + dispatch and combine
+                moe = moe + (2 * allreduce if self.moe.ep == 1 else
+                             allreduce + self.moe.all_to_all_bytes(m) / self.link_bytes_per_s)
+            layer = ((self.layers - self.moe_layers) * layer + self.moe_layers * moe) / self.layers
         self._fixed = np.where(m > 0, layer, 0.0)
 
     def layer_fixed_s(self, m: int) -> float:
