@@ -72,8 +72,9 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int, gpu_mem
     if weights + activations >= budget:
         need_tp = next((tp for tp in (2, 4, 8) if tp > tensor_parallel
                         and model.weight_bytes_per_gpu(weight_dtype, tp) + activations / tp < budget), None)
+        smaller = {"bf16": "fp8 or int4", "fp16": "fp8 or int4", "fp8": "int4"}.get(weight_dtype)
         fix = (f"raise hardware.tensor_parallel to {need_tp}" if need_tp else "pick a larger GPU") + \
-              ", raise engine.gpu_memory_utilization, or use engine.weight_dtype: fp8"
+              ", raise engine.gpu_memory_utilization" + (f", or use engine.weight_dtype: {smaller}" if smaller else "")
         raise ScenarioDoesNotFit(
             f"the model does not fit: {weights / GIB:.1f} GiB of {weight_dtype} weights plus "
             f"{activations / GIB:.1f} GiB of activations per GPU exceed the {budget / GIB:.1f} GiB the engine "

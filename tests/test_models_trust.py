@@ -160,3 +160,28 @@ def test_int4_moe_and_roofline_paths():
     one = plan_from_shape(0, 0, 1, 512)
     assert r.seconds(one) < 0.5 * b.seconds(one)
     assert "not measured" in r.sources()["int4_weights"]
+
+
+# ---------------------------------------------------------------- shipped scenarios (docs/modern-models.md)
+import simkv  # noqa: E402
+from conftest import ROOT  # noqa: E402
+from simkv.errors import ScenarioDoesNotFit  # noqa: E402
+
+
+def test_scout_awq_scenario_answer():
+    sc = simkv.load_scenario(ROOT / "scenarios" / "models" / "llama4-scout-awq-h100.yaml",
+                             [])
+    res = {n: r.summary for n, r in simkv.simulate_all(sc).items()}
+    tok = {n: s["throughput"]["output_tokens_per_s"] for n, s in res.items()}
+    assert 1.1 * tok["bf16-tp4"] < tok["int4-tp4"] < 1.5 * tok["bf16-tp4"]   # the article: +30%
+    assert tok["int4-tp1"] < 0.5 * tok["bf16-tp4"]                            # one H100: far below 5,200 tok/s
+    assert "not measured" in res["int4-tp4"]["setup"]["cost_sources"]["int4_weights"]
+    assert res["int4-tp1"]["setup"]["memory"]["weights_gib"] < 0.3 * 4 * res["bf16-tp4"]["setup"]["memory"]["weights_gib"]
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "int4"])
+def test_maverick_does_not_fit_one_h100(dtype):
+    sc = simkv.load_scenario(ROOT / "scenarios" / "models" / "llama4-maverick-h100.yaml",
+                             ["hardware.tensor_parallel=1", f"engine.weight_dtype={dtype}", "engine.expert_parallel=false"])
+    with pytest.raises(ScenarioDoesNotFit):
+        simkv.simulate(sc)
