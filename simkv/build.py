@@ -13,7 +13,7 @@ import numpy as np
 from simkv.calibration_data import calibration_for, calibration_from
 from simkv.calibration_data import moe_table_for
 from simkv.cost.calibrated import CalibratedCost
-from simkv.model_checks import check_moe_engine
+from simkv.model_checks import check_moe_engine, check_speculative, draft_memory, speculative_parts
 from simkv.cost.roofline import RooflineCost
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.buddy import BuddyAllocator
@@ -105,10 +105,12 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     if e.weight_dtype == "fp8" and gpu.fp8_tflops is None:
         raise SimkvError(f"{gpu.description} has no fp8 tensor cores", field="engine.weight_dtype", fix="use bf16")
     check_moe_engine(model, e, tp)
+    draft = check_speculative(scenario, model, e, tp)
     mem = plan_memory(model, gpu, tensor_parallel=tp, gpu_memory_utilization=e.gpu_memory_utilization,
                       weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype, block_size=e.block_size,
                       max_num_batched_tokens=limits.max_num_batched_tokens, max_num_seqs=limits.max_num_seqs,
-                      activation_reserve_gib=e.activation_reserve_gib, num_gpu_blocks=e.num_gpu_blocks)
+                      activation_reserve_gib=e.activation_reserve_gib, num_gpu_blocks=e.num_gpu_blocks,
+                      **draft_memory(draft, e, tp))
     if mem.capacity_tokens < limits.max_model_len:
         raise ScenarioDoesNotFit(
             f"the KV cache holds {mem.capacity_tokens} tokens ({mem.kv_bytes / 2**30:.2f} GiB), fewer than one "
@@ -116,6 +118,10 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
             fix=f"lower engine.max_model_len to {mem.capacity_tokens} or less, raise gpu_memory_utilization, "
                 "or add tensor parallelism")
     table, truncated = _request_table(stream, limits.max_model_len, scenario.workload.overlong)
+    if e.speculative is not None and (e.reserve_upfront or e.allocator == "contiguous"):
+        # reserved caches hold the k speculative slots too (TGI: max_new_tokens + speculate)
+        table.max_new_tokens = np.minimum(table.max_new_tokens + e.speculative.num_tokens,
+                                          limits.max_model_len - table.prompt_tokens)
     beams = scenario.workload.sampling.beam_width > 1
     if beams and e.reserve_upfront:
         raise SimkvError("beam search is not modelled for an engine that reserves at admission (tgi)",
@@ -144,6 +150,8 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     # a step never computes more tokens than the cache holds (Orca's step has no token budget)
     step_tokens = min(max(limits.max_num_batched_tokens, e.max_batch_prefill_tokens), mem.capacity_tokens + limits.max_num_seqs)
     cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
+    if e.speculative is not None:
+        scheduler, cost = speculative_parts(scenario, e, scheduler, cost, draft, max(step_tokens, 16384))
     start, end = _measured_window(scenario, stream)
     return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)
 

@@ -16,6 +16,7 @@ from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Po
 
 from simkv.catalog import builtin_gpus, builtin_models
 from simkv.errors import SimkvError
+from simkv.speculative import Speculative
 from simkv.specs import DType, GpuSpec, ModelSpec, Strict, WeightDType
 
 # ---------------------------------------------------------------- workload
@@ -351,6 +352,7 @@ class Engine(Strict):
                                   "dispatch/combine) instead of splitting every expert tensor-parallel")
     expert_load_imbalance: float = Field(1.0, ge=1.0, description="MoE: tokens of the busiest expert / the balanced "
                                          "share once all experts are busy (routing skew; 1 = balanced, dimensionless)")
+    speculative: Speculative | None = Field(None, description="speculative decoding (see docs/modern-models.md); none: off")
 
 
 # ---------------------------------------------------------------- run, SLOs, variants

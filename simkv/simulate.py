@@ -56,6 +56,9 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
         progress(sim.table.num_requests, sim.table.num_requests, env.now)
     extra = {"scenario": sim.scenario.name, "variant": name, "overrides": overrides or {}, "setup": _setup(sim),
              "workload_effects": {"outputs_truncated_at_max_model_len": sim.num_outputs_truncated}}
+    spec_stats = getattr(sim.scheduler, "speculative_stats", None)
+    if spec_stats is not None:  # engine.speculative (simkv.sched.speculative)
+        extra["speculative"] = spec_stats()
     classes = [(c.name, c.slo) for c in sim.scenario.workload.classes] if sim.scenario.workload.classes else None
     summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra, classes=classes)
     return Result(name=name, scenario=sim.scenario, summary=summary, requests=_request_columns(sim),

@@ -159,6 +159,7 @@ class RooflineCost:
         n = len(plan.decode_ctx)
         if n:
             fpc, bpc, f0, b0 = self._decode_attention_parts(n)
+            fpc *= plan.decode_tokens  # speculative verification: k + 1 queries per sequence read the KV once
             total_ctx = float(plan.decode_ctx.sum())
             attn += max((f0 + fpc * total_ctx) / self.flops_per_s, (b0 + bpc * total_ctx) / self.bytes_per_s)
         return self._fixed_s(tokens, plan.num_sampled) + self.layers * attn
