@@ -13,7 +13,8 @@ import numpy as np
 from simkv.calibration_data import calibration_for, calibration_from
 from simkv.calibration_data import moe_table_for
 from simkv.cost.calibrated import CalibratedCost
-from simkv.model_checks import check_moe_engine, check_speculative, draft_memory, speculative_parts
+from simkv.model_checks import (check_lora, check_moe_engine, check_speculative, draft_memory, lora_gpu_bytes, lora_parts,
+                                speculative_parts)
 from simkv.cost.roofline import RooflineCost
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.buddy import BuddyAllocator
@@ -106,11 +107,12 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
         raise SimkvError(f"{gpu.description} has no fp8 tensor cores", field="engine.weight_dtype", fix="use bf16")
     check_moe_engine(model, e, tp)
     draft = check_speculative(scenario, model, e, tp)
+    check_lora(scenario, e)
     mem = plan_memory(model, gpu, tensor_parallel=tp, gpu_memory_utilization=e.gpu_memory_utilization,
                       weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype, block_size=e.block_size,
                       max_num_batched_tokens=limits.max_num_batched_tokens, max_num_seqs=limits.max_num_seqs,
                       activation_reserve_gib=e.activation_reserve_gib, num_gpu_blocks=e.num_gpu_blocks,
-                      **draft_memory(draft, e, tp))
+                      **draft_memory(draft, e, tp, lora_gpu_bytes(scenario, model, e, tp)))
     if mem.capacity_tokens < limits.max_model_len:
         raise ScenarioDoesNotFit(
             f"the KV cache holds {mem.capacity_tokens} tokens ({mem.kv_bytes / 2**30:.2f} GiB), fewer than one "
@@ -152,6 +154,8 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
     if e.speculative is not None:
         scheduler, cost = speculative_parts(scenario, e, scheduler, cost, draft, max(step_tokens, 16384))
+    if e.lora is not None and scenario.workload.lora is not None:
+        scheduler, cost = lora_parts(scenario, model, gpu, e, tp, table, scheduler, cost)
     start, end = _measured_window(scenario, stream)
     return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)
 

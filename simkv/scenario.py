@@ -16,6 +16,7 @@ from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Po
 
 from simkv.catalog import builtin_gpus, builtin_models
 from simkv.errors import SimkvError
+from simkv.lora import LoraEngine, LoraWorkload
 from simkv.speculative import Speculative
 from simkv.specs import DType, GpuSpec, ModelSpec, Strict, WeightDType
 
@@ -273,6 +274,7 @@ class Workload(Strict):
                                          description="the limit each client asks for (>= true output)")
     shared_prefix: SharedPrefix | None = Field(None, description="shared system prompts; none by default")
     sampling: Sampling = Field(default_factory=Sampling, description="sequences per request (parallel sampling)")
+    lora: LoraWorkload | None = Field(None, description="LoRA adapters the requests use; none: all on the base model")
     @model_validator(mode="after")
     def _lengths_from_somewhere(self):
         if self.classes is not None:
@@ -353,6 +355,7 @@ class Engine(Strict):
     expert_load_imbalance: float = Field(1.0, ge=1.0, description="MoE: tokens of the busiest expert / the balanced "
                                          "share once all experts are busy (routing skew; 1 = balanced, dimensionless)")
     speculative: Speculative | None = Field(None, description="speculative decoding (see docs/modern-models.md); none: off")
+    lora: LoraEngine | None = Field(None, description="LoRA adapter serving limits (vLLM semantics); none: no adapters")
 
 
 # ---------------------------------------------------------------- run, SLOs, variants

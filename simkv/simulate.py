@@ -59,6 +59,10 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
     spec_stats = getattr(sim.scheduler, "speculative_stats", None)
     if spec_stats is not None:  # engine.speculative (simkv.sched.speculative)
         extra["speculative"] = spec_stats()
+    lora_stats = getattr(sim.scheduler, "lora_stats", None)
+    if lora_stats is not None:  # engine.lora with workload.lora (simkv.sched.lora)
+        extra["lora"] = {"adapters": sim.scenario.workload.lora.adapters,
+                         "popularity": sim.scenario.workload.lora.popularity, **lora_stats()}
     classes = [(c.name, c.slo) for c in sim.scenario.workload.classes] if sim.scenario.workload.classes else None
     summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra, classes=classes)
     return Result(name=name, scenario=sim.scenario, summary=summary, requests=_request_columns(sim),

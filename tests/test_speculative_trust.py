@@ -16,7 +16,7 @@ from simkv.speculative import Speculative
 from conftest import ROOT, small_scenario
 
 
-def _chat(rate: float, spec: dict | None, preset: str = "vllm-v1", duration: float = 60, **engine) -> Scenario:
+def _chat(rate: float, spec: dict | None, preset: str = "vllm-v1", duration: float = 40, **engine) -> Scenario:
     return Scenario(model="llama3-8b", hardware={"gpu": "h100"},
                     engine={"preset": preset, "max_model_len": 8192, **({"speculative": spec} if spec else {}), **engine},
                     workload={"arrival": {"process": "poisson", "rate": rate},
