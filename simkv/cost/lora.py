@@ -21,6 +21,8 @@ class LoraCost:
         self._cache: dict[tuple[int, int], float] = {}
 
     def __getattr__(self, name):
+        if name.startswith("__") or name == "base":  # copies and pickles: not the wrapped object's
+            raise AttributeError(name)
         return getattr(self.base, name)
 
     def _group_s(self, tokens: int, rank: int) -> float:

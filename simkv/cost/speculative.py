@@ -31,6 +31,8 @@ class SpeculativeCost:
         self.base, self.spec, self.draft = base, spec, draft
 
     def __getattr__(self, name):
+        if name.startswith("__") or name == "base":  # copies and pickles: not the wrapped object's
+            raise AttributeError(name)
         return getattr(self.base, name)
 
     def _head_parts(self, plan: StepPlan) -> tuple[float, float]:

@@ -40,6 +40,8 @@ class LoraScheduler:
         self.distinct_sum = self.steps = 0
 
     def __getattr__(self, name):
+        if name.startswith("__") or name == "inner":  # copies and pickles: not the wrapped object's
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     # ------------------------------------------------------------ admission

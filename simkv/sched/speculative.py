@@ -33,6 +33,8 @@ class SpeculativeScheduler:
         self.proposed = self.accepted = self.emitted = self.verified_seqs = 0
 
     def __getattr__(self, name):  # everything else is the policy's (waiting queue, stats, ...)
+        if name.startswith("__") or name == "inner":  # copies and pickles: not the wrapped object's
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def add_request(self, req_id: int) -> bool:
