@@ -149,8 +149,9 @@ class CalibratedCost:
                                 f"(constant {c0 * 1e6:.1f} us per layer)",
             "fp8_weights": (f"measured: {g} fp8 GEMM tables; the layer correction fitted on bf16 layers is assumed "
                             "to carry over (not measured)") if self.weight_dtype == "fp8" else f"n/a ({self.weight_dtype} weights)",
-            "kv_fp8_attention": ("assumed: fp8 KV halves the decode attention context read (not measured); "
-                                 "prefill attention as bf16") if self.kv_scale != 1 else f"n/a ({self.kv_dtype} KV cache)",
+            "kv_fp8_attention": ("assumed (not measured): an fp8 cache's decode attention reads half the bytes, "
+                                 "priced as the measured bf16 kernel at half the context; prefill attention as bf16; "
+                                 "capacity: 1 byte per element") if self.kv_scale != 1 else f"n/a ({self.kv_dtype} KV cache)",
             "tp_allreduce": _allreduce_source(self.tp, self.link_bytes_per_s),
             "swap": swap_source(self.gpu),
             "host_overhead": host_overhead_source(self.host_overhead_s),
