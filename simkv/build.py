@@ -11,7 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from simkv.calibration_data import calibration_for, calibration_from
+from simkv.calibration_data import moe_table_for
 from simkv.cost.calibrated import CalibratedCost
+from simkv.model_checks import (check_lora, check_moe_engine, check_speculative, draft_memory, lora_gpu_bytes, lora_parts,
+                                speculative_parts)
 from simkv.cost.roofline import RooflineCost
 from simkv import frontend, host_overhead
 from simkv.errors import ScenarioDoesNotFit, SimkvError
@@ -106,10 +109,14 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     _check_policy(e)
     if e.weight_dtype == "fp8" and gpu.fp8_tflops is None:
         raise SimkvError(f"{gpu.description} has no fp8 tensor cores", field="engine.weight_dtype", fix="use bf16")
+    check_moe_engine(model, e, tp)
+    draft = check_speculative(scenario, model, e, tp)
+    check_lora(scenario, e)
     mem = plan_memory(model, gpu, tensor_parallel=tp, gpu_memory_utilization=e.gpu_memory_utilization,
                       weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype, block_size=e.block_size,
                       max_num_batched_tokens=limits.max_num_batched_tokens, max_num_seqs=limits.max_num_seqs,
-                      activation_reserve_gib=e.activation_reserve_gib, num_gpu_blocks=e.num_gpu_blocks)
+                      activation_reserve_gib=e.activation_reserve_gib, num_gpu_blocks=e.num_gpu_blocks,
+                      **draft_memory(draft, e, tp, lora_gpu_bytes(scenario, model, e, tp)))
     if mem.capacity_tokens < limits.max_model_len:
         raise ScenarioDoesNotFit(
             f"the KV cache holds {mem.capacity_tokens} tokens ({mem.kv_bytes / 2**30:.2f} GiB), fewer than one "
@@ -119,6 +126,10 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     table, truncated = _request_table(stream, limits.max_model_len, scenario.workload.overlong)
     table.clients = stream.clients
     table.frontend_s = frontend.per_request_s(frontend.resolve(scenario.frontend, e.preset), table.prompt_tokens)
+    if e.speculative is not None and (e.reserve_upfront or e.allocator == "contiguous"):
+        # reserved caches hold the k speculative slots too (TGI: max_new_tokens + speculate)
+        table.max_new_tokens = np.minimum(table.max_new_tokens + e.speculative.num_tokens,
+                                          limits.max_model_len - table.prompt_tokens)
     beams = scenario.workload.sampling.beam_width > 1
     reserving = reserves_upfront(e)
     if beams and reserving:
@@ -152,6 +163,10 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
     if e.allocator == "paged":   # the paged kernel's block-size term (1.0 at block 16 and above)
         cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
+    if e.speculative is not None:
+        scheduler, cost = speculative_parts(scenario, e, scheduler, cost, draft, max(step_tokens, 16384))
+    if e.lora is not None and scenario.workload.lora is not None:
+        scheduler, cost = lora_parts(scenario, model, gpu, e, tp, table, scheduler, cost)
     start, end = _measured_window(scenario, stream)
     return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)
 
@@ -252,12 +267,20 @@ def _gpu_cost(scenario: Scenario, max_tokens: int):
             calibration = calibration_for(gpu_name)
         if calibration is not None and calibration.notes:  # A100: Vidur profiles (issue 16)
             source = f"{gpu_name}: Vidur A100 operator profiles, stated attention model; no simkv"
+        moe_table = None
+        if calibration is not None and model.moe is not None:
+            moe_table = moe_table_for(gpu_name or "", gpu.calibration) if (gpu_name or gpu.calibration) else None
+            if moe_table is None:
+                calibration, source = None, f"{source}: no moe_gemm.csv"
         if calibration is not None:
             cost = CalibratedCost(calibration, model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype,
-                                  kv_dtype=e.kv_cache_dtype, host_overhead_s=e.host_overhead_s, max_tokens=max_tokens)
+                                  kv_dtype=e.kv_cache_dtype, host_overhead_s=e.host_overhead_s, max_tokens=max_tokens,
+                                  moe_table=moe_table, expert_parallel=e.expert_parallel,
+                                  expert_imbalance=e.expert_load_imbalance)
             return cost, f"calibrated ({source} measurements)"
     cost = RooflineCost(model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype,
-                        host_overhead_s=e.host_overhead_s)
+                        host_overhead_s=e.host_overhead_s, expert_parallel=e.expert_parallel,
+                        expert_imbalance=e.expert_load_imbalance)
     if scenario.cost == "calibrated":
         return cost, f"roofline (no calibration measurements for '{gpu_name or 'custom GPU'}')"
     return cost, "roofline"

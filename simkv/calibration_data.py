@@ -153,3 +153,32 @@ def vidur_a100_calibration(gpu: str):
     profiles = {m: load_vidur_compute("a100", m) for m in VIDUR_MODELS}
     return a100_calibration(gpu, hbm, tflops, profiles, load_tables("h100"), calibration_for("h100"),
                             vidur_allreduce_for(gpu))
+
+
+@lru_cache(maxsize=None)
+def load_moe_gemm(gpu: str) -> dict | None:
+    """The grouped expert GEMMs measured on `gpu` (`moe_gemm.csv`: model, op, tokens,
+    experts_total, top_k, active_experts, tokens_per_expert, k, n, s), or None when not shipped."""
+    root = resources.files("simkv.cost").joinpath("data", gpu)
+    if not root.joinpath("moe_gemm.csv").is_file():
+        return None
+    return _columns(root.joinpath("moe_gemm.csv").read_text(encoding="utf-8"))
+
+
+def load_moe_gemm_from(folder: str | Path) -> dict | None:
+    """`moe_gemm.csv` of a `simkv calibrate` folder, or None when it has none."""
+    path = Path(folder) / "moe_gemm.csv"
+    return _columns(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+@lru_cache(maxsize=None)
+def moe_table_for(gpu: str, folder: str | None = None):
+    """The MoeGemmTable of a shipped GPU (or of a `simkv calibrate` folder), None without measurements."""
+    from simkv.cost.moe import MoeGemmTable
+    cols = load_moe_gemm_from(folder) if folder else load_moe_gemm(gpu)
+    if cols is None:
+        return None
+    dev = load_tables_from(folder).device if folder else load_tables(gpu).device
+    rate = dev["bf16_matmul_8192_TFLOPs"] * 1e12
+    return MoeGemmTable(cols, {"bfloat16": rate, "fp8_e4m3": 2 * rate, "int4_w4a16": rate},
+                        dev["d2d_copy_GBps_read_plus_write"] * 1e9)

@@ -59,11 +59,14 @@ def estimate_activation_bytes(model: ModelSpec, tensor_parallel: int, max_num_ba
 def plan_memory(model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int, gpu_memory_utilization: float,
                 weight_dtype: str, kv_dtype: str, block_size: int, max_num_batched_tokens: int,
                 max_num_seqs: int, activation_reserve_gib: float | None,
-                num_gpu_blocks: int | None) -> MemoryPlan:
-    """The KV capacity of one replica; raises ScenarioDoesNotFit when the weights do not fit."""
+                num_gpu_blocks: int | None, extra_weight_bytes: float = 0.0,
+                extra_kv_bytes_per_token: int = 0) -> MemoryPlan:
+    """The KV capacity of one replica; raises ScenarioDoesNotFit when the weights do not fit.
+    `extra_*`: a speculative draft model's weights and KV bytes per token, per GPU (its KV blocks
+    are allocated together with the target's, as vLLM does)."""
     budget = gpu.memory_bytes * gpu_memory_utilization
-    weights = model.weight_bytes_per_gpu(weight_dtype, tensor_parallel)
-    per_token = model.kv_bytes_per_token(kv_dtype, tensor_parallel)
+    weights = model.weight_bytes_per_gpu(weight_dtype, tensor_parallel) + extra_weight_bytes
+    per_token = model.kv_bytes_per_token(kv_dtype, tensor_parallel) + extra_kv_bytes_per_token
     activations = (activation_reserve_gib * GIB if activation_reserve_gib is not None else
                    estimate_activation_bytes(model, tensor_parallel, max_num_batched_tokens, max_num_seqs))
     if num_gpu_blocks is not None:
@@ -72,8 +75,9 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int, gpu_mem
     if weights + activations >= budget:
         need_tp = next((tp for tp in (2, 4, 8) if tp > tensor_parallel
                         and model.weight_bytes_per_gpu(weight_dtype, tp) + activations / tp < budget), None)
+        smaller = {"bf16": "fp8 or int4", "fp16": "fp8 or int4", "fp8": "int4"}.get(weight_dtype)
         fix = (f"raise hardware.tensor_parallel to {need_tp}" if need_tp else "pick a larger GPU") + \
-              ", raise engine.gpu_memory_utilization, or use engine.weight_dtype: fp8"
+              ", raise engine.gpu_memory_utilization" + (f", or use engine.weight_dtype: {smaller}" if smaller else "")
         raise ScenarioDoesNotFit(
             f"the model does not fit: {weights / GIB:.1f} GiB of {weight_dtype} weights plus "
             f"{activations / GIB:.1f} GiB of activations per GPU exceed the {budget / GIB:.1f} GiB the engine "

@@ -16,8 +16,10 @@ from pydantic import Field, field_validator, model_validator
 
 from simkv.catalog import builtin_gpus, builtin_models
 from simkv.errors import SimkvError
+from simkv.lora import LoraEngine, LoraWorkload
+from simkv.speculative import Speculative
 from simkv.specs import (Bool, DType, Float, GpuSpec, ModelSpec, NonNegativeFloat, NonNegativeInt,
-                         PositiveFloat, PositiveInt, Strict)
+                         PositiveFloat, PositiveInt, Strict, WeightDType)
 
 # ---------------------------------------------------------------- workload
 
@@ -295,6 +297,7 @@ class Workload(Strict):
                                          description="the limit each client asks for (>= true output)")
     shared_prefix: SharedPrefix | None = Field(None, description="shared system prompts; none by default")
     sampling: Sampling = Field(default_factory=Sampling, description="sequences per request (parallel sampling)")
+    lora: LoraWorkload | None = Field(None, description="LoRA adapters the requests use; none: all on the base model")
     @model_validator(mode="after")
     def _lengths_from_somewhere(self):
         if self.classes is not None:
@@ -356,7 +359,7 @@ class Engine(Strict):
     watermark: Float = Field(0.0, ge=0, le=0.5, description="paged: fraction of blocks kept free when admitting (dimensionless); vLLM uses 0.01")
     activation_reserve_gib: NonNegativeFloat | None = Field(None, le=1e5, description="memory held for activations per GPU (GiB); default estimated from the step size")
     num_gpu_blocks: PositiveInt | None = Field(None, le=2 ** 40, description="measured KV capacity in blocks (overrides the memory arithmetic)")
-    weight_dtype: DType = Field("bf16", description="weight precision")
+    weight_dtype: WeightDType = Field("bf16", description="weight precision (int4: AWQ/GPTQ-style W4A16, group-128 scales)")
     kv_cache_dtype: DType = Field("bf16", description="KV cache precision")
     host_overhead_s: NonNegativeFloat = Field(0.0, le=10, description="CPU time per step not overlapped with the GPU, "
                                               "fixed part (s); unset: the preset's (simkv.host_overhead)")
@@ -383,6 +386,12 @@ class Engine(Strict):
     capacity_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = Field(
         "guaranteed_no_evict", description="trtllm: guaranteed_no_evict reserves prompt + max_new_tokens at admission "
         "and never preempts; max_utilization admits by current need and pauses the newest on pressure")
+    expert_parallel: Bool = Field(False, description="MoE: spread whole experts across the replica's GPUs (all-to-all "
+                                  "dispatch/combine) instead of splitting every expert tensor-parallel")
+    expert_load_imbalance: Float = Field(1.0, ge=1.0, le=1e3, description="MoE: tokens of the busiest expert / the balanced "
+                                         "share once all experts are busy (routing skew; 1 = balanced, dimensionless)")
+    speculative: Speculative | None = Field(None, description="speculative decoding (see docs/modern-models.md); none: off")
+    lora: LoraEngine | None = Field(None, description="LoRA adapter serving limits (vLLM semantics); none: no adapters")
 
 
 # ---------------------------------------------------------------- run, SLOs, variants

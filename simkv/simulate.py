@@ -69,6 +69,13 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
         progress(sim.table.num_requests, sim.table.num_requests, env.now)
     extra = {"scenario": sim.scenario.name, "variant": name, "overrides": overrides or {}, "setup": _setup(sim),
              "workload_effects": {"outputs_truncated_at_max_model_len": sim.num_outputs_truncated}}
+    spec_stats = getattr(sim.scheduler, "speculative_stats", None)
+    if spec_stats is not None:  # engine.speculative (simkv.sched.speculative)
+        extra["speculative"] = spec_stats()
+    lora_stats = getattr(sim.scheduler, "lora_stats", None)
+    if lora_stats is not None:  # engine.lora with workload.lora (simkv.sched.lora)
+        extra["lora"] = {"adapters": sim.scenario.workload.lora.adapters,
+                         "popularity": sim.scenario.workload.lora.popularity, **lora_stats()}
     classes = [(c.name, c.slo) for c in sim.scenario.workload.classes] if sim.scenario.workload.classes else None
     extra["bench"] = bench_summary(sim.table, recorder, frontend.resolve(sim.scenario.frontend, sim.engine.preset))
     summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra, classes=classes)

@@ -1,7 +1,10 @@
 """Model architectures and GPU specifications as validated data (the catalog's schema).
 
 Models: the dimensions that set weight bytes, KV bytes per token and step FLOPs.
-Simplifications: dense decoder-only transformers (no MoE, no sliding-window eviction).
+Mixture-of-experts models (`moe:`) replace the MLP of every `moe_layer_step`-th layer by routed
+experts (plus optional shared experts); attention stays dense. Every expert's weights are resident.
+Simplifications: decoder-only transformers (no sliding-window eviction); biases, norms' tiny
+weights other than RMSNorm scales, and vision towers are not in the architecture count.
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ from pydantic import Strict as _StrictMode
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp8": 1}
 DType = Literal["bf16", "fp16", "fp8"]
+# int4 weights are W4A16 (AWQ / GPTQ style): 4-bit weights in groups of INT4_GROUP_SIZE, each group
+# with one fp16 scale and one packed 4-bit zero point; activations and the embeddings / lm_head stay bf16
+WeightDType = Literal["bf16", "fp16", "fp8", "int4"]
+INT4_GROUP_SIZE = 128
+INT4_BYTES_PER_PARAM = 0.5 + (2 + 0.5) / INT4_GROUP_SIZE
 GIB = 1024 ** 3
 
 # ---------------------------------------------------------------- strict numbers
@@ -45,10 +53,41 @@ NonNegativeFloat = Annotated[float, Ge(0), _Num]
 Bool = Annotated[bool, _StrictMode()]
 
 
+def weight_bytes_per_param(dtype: str) -> float:
+    """Bytes one quantised (linear-layer) weight takes in `dtype`, scales included."""
+    return INT4_BYTES_PER_PARAM if dtype == "int4" else DTYPE_BYTES[dtype]
+
+
 class Strict(BaseModel):
     """Base for every schema object: unknown fields are errors, objects are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class MoESpec(Strict):
+    """The mixture-of-experts part of a model (config.json: num_local_experts / num_experts,
+    num_experts_per_tok, moe_intermediate_size, shared experts, interleave / sparse step)."""
+
+    num_experts: PositiveInt = Field(description="routed experts per MoE layer (count)")
+    experts_per_token: PositiveInt = Field(description="experts each token is routed to, the router's top-k (count)")
+    expert_intermediate_size: PositiveInt = Field(description="MLP inner width of one expert (elements)")
+    shared_experts: NonNegativeInt = Field(0, description="experts every token goes through, besides the routed ones (count)")
+    shared_expert_intermediate_size: PositiveInt | None = Field(
+        None, description="MLP inner width of a shared expert (elements); default expert_intermediate_size")
+    moe_layer_step: PositiveInt = Field(
+        1, description="every n-th layer is an MoE layer (layers n-1, 2n-1, ...), the others dense MLPs of "
+        "intermediate_size (1: all layers; Llama 4 Maverick: 2)")
+    router: Literal["softmax_topk", "sigmoid_topk"] = Field("softmax_topk", description="how the router picks and weighs the top-k experts")
+
+    @model_validator(mode="after")
+    def _topk_fits(self) -> "MoESpec":
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(f"experts_per_token ({self.experts_per_token}) exceeds num_experts ({self.num_experts})")
+        return self
+
+    @property
+    def shared_intermediate(self) -> int:
+        return self.shared_expert_intermediate_size or self.expert_intermediate_size
 
 
 class ModelSpec(Strict):
@@ -64,6 +103,8 @@ class ModelSpec(Strict):
     num_params: PositiveInt = Field(le=10 ** 14, description="parameters the engine loads (count)")
     max_position_embeddings: PositiveInt = Field(le=2 ** 27, description="longest context the model supports (tokens)")
     mlp: Literal["gated", "standard"] = Field("gated", description="gated (SwiGLU: gate, up, down) or standard (fc1, fc2)")
+    tie_word_embeddings: bool = Field(False, description="lm_head shares the embedding matrix")
+    moe: MoESpec | None = Field(None, description="mixture-of-experts layers; none for a dense model")
     source: str = Field("user-defined", description="where these numbers come from")
 
     @model_validator(mode="after")
@@ -71,6 +112,43 @@ class ModelSpec(Strict):
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         return self
+
+    @model_validator(mode="after")
+    def _moe_layers(self) -> "ModelSpec":
+        if self.moe is not None and self.moe.moe_layer_step > self.num_layers:
+            raise ValueError(f"moe.moe_layer_step ({self.moe.moe_layer_step}) exceeds num_layers ({self.num_layers})")
+        return self
+
+    # ------------------------------------------------------------ architecture counts
+    @property
+    def num_moe_layers(self) -> int:
+        return 0 if self.moe is None else self.num_layers // self.moe.moe_layer_step
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+    def _mlp_params(self, width: int) -> int:
+        return (3 if self.mlp == "gated" else 2) * self.hidden_size * width
+
+    def embedding_params(self) -> int:
+        """Embedding matrix plus lm_head (once when tied)."""
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    def architecture_params(self, active_only: bool = False) -> int:
+        """Parameters counted from the dimensions (attention, MLPs / experts, router, RMSNorm
+        scales, embeddings); `active_only`: what one token passes through (top-k + shared experts).
+        An independent check of `num_params` from the model card."""
+        h, hd = self.hidden_size, self.head_dim
+        attention = h * self.num_heads * hd * 2 + h * self.num_kv_heads * hd * 2 + 2 * h
+        total = self.num_dense_layers * (attention + self._mlp_params(self.intermediate_size))
+        if self.moe is not None:
+            m = self.moe
+            routed = m.experts_per_token if active_only else m.num_experts
+            per_layer = (attention + routed * self._mlp_params(m.expert_intermediate_size)
+                         + m.shared_experts * self._mlp_params(m.shared_intermediate) + h * m.num_experts)
+            total += self.num_moe_layers * per_layer
+        return total + self.embedding_params() + h
 
     def shard(self, tensor_parallel: int) -> "ShardDims":
         """Per-GPU dimensions under tensor parallelism (KV heads replicated when tp > kv heads)."""
@@ -86,7 +164,12 @@ class ModelSpec(Strict):
             gated=self.mlp == "gated", tp=tp)
 
     def weight_bytes_per_gpu(self, dtype: str, tensor_parallel: int) -> float:
-        """Weights held by one GPU: parameters split evenly across the tensor-parallel group."""
+        """Weights held by one GPU: parameters split evenly across the tensor-parallel group (with
+        expert parallelism each GPU holds 1/tp of the experts instead: the same bytes). int4
+        quantises every weight but the embeddings and lm_head, which stay bf16."""
+        if dtype == "int4":
+            emb = min(self.embedding_params(), self.num_params)
+            return ((self.num_params - emb) * INT4_BYTES_PER_PARAM + emb * DTYPE_BYTES["bf16"]) / tensor_parallel
         return self.num_params * DTYPE_BYTES[dtype] / tensor_parallel
 
     def kv_bytes_per_token(self, dtype: str, tensor_parallel: int) -> int:

@@ -7,13 +7,15 @@ import numpy as np
 from simkv.sched.base import StepPlan
 
 
-def plan_from_shape(prefill_seqs: int, prefill_len: int, decode_batch: int, decode_ctx: int) -> StepPlan:
+def plan_from_shape(prefill_seqs: int, prefill_len: int, decode_batch: int, decode_ctx: int,
+                    tokens_per_seq: int = 1) -> StepPlan:
     """The StepPlan of `prefill_seqs` whole prompts of `prefill_len` tokens plus `decode_batch`
-    decodes at context `decode_ctx` (the calibration tables' step shapes)."""
+    decodes at context `decode_ctx` (the calibration tables' step shapes), each decode computing
+    `tokens_per_seq` tokens (speculative verification of tokens_per_seq - 1 proposals; 1 = decode)."""
     new = np.full(prefill_seqs, prefill_len, dtype=np.int64)
     return StepPlan(decode_ids=np.arange(decode_batch), decode_ctx=np.full(decode_batch, decode_ctx, dtype=np.int64),
                     prefill_ids=np.arange(decode_batch, decode_batch + prefill_seqs), prefill_new=new,
-                    prefill_ctx=new.copy())
+                    prefill_ctx=new.copy(), decode_tokens=tokens_per_seq)
 
 
 def cost_model(gpu: str = "h100", model: str = "llama3-8b", *, tensor_parallel: int = 1, dtype: str = "bf16",

@@ -13,6 +13,9 @@ same graph factor as the layer's GEMMs) + the whole-model terms fitted on `model
 + two all-reduces per layer when tensor_parallel > 1
 (Vidur's NCCL profile of the GPU's NVSwitch node, simkv.cost.collectives; NVLink roofline where
 none exists) + the engine's host overhead per step.
+Mixture-of-experts layers replace the MLP GEMMs by simkv.cost.moe's expert GEMMs (measured grouped
+GEMMs where the shape was measured) with the same graph factor; int4 (W4A16) GEMMs are a stated
+model over the bf16 tables (simkv.cost.operators), labelled "not measured" in sources().
 Simplifications: fp8 reuses the bf16 layer correction with fp8
 GEMM times.
 """
@@ -26,6 +29,7 @@ import numpy as np
 from simkv.calibration_data import CalibrationTables
 from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, elementwise_widths
 from simkv.cost.whole_model import whole_model_coef
+from simkv.cost.moe import MoeGemmTable, MoeLayer, moe_shard, moe_sources
 from simkv.sched.base import StepPlan
 from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec, ShardDims
 
@@ -105,7 +109,8 @@ class CalibratedCost:
 
     def __init__(self, calibration: Calibration, model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int = 1,
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", host_overhead_s: float = 0.0,
-                 max_tokens: int = 16384) -> None:
+                 max_tokens: int = 16384, moe_table: MoeGemmTable | None = None, expert_parallel: bool = False,
+                 expert_imbalance: float = 1.0) -> None:
         d = model.shard(tensor_parallel)
         self.cal, self.d = calibration, d
         self.gpu, self.weight_dtype, self.kv_dtype = gpu, weight_dtype, kv_dtype
@@ -125,6 +130,15 @@ class CalibratedCost:
         self._c_lin, self._c0 = c_lin, c0
         g, a = calibration.whole if calibration.whole is not None else (0.0, 0.0)
         self._graph_saving_s, self._whole_per_token_s = float(g), float(a) * ew / calibration.bytes_per_s
+        self.moe, self.moe_layers = None, 0
+        if model.moe is not None:  # MoE layers: attention GEMMs + experts (simkv.cost.moe), elementwise at the active width
+            if moe_table is None:
+                raise ValueError(f"no moe_gemm.csv measurements for {calibration.gpu}: a mixture-of-experts model needs them")
+            self.moe = MoeLayer(moe_table, calibration.ops.gemm, model, tensor_parallel, dtype=self.lc.dtype,
+                                expert_parallel=expert_parallel, imbalance=expert_imbalance)
+            self.moe_layers = model.num_moe_layers
+            mqkv, mew = per_token_bytes(moe_shard(d, self.moe))
+            self._per_token_moe = (c_qkv * mqkv + c_ew * mew) / calibration.bytes_per_s
         self._fixed = np.zeros(0)
         self._grow_fixed(max_tokens)
         tokens = np.arange(0, max_tokens + 1)
@@ -167,12 +181,14 @@ class CalibratedCost:
             "whole_model": self._whole_source(),
             "fp8_weights": (f"measured: {g} fp8 GEMM tables; the layer correction fitted on bf16 layers is assumed "
                             "to carry over (not measured)") if self.weight_dtype == "fp8" else f"n/a ({self.weight_dtype} weights)",
-            "kv_fp8_attention": ("assumed: fp8 KV halves the decode attention context read (not measured); "
-                                 "prefill attention as bf16") if self.kv_scale != 1 else f"n/a ({self.kv_dtype} KV cache)",
+            "kv_fp8_attention": ("assumed (not measured): an fp8 cache's decode attention reads half the bytes, "
+                                 "priced as the measured bf16 kernel at half the context; prefill attention as bf16; "
+                                 "capacity: 1 byte per element") if self.kv_scale != 1 else f"n/a ({self.kv_dtype} KV cache)",
             "tp_allreduce": (self.allreduce.describe(self.tp) + ", two per layer of tokens x hidden x 2 bytes"
                              if self.allreduce is not None else _allreduce_source(self.tp, self.link_bytes_per_s)),
             "swap": swap_source(self.gpu),
             "host_overhead": self.host_source or host_overhead_source(self.host_overhead_s),
+            **self._quant_moe_sources(c_lin),
         }
 
     def _whole_source(self) -> str:
@@ -190,6 +206,15 @@ class CalibratedCost:
         (simkv.cost.whole_model)."""
         return self.layers * self._whole_per_token_s * m - (self.layers - 1) * self._graph_saving_s
 
+    def _quant_moe_sources(self, c_lin: float) -> dict[str, str]:
+        out = {"int4_weights": (f"stated model (not measured): W4A16 GEMMs at the {self.cal.gpu} bf16 GEMM tables' "
+                                "efficiency over a roofline reading 4-bit weights plus group-128 scales "
+                                "(0.52 bytes per weight) at the bf16 tensor-core rate; lm_head stays bf16")
+               if self.weight_dtype == "int4" else f"n/a ({self.weight_dtype} weights)"}
+        if self.moe is not None:
+            out.update(moe_sources(self.moe, self.cal.gpu, c_lin, self.link_bytes_per_s / 1e9))
+        return out
+
     # ------------------------------------------------------------ precomputed parts
     def _grow_fixed(self, m_max: int) -> None:
         """fixed[m]: everything of a layer but attention, for m = 0..m_max tokens, plus all-reduce."""
@@ -197,9 +222,19 @@ class CalibratedCost:
         lin = self.lc.linear(np.maximum(m, 1))
         layer = self._c_lin * lin + self._per_token * m + self._c0
         if self.allreduce is not None:
-            layer = layer + 2 * self.allreduce.seconds(m * self.d.hidden * ACT_BYTES, self.tp)
-        elif self.tp > 1:
-            layer = layer + 2 * (2.0 * (self.tp - 1) / self.tp * m * self.d.hidden * ACT_BYTES) / self.link_bytes_per_s
+            allreduce = self.allreduce.seconds(m * self.d.hidden * ACT_BYTES, self.tp)
+        else:
+            allreduce = 2.0 * (self.tp - 1) / self.tp * m * self.d.hidden * ACT_BYTES / self.link_bytes_per_s
+        if self.tp > 1:
+            layer = layer + 2 * allreduce
+        if self.moe is not None:  # the per-layer average over dense and MoE layers
+            mm = np.maximum(m, 1)
+            attn = sum(self.lc.ops.gemm.time(mm, k, n, self.lc.dtype) for k, n in self.lc.linears[:2])
+            moe = self._c_lin * (attn + self.moe.linear(mm)) + self._per_token_moe * m + self._c0
+            if self.tp > 1:  # expert parallelism: one all-reduce (attention) + dispatch and combine
+                moe = moe + (2 * allreduce if self.moe.ep == 1 else
+                             allreduce + self.moe.all_to_all_bytes(m) / self.link_bytes_per_s)
+            layer = ((self.layers - self.moe_layers) * layer + self.moe_layers * moe) / self.layers
         self._fixed = np.where(m > 0, layer, 0.0)
 
     def layer_fixed_s(self, m: int) -> float:

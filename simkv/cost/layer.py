@@ -52,7 +52,8 @@ class OperatorSet:
         shapes = {k: v for k, v in calibration_shapes().items() if k not in exclude_models}
         keep = lambda cols: {k: v[~np.isin(cols["model"], exclude_models)] for k, v in cols.items()}
         dev = tables.device
-        flops = {"bfloat16": dev["bf16_matmul_8192_TFLOPs"] * 1e12, "fp8_e4m3": 2 * dev["bf16_matmul_8192_TFLOPs"] * 1e12}
+        flops = {"bfloat16": dev["bf16_matmul_8192_TFLOPs"] * 1e12, "fp8_e4m3": 2 * dev["bf16_matmul_8192_TFLOPs"] * 1e12,
+                 "int4_w4a16": dev["bf16_matmul_8192_TFLOPs"] * 1e12}
         gemm = GemmModel(keep(tables.gemm), flops, dev["d2d_copy_GBps_read_plus_write"] * 1e9)
         att = AttentionModel(keep(tables.attention), shapes)
         ew = ElementwiseModel(keep(tables.elementwise), {k: elementwise_widths(v) for k, v in shapes.items()})
@@ -65,6 +66,7 @@ class LayerCosts:
     def __init__(self, ops: OperatorSet, d: ShardDims, weight_dtype: str = "bf16") -> None:
         self.ops, self.d = ops, d
         self.dtype = DTYPE_KEYS[weight_dtype]
+        self.head_dtype = "bfloat16" if weight_dtype == "int4" else self.dtype  # int4 checkpoints keep lm_head bf16
         self.linears = linear_shapes(d)
         self.widths = elementwise_widths(d)
 
@@ -84,5 +86,5 @@ class LayerCosts:
 
     def lm_head(self, m) -> np.ndarray:
         m = np.asarray(m, float)
-        t = self.ops.gemm.time(np.maximum(m, 1), self.d.hidden, self.d.vocab, self.dtype)
+        t = self.ops.gemm.time(np.maximum(m, 1), self.d.hidden, self.d.vocab, self.head_dtype)
         return np.where(m > 0, t, 0.0)

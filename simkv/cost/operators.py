@@ -24,8 +24,10 @@ import numpy as np
 from simkv.cost.curves import LogCurve, blend_log
 
 ACT_BYTES = 2
-DTYPE_KEYS = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8_e4m3"}
-WEIGHT_BYTES = {"bfloat16": 2, "fp8_e4m3": 1}
+DTYPE_KEYS = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8_e4m3", "int4": "int4_w4a16"}
+# int4_w4a16: 4-bit weights with group scales, bf16 activations and tensor cores (not measured)
+WEIGHT_BYTES = {"bfloat16": 2, "fp8_e4m3": 1, "int4_w4a16": 0.5 + 2.5 / 128}
+UNMEASURED_DTYPES = {"int4_w4a16": "bfloat16"}  # dtype -> the measured dtype whose efficiency it borrows
 
 
 class GemmModel:
@@ -42,7 +44,8 @@ class GemmModel:
         wb = WEIGHT_BYTES[dtype]
         m = np.asarray(m, float)
         flops = 2.0 * m * k * n
-        moved = k * n * wb + m * k * wb + m * n * ACT_BYTES
+        in_bytes = ACT_BYTES if dtype in UNMEASURED_DTYPES else wb  # W4A16 reads bf16 activations
+        moved = k * n * wb + m * k * in_bytes + m * n * ACT_BYTES
         return np.maximum(flops / self.flops[dtype], moved / self.bw)
 
     def time(self, m, k: int, n: int, dtype: str) -> np.ndarray:
@@ -50,6 +53,9 @@ class GemmModel:
         key = (k, n, dtype)
         if key in self.curves:
             return self.curves[key](m)
+        proxy = UNMEASURED_DTYPES.get(dtype)
+        if proxy is not None:  # stated model: this dtype's roofline at the measured proxy's efficiency
+            return self.roofline(m, k, n, dtype) * self.time(m, k, n, proxy) / self.roofline(m, k, n, proxy)
         return self.roofline(m, k, n, dtype) / self.efficiency(m, k, n, dtype)
 
     def efficiency(self, m, k: int, n: int, dtype: str) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from simkv.errors import SimkvError
 from simkv.sched.base import StepPlan
-from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec
+from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec, weight_bytes_per_param
 
 ACT_BYTES = 2  # activations are bf16
 
@@ -40,14 +40,16 @@ class RooflineCost:
     decode_attention_scale = 1.0   # block-size term (simkv.cost.block_size), set by the builder
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int = 1,
-                 weight_dtype: str = "bf16", kv_dtype: str = "bf16", host_overhead_s: float = 0.0) -> None:
+                 weight_dtype: str = "bf16", kv_dtype: str = "bf16", host_overhead_s: float = 0.0,
+                 expert_parallel: bool = False, expert_imbalance: float = 1.0) -> None:
         d = model.shard(tensor_parallel)
         self.dims = d
         self.flops_per_s = gpu.achievable_flops(weight_dtype)
         self.bytes_per_s = gpu.achievable_bandwidth_bps
         self.link_bytes_per_s = gpu.nvlink_gbps * 1e9
         self.host_overhead_s = host_overhead_s
-        self.wb = DTYPE_BYTES[weight_dtype]
+        self.wb = weight_bytes_per_param(weight_dtype)
+        self.head_wb = 2 if weight_dtype == "int4" else self.wb  # int4 checkpoints keep lm_head bf16
         self.kvb = DTYPE_BYTES[kv_dtype]
         q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
         up = 2 * d.intermediate if d.gated else d.intermediate
@@ -66,6 +68,11 @@ class RooflineCost:
         _check_rates({"compute (FLOP/s)": self.flops_per_s, "memory bandwidth (B/s)": self.bytes_per_s,
                       "nvlink (B/s)": self.link_bytes_per_s, "device-to-host (B/s)": self.d2h_bytes_per_s,
                       "host-to-device (B/s)": self.h2d_bytes_per_s}, host_overhead_s)
+        self.moe, self.moe_layers = None, model.num_moe_layers
+        if model.moe is not None:  # MoE layers: the experts' roofline instead of the dense MLP (simkv.cost.moe)
+            from simkv.cost.moe import MoeLayer
+            self.moe = MoeLayer(None, None, model, tensor_parallel, dtype=weight_dtype,
+                                expert_parallel=expert_parallel, imbalance=expert_imbalance)
 
     def sources(self) -> dict[str, str]:
         """Where each cost component's numbers come from (roofline ceilings, nothing fitted)."""
@@ -86,23 +93,35 @@ class RooflineCost:
             "tp_allreduce": _allreduce_source(self.tp, self.link_bytes_per_s),
             "swap": swap_source(gpu),
             "host_overhead": self.host_source or host_overhead_source(self.host_overhead_s),
+            "int4_weights": (f"roofline (not measured): W4A16, {self.wb:.3f} bytes per weight at the bf16 rate; lm_head bf16"
+                             if self.weight_dtype == "int4" else f"n/a ({self.weight_dtype} weights)"),
+            **({"moe_experts": roof + " over the active experts' weights (balanced routing unless engine.expert_load_imbalance)",
+                "moe_all_to_all": ("roofline (not measured): dispatch + combine over NVLink" if self.moe.ep > 1
+                                   else "n/a (no expert parallelism)")} if self.moe is not None else {}),
         }
 
     # ------------------------------------------------------------ kernels
     def _linear_s(self, m: int) -> float:
-        total = 0.0
+        """Per-layer linear time (the average over dense and MoE layers for an MoE model)."""
+        parts = []
         for k, n in self.linears:
             flops = 2.0 * m * k * n
             moved = k * n * self.wb + m * (k + n) * ACT_BYTES
-            total += max(flops / self.flops_per_s, moved / self.bytes_per_s)
-        return total
+            parts.append(max(flops / self.flops_per_s, moved / self.bytes_per_s))
+        if self.moe is None:
+            return sum(parts)
+        from simkv.cost.moe import roofline_moe_linear_s
+        moe = parts[0] + parts[1] + roofline_moe_linear_s(m, self.moe, self.wb, self.flops_per_s, self.bytes_per_s)
+        if self.tp > 1 and self.moe.ep > 1:  # one all-reduce replaced by dispatch + combine
+            moe += float(self.moe.all_to_all_bytes(m)) / self.link_bytes_per_s - self._allreduce_s(m) / 2
+        return ((self.layers - self.moe_layers) * sum(parts) + self.moe_layers * moe) / self.layers
 
     def _lm_head_s(self, m: int) -> float:
         if m == 0:
             return 0.0
         d = self.dims
         flops = 2.0 * m * d.hidden * d.vocab
-        moved = d.hidden * d.vocab * self.wb + m * (d.hidden + d.vocab) * ACT_BYTES
+        moved = d.hidden * d.vocab * self.head_wb + m * (d.hidden + d.vocab) * ACT_BYTES
         return max(flops / self.flops_per_s, moved / self.bytes_per_s)
 
     def _allreduce_s(self, m: int) -> float:
@@ -161,6 +180,7 @@ class RooflineCost:
         n = len(plan.decode_ctx)
         if n:
             fpc, bpc, f0, b0 = self._decode_attention_parts(n)
+            fpc *= plan.decode_tokens  # speculative verification: k + 1 queries per sequence read the KV once
             total_ctx = float(plan.decode_ctx.sum())
             attn += self.decode_attention_scale * max((f0 + fpc * total_ctx) / self.flops_per_s,
                                                       (b0 + bpc * total_ctx) / self.bytes_per_s)

@@ -30,6 +30,8 @@ class StepPlan:
     swap_in_tokens: int = 0    # KV tokens copied host -> device in this step
     max_steps: int = 1
     arrival_sensitive: bool = True
+    # tokens each decoding sequence computes (speculative verification: k proposals + 1; else 1)
+    decode_tokens: int = 1
 
     @property
     def num_seqs(self) -> int:
@@ -37,15 +39,16 @@ class StepPlan:
 
     @property
     def num_batched_tokens(self) -> int:
-        """Tokens computed in one step: one per decode plus every prefill token."""
-        return len(self.decode_ids) + int(self.prefill_new.sum())
+        """Tokens computed in one step: decode_tokens per decode plus every prefill token."""
+        return len(self.decode_ids) * self.decode_tokens + int(self.prefill_new.sum())
 
     @property
     def num_sampled(self) -> int:
-        """Sequences that sample a token this step (lm_head rows)."""
+        """Rows that sample a token this step (lm_head rows; every verified position of a decode)."""
+        decode = len(self.decode_ids) * self.decode_tokens
         if len(self.prefill_done):
-            return len(self.decode_ids) + int(self.prefill_done.sum())
-        return self.num_seqs
+            return decode + int(self.prefill_done.sum())
+        return decode + len(self.prefill_ids)
 
 
 @dataclass(frozen=True, slots=True)

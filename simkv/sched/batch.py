@@ -63,6 +63,7 @@ class RunningBatch:
         self.extra_gaps_s = _NO_GAPS
         self._gap_steps_from = 0
         self.rng = np.random.default_rng(0)   # beam re-selection; seeded by the builder
+        self.spec_tokens: np.ndarray | None = None  # speculative step: tokens each decoder emits (set per step)
 
     def __len__(self) -> int:
         return len(self.ids) + len(self.prefilling)
@@ -167,6 +168,19 @@ class RunningBatch:
         self.kv_alloc.set_tokens(self.ids, new_kv)
         self.kv = new_kv
 
+    def _grow_by(self, tokens: np.ndarray) -> None:
+        """Each decoder writes its own number of tokens (the blocks of rejected proposals, taken
+        for the verification, are back in the pool: only the kept tokens' blocks remain)."""
+        new_kv = self.kv + tokens
+        if self.on_demand:
+            b = self.block_size
+            need = (new_kv + (b - 1)) // b - (self.kv + (b - 1)) // b
+            idx = np.flatnonzero(need)
+            if len(idx):
+                self.kv_alloc.take_blocks(self.ids[idx].tolist(), need[idx].tolist())
+        self.kv_alloc.set_tokens(self.ids, new_kv)
+        self.kv = new_kv
+
     # ------------------------------------------------------------ commit
     def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray, num_waiting: int,
                next_reservation: int | None) -> StepOutcome:
@@ -179,11 +193,11 @@ class RunningBatch:
         self.extra_gaps_s = _NO_GAPS
         self._gap_steps_from = 0
         measured = 0
+        n_sampled = n_dec if self.spec_tokens is None else int(self.spec_tokens.sum())
         if n_dec:
             measured = self._decode(start_s, ends, durations_s)
         elif len(self.ids):
             self._uniform_last_tok = None  # the decoders sat this step out
-        n_sampled = n_dec
         if len(plan.prefill_ids):
             n_sampled += self._advance_prefills(plan, start_s, float(ends[0]))
         usage = self._window_usage(k, next_reservation)
@@ -208,8 +222,13 @@ class RunningBatch:
             self.extra_gaps_s = gaps[self.measured]
             self._gap_steps_from = 1
             measured = int(np.count_nonzero(self.measured))
-        self._grow(k)
-        self.gen = self.gen + k
+        spec, self.spec_tokens = self.spec_tokens, None
+        if spec is not None:  # speculative step: each decoder keeps its accepted proposals + 1 token
+            self._grow_by(spec)
+            self.gen = self.gen + spec
+        else:
+            self._grow(k)
+            self.gen = self.gen + k
         if self.t.beam_reselect and hasattr(self.kv_alloc, "fork_into"):
             self._reselect_beams()
         last = float(ends[-1])
