@@ -66,7 +66,10 @@ def test_mixtral_batch1_reads_active_experts_large_batch_reads_all(gpu):
     t64 = cost.seconds(plan_from_shape(0, 0, 64, 512))
     # plus fixed per-layer costs (router, the fitted layer constant, all-reduces) that do not shrink with tp
     assert 1.0 * active < t1 < (1.6 if tp == 1 else 2.0) * active, (t1, active)
-    assert t1 < 0.5 * full
+    # the two TP all-reduces per layer (Vidur's measured NCCL latency, ~17 us each at TP 2) are
+    # communication, not weight reads: without them a batch-1 step reads well under half the experts
+    ar = 2 * cost.layers * cost.allreduce.seconds(4096 * 2, tp) if cost.allreduce is not None else 0.0
+    assert t1 - ar < 0.5 * full, (t1, ar, full)
     assert 0.95 * full < t64 < 1.35 * full, (t64, full)
     # the experts alone: measured grouped GEMMs within 20% of reading 2 (batch 1) / all 8 experts
     layer_experts = lambda b: float(cost.moe.experts(np.array([b]))[0]) * 32
