@@ -21,6 +21,7 @@ from simkv.kv.paged import PagedAllocator
 from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.memory import MemoryPlan, plan_memory
+from simkv.offload_setup import check_offload, configure_cost, offload_allocator, resolve_offload
 from simkv.request import RequestTable
 from simkv.scenario import Scenario
 from simkv.presets import Target, apply_preset
@@ -104,6 +105,7 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
         raise SimkvError(str(err), field="hardware.tensor_parallel", fix="use a degree that divides the head counts") from None
     limits = resolve_limits(scenario, e)
     _check_policy(e)
+    check_offload(e)
     if e.weight_dtype == "fp8" and gpu.fp8_tflops is None:
         raise SimkvError(f"{gpu.description} has no fp8 tensor cores", field="engine.weight_dtype", fix="use bf16")
     mem = plan_memory(model, gpu, tensor_parallel=tp, gpu_memory_utilization=e.gpu_memory_utilization,
@@ -127,6 +129,9 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
                          field="workload.sampling.beam_width", fix="use another preset, or parallel sampling (n)")
     if e.allocator == "paged" and (e.prefix_caching or beams):  # reference-counted blocks
         allocator = PrefixCachingAllocator(mem.num_blocks, e.block_size)
+        if e.kv_offload is not None:   # host / SSD tiers below the prefix cache (simkv.kv.offload)
+            e = resolve_offload(e, mem.kv_bytes)
+            allocator = offload_allocator(e, mem, gpu, model.kv_bytes_per_token(e.kv_cache_dtype, tp), table.num_requests)
         if reserving:  # TGI's radix allocator: cached prefix blocks + the rest of the reservation
             allocator.reserve_upfront = True
             _reject_unplaceable(table, "prompt_plus_max_new", limits.max_model_len, allocator)
@@ -152,6 +157,7 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
     if e.allocator == "paged":   # the paged kernel's block-size term (1.0 at block 16 and above)
         cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
+    configure_cost(cost, e, gpu)
     start, end = _measured_window(scenario, stream)
     return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)
 

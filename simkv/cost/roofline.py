@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from simkv.cost.offload import OffloadPricing, kv_load_seconds
 from simkv.errors import SimkvError
 from simkv.sched.base import StepPlan
 from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec
@@ -34,7 +35,7 @@ def _check_rates(rates: dict[str, float], host_overhead_s: float) -> None:
                          fix="give a finite, non-negative time in seconds")
 
 
-class RooflineCost:
+class RooflineCost(OffloadPricing):
     """Per-kernel roofline over a model shard on one GPU."""
 
     decode_attention_scale = 1.0   # block-size term (simkv.cost.block_size), set by the builder
@@ -86,6 +87,7 @@ class RooflineCost:
             "tp_allreduce": _allreduce_source(self.tp, self.link_bytes_per_s),
             "swap": swap_source(gpu),
             "host_overhead": host_overhead_source(self.host_overhead_s),
+            **self.offload_sources(),
         }
 
     # ------------------------------------------------------------ kernels
@@ -145,7 +147,7 @@ class RooflineCost:
     def transfer_seconds(self, plan: StepPlan) -> float:
         """Swap traffic of the step at the host link rates (not overlapped)."""
         return self.kv_bytes_per_token * (plan.swap_out_tokens / self.d2h_bytes_per_s
-                                          + plan.swap_in_tokens / self.h2d_bytes_per_s)
+                                          + plan.swap_in_tokens / self.h2d_bytes_per_s) + kv_load_seconds(self, plan)
 
     def seconds(self, plan: StepPlan) -> float:
         return self._compute_seconds(plan) + self.transfer_seconds(plan)
