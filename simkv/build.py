@@ -277,7 +277,8 @@ def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[
     truncated = int(np.count_nonzero((output < stream.output_tokens) & (reason == 0)))
     max_new = np.maximum(np.minimum(stream.max_new_tokens, room), output)
     prefix_tokens = None if stream.prefix_tokens is None else np.minimum(stream.prefix_tokens, prompt)
-    table = RequestTable(stream.arrival_s, prompt, output, max_new, reason, stream.prefix_id, prefix_tokens, stream.group)
+    # a copy: the engine writes the arrival of each session's later turn, and variants share the stream
+    table = RequestTable(stream.arrival_s.copy(), prompt, output, max_new, reason, stream.prefix_id, prefix_tokens, stream.group)
     table.trace_blocks, table.trace_block_tokens = stream.block_ids, stream.block_tokens
     table.class_id = stream.class_id
     table.session, table.next_turn, table.think_s = stream.session, stream.next_turn, stream.think_s

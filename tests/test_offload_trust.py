@@ -21,6 +21,7 @@ from simkv.kv.offload import ON_EVICTION, WRITE_THROUGH, OffloadingPrefixCache, 
 from simkv.presets import PRESETS
 from simkv.request import RequestTable
 from simkv.sched.base import StepPlan
+from simkv.scenario import Variant
 from simkv.sched.chunked import ChunkedPrefillScheduler
 from simkv.simulate import run_simulation
 from simkv.workload.stream import generate_stream
@@ -270,3 +271,15 @@ def test_cli_reports_a_bad_offload_setting_cleanly(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith(f"simkv: error: {path}: engine.kv_offload.host_gib:")
     assert "; fix: " in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_variants_of_a_multiturn_scenario_each_run_on_the_unchanged_stream():
+    """Regression: the engine writes each later turn's arrival into the request table; the table
+    shared the stream's array, so a second variant saw the first's arrivals and admitted turns twice."""
+    from simkv.simulate import simulate, simulate_all
+    sc = _multiturn("vllm-v1", n=15).model_copy(update={"variants": [
+        Variant(name="plain"), Variant(name="host", set={"engine.kv_offload": {"host_gib": 1.0}})]})
+    both = simulate_all(sc)
+    for name in ("plain", "host"):
+        alone = simulate(sc, name).summary
+        assert json.dumps(both[name].summary, sort_keys=True, default=str) == json.dumps(alone, sort_keys=True, default=str)
