@@ -24,6 +24,7 @@ from simkv.kv.paged import PagedAllocator
 from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.memory import MemoryPlan, plan_memory
+from simkv.offload_setup import check_offload, configure_cost, offload_allocator, resolve_offload
 from simkv.request import RequestTable
 from simkv.scenario import Scenario, StepTableSpec
 from simkv.presets import Target, apply_preset
@@ -107,6 +108,7 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
         raise SimkvError(str(err), field="hardware.tensor_parallel", fix="use a degree that divides the head counts") from None
     limits = resolve_limits(scenario, e)
     _check_policy(e)
+    check_offload(e)
     if e.weight_dtype == "fp8" and gpu.fp8_tflops is None:
         raise SimkvError(f"{gpu.description} has no fp8 tensor cores", field="engine.weight_dtype", fix="use bf16")
     check_moe_engine(model, e, tp)
@@ -138,6 +140,9 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
                          field="workload.sampling.beam_width", fix="use another preset, or parallel sampling (n)")
     if e.allocator == "paged" and (e.prefix_caching or beams):  # reference-counted blocks
         allocator = PrefixCachingAllocator(mem.num_blocks, e.block_size)
+        if e.kv_offload is not None:   # host / SSD tiers below the prefix cache (simkv.kv.offload)
+            e = resolve_offload(e, mem.kv_bytes)
+            allocator = offload_allocator(e, mem, gpu, model.kv_bytes_per_token(e.kv_cache_dtype, tp), table.num_requests)
         if reserving:  # TGI's radix allocator: cached prefix blocks + the rest of the reservation
             allocator.reserve_upfront = True
             _reject_unplaceable(table, "prompt_plus_max_new", limits.max_model_len, allocator)
@@ -163,6 +168,7 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
     if e.allocator == "paged":   # the paged kernel's block-size term (1.0 at block 16 and above)
         cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
+    configure_cost(cost, e, gpu)
     if e.speculative is not None:
         scheduler, cost = speculative_parts(scenario, e, scheduler, cost, draft, max(step_tokens, 16384))
     if e.lora is not None and scenario.workload.lora is not None:
@@ -318,7 +324,8 @@ def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[
     truncated = int(np.count_nonzero((output < stream.output_tokens) & (reason == 0)))
     max_new = np.maximum(np.minimum(stream.max_new_tokens, room), output)
     prefix_tokens = None if stream.prefix_tokens is None else np.minimum(stream.prefix_tokens, prompt)
-    table = RequestTable(stream.arrival_s, prompt, output, max_new, reason, stream.prefix_id, prefix_tokens, stream.group)
+    # a copy: the engine writes the arrival of each session's later turn, and variants share the stream
+    table = RequestTable(stream.arrival_s.copy(), prompt, output, max_new, reason, stream.prefix_id, prefix_tokens, stream.group)
     table.trace_blocks, table.trace_block_tokens = stream.block_ids, stream.block_tokens
     table.class_id = stream.class_id
     table.session, table.next_turn, table.think_s = stream.session, stream.next_turn, stream.think_s

@@ -338,6 +338,24 @@ PresetName = Literal["simkv", "vllm-v1", "vllm-v0", "tgi", "orca-max", "orca-pow
                      "fastertransformer", "sarathi-serve", "sglang", "trtllm"]
 
 
+class KvOffload(Strict):
+    """KV blocks kept below the GPU prefix cache (simkv.kv.offload): a host-memory tier, then a
+    local SSD tier, per GPU. A prefix block found there is loaded instead of recomputed."""
+
+    host_gib: NonNegativeFloat | None = Field(
+        None, le=1e6, description="host-memory tier per GPU (GiB); 0: none; default: the preset's (sglang: "
+        "hicache_ratio 2 x the GPU KV pool; vllm-v1 and trtllm need it given)")
+    ssd_gib: NonNegativeFloat = Field(0.0, le=1e9, description="local SSD tier per GPU (GiB); 0: none")
+    ssd_gbps: PositiveFloat = Field(6.8, le=1e4, description="SSD read bandwidth (GB/s); the default is a stated "
+                                    "datacenter NVMe figure (PCIe Gen4, Micron 7450), not measured")
+    ssd_write_gbps: PositiveFloat = Field(5.6, le=1e4, description="SSD write bandwidth (GB/s); stated default, "
+                                          "not measured")
+    policy: Literal["write_through", "on_eviction"] | None = Field(
+        None, description="when a block is written down: write_through (every computed block) or on_eviction "
+        "(when the level above evicts it); default: the preset's (vllm-v1, sglang: write_through; trtllm: "
+        "on_eviction)")
+
+
 class Engine(Strict):
     """How the serving engine allocates KV memory and batches requests. A preset fills in every
     field the scenario leaves unset (see `simkv catalog --presets` and docs/engines.md)."""
@@ -392,6 +410,9 @@ class Engine(Strict):
                                          "share once all experts are busy (routing skew; 1 = balanced, dimensionless)")
     speculative: Speculative | None = Field(None, description="speculative decoding (see docs/modern-models.md); none: off")
     lora: LoraEngine | None = Field(None, description="LoRA adapter serving limits (vLLM semantics); none: no adapters")
+    kv_offload: KvOffload | None = Field(
+        None, description="offload of prefix-cache blocks to host memory and SSD (vllm-v1 CPU offload / LMCache, "
+        "sglang HiCache, trtllm host cache); none: off (every preset's default)")
 
 
 # ---------------------------------------------------------------- run, SLOs, variants

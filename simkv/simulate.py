@@ -11,6 +11,7 @@ from simkv.build import Simulation, build
 from simkv.engine import ProgressFn, Replica
 from simkv.loading import expand_sweep, expand_variants
 from simkv.metrics import Recorder, request_latencies, summarize
+from simkv.offload_setup import offload_summary
 from simkv.result import Result
 from simkv.scenario import Scenario
 from simkv.trace_io import trace_for
@@ -79,6 +80,9 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
     classes = [(c.name, c.slo) for c in sim.scenario.workload.classes] if sim.scenario.workload.classes else None
     extra["bench"] = bench_summary(sim.table, recorder, frontend.resolve(sim.scenario.frontend, sim.engine.preset))
     summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra, classes=classes)
+    offload = offload_summary(sim, recorder.w0, env.now)
+    if offload is not None:   # host / SSD tiers (simkv.kv.offload)
+        summary["kv_cache"]["offload"] = offload
     return Result(name=name, scenario=sim.scenario, summary=summary, requests=_request_columns(sim),
                   timeseries=recorder.time_series())
 

@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from simkv.build import build
 from simkv.kv import PagedAllocator, ContiguousAllocator
 from simkv.kv.buddy import BuddyAllocator
+from simkv.kv.offload import ON_EVICTION, WRITE_THROUGH, OffloadingPrefixCache, OffloadTiers, Tier
 from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.request import DONE, REJECTED, RequestTable
 from simkv.sched.chunked import ChunkedPrefillScheduler
@@ -38,7 +39,9 @@ def _table(prompts, outputs):
 
 
 POLICIES = ["fcfs-paged", "fcfs-contiguous", "fcfs-buddy", "chunked", "chunked-prefix", "prefill-first-swap", "prefill-first-recompute", "tgi",
-            "static", "sglang-fcfs", "sglang-lpm", "trtllm-no-evict", "trtllm-max-util", "trtllm-no-evict-chunked"]
+            "static", "sglang-fcfs", "sglang-lpm", "trtllm-no-evict", "trtllm-max-util", "trtllm-no-evict-chunked",
+            # KV offload tiers below the prefix cache (simkv.kv.offload): small host and SSD tiers
+            "chunked-prefix-offload", "sglang-offload-fcfs", "trtllm-offload-max-util"]
 
 
 def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget):
@@ -48,6 +51,10 @@ def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget)
         kv = ContiguousAllocator(blocks * block_size)
     elif policy == "fcfs-buddy":
         kv = BuddyAllocator(blocks * block_size)
+    elif "offload" in policy:
+        tiers = [Tier("host", 3, 1e9, 1e9), Tier("ssd", 6, 1e8, 1e8)]
+        policy_name = ON_EVICTION if policy.startswith("trtllm") else WRITE_THROUGH
+        kv = OffloadingPrefixCache(blocks, block_size, OffloadTiers(tiers, policy_name, block_size, table.num_requests))
     elif policy == "chunked-prefix" or policy.startswith(("sglang", "trtllm")):
         kv = PrefixCachingAllocator(blocks, block_size)
         kv.reserve_upfront = policy.startswith("trtllm-no-evict")
@@ -58,11 +65,13 @@ def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget)
                                         reservation=reservation, **kw)
     elif policy.startswith("chunked"):
         s = ChunkedPrefillScheduler(table, kv, max_num_batched_tokens=budget, max_model_len=100,
-                                    prefix_caching=policy == "chunked-prefix", **kw)
+                                    prefix_caching=policy.startswith("chunked-prefix"), **kw)
     elif policy.startswith("prefill-first"):
         s = PrefillFirstScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100,
                                   preemption=policy.rsplit("-", 1)[1], swap_capacity_tokens=150, **kw)
     elif policy.startswith("sglang"):
+        if "offload" in policy:   # a chunk below one page never progresses (SGLang aligns chunks to pages)
+            budget = max(budget, block_size)
         s = SglangScheduler(table, kv, max_num_batched_tokens=budget, max_model_len=100,
                             schedule_policy=policy.rsplit("-", 1)[1], **kw)
     elif policy.startswith("trtllm"):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simkv.calibration_data import CalibrationTables
+from simkv.cost.offload import OffloadPricing, kv_load_seconds
 from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, elementwise_widths
 from simkv.cost.whole_model import whole_model_coef
 from simkv.cost.moe import MoeGemmTable, MoeLayer, moe_shard, moe_sources
@@ -100,7 +101,7 @@ class Calibration:
         return cls(tables.gpu, ops, coef, bw, whole)
 
 
-class CalibratedCost:
+class CalibratedCost(OffloadPricing):
     """StepCost from a GPU's calibration for one model shard (see module docstring)."""
 
     decode_attention_scale = 1.0   # block-size term (simkv.cost.block_size), set by the builder
@@ -156,7 +157,7 @@ class CalibratedCost:
         scaled = ", unmeasured shapes scaled from the measured ones by roofline efficiency)"
         c_lin, c_att, c_qkv, c_ew, c0 = self.cal.coef
         heads = "" if self.d.head_dim == 128 else f"; head_dim {self.d.head_dim} scaled by bytes from 128"
-        return {**self._default_sources(), **(self.cal.notes or {})}
+        return {**self._default_sources(), **(self.cal.notes or {}), **self.offload_sources()}
 
     def _default_sources(self) -> dict[str, str]:
         g, gemm = self.cal.gpu, self.cal.ops.gemm
@@ -289,11 +290,13 @@ class CalibratedCost:
                 + self.lm_head_s(plan.num_sampled) + self.host_overhead_s + self.host_per_seq_s * plan.num_seqs + swap)
 
     def transfer_seconds(self, plan: StepPlan) -> float:
-        """Swap traffic of the step at the measured pinned host<->device rates (not overlapped)."""
+        """Swap traffic of the step at the measured pinned host<->device rates (not overlapped),
+        plus prefix blocks loaded from offload tiers (simkv.cost.offload)."""
+        load = kv_load_seconds(self, plan)
         if not (plan.swap_out_tokens or plan.swap_in_tokens):
-            return 0.0
+            return load
         return self.kv_bytes_per_token * (plan.swap_out_tokens / self.d2h_bytes_per_s
-                                          + plan.swap_in_tokens / self.h2d_bytes_per_s)
+                                          + plan.swap_in_tokens / self.h2d_bytes_per_s) + load
 
     def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
         n = len(decode_ctx)

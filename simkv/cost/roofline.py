@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from simkv.cost.offload import OffloadPricing, kv_load_seconds
 from simkv.errors import SimkvError
 from simkv.sched.base import StepPlan
 from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec, weight_bytes_per_param
@@ -34,7 +35,7 @@ def _check_rates(rates: dict[str, float], host_overhead_s: float) -> None:
                          fix="give a finite, non-negative time in seconds")
 
 
-class RooflineCost:
+class RooflineCost(OffloadPricing):
     """Per-kernel roofline over a model shard on one GPU."""
 
     decode_attention_scale = 1.0   # block-size term (simkv.cost.block_size), set by the builder
@@ -98,6 +99,7 @@ class RooflineCost:
             **({"moe_experts": roof + " over the active experts' weights (balanced routing unless engine.expert_load_imbalance)",
                 "moe_all_to_all": ("roofline (not measured): dispatch + combine over NVLink" if self.moe.ep > 1
                                    else "n/a (no expert parallelism)")} if self.moe is not None else {}),
+            **self.offload_sources(),
         }
 
     # ------------------------------------------------------------ kernels
@@ -164,7 +166,7 @@ class RooflineCost:
     def transfer_seconds(self, plan: StepPlan) -> float:
         """Swap traffic of the step at the host link rates (not overlapped)."""
         return self.kv_bytes_per_token * (plan.swap_out_tokens / self.d2h_bytes_per_s
-                                          + plan.swap_in_tokens / self.h2d_bytes_per_s)
+                                          + plan.swap_in_tokens / self.h2d_bytes_per_s) + kv_load_seconds(self, plan)
 
     host_per_seq_s = 0.0           # host time per sequence in a step (simkv.host_overhead), set by the builder
     host_source: str | None = None

@@ -28,6 +28,8 @@ class StepPlan:
     preempted_ids: tuple[int, ...] = ()
     swap_out_tokens: int = 0   # KV tokens copied device -> host in this step
     swap_in_tokens: int = 0    # KV tokens copied host -> device in this step
+    kv_load_host_tokens: int = 0   # prefix-cache blocks' tokens loaded from the host offload tier (simkv.kv.offload)
+    kv_load_ssd_tokens: int = 0    # ... and from the SSD offload tier
     max_steps: int = 1
     arrival_sensitive: bool = True
     # tokens each decoding sequence computes (speculative verification: k proposals + 1; else 1)

@@ -98,6 +98,11 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         states = [b.prefilling[rid] for rid, _ in chunks]
         ctx = np.array([s.computed for s in states], dtype=np.int64) + new
         done = np.array([s.remaining == n for s, (_, n) in zip(states, chunks)])
+        loads = self.kv.take_pending_loads() if hasattr(self.kv, "take_pending_loads") else None
+        if loads:   # prefix blocks loaded from offload tiers for this step's admissions (simkv.kv.offload)
+            bs = self.kv.block_size
+            return StepPlan(decode_ids, decode_ctx, ids, new, ctx, done, preempted_ids=preempted,
+                            kv_load_host_tokens=loads.get("host", 0) * bs, kv_load_ssd_tokens=loads.get("ssd", 0) * bs)
         return StepPlan(decode_ids, decode_ctx, ids, new, ctx, done, preempted_ids=preempted)
 
     def _make_room_for_decodes(self) -> list[int]:
