@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simkv.calibration_data import calibration_for, calibration_from
-from simkv.cost.calibrated import CalibratedCost
-from simkv.cost.roofline import RooflineCost
+from typing import TYPE_CHECKING
+
+from simkv.cost.calibrated import Calibration
+from simkv.cost.select import make_cost
 from simkv import frontend
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.buddy import BuddyAllocator
@@ -21,11 +22,8 @@ from simkv.kv.paged import PagedAllocator
 from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.memory import MemoryPlan, plan_memory
-from simkv.request import RequestTable
-from simkv.scenario import Scenario
-from simkv.presets import Target, apply_preset
-from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED
-from simkv.scenario import Engine
+from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED, RequestTable
+from simkv.presets import Target, apply_preset, preset_target, resolve_engine  # noqa: F401 (re-exported)
 from simkv.sched.chunked import ChunkedPrefillScheduler
 from simkv.sched.continuous import ContinuousBatchingScheduler
 from simkv.sched.prefill_first import PrefillFirstScheduler
@@ -36,6 +34,9 @@ from simkv.sched.sglang import SglangScheduler
 from simkv.sched.trtllm import TrtllmScheduler
 from simkv.specs import GIB
 from simkv.workload.stream import RequestStream
+
+if TYPE_CHECKING:  # the schema is an input: the core never imports it at run time
+    from simkv.scenario import Engine, Scenario
 
 
 @dataclass(frozen=True)
@@ -83,19 +84,9 @@ def resolve_limits(scenario: Scenario, e: Engine) -> EngineLimits:
     return EngineLimits(max_len, batched, e.max_num_seqs)
 
 
-def preset_target(scenario: Scenario) -> Target:
-    """The GPU, model and parallelism a preset's hardware-dependent defaults are computed from."""
-    gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
-    return Target(scenario.gpu_spec(), gpu_name, scenario.model_spec(), scenario.hardware.tensor_parallel)
-
-
-def resolve_engine(scenario: Scenario) -> Engine:
-    """The scenario's engine with its preset applied for the scenario's GPU and model."""
-    return apply_preset(scenario.engine, preset_target(scenario))
-
-
-def build(scenario: Scenario, stream: RequestStream) -> Simulation:
-    """Wire up one simulation of `scenario` over `stream`."""
+def build(scenario: Scenario, stream: RequestStream, calibration: Calibration | None) -> Simulation:
+    """Wire up one simulation of `scenario` over `stream`, with its GPU's fitted `calibration`
+    (None: no measurements; `simkv.simulate.calibration_of` resolves it from files)."""
     model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), resolve_engine(scenario)
     tp = scenario.hardware.tensor_parallel
     try:
@@ -149,7 +140,7 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     scheduler.batch.rng = np.random.default_rng(np.random.SeedSequence([scenario.run.seed, 7]))
     # a step never computes more tokens than the cache holds (Orca's step has no token budget)
     step_tokens = min(max(limits.max_num_batched_tokens, e.max_batch_prefill_tokens), mem.capacity_tokens + limits.max_num_seqs)
-    cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
+    cost, cost_name = make_cost(scenario, calibration, max(step_tokens, 16384))
     if e.allocator == "paged":   # the paged kernel's block-size term (1.0 at block 16 and above)
         cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
     start, end = _measured_window(scenario, stream)
@@ -224,39 +215,6 @@ def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimi
     return ContinuousBatchingScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
                                        max_model_len=limits.max_model_len, reservation=e.reservation,
                                        watermark_blocks=watermark, **common)
-
-
-def make_cost(scenario: Scenario, max_tokens: int = 16384):
-    """(step-time model, its description): calibrated where the GPU has measurements."""
-    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), resolve_engine(scenario)
-    tp = scenario.hardware.tensor_parallel
-    gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
-    if scenario.cost == "calibrated":
-        calibration, source = None, gpu_name
-        if gpu.calibration:
-            calibration, source = _own_calibration(gpu.calibration), f"{gpu_name or 'custom GPU'}, {gpu.calibration.rstrip('/').rsplit('/', 1)[-1]}/"
-        elif gpu_name:
-            calibration = calibration_for(gpu_name)
-        if calibration is not None and calibration.notes:  # A100: Vidur profiles (issue 16)
-            source = f"{gpu_name}: Vidur A100 operator profiles, stated attention model; no simkv"
-        if calibration is not None:
-            cost = CalibratedCost(calibration, model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype,
-                                  kv_dtype=e.kv_cache_dtype, host_overhead_s=e.host_overhead_s, max_tokens=max_tokens)
-            return cost, f"calibrated ({source} measurements)"
-    cost = RooflineCost(model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype,
-                        host_overhead_s=e.host_overhead_s)
-    if scenario.cost == "calibrated":
-        return cost, f"roofline (no calibration measurements for '{gpu_name or 'custom GPU'}')"
-    return cost, "roofline"
-
-
-def _own_calibration(folder: str):
-    """A `simkv calibrate` folder named by a GPU entry, fitted; a clear error if it is not one."""
-    try:
-        return calibration_from(folder)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        raise SimkvError(f"cannot use the calibration folder {folder}: {err}", field="gpus.calibration",
-                         fix="point it at a folder written by `simkv calibrate` (with device.json and the four CSVs)") from None
 
 
 def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[RequestTable, int]:

@@ -18,11 +18,10 @@ from simkv.catalog import builtin_gpus, builtin_models
 from simkv.errors import SimkvError
 from simkv.specs import (Bool, DType, Float, GpuSpec, ModelSpec, NonNegativeFloat, NonNegativeInt,
                          PositiveFloat, PositiveInt, Strict)
+from simkv.specs import MAX_REQUESTS, Z99  # noqa: F401 (pure constants, shared with the workload generators)
 
 # ---------------------------------------------------------------- workload
 
-Z99 = 2.3263478740408408  # standard normal 99th percentile
-MAX_REQUESTS = 10_000_000  # requests one run may generate: ~2 GB of request tables, minutes of simulation
 MAX_RATE = 1e7  # requests/s, far beyond any replica
 
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
+from collections.abc import Callable, Iterator
+
 from simkv import frontend
 from simkv.bench_metrics import bench_summary, client_sent_s
 from simkv.build import Simulation, build
+from simkv.calibration_data import calibration_for, calibration_from
+from simkv.cost import select
+from simkv.cost.calibrated import Calibration
 from simkv.engine import ProgressFn, Replica
+from simkv.errors import SimkvError
 from simkv.loading import expand_sweep, expand_variants
 from simkv.metrics import Recorder, request_latencies, summarize
 from simkv.result import Result
@@ -20,25 +26,79 @@ from simkv.workload.stream import RequestStream, generate_stream
 def simulate(scenario: Scenario, variant: str | None = None, *, progress: ProgressFn | None = None,
              stream: RequestStream | None = None) -> Result:
     """Simulate `scenario` (or its variant named `variant`) and return the Result."""
-    runs = dict(expand_variants(scenario))
-    name = variant if variant is not None else next(iter(runs))
-    if name not in runs:
-        raise KeyError(f"no variant named {name!r}; have {', '.join(runs)}")
-    stream = stream if stream is not None else generate_stream(scenario.workload, scenario.run,
-                                                               trace_for(scenario.workload.trace))
-    return run_simulation(build(runs[name], stream), name, progress, _overrides(scenario, name))
+    name, overrides, sim = next(prepared(scenario, variant, stream=stream))
+    return run_simulation(sim, name, progress, overrides)
 
 
 def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> dict[str, Result]:
     """Every variant of `scenario` on the identical request stream, in file order."""
-    stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
-    return {name: run_simulation(build(sub, stream), name, progress, _overrides(scenario, name))
-            for name, sub in expand_variants(scenario)}
+    return {name: run_simulation(sim, name, progress, overrides) for name, overrides, sim in prepared(scenario)}
 
 
 def simulate_sweep(scenario: Scenario, *, progress: ProgressFn | None = None) -> list[tuple[object, dict[str, Result]]]:
     """[(swept value, {variant: Result})] for every value of the scenario's sweep (one point without)."""
     return [(value, simulate_all(point, progress=progress)) for value, point in expand_sweep(scenario)]
+
+
+# ---------------------------------------------------------------- the one pipeline: scenario -> simulations
+def stream_for(scenario: Scenario) -> RequestStream:
+    """The scenario's request stream (its trace, if it names one, read here: the bridge to files)."""
+    return generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
+
+
+def prepared(scenario: Scenario, variant: str | None = None, *, stream: RequestStream | None = None,
+             locate: Callable[[SimkvError, str], SimkvError] | None = None,
+             variant_field: str = "variant") -> Iterator[tuple[str, dict, Simulation]]:
+    """(variant name, its overrides, built Simulation) for every variant of `scenario` (or only
+    `variant`), all on one request stream, built lazily in file order. `locate(err, name)` rewrites
+    a build error to say where it happened. Used by simulate, simulate_all, the CLI (run, sweep,
+    capacity) and `simkv validate`, so they all run exactly the same simulation."""
+    runs = list(expand_variants(scenario))
+    if variant is not None:
+        names = [name for name, _ in runs]
+        if variant not in names:
+            raise SimkvError(f"no variant '{variant}' in the scenario", field=variant_field,
+                             fix=f"one of: {', '.join(names)}")
+        runs = [(name, sub) for name, sub in runs if name == variant]
+    stream = stream if stream is not None else stream_for(scenario)
+    for name, sub in runs:
+        try:
+            sim = build(sub, stream, calibration_of(sub))
+        except SimkvError as err:
+            if locate is None:
+                raise
+            raise locate(err, name) from None
+        yield name, _overrides(scenario, name), sim
+
+
+def build_simulation(scenario: Scenario, stream: RequestStream) -> Simulation:
+    """`build` with the scenario's calibration resolved from files (for one already-derived scenario)."""
+    return build(scenario, stream, calibration_of(scenario))
+
+
+def calibration_of(scenario: Scenario) -> Calibration | None:
+    """The fitted measurements the scenario's cost model uses: its GPU entry's `calibration`
+    folder, or those shipped for a catalog GPU; None for the roofline or a GPU without any."""
+    if scenario.cost != "calibrated":
+        return None
+    gpu = scenario.gpu_spec()
+    if gpu.calibration:
+        return _own_calibration(gpu.calibration)
+    return calibration_for(scenario.hardware.gpu) if isinstance(scenario.hardware.gpu, str) else None
+
+
+def make_cost(scenario: Scenario, max_tokens: int = 16384):
+    """(step-time model, its description): calibrated where the GPU has measurements."""
+    return select.make_cost(scenario, calibration_of(scenario), max_tokens)
+
+
+def _own_calibration(folder: str) -> Calibration:
+    """A `simkv calibrate` folder named by a GPU entry, fitted; a clear error if it is not one."""
+    try:
+        return calibration_from(folder)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise SimkvError(f"cannot use the calibration folder {folder}: {err}", field="gpus.calibration",
+                         fix="point it at a folder written by `simkv calibrate` (with device.json and the four CSVs)") from None
 
 
 def _overrides(scenario: Scenario, name: str) -> dict:

@@ -23,32 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simkv.calibration_data import CalibrationTables
-from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, elementwise_widths
+from simkv.cost.tables import CalibrationTables
+from simkv.cost.layer import (ACT_BYTES, FEATURES, LayerCosts, OperatorSet, calibration_shapes,  # noqa: F401
+                              elementwise_widths, layer_features, per_token_bytes)
 from simkv.cost.whole_model import whole_model_coef
 from simkv.sched.base import StepPlan
 from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec, ShardDims
 
-FEATURES = ("linear", "attention", "qkv_bytes", "elementwise_bytes", "constant")
-ACT_BYTES = 2
-
-
-def per_token_bytes(d: ShardDims) -> tuple[float, float]:
-    """(q/k/v layout and cache-write bytes, elementwise bytes) moved per token per layer."""
-    w = elementwise_widths(d)
-    qkv = (d.heads + 2 * d.kv_heads) * d.head_dim * 2 * ACT_BYTES
-    ew = (2 * 2 * d.hidden + 2 * 3 * d.hidden + 2 * (d.heads + d.kv_heads) * d.head_dim + 3 * w["silu_mul"]) * ACT_BYTES
-    return qkv, ew
-
-
-def layer_features(lc: LayerCosts, bytes_per_s: float, m: float, attention_s: float) -> np.ndarray:
-    qkv, ew = per_token_bytes(lc.d)
-    return np.array([float(lc.linear(m)), attention_s, m * qkv / bytes_per_s, m * ew / bytes_per_s, 1.0])
-
-
 def layer_step_features(tables: CalibrationTables, ops: OperatorSet, rows: np.ndarray | None = None) -> np.ndarray:
     """Feature matrix of the measured single-layer steps (all rows, or the boolean `rows`)."""
-    L, shapes = tables.layer_steps, calibration_shapes()
+    L, shapes = tables.layer_steps, calibration_shapes(tables)
     bw = tables.device["d2d_copy_GBps_read_plus_write"] * 1e9
     idx = np.flatnonzero(rows) if rows is not None else np.arange(len(L["s"]))
     out = []
