@@ -120,6 +120,13 @@ def test_core_reaches_no_file_format_nor_edge(module):
     assert not bad, "\n".join(_chain(via, m) for m in bad)
 
 
+@pytest.mark.parametrize("module", CORE)
+def test_core_neither_prints_nor_opens(module):
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert not calls & {"print", "open", "input"}
+
+
 def test_no_import_circles():
     """No module imports itself back (package __init__ re-exports are not design dependencies)."""
     edges = {m: {d for d in deps if d in MODULES and d != m and not m.startswith(d + ".")} for m, deps in GRAPH.items()}

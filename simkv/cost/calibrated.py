@@ -28,7 +28,7 @@ from simkv.cost.layer import (ACT_BYTES, FEATURES, LayerCosts, OperatorSet, cali
                               elementwise_widths, layer_features, per_token_bytes)
 from simkv.cost.whole_model import whole_model_coef
 from simkv.sched.base import StepPlan
-from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec, ShardDims
+from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec
 
 def layer_step_features(tables: CalibrationTables, ops: OperatorSet, rows: np.ndarray | None = None) -> np.ndarray:
     """Feature matrix of the measured single-layer steps (all rows, or the boolean `rows`)."""
@@ -117,13 +117,6 @@ class CalibratedCost:
     # ------------------------------------------------------------ provenance
     def sources(self) -> dict[str, str]:
         """Where each cost component's numbers come from: measured, fitted, roofline or assumed."""
-        g, gemm = self.cal.gpu, self.cal.ops.gemm
-        dtype = self.lc.dtype
-        measured = lambda shapes: all((k, n, dtype) in gemm.curves for k, n in shapes)
-        tables = f"measured: {g} GEMM tables ({dtype}"
-        scaled = ", unmeasured shapes scaled from the measured ones by roofline efficiency)"
-        c_lin, c_att, c_qkv, c_ew, c0 = self.cal.coef
-        heads = "" if self.d.head_dim == 128 else f"; head_dim {self.d.head_dim} scaled by bytes from 128"
         return {**self._default_sources(), **(self.cal.notes or {})}
 
     def _default_sources(self) -> dict[str, str]:

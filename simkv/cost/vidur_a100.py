@@ -86,7 +86,6 @@ def gemm_ratios(a100_gemm: dict, h100_gemm: dict) -> tuple[float, float]:
 def a100_calibration(gpu: str, hbm_gbps: float, tflops: float, profiles: dict[str, dict],
                      h100_tables: CalibrationTables, h100_cal, allreduce=None):
     """A Calibration for an A100 card from Vidur's profiles and the H100 measurements."""
-    from simkv.cost.calibrated import Calibration
     from simkv.cost.layer import OperatorSet
     gemm, ew = vidur_tables(profiles)
     r_compute, r_memory = gemm_ratios(gemm, h100_tables.gemm)

@@ -14,10 +14,15 @@ with the same kind of error if they still run past those bounds (or past HORIZON
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from simkv.errors import SimkvError
 from simkv.specs import MAX_REQUESTS
+
+if TYPE_CHECKING:  # the schema is an input, read by its `process` discriminator
+    from simkv.scenario import GammaArrivals, PiecewiseArrivals, PoissonArrivals
 
 HORIZON_S = 1e9            # ~32 years of simulated arrivals
 MAX_CANDIDATES = 200_000_000   # thinning candidates (a few seconds of sampling)

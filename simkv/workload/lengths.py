@@ -7,10 +7,14 @@ bounded to [min, max] where the spec gives bounds.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from simkv.specs import Z99
+
+if TYPE_CHECKING:  # the schema is an input, read by its `dist` discriminator
+    from simkv.scenario import LognormalLength
 
 
 def lognormal_params(spec: LognormalLength) -> tuple[float, float]:
