@@ -78,8 +78,8 @@ def test_unservable_requests_are_counted_by_cause_and_left_out():
     res = simkv.simulate(sc)
     s, r = res.summary, res.requests
     w0 = s["throughput"]["measured_window_s"][0]
-    names = {1: "prompt longer than max_model_len",
-             4: "prompt longer than the engine's prefill budget (max_batch_prefill_tokens)"}
+    from simkv.request import REJECT_REASONS
+    names = {1: REJECT_REASONS[1], 4: REJECT_REASONS[4]}
     in_window = {names[k]: int(((r["reject_reason"] == k) & (r["arrival_s"] >= w0)).sum()) for k in names}
     total = {names[k]: int((r["reject_reason"] == k).sum()) for k in names}
     assert all(in_window.values()) and total != in_window       # warm-up arrivals make them differ
