@@ -25,6 +25,8 @@ run: $(VENV)/.installed
 
 # the default suite: minutes on any CPU (tests marked `slow` are deselected in pyproject.toml)
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check simkv tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # only the slow tests: real model shapes on the CPU (bf16 is emulated, ~100x slower, on CPUs

@@ -26,7 +26,7 @@ SCENARIO = ROOT / "scenarios" / "paged-vs-contiguous-h100.yaml"
 CHILD = r"""
 import json, resource, sys, time
 import simkv
-from simkv.build import build
+from simkv.simulate import build_simulation
 from simkv.loading import expand_variants
 from simkv.simulate import run_simulation
 from simkv.workload.stream import generate_stream
@@ -35,7 +35,7 @@ extra = sys.argv[5:]
 sc = simkv.load_scenario(sys.argv[3], [f"run.num_requests={n}", "run.duration_s=null", "run.warmup_s=0", *extra])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-sim = build(dict(expand_variants(sc))[variant], generate_stream(sc.workload, sc.run))
+sim = build_simulation(dict(expand_variants(sc))[variant], generate_stream(sc.workload, sc.run))
 if max_repeat:
     sim.scheduler.max_repeat = max_repeat
 res = run_simulation(sim, variant)

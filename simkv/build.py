@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simkv.calibration_data import calibration_for, calibration_from
-from simkv.calibration_data import moe_table_for
-from simkv.cost.calibrated import CalibratedCost
+from typing import TYPE_CHECKING
+
+from simkv.cost.select import CostInputs, make_cost
 from simkv.model_checks import (check_lora, check_moe_engine, check_speculative, draft_memory, lora_gpu_bytes, lora_parts,
                                 speculative_parts)
-from simkv.cost.roofline import RooflineCost
-from simkv import frontend, host_overhead
+from simkv import frontend
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
@@ -25,11 +24,8 @@ from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.memory import MemoryPlan, plan_memory
 from simkv.offload_setup import check_offload, configure_cost, offload_allocator, resolve_offload
-from simkv.request import RequestTable
-from simkv.scenario import Scenario, StepTableSpec
-from simkv.presets import Target, apply_preset
-from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED
-from simkv.scenario import Engine
+from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED, RequestTable
+from simkv.presets import Target, apply_preset, preset_target, resolve_engine  # noqa: F401 (re-exported)
 from simkv.sched.chunked import ChunkedPrefillScheduler
 from simkv.sched.continuous import ContinuousBatchingScheduler
 from simkv.sched.prefill_first import PrefillFirstScheduler
@@ -40,6 +36,9 @@ from simkv.sched.sglang import SglangScheduler
 from simkv.sched.trtllm import TrtllmScheduler
 from simkv.specs import GIB
 from simkv.workload.stream import RequestStream
+
+if TYPE_CHECKING:  # the schema is an input: the core never imports it at run time
+    from simkv.scenario import Engine, Scenario
 
 
 @dataclass(frozen=True)
@@ -87,19 +86,10 @@ def resolve_limits(scenario: Scenario, e: Engine) -> EngineLimits:
     return EngineLimits(max_len, batched, e.max_num_seqs)
 
 
-def preset_target(scenario: Scenario) -> Target:
-    """The GPU, model and parallelism a preset's hardware-dependent defaults are computed from."""
-    gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
-    return Target(scenario.gpu_spec(), gpu_name, scenario.model_spec(), scenario.hardware.tensor_parallel)
-
-
-def resolve_engine(scenario: Scenario) -> Engine:
-    """The scenario's engine with its preset applied for the scenario's GPU and model."""
-    return apply_preset(scenario.engine, preset_target(scenario))
-
-
-def build(scenario: Scenario, stream: RequestStream) -> Simulation:
-    """Wire up one simulation of `scenario` over `stream`."""
+def build(scenario: Scenario, stream: RequestStream, inputs: CostInputs) -> Simulation:
+    """Wire up one simulation of `scenario` over `stream`, with the measurements its step-time
+    model needs (`inputs`: the GPU's fitted calibration, MoE GEMMs, a user step table), which
+    the run driver resolves from files (`simkv.simulate.cost_inputs`)."""
     model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), resolve_engine(scenario)
     tp = scenario.hardware.tensor_parallel
     try:
@@ -165,12 +155,12 @@ def build(scenario: Scenario, stream: RequestStream) -> Simulation:
     scheduler.batch.rng = np.random.default_rng(np.random.SeedSequence([scenario.run.seed, 7]))
     # a step never computes more tokens than the cache holds (Orca's step has no token budget)
     step_tokens = min(max(limits.max_num_batched_tokens, e.max_batch_prefill_tokens), mem.capacity_tokens + limits.max_num_seqs)
-    cost, cost_name = make_cost(scenario, max(step_tokens, 16384))
+    cost, cost_name = make_cost(scenario, inputs, max(step_tokens, 16384))
     if e.allocator == "paged":   # the paged kernel's block-size term (1.0 at block 16 and above)
         cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
     configure_cost(cost, e, gpu)
     if e.speculative is not None:
-        scheduler, cost = speculative_parts(scenario, e, scheduler, cost, draft, max(step_tokens, 16384))
+        scheduler, cost = speculative_parts(scenario, e, scheduler, cost, draft, max(step_tokens, 16384), inputs)
     if e.lora is not None and scenario.workload.lora is not None:
         scheduler, cost = lora_parts(scenario, model, gpu, e, tp, table, scheduler, cost)
     start, end = _measured_window(scenario, stream)
@@ -245,71 +235,6 @@ def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimi
     return ContinuousBatchingScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
                                        max_model_len=limits.max_model_len, reservation=e.reservation,
                                        watermark_blocks=watermark, **common)
-
-
-def make_cost(scenario: Scenario, max_tokens: int = 16384):
-    """(step-time model, its description): calibrated where the GPU has measurements; the user's
-    measured step table (simkv.cost.step_table) with `cost: {table: ...}`; plus the engine's host
-    overhead per step (simkv.host_overhead: fixed + per sequence, the preset's where unset)."""
-    if isinstance(scenario.cost, StepTableSpec):
-        return _table_cost(scenario, max_tokens)
-    cost, name = _gpu_cost(scenario, max_tokens)
-    host = host_overhead.resolve(scenario.engine)
-    cost.host_overhead_s, cost.host_per_seq_s, cost.host_source = host.fixed_s, host.per_seq_s, host.source
-    if hasattr(cost, "_fixed_cache"):
-        cost._fixed_cache.clear()   # the roofline memoises steps with the fixed host term in them
-    return cost, name
-
-
-def _gpu_cost(scenario: Scenario, max_tokens: int):
-    model, gpu, e = scenario.model_spec(), scenario.gpu_spec(), resolve_engine(scenario)
-    tp = scenario.hardware.tensor_parallel
-    gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
-    if scenario.cost == "calibrated":
-        calibration, source = None, gpu_name
-        if gpu.calibration:
-            calibration, source = _own_calibration(gpu.calibration), f"{gpu_name or 'custom GPU'}, {gpu.calibration.rstrip('/').rsplit('/', 1)[-1]}/"
-        elif gpu_name:
-            calibration = calibration_for(gpu_name)
-        if calibration is not None and calibration.notes:  # A100: Vidur profiles (issue 16)
-            source = f"{gpu_name}: Vidur A100 operator profiles, stated attention model; no simkv"
-        moe_table = None
-        if calibration is not None and model.moe is not None:
-            moe_table = moe_table_for(gpu_name or "", gpu.calibration) if (gpu_name or gpu.calibration) else None
-            if moe_table is None:
-                calibration, source = None, f"{source}: no moe_gemm.csv"
-        if calibration is not None:
-            cost = CalibratedCost(calibration, model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype,
-                                  kv_dtype=e.kv_cache_dtype, host_overhead_s=e.host_overhead_s, max_tokens=max_tokens,
-                                  moe_table=moe_table, expert_parallel=e.expert_parallel,
-                                  expert_imbalance=e.expert_load_imbalance)
-            return cost, f"calibrated ({source} measurements)"
-    cost = RooflineCost(model, gpu, tensor_parallel=tp, weight_dtype=e.weight_dtype, kv_dtype=e.kv_cache_dtype,
-                        host_overhead_s=e.host_overhead_s, expert_parallel=e.expert_parallel,
-                        expert_imbalance=e.expert_load_imbalance)
-    if scenario.cost == "calibrated":
-        return cost, f"roofline (no calibration measurements for '{gpu_name or 'custom GPU'}')"
-    return cost, "roofline"
-
-
-def _table_cost(scenario: Scenario, max_tokens: int):
-    from simkv.cost.step_table import StepTableCost
-    from simkv.step_table_io import read_step_table
-    spec = scenario.cost
-    base, base_name = make_cost(scenario.model_copy(update={"cost": "calibrated"}), max_tokens)
-    cost = StepTableCost(read_step_table(spec.table), base, host_overhead_s=base.host_overhead_s,
-                         host_per_seq_s=base.host_per_seq_s, extrapolate=spec.extrapolate,
-                         host_in_table=spec.host_in_table)
-    return cost, f"user step table ({spec.table}; swap from {base_name})"
-
-
-def _own_calibration(folder: str):
-    """A `simkv calibrate` folder named by a GPU entry, fitted; a clear error if it is not one."""
-    try:
-        return calibration_from(folder)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        raise SimkvError(f"cannot use the calibration folder {folder}: {err}", field="gpus.calibration",
-                         fix="point it at a folder written by `simkv calibrate` (with device.json and the four CSVs)") from None
 
 
 def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[RequestTable, int]:

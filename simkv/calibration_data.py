@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from simkv.catalog import builtin_models
+from simkv.cost.layer import CALIBRATION_MODELS
+from simkv.cost.tables import CalibrationTables
+from simkv.specs import ShardDims
+
 _TEXT_COLUMNS = {"model", "op", "kind", "dtype"}
 
 
-@dataclass(frozen=True)
-class CalibrationTables:
-    """One GPU's measurements as column arrays (times in seconds)."""
-
-    gpu: str
-    device: dict
-    gemm: dict           # model, op, m, k, n, dtype, s
-    elementwise: dict    # model, op, m, s
-    attention: dict      # model, kind, batch, q_len, kv_len, s
-    layer_steps: dict    # model, layers, kind, prefill_seqs, prefill_len, decode_batch, decode_ctx, s
-    model_steps: dict | None = None  # the same columns for whole-model steps (None when not measured)
+def calibration_shapes() -> dict[str, ShardDims]:
+    """The calibration runs' model names -> their shard dims (from the built-in catalog)."""
+    models = builtin_models()
+    return {name: models[m].shard(tp) for name, (m, tp) in CALIBRATION_MODELS.items()}
 
 
 def available_gpus() -> list[str]:
@@ -63,7 +60,7 @@ def _read_tables(name: str, folder) -> CalibrationTables:
     whole = read("model_steps.csv") if folder.joinpath("model_steps.csv").is_file() else None
     return CalibrationTables(name, json.loads(folder.joinpath("device.json").read_text(encoding="utf-8")),
                              read("gemm.csv"), read("elementwise.csv"), read("attention.csv"), read("layer_steps.csv"),
-                             whole)
+                             whole, calibration_shapes())
 
 
 @lru_cache(maxsize=None)

@@ -223,23 +223,18 @@ def _default_output(name: str, file: str, field: str) -> Path:
 
 def _run_point(scenario, args, label: str):
     """Every variant of one scenario on its request stream: ({variant: Result}, requests)."""
-    from simkv.build import build
-    from simkv.loading import expand_variants
-    from simkv.simulate import run_simulation
-    from simkv.workload.stream import generate_stream
+    from simkv.simulate import prepared, run_simulation, stream_for
 
-    from simkv.trace_io import trace_for
-    stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
+    def locate(err: SimkvError, name: str) -> SimkvError:
+        where = ", ".join(p for p in (label.strip(), f"variant {name}" if scenario.variants else "") if p)
+        field = f"{err.field} ({where})" if where else err.field
+        return SimkvError(err.message, file=args.scenario, field=field, fix=err.fix)
+
+    stream = stream_for(scenario)
     results = {}
-    for name, sub in expand_variants(scenario):
+    for name, overrides, sim in prepared(scenario, stream=stream, locate=locate):
         bar = _Progress(f"{label}{name}", args.quiet)
-        try:
-            sim = build(sub, stream)
-        except SimkvError as err:
-            where = ", ".join(p for p in (label.strip(), f"variant {name}" if scenario.variants else "") if p)
-            field = f"{err.field} ({where})" if where else err.field
-            raise SimkvError(err.message, file=args.scenario, field=field, fix=err.fix) from None
-        results[name] = run_simulation(sim, name, bar, next((v.set for v in scenario.variants if v.name == name), {}))
+        results[name] = run_simulation(sim, name, bar, overrides)
         bar.close()
         if sub.run.intervals:
             from simkv.intervals import prediction_intervals

@@ -99,7 +99,7 @@ def validate(gpu: str) -> GpuValidation:
 
 def _isolated_elementwise(tables, ops) -> np.ndarray:
     from simkv.cost.layer import LayerCosts, calibration_shapes
-    L, shapes = tables.layer_steps, calibration_shapes()
+    L, shapes = tables.layer_steps, calibration_shapes(tables)
     out = []
     for i in range(len(L["s"])):
         m = L["prefill_seqs"][i] * L["prefill_len"][i] + L["decode_batch"][i]

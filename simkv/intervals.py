@@ -151,8 +151,7 @@ def _metric(summary: dict, path: tuple) -> float:
 
 def prediction_intervals(scenario, name: str, base_summary: dict, n: int, *, sim=None) -> dict:
     """[p5, p95] of the headline metrics over the base run and `n` replicates (module docstring)."""
-    from simkv.build import build
-    from simkv.simulate import run_simulation
+    from simkv.simulate import build_simulation as build, run_simulation
     from simkv.trace_io import trace_for
     from simkv.workload.stream import generate_stream
     runs = []

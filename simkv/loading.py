@@ -296,7 +296,7 @@ def parse_yaml(text: str, origin: str, field: str | None = None):
         raise SimkvError(f"YAML syntax error at {_where(mark)}: {problem}", file=origin, field=field,
                          fix="check indentation, colons and quotes around that line") from None
     except RecursionError:
-        raise SimkvError(f"YAML nested too deeply", file=origin, field=field,
+        raise SimkvError("YAML nested too deeply", file=origin, field=field,
                          fix=f"a scenario needs only a few levels (at most {MAX_DEPTH})") from None
 
 

@@ -4,7 +4,6 @@ decoding, LoRA): each bad combination is a SimkvError naming the field and the f
 from __future__ import annotations
 
 from simkv.errors import SimkvError
-from simkv.catalog import builtin_models
 from simkv.specs import ModelSpec
 
 
@@ -42,8 +41,7 @@ def check_speculative(scenario, model: ModelSpec, e, tp: int) -> ModelSpec | Non
                          field="engine.speculative", fix="use another scheduler, or remove engine.speculative")
     if s.method != "draft":
         return None
-    from simkv.scenario import _lookup
-    draft = _lookup(s.draft_model, scenario.models, builtin_models(), "engine.speculative.draft_model")
+    draft = scenario.draft_model_spec()
     if draft.vocab_size != model.vocab_size:
         raise SimkvError(f"the draft model's vocabulary ({draft.vocab_size}) differs from the target's ({model.vocab_size})",
                          field="engine.speculative.draft_model", fix="pick a draft of the same model family (same tokenizer)")
@@ -64,11 +62,11 @@ def draft_memory(draft: ModelSpec | None, e, tp: int, lora_bytes: float = 0.0) -
             "extra_kv_bytes_per_token": draft.kv_bytes_per_token(e.kv_cache_dtype, tp)}
 
 
-def speculative_parts(scenario, e, scheduler, cost, draft: ModelSpec | None, max_tokens: int):
+def speculative_parts(scenario, e, scheduler, cost, draft: ModelSpec | None, max_tokens: int, inputs):
     """The scheduler and step-time model wrapped for speculative decoding."""
     import numpy as np
 
-    from simkv.build import make_cost
+    from simkv.cost.select import CostInputs, make_cost
     from simkv.cost.speculative import SpeculativeCost
     from simkv.sched.speculative import SpeculativeScheduler
     draft_cost = None
@@ -76,7 +74,7 @@ def speculative_parts(scenario, e, scheduler, cost, draft: ModelSpec | None, max
         engine = scenario.engine.model_copy(update={"host_overhead_s": 0.0, "speculative": None,
                                                     "expert_parallel": False, "expert_load_imbalance": 1.0})
         sub = scenario.model_copy(update={"model": draft, "engine": engine})
-        draft_cost = make_cost(sub, max_tokens)[0]
+        draft_cost = make_cost(sub, CostInputs(calibration=inputs.calibration), max_tokens)[0]
     rng = np.random.default_rng(np.random.SeedSequence([scenario.run.seed, 15]))
     return SpeculativeScheduler(scheduler, e.speculative, rng), SpeculativeCost(cost, e.speculative, draft_cost)
 

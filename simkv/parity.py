@@ -126,12 +126,12 @@ def simkv_decision(plan, hit_before: dict[int, int]) -> StepDecision:
 
 
 def compare(workload: str, num_requests: int = 300, max_steps: int = 20000, seed: int = 0) -> dict:
-    from simkv.build import build
+    from simkv.simulate import build_simulation
     from simkv.workload.stream import generate_stream
     num_blocks = BLOCKS[workload]
     scenario = scenario_for(workload, num_requests, num_blocks)
     stream = generate_stream(scenario.workload, scenario.run, None)
-    sim = build(scenario, stream)
+    sim = build_simulation(scenario, stream)
     e, t = sim.engine, sim.table
     rng = np.random.default_rng(seed)
     prefixes: dict[int, list[int]] = {}

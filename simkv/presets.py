@@ -13,8 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from simkv.scenario import Engine
+from typing import TYPE_CHECKING
+
 from simkv.specs import GIB, GpuSpec, ModelSpec
+
+if TYPE_CHECKING:  # the schema is an input here: no runtime import (the core reaches no catalog file)
+    from simkv.scenario import Engine, Scenario
 
 
 @dataclass(frozen=True)
@@ -380,8 +384,19 @@ def apply_preset(engine: Engine, target: Target | None = None) -> Engine:
             data[key] = value
     resolve = preset.get("resolve")
     if target is not None and resolve is not None:
-        partial = Engine(**data)
+        partial = type(engine)(**data)
         for key, value in resolve(partial, target, engine.model_fields_set).items():
             if key not in engine.model_fields_set:
                 data[key] = value
-    return Engine(**data)
+    return type(engine)(**data)
+
+
+def preset_target(scenario: Scenario) -> Target:
+    """The GPU, model and parallelism a preset's hardware-dependent defaults are computed from."""
+    gpu_name = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
+    return Target(scenario.gpu_spec(), gpu_name, scenario.model_spec(), scenario.hardware.tensor_parallel)
+
+
+def resolve_engine(scenario: Scenario) -> Engine:
+    """The scenario's engine with its preset applied for the scenario's GPU and model."""
+    return apply_preset(scenario.engine, preset_target(scenario))

@@ -20,11 +20,10 @@ from simkv.lora import LoraEngine, LoraWorkload
 from simkv.speculative import Speculative
 from simkv.specs import (Bool, DType, Float, GpuSpec, ModelSpec, NonNegativeFloat, NonNegativeInt,
                          PositiveFloat, PositiveInt, Strict, WeightDType)
+from simkv.specs import MAX_REQUESTS, Z99  # noqa: F401 (pure constants, shared with the workload generators)
 
 # ---------------------------------------------------------------- workload
 
-Z99 = 2.3263478740408408  # standard normal 99th percentile
-MAX_REQUESTS = 10_000_000  # requests one run may generate: ~2 GB of request tables, minutes of simulation
 MAX_RATE = 1e7  # requests/s, far beyond any replica
 
 
@@ -601,6 +600,13 @@ class Scenario(Strict):
     def model_spec(self) -> ModelSpec:
         """The model: inline spec, a user entry, or the built-in catalog."""
         return _lookup(self.model, self.models, builtin_models(), "model")
+
+    def draft_model_spec(self) -> ModelSpec | None:
+        """The speculative-decoding draft model (method draft), resolved like `model`."""
+        s = self.engine.speculative
+        if s is None or s.draft_model is None:
+            return None
+        return _lookup(s.draft_model, self.models, builtin_models(), "engine.speculative.draft_model")
 
     def gpu_spec(self) -> GpuSpec:
         """The GPU: inline spec, a user entry, or the built-in catalog."""

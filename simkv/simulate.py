@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
+from collections.abc import Callable, Iterator
+
 from simkv import frontend
 from simkv.bench_metrics import bench_summary, client_sent_s
 from simkv.build import Simulation, build
+from simkv.calibration_data import calibration_for, calibration_from, moe_table_for
+from simkv.cost import select
+from simkv.cost.calibrated import Calibration
 from simkv.engine import ProgressFn, Replica
+from simkv.errors import SimkvError
 from simkv.loading import expand_sweep, expand_variants
 from simkv.metrics import Recorder, request_latencies, summarize
 from simkv.offload_setup import offload_summary
@@ -21,20 +27,14 @@ from simkv.workload.stream import RequestStream, generate_stream
 def simulate(scenario: Scenario, variant: str | None = None, *, progress: ProgressFn | None = None,
              stream: RequestStream | None = None) -> Result:
     """Simulate `scenario` (or its variant named `variant`) and return the Result."""
-    runs = dict(expand_variants(scenario))
-    name = variant if variant is not None else next(iter(runs))
-    if name not in runs:
-        raise KeyError(f"no variant named {name!r}; have {', '.join(runs)}")
-    stream = stream if stream is not None else generate_stream(scenario.workload, scenario.run,
-                                                               trace_for(scenario.workload.trace))
-    return _with_intervals(run_simulation(build(runs[name], stream), name, progress, _overrides(scenario, name)), runs[name])
+    name, overrides, sim = next(prepared(scenario, variant, stream=stream))
+    return _with_intervals(run_simulation(sim, name, progress, overrides), sim.scenario)
 
 
 def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> dict[str, Result]:
     """Every variant of `scenario` on the identical request stream, in file order."""
-    stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
-    return {name: _with_intervals(run_simulation(build(sub, stream), name, progress, _overrides(scenario, name)), sub)
-            for name, sub in expand_variants(scenario)}
+    return {name: _with_intervals(run_simulation(sim, name, progress, overrides), sim.scenario)
+            for name, overrides, sim in prepared(scenario)}
 
 
 def _with_intervals(result: Result, scenario: Scenario) -> Result:
@@ -48,6 +48,85 @@ def _with_intervals(result: Result, scenario: Scenario) -> Result:
 def simulate_sweep(scenario: Scenario, *, progress: ProgressFn | None = None) -> list[tuple[object, dict[str, Result]]]:
     """[(swept value, {variant: Result})] for every value of the scenario's sweep (one point without)."""
     return [(value, simulate_all(point, progress=progress)) for value, point in expand_sweep(scenario)]
+
+
+# ---------------------------------------------------------------- the one pipeline: scenario -> simulations
+def stream_for(scenario: Scenario) -> RequestStream:
+    """The scenario's request stream (its trace, if it names one, read here: the bridge to files)."""
+    return generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
+
+
+def prepared(scenario: Scenario, variant: str | None = None, *, stream: RequestStream | None = None,
+             locate: Callable[[SimkvError, str], SimkvError] | None = None,
+             variant_field: str = "variant") -> Iterator[tuple[str, dict, Simulation]]:
+    """(variant name, its overrides, built Simulation) for every variant of `scenario` (or only
+    `variant`), all on one request stream, built lazily in file order. `locate(err, name)` rewrites
+    a build error to say where it happened. Used by simulate, simulate_all, the CLI (run, sweep,
+    capacity) and `simkv validate`, so they all run exactly the same simulation."""
+    runs = list(expand_variants(scenario))
+    if variant is not None:
+        names = [name for name, _ in runs]
+        if variant not in names:
+            raise SimkvError(f"no variant '{variant}' in the scenario", field=variant_field,
+                             fix=f"one of: {', '.join(names)}")
+        runs = [(name, sub) for name, sub in runs if name == variant]
+    stream = stream if stream is not None else stream_for(scenario)
+    for name, sub in runs:
+        try:
+            sim = build(sub, stream, cost_inputs(sub))
+        except SimkvError as err:
+            if locate is None:
+                raise
+            raise locate(err, name) from None
+        yield name, _overrides(scenario, name), sim
+
+
+def build_simulation(scenario: Scenario, stream: RequestStream) -> Simulation:
+    """`build` with the scenario's measurements resolved from files (for one already-derived scenario)."""
+    return build(scenario, stream, cost_inputs(scenario))
+
+
+def cost_inputs(scenario: Scenario) -> select.CostInputs:
+    """Everything the scenario's step-time model reads from files: the GPU's calibration (also
+    under a user step table, which takes swap and host terms from it), the grouped expert GEMMs
+    of a mixture-of-experts model, and the rows of a user step table."""
+    table = None
+    base = scenario
+    if not isinstance(scenario.cost, str):     # cost: {table: steps.csv}
+        from simkv.step_table_io import read_step_table
+        table = read_step_table(scenario.cost.table)
+        base = scenario.model_copy(update={"cost": "calibrated"})
+    calibration = calibration_of(base)
+    moe = None
+    if calibration is not None and scenario.model_spec().moe is not None:
+        gpu, name = scenario.gpu_spec(), scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
+        moe = moe_table_for(name or "", gpu.calibration) if (name or gpu.calibration) else None
+    return select.CostInputs(calibration=calibration, moe_table=moe, step_table=table)
+
+
+def calibration_of(scenario: Scenario) -> Calibration | None:
+    """The fitted measurements the scenario's cost model uses: its GPU entry's `calibration`
+    folder, or those shipped for a catalog GPU; None for the roofline or a GPU without any."""
+    if scenario.cost != "calibrated":
+        return None
+    gpu = scenario.gpu_spec()
+    if gpu.calibration:
+        return _own_calibration(gpu.calibration)
+    return calibration_for(scenario.hardware.gpu) if isinstance(scenario.hardware.gpu, str) else None
+
+
+def make_cost(scenario: Scenario, max_tokens: int = 16384):
+    """(step-time model, its description): calibrated where the GPU has measurements."""
+    return select.make_cost(scenario, cost_inputs(scenario), max_tokens)
+
+
+def _own_calibration(folder: str) -> Calibration:
+    """A `simkv calibrate` folder named by a GPU entry, fitted; a clear error if it is not one."""
+    try:
+        return calibration_from(folder)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise SimkvError(f"cannot use the calibration folder {folder}: {err}", field="gpus.calibration",
+                         fix="point it at a folder written by `simkv calibrate` (with device.json and the four CSVs)") from None
 
 
 def _overrides(scenario: Scenario, name: str) -> dict:

@@ -15,6 +15,9 @@ from annotated_types import Ge, Gt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic import Strict as _StrictMode
 
+Z99 = 2.3263478740408408  # standard normal 99th percentile
+MAX_REQUESTS = 10_000_000  # requests one run may generate: ~2 GB of request tables, minutes of simulation
+
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp8": 1}
 DType = Literal["bf16", "fp16", "fp8"]
 # int4 weights are W4A16 (AWQ / GPTQ style): 4-bit weights in groups of INT4_GROUP_SIZE, each group

@@ -11,7 +11,7 @@ from simkv.cost.roofline import RooflineCost
 from simkv.memory import plan_memory
 from simkv.sched.base import StepPlan
 from simkv import simulate
-from simkv.build import make_cost
+from simkv.simulate import make_cost
 
 from conftest import small_scenario
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from simkv.build import build
+from simkv.simulate import build_simulation
 from simkv.cost.block_size import decode_attention_factor
 from simkv.kv.paged import PagedAllocator
 from simkv.kv.prefix_cache import PrefixCachingAllocator
@@ -24,7 +24,7 @@ from conftest import small_scenario
 
 
 def _run(sc):
-    sim = build(sc, generate_stream(sc.workload, sc.run))
+    sim = build_simulation(sc, generate_stream(sc.workload, sc.run))
     return sim, run_simulation(sim, "base")
 
 
@@ -66,7 +66,7 @@ def test_presets_resolve_sglang_and_trtllm_defaults_from_the_card():
         (32, 2048, 8192, "guaranteed_no_evict")
     assert not t.prefill_chunking and t.prefix_caching
     # free_gpu_memory_fraction 0.9 of what the weights and activations leave: KV = 0.9 x (M - w - a)
-    sim = build(small_scenario(engine={"preset": "trtllm", "max_model_len": 512}),
+    sim = build_simulation(small_scenario(engine={"preset": "trtllm", "max_model_len": 512}),
                 generate_stream(small_scenario().workload, small_scenario().run))
     m = sim.memory
     card = sc.gpu_spec().memory_bytes

@@ -161,7 +161,7 @@ def test_missing_step_table_is_a_clear_error(tmp_path):
 
 def test_host_overhead_fixed_plus_per_sequence(tmp_path):
     """Each step costs host_overhead_s + host_per_seq_s x sequences more than the GPU time."""
-    from simkv.build import make_cost
+    from simkv.simulate import make_cost
     from simkv.loading import load_scenario
     base = load_scenario(_scenario(tmp_path, None))
     plain, _ = make_cost(base)
@@ -180,7 +180,7 @@ def test_host_overhead_fixed_plus_per_sequence(tmp_path):
 
 
 def test_host_overhead_defaults_are_cited_or_assumed_zero(tmp_path):
-    from simkv.build import make_cost
+    from simkv.simulate import make_cost
     from simkv.loading import load_scenario
     for preset, word in (("sglang", "assumed 0, as published: LMSYS"), ("trtllm", "assumed 0, as published: TensorRT-LLM"),
                          ("vllm-v1", "assumed 0"), ("tgi", "assumed 0")):

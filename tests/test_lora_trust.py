@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import simkv
-from simkv.build import build
+from simkv.simulate import build_simulation as build
 from simkv.errors import SimkvError
 from simkv.lora import LoraWorkload, sample_adapters
 from simkv.scenario import Scenario

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import simkv
-from simkv.build import build, resolve_engine
+from simkv.build import resolve_engine
+from simkv.simulate import build_simulation
 from simkv.report import markdown_report
 from simkv.scenario import Engine
 from simkv.simulate import run_simulation
@@ -166,7 +167,7 @@ def _session_tgi(**engine):
 def test_turns_of_ended_conversations_are_missed_and_unservable_turns_keep_their_cause():
     sc = _session_tgi()
     stream = generate_stream(sc.workload, sc.run)
-    sim = build(sc, stream)
+    sim = build_simulation(sc, stream)
     res = run_simulation(sim, "base")
     t, s = sim.table, res.summary
     ended = t.reject_reason == 5

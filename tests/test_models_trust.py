@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simkv.build import build
+from simkv.simulate import build_simulation as build
 from simkv.catalog import builtin_gpus, builtin_models
 from simkv.cost import cost_model, plan_from_shape
 from simkv.errors import SimkvError
@@ -119,7 +119,7 @@ def _scenario(model="mixtral-8x7b", gpu="h100", tp=2, engine=None, cost="calibra
 
 
 def _cost(engine=None, tp=2, **kw):
-    from simkv.build import make_cost
+    from simkv.simulate import make_cost
     return make_cost(_scenario(engine=engine, tp=tp, **kw))[0]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from simkv.build import build
+from simkv.simulate import build_simulation as build
 from simkv.cost.calibrated import CalibratedCost
 from simkv.errors import SimkvError
 from simkv.kv.offload import ON_EVICTION, WRITE_THROUGH, OffloadingPrefixCache, OffloadTiers, Tier

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 
 import simkv
-from simkv.build import build
+from simkv.simulate import build_simulation
 from simkv.kv import ContiguousAllocator, PagedAllocator
 from simkv.presets import PRESETS, apply_preset
 from simkv.request import RequestTable
@@ -38,7 +38,7 @@ def _step(s, now=0.0, dt=0.01):
 
 
 def _run(scenario):
-    sim = build(scenario, generate_stream(scenario.workload, scenario.run))
+    sim = build_simulation(scenario, generate_stream(scenario.workload, scenario.run))
     return sim, run_simulation(sim, "base")
 
 
@@ -81,7 +81,7 @@ def test_sarathi_never_lets_a_prompt_stall_decodes():
     sc = small_scenario(engine={"preset": "sarathi-serve", "max_model_len": 512, "num_gpu_blocks": 400,
                                 "max_num_batched_tokens": 64})
     steps = []
-    sim = build(sc, generate_stream(sc.workload, sc.run))
+    sim = build_simulation(sc, generate_stream(sc.workload, sc.run))
     inner = sim.scheduler.schedule
 
     def spy():

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simkv.build import build, resolve_engine
+from simkv.build import resolve_engine
+from simkv.simulate import build_simulation
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
 from simkv.kv.paged import PagedAllocator
@@ -149,7 +150,7 @@ def test_tgi_preset_runs_prompts_over_the_budget_instead_of_rejecting_them():
     sc = small_scenario(engine={"preset": "tgi", "max_model_len": 512, "num_gpu_blocks": 400,
                                 "max_batch_prefill_tokens": 128, "max_concurrent_requests": 1000},
                         workload__prompt_tokens={"dist": "uniform", "low": 150, "high": 400})
-    sim = build(sc, generate_stream(sc.workload, sc.run))
+    sim = build_simulation(sc, generate_stream(sc.workload, sc.run))
     res = run_simulation(sim, "base")
     assert res.summary["requests"]["rejected"] == 0
     assert res.summary["requests"]["completed"] == sim.table.num_requests
@@ -158,7 +159,7 @@ def test_tgi_preset_runs_prompts_over_the_budget_instead_of_rejecting_them():
                                 "max_batch_prefill_tokens": 128, "max_concurrent_requests": 1000,
                                 "prefill_chunking": False},
                         workload__prompt_tokens={"dist": "uniform", "low": 150, "high": 400})
-    res = run_simulation(build(sc, generate_stream(sc.workload, sc.run)), "base")
+    res = run_simulation(build_simulation(sc, generate_stream(sc.workload, sc.run)), "base")
     assert res.summary["requests"]["rejected"] == res.summary["requests"]["total"]
 
 
@@ -186,7 +187,7 @@ def test_tgi_preset_memory_breakdown_holds_its_reservations():
     sc = small_scenario(engine={"preset": "tgi", "max_model_len": 512, "num_gpu_blocks": 200,
                                 "max_concurrent_requests": 1000},
                         workload__shared_prefix={"fraction": 0.7, "tokens": 96, "num_prefixes": 2})
-    frac = run_simulation(build(sc, generate_stream(sc.workload, sc.run)), "base").summary["kv_cache"]["mean_fraction"]
+    frac = run_simulation(build_simulation(sc, generate_stream(sc.workload, sc.run)), "base").summary["kv_cache"]["mean_fraction"]
     assert min(frac.values()) >= 0 and frac["reserved"] > 0.05 and frac["free"] < 0.95
 
 
@@ -251,6 +252,6 @@ def test_orca_mean_batch_oracle_over_pow2_over_max_on_sharegpt_lengths():
                                                          "arrival": {"process": "poisson", "rate": 20.0}},
                             run__num_requests=300)
         stream = generate_stream(sc.workload, sc.run, trace_for(sc.workload.trace))
-        res = run_simulation(build(sc, stream), "base")
+        res = run_simulation(build_simulation(sc, stream), "base")
         means[preset] = res.summary["batch"]["mean_running"]
     assert means["orca-oracle"] > 1.1 * means["orca-pow2"] > 1.1 * means["orca-max"], means

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from simkv.build import build
+from simkv.simulate import build_simulation
 from simkv.kv import PagedAllocator, ContiguousAllocator
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.offload import ON_EVICTION, WRITE_THROUGH, OffloadingPrefixCache, OffloadTiers, Tier
@@ -188,7 +188,7 @@ TestScheduler = SchedulerMachine.TestCase
 
 def _run(scenario, max_repeat=None):
     stream = generate_stream(scenario.workload, scenario.run)
-    sim = build(scenario, stream)
+    sim = build_simulation(scenario, stream)
     if max_repeat is not None:
         sim.scheduler.max_repeat = max_repeat
     return sim, run_simulation(sim, "base")

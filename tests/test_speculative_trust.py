@@ -104,7 +104,7 @@ def test_disable_above_batch_and_short_pools():
 
 
 def test_reserved_caches_hold_the_speculative_slots():
-    from simkv.build import build
+    from simkv.simulate import build_simulation as build
     from simkv.workload.stream import generate_stream
     sc = _chat(2, ngram(0.7), preset="tgi", duration=20)
     plain = _chat(2, None, preset="tgi", duration=20)

@@ -4,7 +4,6 @@ and Ray), capacity answers that say how far they hold, bounded searches, and CLI
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 import simkv
-from simkv.errors import SimkvError
 from simkv.presets import PRESETS
 
 from conftest import ROOT

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import simkv
-from simkv.build import build
+from simkv.simulate import build_simulation
 from simkv.scenario import TraceSpec
 from simkv.simulate import run_simulation
 from simkv.trace_io import read_trace, trace_stats, trace_for
@@ -158,7 +158,7 @@ def _session_scenario(preset="vllm-v1", caching=True, **over):
 
 def test_sessions_send_each_turn_a_think_time_after_the_previous_answer():
     sc = _session_scenario()
-    sim = build(sc, generate_stream(sc.workload, sc.run))
+    sim = build_simulation(sc, generate_stream(sc.workload, sc.run))
     res = run_simulation(sim, "base")
     t = sim.table
     follow = np.flatnonzero(t.session[1:] == t.session[:-1]) + 1          # rows that continue a session
@@ -175,8 +175,8 @@ def test_sessions_with_and_without_prefix_caching_and_fast_forward():
     off = simkv.simulate(_session_scenario(caching=False)).summary
     assert on["latency_s"]["ttft"]["p50"] < off["latency_s"]["ttft"]["p50"]
     sc = _session_scenario(preset="simkv", caching=False)
-    fast = build(sc, generate_stream(sc.workload, sc.run))
-    slow = build(sc, generate_stream(sc.workload, sc.run))
+    fast = build_simulation(sc, generate_stream(sc.workload, sc.run))
+    slow = build_simulation(sc, generate_stream(sc.workload, sc.run))
     slow.scheduler.max_repeat = 1
     run_simulation(fast, "a"), run_simulation(slow, "b")
     np.testing.assert_allclose(fast.table.finish_s, slow.table.finish_s, rtol=1e-9)

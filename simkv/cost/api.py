@@ -23,7 +23,7 @@ def cost_model(gpu: str = "h100", model: str = "llama3-8b", *, tensor_parallel: 
                gpus: dict | None = None):
     """A step-time model for a catalog GPU and model (layers overrides the model's layer count;
     `gpus` adds user GPU entries by name, e.g. one written by `simkv calibrate`)."""
-    from simkv.build import make_cost
+    from simkv.simulate import make_cost
     from simkv.scenario import Scenario
     raw = {"model": model, "hardware": {"gpu": gpu, "tensor_parallel": tensor_parallel}, "cost": cost,
            "engine": {"weight_dtype": dtype, "host_overhead_s": host_overhead_s},

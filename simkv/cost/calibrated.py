@@ -26,34 +26,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simkv.calibration_data import CalibrationTables
+from simkv.cost.tables import CalibrationTables
+from simkv.cost.layer import (ACT_BYTES, FEATURES, LayerCosts, OperatorSet, calibration_shapes,  # noqa: F401
+                              elementwise_widths, layer_features, per_token_bytes)
 from simkv.cost.offload import OffloadPricing, kv_load_seconds
-from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, elementwise_widths
 from simkv.cost.whole_model import whole_model_coef
 from simkv.cost.moe import MoeGemmTable, MoeLayer, moe_shard, moe_sources
 from simkv.sched.base import StepPlan
-from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec, ShardDims
-
-FEATURES = ("linear", "attention", "qkv_bytes", "elementwise_bytes", "constant")
-ACT_BYTES = 2
-
-
-def per_token_bytes(d: ShardDims) -> tuple[float, float]:
-    """(q/k/v layout and cache-write bytes, elementwise bytes) moved per token per layer."""
-    w = elementwise_widths(d)
-    qkv = (d.heads + 2 * d.kv_heads) * d.head_dim * 2 * ACT_BYTES
-    ew = (2 * 2 * d.hidden + 2 * 3 * d.hidden + 2 * (d.heads + d.kv_heads) * d.head_dim + 3 * w["silu_mul"]) * ACT_BYTES
-    return qkv, ew
-
-
-def layer_features(lc: LayerCosts, bytes_per_s: float, m: float, attention_s: float) -> np.ndarray:
-    qkv, ew = per_token_bytes(lc.d)
-    return np.array([float(lc.linear(m)), attention_s, m * qkv / bytes_per_s, m * ew / bytes_per_s, 1.0])
-
+from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec
 
 def layer_step_features(tables: CalibrationTables, ops: OperatorSet, rows: np.ndarray | None = None) -> np.ndarray:
     """Feature matrix of the measured single-layer steps (all rows, or the boolean `rows`)."""
-    L, shapes = tables.layer_steps, calibration_shapes()
+    L, shapes = tables.layer_steps, calibration_shapes(tables)
     bw = tables.device["d2d_copy_GBps_read_plus_write"] * 1e9
     idx = np.flatnonzero(rows) if rows is not None else np.arange(len(L["s"]))
     out = []
@@ -150,13 +134,6 @@ class CalibratedCost(OffloadPricing):
     # ------------------------------------------------------------ provenance
     def sources(self) -> dict[str, str]:
         """Where each cost component's numbers come from: measured, fitted, roofline or assumed."""
-        g, gemm = self.cal.gpu, self.cal.ops.gemm
-        dtype = self.lc.dtype
-        measured = lambda shapes: all((k, n, dtype) in gemm.curves for k, n in shapes)
-        tables = f"measured: {g} GEMM tables ({dtype}"
-        scaled = ", unmeasured shapes scaled from the measured ones by roofline efficiency)"
-        c_lin, c_att, c_qkv, c_ew, c0 = self.cal.coef
-        heads = "" if self.d.head_dim == 128 else f"; head_dim {self.d.head_dim} scaled by bytes from 128"
         return {**self._default_sources(), **(self.cal.notes or {}), **self.offload_sources()}
 
     def _default_sources(self) -> dict[str, str]:

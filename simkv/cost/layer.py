@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simkv.calibration_data import CalibrationTables
-from simkv.catalog import builtin_models
+from simkv.cost.tables import CalibrationTables
 from simkv.cost.operators import DTYPE_KEYS, AttentionModel, ElementwiseModel, GemmModel
 from simkv.specs import ShardDims
 
@@ -22,9 +21,11 @@ from simkv.specs import ShardDims
 CALIBRATION_MODELS = {"llama3-8b": ("llama3-8b", 1), "llama2-7b": ("llama2-7b", 1), "llama3-70b-tp4": ("llama3-70b", 4)}
 
 
-def calibration_shapes() -> dict[str, ShardDims]:
-    models = builtin_models()
-    return {name: models[m].shard(tp) for name, (m, tp) in CALIBRATION_MODELS.items()}
+def calibration_shapes(tables: CalibrationTables) -> dict[str, ShardDims]:
+    """The shard dims of the calibration runs' models, as the file reader resolved them."""
+    if tables.shapes is None:
+        raise ValueError(f"calibration tables of {tables.gpu} carry no model shapes")
+    return tables.shapes
 
 
 def linear_shapes(d: ShardDims) -> list[tuple[int, int]]:
@@ -49,7 +50,7 @@ class OperatorSet:
 
     @classmethod
     def from_tables(cls, tables: CalibrationTables, exclude_models: tuple[str, ...] = ()) -> "OperatorSet":
-        shapes = {k: v for k, v in calibration_shapes().items() if k not in exclude_models}
+        shapes = {k: v for k, v in calibration_shapes(tables).items() if k not in exclude_models}
         keep = lambda cols: {k: v[~np.isin(cols["model"], exclude_models)] for k, v in cols.items()}
         dev = tables.device
         flops = {"bfloat16": dev["bf16_matmul_8192_TFLOPs"] * 1e12, "fp8_e4m3": 2 * dev["bf16_matmul_8192_TFLOPs"] * 1e12,
@@ -88,3 +89,21 @@ class LayerCosts:
         m = np.asarray(m, float)
         t = self.ops.gemm.time(np.maximum(m, 1), self.d.hidden, self.d.vocab, self.head_dtype)
         return np.where(m > 0, t, 0.0)
+
+
+# ---------------------------------------------------------------- the fitted features of one layer step
+FEATURES = ("linear", "attention", "qkv_bytes", "elementwise_bytes", "constant")
+ACT_BYTES = 2
+
+
+def per_token_bytes(d: ShardDims) -> tuple[float, float]:
+    """(q/k/v layout and cache-write bytes, elementwise bytes) moved per token per layer."""
+    w = elementwise_widths(d)
+    qkv = (d.heads + 2 * d.kv_heads) * d.head_dim * 2 * ACT_BYTES
+    ew = (2 * 2 * d.hidden + 2 * 3 * d.hidden + 2 * (d.heads + d.kv_heads) * d.head_dim + 3 * w["silu_mul"]) * ACT_BYTES
+    return qkv, ew
+
+
+def layer_features(lc: LayerCosts, bytes_per_s: float, m: float, attention_s: float) -> np.ndarray:
+    qkv, ew = per_token_bytes(lc.d)
+    return np.array([float(lc.linear(m)), attention_s, m * qkv / bytes_per_s, m * ew / bytes_per_s, 1.0])

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from simkv.calibration_data import CalibrationTables
+from simkv.cost.tables import CalibrationTables
 
 VIDUR_OPS = {"attn_pre_proj": "qkv_proj", "attn_post_proj": "o_proj", "mlp_up_proj": "gate_up_proj",
              "mlp_down_proj": "down_proj"}
@@ -86,7 +86,6 @@ def gemm_ratios(a100_gemm: dict, h100_gemm: dict) -> tuple[float, float]:
 def a100_calibration(gpu: str, hbm_gbps: float, tflops: float, profiles: dict[str, dict],
                      h100_tables: CalibrationTables, h100_cal, allreduce=None):
     """A Calibration for an A100 card from Vidur's profiles and the H100 measurements."""
-    from simkv.cost.calibrated import Calibration
     from simkv.cost.layer import OperatorSet
     gemm, ew = vidur_tables(profiles)
     r_compute, r_memory = gemm_ratios(gemm, h100_tables.gemm)
@@ -97,7 +96,7 @@ def a100_calibration(gpu: str, hbm_gbps: float, tflops: float, profiles: dict[st
     # ceilings: datasheet x H100's measured/datasheet ratio (only ratios and the byte terms use them)
     copy = hbm_gbps * hd["d2d_copy_GBps_read_plus_write"] / 3350.0
     device = {"name": gpu, "d2d_copy_GBps_read_plus_write": copy, "bf16_matmul_8192_TFLOPs": tflops * hd["bf16_matmul_8192_TFLOPs"] / 989.0}
-    tables = CalibrationTables(gpu, device, gemm, ew, att, {}, None)
+    tables = CalibrationTables(gpu, device, gemm, ew, att, {}, None, h100_tables.shapes)
     ops = OperatorSet.from_tables(tables)
     notes = {
         "gemm": "measured: Vidur A100 operator profiles (MIT, microsoft/vidur 7d47513; Llama-3-8B/70B, Llama-2-7B/70B at "

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simkv.calibration_data import CalibrationTables
-from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes
+from simkv.cost.tables import CalibrationTables
+from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, layer_features, per_token_bytes
 
 WHOLE_FEATURES = ("graph_saving_per_layer_s", "activation_bytes_factor")
 
@@ -30,8 +30,7 @@ WHOLE_FEATURES = ("graph_saving_per_layer_s", "activation_bytes_factor")
 def composed_and_features(tables: CalibrationTables, ops: OperatorSet, coef: np.ndarray, bytes_per_s: float,
                           rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(layers x layer + lm_head, whole-model feature matrix) for the rows of model_steps.csv."""
-    from simkv.cost.calibrated import layer_features, per_token_bytes
-    M, shapes = tables.model_steps, calibration_shapes()
+    M, shapes = tables.model_steps, calibration_shapes(tables)
     idx = np.flatnonzero(rows) if rows is not None else np.arange(len(M["s"]))
     composed, feats = [], []
     for i in idx:

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from simkv.calibration_data import load_tables
-from simkv.cost.layer import calibration_shapes
+from simkv.calibration_data import calibration_shapes, load_tables
 from simkv.errors import SimkvError
 from simkv.gpu.validate import cap_cpu_threads, torch_or_error
 from simkv.specs import ShardDims

@@ -58,18 +58,8 @@ class _Recording:
 
 def record_schedule(scenario: Scenario, variant: str | None = None) -> ScheduleTrace:
     """Simulate `scenario` and return its steps, one per engine iteration."""
-    from simkv.build import build
-    from simkv.loading import expand_variants
-    from simkv.simulate import run_simulation
-    from simkv.trace_io import trace_for
-    from simkv.workload.stream import generate_stream
-    runs = dict(expand_variants(scenario))
-    name = variant or next(iter(runs))
-    if name not in runs:
-        from simkv.errors import SimkvError
-        raise SimkvError(f"no variant '{name}' in the scenario", field="--variant", fix=f"one of: {', '.join(runs)}")
-    stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
-    sim = build(runs[name], stream)
+    from simkv.simulate import prepared, run_simulation
+    name, _, sim = next(prepared(scenario, variant, variant_field="--variant"))
     recording = _Recording(sim.scheduler)
     sim.scheduler = recording
     result = run_simulation(sim, name)

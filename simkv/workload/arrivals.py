@@ -14,11 +14,15 @@ with the same kind of error if they still run past those bounds (or past HORIZON
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from simkv.errors import SimkvError
-from simkv.scenario import (MAX_REQUESTS, GammaArrivals, OnOffArrivals, PiecewiseArrivals, PoissonArrivals,
-                            SpikeArrivals)
+from simkv.specs import MAX_REQUESTS
+
+if TYPE_CHECKING:  # the schema is an input, read by its `process` discriminator
+    from simkv.scenario import GammaArrivals, PiecewiseArrivals, PoissonArrivals
 
 HORIZON_S = 1e9            # ~32 years of simulated arrivals
 MAX_CANDIDATES = 200_000_000   # thinning candidates (a few seconds of sampling)
@@ -27,11 +31,11 @@ MAX_CYCLES = 2_000_000     # on/off periods
 
 def long_run_rate(spec) -> float:
     """Mean arrivals per second over a long time (requests/s)."""
-    if isinstance(spec, (PoissonArrivals, GammaArrivals)):
+    if spec.process in ("poisson", "gamma"):
         return spec.rate
-    if isinstance(spec, OnOffArrivals):
+    if spec.process == "onoff":
         return spec.rate_on * spec.on_s / (spec.on_s + spec.off_s)
-    if isinstance(spec, SpikeArrivals):
+    if spec.process == "spike":
         return spec.rate
     if spec.period_s is None:
         return float(spec.rates[-1])
@@ -50,7 +54,7 @@ def _piecewise_integral(spec: PiecewiseArrivals, until: float) -> float:
 
 def _time_to_reach(spec, n: int, mean: float) -> float:
     """About when the n-th request arrives (s): n / long-run rate, with a spike's dip or burst."""
-    if isinstance(spec, SpikeArrivals):
+    if spec.process == "spike":
         before, inside = spec.rate * spec.start_s, spec.rate * spec.factor * spec.duration_s
         if n <= before:
             return n / spec.rate
@@ -69,14 +73,14 @@ def check_reachable(spec, *, num_requests: int | None, duration_s: float | None,
     mean, peak = long_run_rate(spec), _peak(spec)
     if duration_s is not None:
         expected = mean * duration_s
-        if isinstance(spec, SpikeArrivals):
+        if spec.process == "spike":
             expected += spec.rate * (spec.factor - 1) * max(0.0, min(spec.duration_s, duration_s - spec.start_s))
         if expected > MAX_REQUESTS:
             raise SimkvError(f"about {expected:.3g} requests arrive in run.duration_s={duration_s:g} s, more than "
                              f"{MAX_REQUESTS:,}", field=field, fix="lower the rate or run.duration_s")
         horizon = duration_s
     else:
-        if isinstance(spec, PiecewiseArrivals) and spec.period_s is None and spec.rates[-1] == 0:
+        if spec.process == "piecewise" and spec.period_s is None and spec.rates[-1] == 0:
             total = _piecewise_integral(spec, spec.times_s[-1])
             if total - 5 * total ** 0.5 < num_requests:   # Poisson count: 5 sigma below its mean
                 raise SimkvError(f"the rate is 0 after the last knot ({spec.times_s[-1]:g} s), so only about "
@@ -90,8 +94,8 @@ def check_reachable(spec, *, num_requests: int | None, duration_s: float | None,
                 raise SimkvError(f"at a long-run rate of {mean:.3g} requests/s, {num_requests} requests take about "
                                  f"{horizon:.3g} s to arrive (more than {HORIZON_S:.0e} s)", field=field,
                                  fix="raise the rate (or the on-period share), or ask for fewer requests")
-    if isinstance(spec, (OnOffArrivals, PiecewiseArrivals, SpikeArrivals)):
-        if isinstance(spec, OnOffArrivals):
+    if spec.process in ("onoff", "piecewise", "spike"):
+        if spec.process == "onoff":
             cycles = horizon / (spec.on_s + spec.off_s)
             if cycles > MAX_CYCLES:
                 raise SimkvError(f"about {cycles:.3g} on/off periods are needed (more than {MAX_CYCLES:,})", field=field,
@@ -106,7 +110,7 @@ def check_reachable(spec, *, num_requests: int | None, duration_s: float | None,
 def sample_gaps(spec: PoissonArrivals | GammaArrivals, n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` inter-arrival gaps in seconds, mean 1/rate."""
     mean = 1.0 / spec.rate
-    if isinstance(spec, PoissonArrivals):
+    if spec.process == "poisson":
         return rng.exponential(mean, n)
     shape = 1.0 / spec.cv ** 2
     return rng.gamma(shape, mean / shape, n)
@@ -114,7 +118,7 @@ def sample_gaps(spec: PoissonArrivals | GammaArrivals, n: int, rng: np.random.Ge
 
 def rate_at(spec, t: np.ndarray) -> np.ndarray:
     """The instantaneous rate (requests/s) of a time-varying process at times t."""
-    if isinstance(spec, SpikeArrivals):
+    if spec.process == "spike":
         inside = (t >= spec.start_s) & (t < spec.start_s + spec.duration_s)
         return np.where(inside, spec.rate * spec.factor, spec.rate)
     knots, rates = np.asarray(spec.times_s), np.asarray(spec.rates)
@@ -127,15 +131,15 @@ def rate_at(spec, t: np.ndarray) -> np.ndarray:
 
 
 def _peak(spec) -> float:
-    if isinstance(spec, (PoissonArrivals, GammaArrivals)):
+    if spec.process in ("poisson", "gamma"):
         return spec.rate
-    if isinstance(spec, OnOffArrivals):
+    if spec.process == "onoff":
         return spec.rate_on
     return peak_rate(spec)
 
 
 def peak_rate(spec) -> float:
-    if isinstance(spec, SpikeArrivals):
+    if spec.process == "spike":
         return spec.rate * max(1.0, spec.factor)
     return float(max(spec.rates))
 
@@ -143,7 +147,7 @@ def peak_rate(spec) -> float:
 def _varying_times(spec, rng, until: float | None, count: int | None) -> np.ndarray:
     """Arrival times of a time-varying or bursty process, up to `until` or `count` arrivals."""
     out, t, total, rounds, candidates = [], 0.0, 0, 0, 0
-    stop = None if until is not None or not isinstance(spec, PiecewiseArrivals) or spec.period_s else (
+    stop = None if until is not None or spec.process != "piecewise" or spec.period_s else (
         spec.times_s[-1] if spec.rates[-1] == 0 else None)
     while (until is None or t < until) and (count is None or total < count):
         rounds += 1
@@ -152,7 +156,7 @@ def _varying_times(spec, rng, until: float | None, count: int | None) -> np.ndar
                              f"({rounds} rounds, {candidates} candidates): the process cannot reach run.num_requests "
                              "in bounded work", field="workload.arrival",
                              fix="raise the rate, end a piecewise curve on a positive rate, or give run.duration_s")
-        if isinstance(spec, OnOffArrivals):
+        if spec.process == "onoff":
             on = rng.exponential(spec.on_s)
             times = np.sort(t + rng.uniform(0, on, rng.poisson(spec.rate_on * on)))
             t += on + rng.exponential(spec.off_s)
@@ -177,7 +181,7 @@ def arrival_times(spec, rng: np.random.Generator, *, num_requests: int | None = 
     """Arrival times (s) of either the first `num_requests` requests or every request in
     [0, duration_s); the first request arrives one gap after time 0."""
     check_reachable(spec, num_requests=num_requests, duration_s=duration_s)
-    if isinstance(spec, (OnOffArrivals, PiecewiseArrivals, SpikeArrivals)):
+    if spec.process in ("onoff", "piecewise", "spike"):
         return _varying_times(spec, rng, duration_s, num_requests)
     if num_requests is not None:
         return np.cumsum(sample_gaps(spec, num_requests, rng))

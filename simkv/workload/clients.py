@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simkv.scenario import ClosedArrivals, OfflineArrivals
 
 
 @dataclass(frozen=True)
@@ -41,12 +40,12 @@ class ClientSpec:
 
 
 def is_client_process(spec) -> bool:
-    return isinstance(spec, (ClosedArrivals, OfflineArrivals))
+    return spec is not None and spec.process in ("closed", "offline")
 
 
 def group_for(spec, rows: np.ndarray) -> ClientGroup:
     """The client group an arrival spec (closed or offline) makes for `rows`."""
-    if isinstance(spec, OfflineArrivals):
+    if spec.process == "offline":
         return ClientGroup(rows.astype(np.int64), max(len(rows), 1))
     return ClientGroup(rows.astype(np.int64), spec.concurrency, spec.think_s, spec.ramp_up_s)
 

@@ -7,10 +7,14 @@ bounded to [min, max] where the spec gives bounds.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from simkv.scenario import (Z99, ExponentialLength, FixedLength, LognormalLength, UniformLength)
+from simkv.specs import Z99
+
+if TYPE_CHECKING:  # the schema is an input, read by its `dist` discriminator
+    from simkv.scenario import LognormalLength
 
 
 def lognormal_params(spec: LognormalLength) -> tuple[float, float]:
@@ -25,13 +29,13 @@ def lognormal_params(spec: LognormalLength) -> tuple[float, float]:
 
 def sample_lengths(spec, n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` lengths (int64 tokens) from the distribution `spec`."""
-    if isinstance(spec, FixedLength):
+    if spec.dist == "fixed":
         return np.full(n, spec.value, dtype=np.int64)
-    if isinstance(spec, UniformLength):
+    if spec.dist == "uniform":
         return rng.integers(spec.low, spec.high + 1, n, dtype=np.int64)
-    if isinstance(spec, ExponentialLength):
+    if spec.dist == "exponential":
         raw = np.ceil(rng.exponential(spec.mean, n))
-    elif isinstance(spec, LognormalLength):
+    elif spec.dist == "lognormal":
         mu, sigma = lognormal_params(spec)
         raw = np.rint(rng.lognormal(mu, sigma, n))
     else:  # pragma: no cover - the schema admits nothing else

@@ -8,14 +8,17 @@ changing the output distribution leaves arrival times unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from simkv.errors import SimkvError
-from simkv.scenario import CapMaxNew, MultipleMaxNew, Run, Workload
 from simkv.workload.arrivals import arrival_times as _open_arrival_times
 from simkv.workload.clients import first_turns, group_for, is_client_process, with_clients
 from simkv.workload.lengths import sample_lengths
+
+if TYPE_CHECKING:  # the schema is an input: read by its discriminators, never imported at run time
+    from simkv.scenario import Run, Workload
 
 
 @dataclass(frozen=True)
@@ -181,9 +184,9 @@ def _shared_prefixes(spec, n: int, rng: np.random.Generator) -> tuple[np.ndarray
 
 
 def _client_limits(policy, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(policy, CapMaxNew):
+    if policy.policy == "cap":
         return np.minimum(outputs, policy.tokens), np.full_like(outputs, policy.tokens)
-    if isinstance(policy, MultipleMaxNew):
+    if policy.policy == "multiple":
         return outputs, np.ceil(outputs * policy.factor).astype(np.int64)
     return outputs, outputs.copy()
 

@@ -1,0 +1,159 @@
+"""The architecture, checked by walking the import graph (ast, no imports executed):
+
+- the core (every simkv module that is not an edge) reaches no file-format or plotting module,
+  not even transitively, and no edge module; the run driver `simkv.simulate` is the one bridge;
+- no module imports itself back through others (no import circles);
+- the pipeline: simulate, the CLI and `simkv validate` derive variants in one place.
+
+An edge is named by where it lives, so a new core module is checked without being listed."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+import simkv
+from simkv.errors import SimkvError
+
+from conftest import ROOT, small_scenario
+
+PKG = ROOT / "simkv"
+# the file-format, plotting and dataframe modules the core must never reach
+FILE_FORMATS = {"csv", "json", "yaml", "gzip", "matplotlib", "pandas", "pyarrow", "tomllib", "pickle"}
+# Modules that read or write files, render, run many simulations, or talk to a GPU: the edges.
+# `simkv.simulate` is the bridge (it resolves the trace and the calibration, then runs the core);
+# the schema (`scenario`, `catalog`, `loading`) is read from YAML files and handed to the core.
+EDGES = ("simkv.simulate", "simkv.cli", "simkv.gpu", "simkv.scenario", "simkv.catalog", "simkv.loading",
+         "simkv.trace_io", "simkv.calibration_data", "simkv.result", "simkv.output", "simkv.figure_files",
+         "simkv.report", "simkv.plots", "simkv.reference", "simkv.sweep", "simkv.executors", "simkv.capacity",
+         "simkv.reproduce", "simkv.cost_report", "simkv.steptime_table", "simkv.cost.api", "simkv.safe_paths",
+         "simkv.e2e_validation")
+
+
+def _name(path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_name(p): p for p in PKG.rglob("*.py")}
+
+
+def _is_edge(module: str) -> bool:
+    return any(module == e or module.startswith(e + ".") for e in EDGES)
+
+
+def _imports(module: str) -> set[str]:
+    """Every module `module` imports (also inside functions), except under `if TYPE_CHECKING:`
+    and in a module-level `__getattr__` (a lazy re-export, loaded only when the name is used)."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for n in ast.walk(node))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+            skip.update(id(n) for n in ast.walk(node))
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES)
+    return out
+
+
+def _loaded_with(module: str) -> set[str]:
+    """`module` and the packages above it (importing simkv.kv.paged runs simkv/kv/__init__.py),
+    except the root package: `simkv/__init__.py` is the public facade over all the layers."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(2 if parts[0] == "simkv" else 1, len(parts) + 1)}
+
+
+GRAPH = {m: _imports(m) for m in MODULES}
+
+
+def _reach(start: str) -> dict[str, str | None]:
+    """Every module importing `start` loads, with the module that imported it first."""
+    via: dict[str, str | None] = {start: None}
+    stack = [start]
+    while stack:
+        m = stack.pop()
+        for dep in sorted(GRAPH.get(m, ())):
+            for d in sorted(_loaded_with(dep)) if dep.startswith("simkv") else [dep]:
+                if d not in via:
+                    via[d] = m
+                    stack.append(d)
+    return via
+
+
+def _chain(via: dict, end: str) -> str:
+    out = [end]
+    while via[out[-1]] is not None:
+        out.append(via[out[-1]])
+    return " <- ".join(out)
+
+
+CORE = sorted(m for m in MODULES if m != "simkv" and not _is_edge(m))  # simkv/__init__: the facade
+
+
+def test_the_core_is_found_not_listed():
+    for m in ("simkv.kv.paged", "simkv.sched.chunked", "simkv.cost.calibrated", "simkv.workload.stream",
+              "simkv.engine", "simkv.metrics", "simkv.request", "simkv.memory", "simkv.build", "simkv.cost.select"):
+        assert m in CORE
+    assert len(CORE) > 40
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_reaches_no_file_format_nor_edge(module):
+    via = _reach(module)
+    bad = [m for m in via if m.split(".")[0] in FILE_FORMATS or (m.startswith("simkv.") and _is_edge(m))]
+    assert not bad, "\n".join(_chain(via, m) for m in bad)
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_neither_prints_nor_opens(module):
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert not calls & {"print", "open", "input"}
+
+
+def test_no_import_circles():
+    """No module imports itself back (package __init__ re-exports are not design dependencies)."""
+    edges = {m: {d for d in deps if d in MODULES and d != m and not m.startswith(d + ".")} for m, deps in GRAPH.items()}
+    circles = []
+    for start in sorted(edges):
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, path = stack.pop()
+            for d in edges[node]:
+                if d == start:
+                    circles.append(" -> ".join(path + (d,)))
+                elif d not in seen and d > start:   # report each circle once, from its smallest module
+                    seen.add(d)
+                    stack.append((d, path + (d,)))
+    assert not circles, "\n".join(circles)
+
+
+def test_the_walk_sees_a_real_dependency():
+    """The walker itself: it finds the bridge's reads and the core's absence of them."""
+    assert "simkv.calibration_data" in _reach("simkv.simulate")
+    assert "yaml" in _reach("simkv.scenario")
+    assert "simkv.cost.tables" in _reach("simkv.cost.calibrated")
+
+
+def test_unknown_variant_is_a_simkv_error_naming_the_variants():
+    sc = small_scenario(variants=[{"name": "p", "set": {"engine.allocator": "paged"}},
+                                  {"name": "c", "set": {"engine.allocator": "contiguous"}}])
+    with pytest.raises(SimkvError, match="no variant 'x'") as err:
+        simkv.simulate(sc, "x")
+    assert err.value.fix == "one of: p, c"
