@@ -223,6 +223,14 @@ def _run_point(scenario, args, label: str):
     results = {}
     for name, sub in expand_variants(scenario):
         bar = _Progress(f"{label}{name}", args.quiet)
+        if sub.fleet is not None:  # several replicas behind a router (simkv.fleet)
+            from simkv.fleet.run import simulate_fleet
+            try:
+                results[name] = simulate_fleet(sub, stream, name, bar, next((v.set for v in scenario.variants if v.name == name), {}))
+            except SimkvError as err:
+                raise SimkvError(err.message, file=args.scenario, field=err.field, fix=err.fix) from None
+            bar.close()
+            continue
         try:
             sim = build(sub, stream)
         except SimkvError as err:

@@ -26,14 +26,24 @@ def simulate(scenario: Scenario, variant: str | None = None, *, progress: Progre
         raise KeyError(f"no variant named {name!r}; have {', '.join(runs)}")
     stream = stream if stream is not None else generate_stream(scenario.workload, scenario.run,
                                                                trace_for(scenario.workload.trace))
+    if runs[name].fleet is not None:  # several replicas behind a router (simkv.fleet)
+        from simkv.fleet.run import simulate_fleet
+        return simulate_fleet(runs[name], stream, name, progress, _overrides(scenario, name))
     return run_simulation(build(runs[name], stream), name, progress, _overrides(scenario, name))
 
 
 def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> dict[str, Result]:
     """Every variant of `scenario` on the identical request stream, in file order."""
     stream = generate_stream(scenario.workload, scenario.run, trace_for(scenario.workload.trace))
-    return {name: run_simulation(build(sub, stream), name, progress, _overrides(scenario, name))
+    return {name: _run_one(sub, stream, name, progress, _overrides(scenario, name))
             for name, sub in expand_variants(scenario)}
+
+
+def _run_one(sub: Scenario, stream: RequestStream, name: str, progress, overrides: dict) -> Result:
+    if sub.fleet is not None:  # several replicas behind a router (simkv.fleet)
+        from simkv.fleet.run import simulate_fleet
+        return simulate_fleet(sub, stream, name, progress, overrides)
+    return run_simulation(build(sub, stream), name, progress, overrides)
 
 
 def simulate_sweep(scenario: Scenario, *, progress: ProgressFn | None = None) -> list[tuple[object, dict[str, Result]]]:
