@@ -70,7 +70,7 @@ class Fleet:
         self._next_initial = 0
         self._arrivals_done = False
         self._closed = False
-        env.process(self._arrivals())
+        self._arrival_process = env.process(self._arrivals())
         for f in spec.faults:
             pool = next(p for p in self.pools if p.name == f.pool)
             g = sum(p.num_replicas for p in self.pools[:pool.index]) + f.replica
@@ -229,7 +229,7 @@ class Fleet:
                     rep.close()
 
     def run(self, progress: ProgressFn | None = None) -> None:
-        self.env.run(until=simpy.AllOf(self.env, [r.done for r in self.replicas]))
+        self.env.run(until=simpy.AllOf(self.env, [r.done for r in self.replicas] + [self._arrival_process]))
         if progress is not None:
             progress(self.t.num_requests, self.t.num_requests, self.env.now)
 
