@@ -46,7 +46,7 @@ class Fleet:
             for r, (sched, rec) in enumerate(zip(pool.schedulers, pool.recorders)):
                 rep = Replica(env, pool.sim.table, sched, pool.sim.cost, rec, routed=True)
                 rep.on_finished = self._finished
-                rep.next_arrival_hint = self._next_event_s
+                rep.next_arrival_hint = (lambda g=len(self.replicas): self._next_event_s(g))
                 rep.index = len(self.replicas)
                 self.replicas.append(rep)
                 self.pool_index.append(pool.index)
@@ -70,6 +70,8 @@ class Fleet:
         self._next_initial = 0
         self._arrivals_done = False
         self._closed = False
+        self._fault_times = sorted(f.at_s for f in spec.faults)
+        self._plan = self._static_plan()
         self._arrival_process = env.process(self._arrivals())
         for f in spec.faults:
             pool = next(p for p in self.pools if p.name == f.pool)
@@ -95,11 +97,33 @@ class Fleet:
                  else np.arange(len(self.replicas)))
         return cands[[not self.replicas[g].failed for g in cands.tolist()]]
 
+    def _static_plan(self) -> np.ndarray | None:
+        """round_robin and random decide without looking at load, so without follow-up turns or a
+        decision delay every arrival's replica is known in advance; each replica then knows when its
+        own next request comes, and fast-forwards as far as a lone replica would (until a fault)."""
+        t, spec = self.t, self.spec.router
+        if spec.policy not in ("round_robin", "random") or t.next_turn is not None or spec.decision_delay_s > 0:
+            return None
+        n, k = t.num_requests, len(self.replicas)
+        starts = np.r_[True, t.group[1:] != t.group[:-1]] if n else np.zeros(0, bool)
+        picks = (np.arange(int(starts.sum())) % k if spec.policy == "round_robin"
+                 else self.router.rng.integers(k, size=int(starts.sum())))
+        plan = picks[np.cumsum(starts) - 1] if n else np.zeros(0, dtype=np.int64)
+        self._own = [np.sort(t.arrival_s[plan == g]) for g in range(k)]
+        self._own_next = [0] * k
+        return plan
+
     # ------------------------------------------------------------ events
-    def _next_event_s(self) -> float:
-        """The earliest time a request could next reach any replica (bounds the replicas' fast-forward)."""
-        i = self._next_initial
-        nxt = float(self.t.arrival_s[self._initial[i]]) if i < len(self._initial) else np.inf
+    def _next_event_s(self, g: int | None = None) -> float:
+        """The earliest time a request could next reach replica g (bounds its fast-forward)."""
+        if self._plan is not None and g is not None:
+            own, i = self._own[g], self._own_next[g]
+            nxt = float(own[i]) if i < len(own) else np.inf
+            if self._fault_times:   # a fault re-routes requests at once
+                nxt = min(nxt, self._fault_times[0])
+        else:
+            i = self._next_initial
+            nxt = float(self.t.arrival_s[self._initial[i]]) if i < len(self._initial) else np.inf
         return min(nxt, self._pending[0]) if self._pending else nxt
 
     def _arrivals(self):
@@ -109,6 +133,11 @@ class Fleet:
             if delay > 0:
                 yield env.timeout(delay)
             self._next_initial = i + 1
+            if self._plan is not None:
+                g = int(self._plan[rid])
+                self._own_next[g] += 1
+                self._deliver(rid, g)
+                continue
             self._route(rid)
         self._arrivals_done = True
         self._maybe_close()
@@ -190,6 +219,8 @@ class Fleet:
     def _fault(self, g: int, at: float):
         yield self.env.timeout(at)
         rep = self.replicas[g]
+        self._fault_times.pop(0)
+        self._plan = None   # from now on the router decides each request as it comes
         if rep.failed or self._closed:
             return
         rep.failed = True
