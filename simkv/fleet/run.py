@@ -10,19 +10,14 @@ reason; the run checks that none is lost.
 
 from __future__ import annotations
 
-import copy
 import heapq
-from types import SimpleNamespace
 
 import numpy as np
 import simpy
 
-from simkv import frontend
-from simkv.bench_metrics import bench_summary
 from simkv.engine import ProgressFn, Replica
 from simkv.fleet.pools import Pool, build_pools
 from simkv.fleet.router import Router
-from simkv.metrics import KV_FIELDS, SERIES_COLUMNS, Recorder, summarize
 from simkv.request import FAILED_NO_REPLICA, REJECTED, SESSION_ENDED, WAITING
 from simkv.result import Result
 from simkv.scenario import Scenario

@@ -12,7 +12,7 @@ import numpy as np
 from simkv import frontend
 from simkv.bench_metrics import bench_summary
 from simkv.metrics import KV_FIELDS, SERIES_COLUMNS, Recorder, summarize
-from simkv.request import DONE, REJECTED, WAITING, RequestTable
+from simkv.request import WAITING, RequestTable
 from simkv.result import Result
 
 
