@@ -234,8 +234,12 @@ def _run_point(scenario, args, label: str):
     results = {}
     for name, overrides, sim in prepared(scenario, stream=stream, locate=locate):
         bar = _Progress(f"{label}{name}", args.quiet)
-        results[name] = run_simulation(sim, name, bar, overrides)
+        try:
+            results[name] = run_simulation(sim, name, bar, overrides)
+        except SimkvError as err:
+            raise locate(err, name) from None
         bar.close()
+        sub = sim.scenario
         if sub.run.intervals:
             from simkv.intervals import prediction_intervals
             results[name].summary["intervals"] = prediction_intervals(sub, name, results[name].summary, sub.run.intervals)

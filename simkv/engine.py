@@ -28,7 +28,7 @@ class Replica:
     """The serving engine of one replica (the only simpy user)."""
 
     def __init__(self, env: simpy.Environment, table: RequestTable, scheduler, cost, recorder: Recorder,
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, *, routed: bool = False) -> None:
         self.env = env
         self.t = table
         self.scheduler = scheduler
@@ -43,10 +43,29 @@ class Replica:
         self._follow_ups: list[float] = []  # heap of pending follow-up arrival times
         self._wake = env.event()
         self.clients = None
-        if getattr(table, "clients", None) is not None:  # closed-loop / offline clients send the requests
+        # fleet (simkv.fleet): a router submits the requests, hears of each finished one, and says when
+        # the next request could reach this replica at the earliest; a failed replica stops
+        self.routed, self.failed = routed, False
+        self.on_finished: Callable | None = None
+        self.next_arrival_hint: Callable[[], float] | None = None
+        if routed:
+            self._initial = np.zeros(0, dtype=np.int64)
+        elif getattr(table, "clients", None) is not None:  # closed-loop / offline clients send the requests
             self._start_clients()
         self.done = env.process(self._step_loop())
-        env.process(self._arrivals())
+        if not routed:
+            env.process(self._arrivals())
+
+    def submit(self, rid: int) -> bool:
+        """A router hands this replica request `rid` now (fleet); False if it is refused."""
+        self._admit(rid)
+        return self.t.status[rid] != REJECTED
+
+    def close(self) -> None:
+        """No more requests will be submitted (fleet): the replica ends once it is idle."""
+        self._initial_done = True
+        if not self._wake.triggered:
+            self._wake.succeed()
 
     @property
     def _arrivals_done(self) -> bool:
@@ -152,6 +171,8 @@ class Replica:
     def _next_arrival_s(self) -> float:
         i = self._next_arrival
         nxt = float(self.t.arrival_s[self._initial[i]]) if i < len(self._initial) else np.inf
+        if self.next_arrival_hint is not None:
+            nxt = min(nxt, self.next_arrival_hint())
         return min(nxt, self._follow_ups[0]) if self._follow_ups else nxt
 
     def _durations(self, plan) -> np.ndarray:
@@ -180,6 +201,8 @@ class Replica:
                     self._wake = env.event()
                 idle_from = env.now
                 yield self._wake
+                if self.failed:
+                    return
                 rec.on_idle(idle_from, env.now)
                 continue
             durations = self._durations(plan)
@@ -187,8 +210,13 @@ class Replica:
             start = env.now
             # the same cumulative sum as commit's step ends, so token times match env.now exactly
             yield env.timeout(float(durations[0] if len(durations) == 1 else np.cumsum(durations)[-1]))
+            if self.failed:  # the replica died during these steps: nothing of them happened
+                return
             outcome = sched.commit(plan, start, durations)
-            if (self.t.next_turn is not None or self.clients is not None) and outcome.finished_ids:
+            if self.on_finished is not None:
+                if outcome.finished_ids:
+                    self.on_finished(self, outcome.finished_ids)
+            elif (self.t.next_turn is not None or self.clients is not None) and outcome.finished_ids:
                 self._answered(outcome.finished_ids)
             rec.on_steps(start, outcome, durations)
             rec.on_extra_gaps(outcome.extra_gaps_s)

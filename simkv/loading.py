@@ -595,3 +595,21 @@ def _explain(e: dict, path: str, owner) -> tuple[str, str | None]:
 def _short(value) -> str:
     text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else "a huge integer"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def pool_scenarios(scenario: Scenario) -> list[tuple[str, Scenario]]:
+    """[(pool name, the scenario with the pool's overrides and without `fleet`)]."""
+    base = scenario.model_dump(exclude={"variants", "sweep", "fleet"}, exclude_unset=True)
+    out = []
+    for i, pool in enumerate(scenario.fleet.pools):
+        raw = apply_overrides(base, pool.set, origin=f"fleet.pools[{i}] ({pool.name})")
+        try:
+            sub = Scenario(**raw)
+            sub.model_spec(), sub.gpu_spec()
+        except ValidationError as err:
+            inner = _translate(err, None)
+            raise SimkvError(inner.message, field=f"fleet.pools[{i}].set: {inner.field}", fix=inner.fix) from None
+        except SimkvError as err:
+            raise SimkvError(err.message, field=f"fleet.pools[{i}].set: {err.field}", fix=err.fix) from None
+        out.append((pool.name, sub))
+    return out

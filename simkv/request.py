@@ -16,6 +16,8 @@ REJECT_REASONS = ("", "prompt longer than max_model_len", "reservation larger th
 REFUSED_BY_ENGINE = 3
 PROMPT_OVER_PREFILL_BUDGET = 4
 SESSION_ENDED = 5
+FAILED_NO_REPLICA = 6   # fleet: its replica failed and no live replica could take the retry (simkv.fleet)
+REJECT_REASONS = REJECT_REASONS + ("failed: its replica failed and no live replica was left to retry it on",)
 
 
 class RequestTable:

@@ -18,6 +18,7 @@ from simkv.catalog import builtin_gpus, builtin_models
 from simkv.errors import SimkvError
 from simkv.lora import LoraEngine, LoraWorkload
 from simkv.speculative import Speculative
+from simkv.fleet.spec import FleetSpec, check_fleet
 from simkv.specs import (Bool, DType, Float, GpuSpec, ModelSpec, NonNegativeFloat, NonNegativeInt,
                          PositiveFloat, PositiveInt, Strict, WeightDType)
 from simkv.specs import MAX_REQUESTS, Z99  # noqa: F401 (pure constants, shared with the workload generators)
@@ -560,6 +561,7 @@ class Scenario(Strict):
     catalog_files: list[str] = Field(default_factory=list, description="extra catalog YAML files ({models: ..., gpus: ...}), relative to this file; merged into models/gpus when loaded")
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="user model entries by name, usable in `model:`")
     gpus: dict[str, GpuSpec] = Field(default_factory=dict, description="user GPU entries by name, usable in `hardware.gpu:`")
+    fleet: FleetSpec | None = Field(None, description="several replicas behind a router (simkv.fleet); none: one replica")
 
     @field_validator("name")
     @classmethod
@@ -587,6 +589,12 @@ class Scenario(Strict):
         replay = self.workload.trace is not None and self.workload.arrival is None
         if not replay and self.run.num_requests is None and self.run.duration_s is None:
             raise ValueError("run: give exactly one of num_requests and duration_s (a trace replay may give neither)")
+        return self
+
+    @model_validator(mode="after")
+    def _fleet(self):
+        if self.fleet is not None:
+            check_fleet(self.fleet, self)
         return self
 
     @model_validator(mode="after")

@@ -73,12 +73,26 @@ def prepared(scenario: Scenario, variant: str | None = None, *, stream: RequestS
     stream = stream if stream is not None else stream_for(scenario)
     for name, sub in runs:
         try:
-            sim = build(sub, stream, cost_inputs(sub))
+            sim = _fleet(sub, stream) if sub.fleet is not None else build(sub, stream, cost_inputs(sub))
         except SimkvError as err:
             if locate is None:
                 raise
             raise locate(err, name) from None
         yield name, _overrides(scenario, name), sim
+
+
+def _fleet(scenario: Scenario, stream: RequestStream):
+    """A fleet scenario's replicas behind its router, built (simkv.fleet): its pools' scenarios
+    derived and their measurements resolved here, like a single replica's."""
+    from simkv.fleet.run import Fleet
+    from simkv.loading import pool_scenarios
+    return Fleet(scenario, stream, pool_scenarios(scenario), cost_inputs)
+
+
+def simulate_fleet(scenario: Scenario, stream: RequestStream, name: str = "base",
+                   progress: ProgressFn | None = None, overrides: dict | None = None) -> Result:
+    """Simulate a fleet scenario (no variants) over `stream`."""
+    return run_simulation(_fleet(scenario, stream), name, progress, overrides)
 
 
 def build_simulation(scenario: Scenario, stream: RequestStream) -> Simulation:
@@ -135,8 +149,13 @@ def _overrides(scenario: Scenario, name: str) -> dict:
 
 def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = None,
                    overrides: dict | None = None) -> Result:
-    """Run a built simulation to completion (every admitted request finished); `overrides` are
-    the variant's dotted settings, recorded in the summary."""
+    """Run a built simulation (or fleet) to completion (every admitted request finished);
+    `overrides` are the variant's dotted settings, recorded in the summary."""
+    if not isinstance(sim, Simulation):   # a fleet (simkv.fleet.run.Fleet)
+        from simkv.fleet.summary import fleet_result
+        sim.run(progress)
+        summary, cols, series = fleet_result(sim, name, overrides or {}, _request_columns, _setup)
+        return Result(name=name, scenario=sim.scenario, summary=summary, requests=cols, timeseries=series)
     env = simpy.Environment()
     run = sim.scenario.run
     recorder = Recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s, run.time_series_points)

@@ -1,0 +1,108 @@
+"""The scenario's `fleet:` section: pools of replicas, the router in front of them, faults."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from simkv.specs import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Strict
+
+ROUTER_POLICIES = ("round_robin", "random", "least_loaded", "kv_aware", "session", "by_class")
+POOL_SET_PREFIXES = ("model", "hardware", "engine", "cost", "slo", "frontend")
+MAX_REPLICAS = 10_000
+
+
+class RouterSpec(Strict):
+    """What sends each request to a replica. The router knows only what a real one can: what it sent
+    where, which answers came back, and (kv_aware) the prefixes it sent to each replica."""
+
+    policy: Literal["round_robin", "random", "least_loaded", "kv_aware", "session", "by_class"] = Field(
+        "round_robin", description="round_robin, random, least_loaded (fewest outstanding), kv_aware (prefix "
+        "cache hits weighed against load), session (a conversation stays on its replica), by_class (classes to "
+        "pools, least loaded within)")
+    load: Literal["requests", "tokens"] = Field(
+        "requests", description="least_loaded / kv_aware / by_class: load = outstanding requests, or outstanding "
+        "tokens (prompt + max_new_tokens of unanswered requests)")
+    hit_weight: NonNegativeFloat = Field(
+        4.0, description="kv_aware: a whole prompt found cached is worth this many requests of load (load "
+        "measured in mean-request units)")
+    decision_delay_s: NonNegativeFloat = Field(0.0, le=60, description="time a routing decision takes; added to every request's latency (s)")
+    state_interval_s: NonNegativeFloat = Field(
+        0.0, le=3600, description="the router learns of answers (load going down) only every this often; "
+        "0: at once (s)")
+    seed: NonNegativeInt = Field(0, description="random: seed of the choices (with run.seed)")
+
+
+class PoolSpec(Strict):
+    """A group of identical replicas; `set` overrides the scenario for this pool."""
+
+    name: str = Field(min_length=1, description="label in the fleet summary and requests.csv")
+    replicas: PositiveInt = Field(1, le=MAX_REPLICAS, description="replicas in the pool (count); each runs on hardware.tensor_parallel GPUs")
+    set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides for this pool, e.g. engine.preset: tgi")
+    classes: list[str] | None = Field(None, description="by_class: the request classes this pool serves (none: "
+                                      "the classes no other pool names)")
+
+    @field_validator("set")
+    @classmethod
+    def _engine_side_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key.split(".")[0] not in POOL_SET_PREFIXES:
+                raise ValueError(f"'{key}' cannot differ between pools: a pool may set {', '.join(POOL_SET_PREFIXES)}")
+        return value
+
+
+class FaultSpec(Strict):
+    """A replica fails at a time: its running and queued requests are retried through the router."""
+
+    pool: str = Field(description="the pool of the failing replica")
+    replica: NonNegativeInt = Field(0, description="which replica of the pool (0-based)")
+    at_s: NonNegativeFloat = Field(description="when it fails (s)")
+
+
+class FleetSpec(Strict):
+    """Several replicas (pools of them) on one clock behind a router."""
+
+    router: RouterSpec = Field(default_factory=RouterSpec, description="the routing policy")
+    pools: list[PoolSpec] = Field(min_length=1, description="the pools of replicas")
+    faults: list[FaultSpec] = Field(default_factory=list, description="replicas that fail during the run")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [p.name for p in self.pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pool names must be unique; repeated: {', '.join(dupes)}")
+        if sum(p.replicas for p in self.pools) > MAX_REPLICAS:
+            raise ValueError(f"at most {MAX_REPLICAS} replicas in a fleet")
+        for i, f in enumerate(self.faults):
+            pool = next((p for p in self.pools if p.name == f.pool), None)
+            if pool is None:
+                raise ValueError(f"faults[{i}]: no pool named '{f.pool}' (pools: {', '.join(names)})")
+            if f.replica >= pool.replicas:
+                raise ValueError(f"faults[{i}]: pool '{f.pool}' has replicas 0..{pool.replicas - 1}, not {f.replica}")
+        return self
+
+
+def check_fleet(fleet: FleetSpec, scenario) -> None:
+    """Checks that need the rest of the scenario (called by Scenario's validator)."""
+    w = scenario.workload
+    procs = ({c.arrival.process for c in w.classes} if w.classes else
+             {w.arrival.process} if w.arrival is not None else set())
+    if procs & {"closed", "offline"}:
+        raise ValueError("fleet: closed-loop and offline clients are not routed yet; use an open-loop arrival "
+                         "process (poisson, gamma, ...) or a trace")
+    class_names = [c.name for c in w.classes] if w.classes else []
+    named = [c for p in fleet.pools for c in (p.classes or [])]
+    unknown = sorted(set(named) - set(class_names))
+    if unknown:
+        raise ValueError(f"fleet.pools: unknown class {', '.join(unknown)} (workload.classes: "
+                         f"{', '.join(class_names) or 'none'})")
+    if fleet.router.policy == "by_class":
+        if not class_names:
+            raise ValueError("fleet.router.policy by_class needs workload.classes")
+        default = [p.name for p in fleet.pools if p.classes is None]
+        orphans = [c for c in class_names if c not in named]
+        if orphans and not default:
+            raise ValueError(f"fleet: no pool serves class {', '.join(orphans)}: list it in a pool's classes, "
+                             "or leave one pool without classes (it takes the rest)")
