@@ -27,7 +27,7 @@ CHILD = r"""
 import json, resource, sys, time
 import simkv
 from simkv.simulate import build_simulation
-from simkv.loading import expand_variants
+from simkv.files.scenario_file import expand_variants
 from simkv.simulate import run_simulation
 from simkv.workload.stream import generate_stream
 n, variant, max_repeat = int(sys.argv[1]), sys.argv[2], int(sys.argv[4])

@@ -10,7 +10,7 @@ import sys
 import time
 
 import simkv
-from simkv.loading import validate_scenario
+from simkv.files.scenario_file import validate_scenario
 
 
 def scenario(replicas: int, per_replica: int, policy: str):

@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from simkv.cost.api import cost_model  # noqa: E402
+from simkv.studies.step_time import cost_model  # noqa: E402
 from simkv.sched.base import StepPlan  # noqa: E402
 
 

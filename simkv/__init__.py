@@ -7,7 +7,7 @@
 """
 
 from simkv.errors import SimkvError
-from simkv.loading import load_scenario
+from simkv.files.scenario_file import load_scenario
 from simkv.result import Result
 from simkv.scenario import Scenario
 from simkv.simulate import simulate, simulate_all, simulate_sweep

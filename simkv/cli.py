@@ -170,11 +170,11 @@ class _Progress:
 
 
 def cmd_run(args) -> int:
-    from simkv.loading import expand_sweep, load_scenario
-    from simkv.report import terminal_table
+    from simkv.files.scenario_file import expand_sweep, load_scenario
+    from simkv.report.markdown import terminal_table
 
-    from simkv.output import check_output_names
-    from simkv.safe_paths import check_root
+    from simkv.files.results import check_output_names
+    from simkv.files.safe_paths import check_root
     if getattr(args, "intervals", None) is not None:
         if not 0 <= args.intervals <= 1000:
             raise SimkvError(f"--intervals {args.intervals}", fix="give 0..1000 replicates")
@@ -195,13 +195,13 @@ def cmd_run(args) -> int:
             print(terminal_table(results))
     wall = time.perf_counter() - wall
     if scenario.sweep is not None:
-        from simkv.output import scenario_title, write_sweep
+        from simkv.files.results import scenario_title, write_sweep
         write_sweep(scenario.sweep.field, points, out, scenario_title(scenario, points))
         print(f"{scenario.name}: {total:,} simulated requests in {wall:.1f} s wall ({total / wall:,.0f} requests/s)")
         print(f"results: {out}/ (sweep.csv, sweep.png, report.md, one folder per value)")
         return 0
     results = points[0][1]
-    from simkv.output import write_results
+    from simkv.files.results import write_results
     write_results(results, out, figures=not args.no_figures)
     print(f"{scenario.name}: {total // len(results):,} requests x {len(results)} run(s) simulated in {wall:.1f} s wall "
           f"({total / wall:,.0f} requests/s)")
@@ -212,7 +212,7 @@ def cmd_run(args) -> int:
 
 def _default_output(name: str, file: str, field: str) -> Path:
     """results/<name> when no -o is given; `results/` (simkv's own default) is created if missing."""
-    from simkv.safe_paths import plain_name
+    from simkv.files.safe_paths import plain_name
     folder = Path("results") / plain_name(name, file=file, field=field)
     try:
         folder.parent.mkdir(exist_ok=True)
@@ -241,16 +241,16 @@ def _run_point(scenario, args, label: str):
         bar.close()
         sub = sim.scenario
         if sub.run.intervals:
-            from simkv.intervals import prediction_intervals
+            from simkv.studies.intervals import prediction_intervals
             results[name].summary["intervals"] = prediction_intervals(sub, name, results[name].summary, sub.run.intervals)
     return results, stream.num_requests
 
 
 def cmd_step_time(args) -> int:
-    from simkv.steptime_table import predict_table
+    from simkv.studies.steptime_table import predict_table
     gpus, models = None, {}
     if args.catalog:
-        from simkv.loading import read_catalog
+        from simkv.files.scenario_file import read_catalog
         models, gpus = read_catalog(Path(args.catalog))
     _check_tensor_parallel(args.tp, args.model, models)
     text = predict_table(Path(args.batches), gpu=args.gpu, model=args.model, tensor_parallel=args.tp,
@@ -282,7 +282,7 @@ def _check_tensor_parallel(tp: int, model: str, extra_models: dict) -> None:
 
 
 def cmd_cost_report(args) -> int:
-    from simkv.cost_report import error_stats, write_report
+    from simkv.report.cost_validation import error_stats, write_report
     results = write_report(Path(args.output), Path(args.figures), args.gpu)
     for v in results:
         loo, lomo = error_stats(v.loo, v.measured), error_stats(v.lomo, v.measured)
@@ -294,11 +294,11 @@ def cmd_cost_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from simkv.sweep import run_sweep_file
+    from simkv.studies.sweep import run_sweep_file
     start = time.perf_counter()
     path = Path(args.sweep)
     out = Path(args.output) if args.output else _default_output(path.stem, args.sweep, "file name")
-    from simkv.safe_paths import check_root
+    from simkv.files.safe_paths import check_root
     check_root(out)
     if args.address and args.executor != "ray":
         raise SimkvError("--address is the address of a Ray cluster", field="--address", fix="add --executor ray")
@@ -314,8 +314,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_capacity(args) -> int:
-    from simkv.capacity import check_number, check_variant, find_capacity, parse_slo
-    from simkv.loading import load_scenario
+    from simkv.studies.capacity import check_number, check_variant, find_capacity, parse_slo
+    from simkv.files.scenario_file import load_scenario
     from simkv.simulate import simulate
 
     # the command line first: a typo must not wait for a scenario to load
@@ -363,7 +363,7 @@ def cmd_capacity(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from simkv.loading import load_scenario
+    from simkv.files.scenario_file import load_scenario
     from simkv.gpu.validate import torch_or_error, validate
     device = "cuda" if args.gpu else (args.device or "cpu")
     for name in ("layers", "requests"):
@@ -374,7 +374,7 @@ def cmd_validate(args) -> int:
     choose_variant(scenario, args.variant)
     torch_or_error()
     out = Path(args.output) if args.output else _default_output(f"validate-{scenario.name}", args.scenario, "name")
-    from simkv.safe_paths import check_root
+    from simkv.files.safe_paths import check_root
     check_root(out)
     start = time.perf_counter()
     result = validate(scenario, device, args.layers, args.requests, args.variant, shapes=args.shapes)
@@ -412,7 +412,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from simkv.reproduce import MANIFEST, reproduce
+    from simkv.studies.reproduce import MANIFEST, reproduce
     if args.list:
         for job in MANIFEST:
             print(f"{job.name:34s} {job.source or job.kind:52s} {', '.join(job.targets())}")
@@ -441,7 +441,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from simkv.output import redraw
+    from simkv.files.results import redraw
     folder = Path(args.folder)
     names = redraw(folder)
     print(f"redrew {', '.join(names)} in {folder}/")
@@ -452,7 +452,7 @@ def cmd_trace_stats(args) -> int:
     from pydantic import ValidationError
 
     from simkv.scenario import TraceSpec
-    from simkv.trace_io import BUILTIN, read_trace, trace_stats
+    from simkv.files.traces import BUILTIN, read_trace, trace_stats
     try:
         if args.trace in BUILTIN:
             spec = TraceSpec(name=args.trace)
@@ -513,7 +513,7 @@ def cmd_catalog(args) -> int:
 
 
 def cmd_fit_host_overhead(args) -> int:
-    from simkv.host_log_io import fit_file
+    from simkv.files.host_log import fit_file
     fit = fit_file(args.steplog)
     if args.json:
         print(json.dumps({"host_overhead_s": fit.fixed_s, "host_per_seq_s": fit.per_seq_s, "steps": fit.rows,

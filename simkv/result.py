@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simkv.safe_paths import prepare_folder, write_file
+from simkv.files.safe_paths import prepare_folder, write_file
 from simkv.scenario import Scenario
 
 _INT_COLUMNS = {"req_id", "group", "class_id", "prompt_tokens", "output_tokens", "max_new_tokens", "status", "reject_reason",

@@ -2,7 +2,7 @@
 SLOs) and named variants compared on the identical request stream.
 
 Every field documents its unit. Objects are frozen and reject unknown fields, so a misspelt key
-is an error (with a suggestion, see `simkv.loading`), never silently ignored.
+is an error (with a suggestion, see `simkv.files.scenario_file`), never silently ignored.
 """
 
 from __future__ import annotations
@@ -430,7 +430,7 @@ class Run(Strict):
     time_series_points: PositiveInt = Field(2000, ge=10, le=10 ** 6, description="most rows kept in timeseries.csv (rows)")
     intervals: NonNegativeInt = Field(0, le=1000, description="prediction intervals: re-simulate this many times with "
                                       "other seeds and resampled cost-model errors, report [p5, p95] of the headline "
-                                      "metrics (runs); 0: none (simkv.intervals)")
+                                      "metrics (runs); 0: none (simkv.studies.intervals)")
 
     @model_validator(mode="after")
     def _one_length(self):
@@ -464,7 +464,7 @@ class Frontend(Strict):
 
 FORBIDDEN_VARIANT_PREFIXES = ("workload", "run", "variants", "name", "catalog_files")
 
-# files a results folder holds next to the variants' sub-folders (simkv.output, simkv.result, simkv.plots)
+# files a results folder holds next to the variants' sub-folders (simkv.files.results, simkv.result, simkv.report.plots)
 OUTPUT_FILES = frozenset(
     ["summary.json", "summary.json.partial", "comparison.csv", "report.md", "scenario.json", "requests.csv",
      "timeseries.csv", "sweep.json", "sweep.csv", "points.csv", "points"]

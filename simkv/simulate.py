@@ -10,17 +10,17 @@ from collections.abc import Callable, Iterator
 from simkv import frontend
 from simkv.bench_metrics import bench_summary, client_sent_s
 from simkv.build import Simulation, build
-from simkv.calibration_data import calibration_for, calibration_from, moe_table_for
+from simkv.files.calibration import calibration_for, calibration_from, moe_table_for
 from simkv.cost import select
 from simkv.cost.calibrated import Calibration
 from simkv.engine import ProgressFn, Replica
 from simkv.errors import SimkvError
-from simkv.loading import expand_sweep, expand_variants
+from simkv.files.scenario_file import expand_sweep, expand_variants
 from simkv.metrics import Recorder, request_latencies, summarize
 from simkv.offload_setup import offload_summary
 from simkv.result import Result
 from simkv.scenario import Scenario
-from simkv.trace_io import trace_for
+from simkv.files.traces import trace_for
 from simkv.workload.stream import RequestStream, generate_stream
 
 
@@ -38,9 +38,9 @@ def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> d
 
 
 def _with_intervals(result: Result, scenario: Scenario) -> Result:
-    """The result with summary["intervals"] when run.intervals asks for them (simkv.intervals)."""
+    """The result with summary["intervals"] when run.intervals asks for them (simkv.studies.intervals)."""
     if scenario.run.intervals:
-        from simkv.intervals import prediction_intervals
+        from simkv.studies.intervals import prediction_intervals
         result.summary["intervals"] = prediction_intervals(scenario, result.name, result.summary, scenario.run.intervals)
     return result
 
@@ -85,7 +85,7 @@ def _fleet(scenario: Scenario, stream: RequestStream):
     """A fleet scenario's replicas behind its router, built (simkv.fleet): its pools' scenarios
     derived and their measurements resolved here, like a single replica's."""
     from simkv.fleet.run import Fleet
-    from simkv.loading import pool_scenarios
+    from simkv.files.scenario_file import pool_scenarios
     return Fleet(scenario, stream, pool_scenarios(scenario), cost_inputs)
 
 
@@ -107,7 +107,7 @@ def cost_inputs(scenario: Scenario) -> select.CostInputs:
     table = None
     base = scenario
     if not isinstance(scenario.cost, str):     # cost: {table: steps.csv}
-        from simkv.step_table_io import read_step_table
+        from simkv.files.step_table import read_step_table
         table = read_step_table(scenario.cost.table)
         base = scenario.model_copy(update={"cost": "calibrated"})
     calibration = calibration_of(base)

@@ -12,7 +12,7 @@ import pytest
 
 from simkv.bench_metrics import bench_summary
 from simkv.errors import SimkvError
-from simkv.loading import validate_scenario
+from simkv.files.scenario_file import validate_scenario
 from simkv.metrics import Recorder
 from simkv.request import DONE, RequestTable
 from simkv.scenario import Scenario
@@ -261,7 +261,7 @@ def test_bad_concurrency_through_the_cli(tmp_path):
 
 @pytest.mark.parametrize("trace", ["lengths_sharegpt_8k_llama2", "azure2023_conv"])
 def test_closed_loop_over_a_trace(trace):
-    from simkv.trace_io import trace_for
+    from simkv.files.traces import trace_for
     from simkv.scenario import TraceSpec
     raw = dict(model="llama3-8b", hardware={"gpu": "h100"}, engine={"preset": "vllm-v1", "max_model_len": 8192},
                workload={"trace": {"name": trace}, "arrival": {"process": "closed", "concurrency": 4}},

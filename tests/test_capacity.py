@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import simkv
-from simkv.capacity import find_capacity, parse_slo
+from simkv.studies.capacity import find_capacity, parse_slo
 from simkv.errors import SimkvError
 
 from conftest import ROOT

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import simkv
-from simkv.calibration_data import calibration_for, load_tables
+from simkv.files.calibration import calibration_for, load_tables
 from simkv.cost import cost_model, plan_from_shape, step_time
 from simkv.cost.calibrated import layer_step_features
-from simkv.cost_report import error_stats, validate
+from simkv.report.cost_validation import error_stats, validate
 from simkv.sched import StepPlan
 
 from conftest import ROOT, small_scenario

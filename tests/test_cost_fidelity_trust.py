@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simkv.calibration_data import calibration_for, load_tables, load_tables_from
+from simkv.files.calibration import calibration_for, load_tables, load_tables_from
 from simkv.cost import cost_model, plan_from_shape
 from simkv.cost.calibrated import Calibration, CalibratedCost
-from simkv.cost_report import error_stats, validate, whole_markdown
+from simkv.report.cost_validation import error_stats, validate, whole_markdown
 
 from conftest import ROOT
 
@@ -183,7 +183,7 @@ def test_a100_step_times_sit_between_the_roofline_and_a_slowed_h100():
 
 
 def test_vidur_h100_profiles_cross_check_simkv_gemm_grid():
-    from simkv.cost_report import vidur_h100_crosscheck
+    from simkv.report.cost_validation import vidur_h100_crosscheck
     rows = vidur_h100_crosscheck(tokens=(4096,))
     for m, op, vidur_ms, simkv_ms in rows:  # the brief's "within about 11% at 4k tokens"
         raw = raw_vidur_median("h100", "Llama-2-7b-hf", {"qkv_proj": "attn_pre_proj", "o_proj": "attn_post_proj",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from simkv.cost.api import plan_from_shape
+from simkv.studies.step_time import plan_from_shape
 from simkv.sched.base import StepPlan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def _planar_table(path: Path) -> Path:
 
 def _table_cost(path: Path, **kw):
     from simkv.cost.step_table import StepTableCost
-    from simkv.step_table_io import read_step_table
+    from simkv.files.step_table import read_step_table
 
     class _NoSwap:
         def transfer_seconds(self, plan):
@@ -112,8 +112,8 @@ def test_step_table_mixed_rows_correct_the_composition(tmp_path):
 def test_step_table_from_the_calibrated_model_simulates_like_it(tmp_path):
     """A table tabulated from the calibrated H100 model (an independent grid of its predictions)
     gives nearly the calibrated model's results."""
-    from simkv.cost.api import cost_model
-    from simkv.loading import load_scenario
+    from simkv.studies.step_time import cost_model
+    from simkv.files.scenario_file import load_scenario
     from simkv.simulate import simulate
     m, _ = cost_model("h100", "llama3-8b")
     lines = [HEADER]
@@ -162,7 +162,7 @@ def test_missing_step_table_is_a_clear_error(tmp_path):
 def test_host_overhead_fixed_plus_per_sequence(tmp_path):
     """Each step costs host_overhead_s + host_per_seq_s x sequences more than the GPU time."""
     from simkv.simulate import make_cost
-    from simkv.loading import load_scenario
+    from simkv.files.scenario_file import load_scenario
     base = load_scenario(_scenario(tmp_path, None))
     plain, _ = make_cost(base)
     over = load_scenario(_scenario(tmp_path, None, host_overhead_s=0.002, host_per_seq_s=3e-5))
@@ -181,7 +181,7 @@ def test_host_overhead_fixed_plus_per_sequence(tmp_path):
 
 def test_host_overhead_defaults_are_cited_or_assumed_zero(tmp_path):
     from simkv.simulate import make_cost
-    from simkv.loading import load_scenario
+    from simkv.files.scenario_file import load_scenario
     for preset, word in (("sglang", "assumed 0, as published: LMSYS"), ("trtllm", "assumed 0, as published: TensorRT-LLM"),
                          ("vllm-v1", "assumed 0"), ("tgi", "assumed 0")):
         cost, _ = make_cost(load_scenario(_scenario(tmp_path, None, preset=preset)))
@@ -210,8 +210,8 @@ def test_fit_host_overhead_recovers_the_terms(tmp_path):
 
 def test_interval_residuals_are_the_cost_reports_held_out_errors():
     """The factors resampled are exactly `simkv cost report`'s leave-one-out whole-model errors."""
-    from simkv.cost_report import validate
-    from simkv.intervals import calibration_residuals
+    from simkv.report.cost_validation import validate
+    from simkv.studies.intervals import calibration_residuals
     by_kind, what = calibration_residuals("h100")
     w = validate("h100").whole
     for kind in ("decode", "prefill", "mixed"):
@@ -221,8 +221,8 @@ def test_interval_residuals_are_the_cost_reports_held_out_errors():
 
 
 def test_scaled_cost_scales_by_step_kind():
-    from simkv.cost.api import cost_model
-    from simkv.intervals import ScaledCost
+    from simkv.studies.step_time import cost_model
+    from simkv.studies.intervals import ScaledCost
     m, _ = cost_model("h100", "llama3-8b")
     s = ScaledCost(m, {"decode": 2.0, "prefill": 3.0, "mixed": 5.0})
     for shape, f in (((0, 0, 4, 100), 2.0), ((1, 100, 0, 0), 3.0), ((1, 100, 4, 100), 5.0)):
@@ -262,16 +262,16 @@ def test_cli_intervals_in_summary_and_report(tmp_path):
 def test_parity_needs_vllm_only_when_run(tmp_path):
     """The harness imports vLLM lazily: without it, a clear error (exit 2), and nothing else in
     simkv imports the harness."""
-    import simkv.parity as parity
+    import simkv.studies.parity as parity
     assert "vllm" not in sys.modules or sys.modules["vllm"] is not None
     try:
         import vllm  # noqa: F401
         pytest.skip("vllm is installed here")
     except ImportError:
         pass
-    proc = subprocess.run([sys.executable, "-m", "simkv.parity", "-o", str(tmp_path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "simkv.studies.parity", "-o", str(tmp_path)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("simkv: error: parity: vllm is not installed; fix: ")
     assert set(parity.WORKLOADS) == {"chat-poisson", "prefix-heavy", "overload-preemption"}
-    users = [p for p in (ROOT / "simkv").rglob("*.py") if "simkv.parity" in p.read_text() and p.name != "parity.py"]
+    users = [p for p in (ROOT / "simkv").rglob("*.py") if "simkv.studies.parity" in p.read_text() and p.name != "parity.py"]
     assert users == []

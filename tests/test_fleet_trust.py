@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import simkv
-from simkv.loading import validate_scenario
+from simkv.files.scenario_file import validate_scenario
 from simkv.request import DONE, REJECTED
-from simkv.trace_io import trace_for
+from simkv.files.traces import trace_for
 from simkv.workload.stream import generate_stream
 
 BASE = dict(name="fleet-test", model="llama3-8b", hardware={"gpu": "h100"},

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from simkv.errors import SimkvError
-from simkv.loading import load_scenario
+from simkv.files.scenario_file import load_scenario
 
 from conftest import ROOT
 

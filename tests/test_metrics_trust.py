@@ -14,7 +14,7 @@ import pytest
 import simkv
 from simkv.build import resolve_engine
 from simkv.simulate import build_simulation
-from simkv.report import markdown_report
+from simkv.report.markdown import markdown_report
 from simkv.scenario import Engine
 from simkv.simulate import run_simulation
 from simkv.workload.stream import generate_stream

@@ -82,7 +82,7 @@ def test_measured_moe_shape_is_the_table_and_labelled_measured():
     cost, _ = cost_model("h100", "qwen3-30b-a3b")
     tokens = np.array([1.0, 48.0, 4096.0])
     # moe_gemm.csv rows, qwen3-30b-a3b, h100 (ms): gate_up + down at 1, 48 and 4096 tokens
-    from simkv.calibration_data import load_moe_gemm
+    from simkv.files.calibration import load_moe_gemm
     cols = load_moe_gemm("h100")
     want = []
     for t in tokens:

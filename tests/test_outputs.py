@@ -71,7 +71,7 @@ def test_time_series_is_bounded():
 @pytest.mark.parametrize("path", sorted((ROOT / "scenarios").rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_scenarios_load(path):
     if path.parent.name == "sweeps":
-        from simkv.sweep import load_sweep
+        from simkv.studies.sweep import load_sweep
         base, points, _ = load_sweep(path)
         assert base.name and points
         return

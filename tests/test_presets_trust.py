@@ -244,7 +244,7 @@ def test_orca_reservation_sizes():
 def test_orca_mean_batch_oracle_over_pow2_over_max_on_sharegpt_lengths():
     """vLLM paper Fig. 2 / §2.3: the tighter the reservation, the more requests run at once.
     Lengths resampled from the shipped ShareGPT length table (Llama-2 tokens, 8k context)."""
-    from simkv.trace_io import trace_for
+    from simkv.files.traces import trace_for
     means = {}
     for preset in ("orca-oracle", "orca-pow2", "orca-max"):
         sc = small_scenario(engine={"preset": preset, "max_model_len": 8192, "num_gpu_blocks": 4096},

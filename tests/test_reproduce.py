@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from simkv.reference import scenario_reference
-from simkv.reproduce import MANIFEST
+from simkv.report.reference import scenario_reference
+from simkv.studies.reproduce import MANIFEST
 
 DOCS = ROOT / "docs"
 
@@ -119,7 +119,7 @@ def _overlap(a, b) -> bool:
 def test_figures_tick_labels_never_overlap_and_legends_stay_off_the_data():
     import matplotlib.pyplot as plt
 
-    from simkv.plots import FIGURES
+    from simkv.report.plots import FIGURES
     results = _quickstart_results()
     for name, make in FIGURES.items():
         fig = make(results)
@@ -144,8 +144,8 @@ def test_titles_come_from_the_setup_not_from_the_description():
     import matplotlib.pyplot as plt
 
     import simkv
-    from simkv.output import scenario_title
-    from simkv.plots import FIGURES
+    from simkv.files.results import scenario_title
+    from simkv.report.plots import FIGURES
     results = _quickstart_results("hardware.gpu=h200")
     for name, make in FIGURES.items():
         fig = make(results)

@@ -125,7 +125,7 @@ def test_draft_model_memory_and_cost():
 
 
 def test_step_time_table_tokens_per_seq(tmp_path):
-    from simkv.steptime_table import predict_table
+    from simkv.studies.steptime_table import predict_table
     f = tmp_path / "b.csv"
     f.write_text("prefill_seqs,prefill_len,decode_batch,decode_ctx,tokens_per_seq\n0,0,8,512,1\n0,0,8,512,5\n")
     rows = [line.split(",") for line in predict_table(f, gpu="h100", model="llama3-8b").splitlines()[1:]]

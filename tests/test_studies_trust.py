@@ -66,7 +66,7 @@ def test_sweep_points_run_every_preset_exactly_as_simulate(tmp_path):
     _tiny(tmp_path)
     (tmp_path / "s.yaml").write_text("base: tiny.yaml\nset: {run.seed: 2}\n"
                                      f"grid: {{engine.preset: [{', '.join(PRESETS)}]}}\n")
-    from simkv.sweep import run_sweep_file
+    from simkv.studies.sweep import run_sweep_file
     rows, _ = run_sweep_file(tmp_path / "s.yaml", tmp_path / "out", workers=2)
     seen = _check_points_match_simulate(tmp_path, rows, tmp_path / "out", {"run.seed": 2})
     assert seen == {(p, v) for p in PRESETS for v in ("plain", "narrow")}
@@ -75,7 +75,7 @@ def test_sweep_points_run_every_preset_exactly_as_simulate(tmp_path):
 def test_point_key_tells_an_unset_field_from_its_default(tmp_path):
     """preset tgi with scheduler unset runs the tgi scheduler; with scheduler: fcfs set it runs FCFS:
     the two dump identically, so the cache key must hash the engine the preset resolves to."""
-    from simkv.sweep import point_key
+    from simkv.studies.sweep import point_key
     text = TINY.replace("engine: {max_model_len: 2048}", "engine: {max_model_len: 2048, preset: tgi}")
     unset = simkv.load_scenario(_tiny(tmp_path, text))
     fcfs = simkv.load_scenario(tmp_path / "tiny.yaml", {"engine.scheduler": "fcfs"})
@@ -87,7 +87,7 @@ def test_point_key_tells_an_unset_field_from_its_default(tmp_path):
 def test_scenarios_sent_to_workers_keep_their_presets(tmp_path):
     """What a worker rebuilds from the message is the scenario, unset fields included."""
     from simkv.scenario import Scenario
-    from simkv.sweep import scenario_message
+    from simkv.studies.sweep import scenario_message
     for preset in PRESETS:
         sc = simkv.load_scenario(_tiny(tmp_path), {"engine.preset": preset})
         back = Scenario.model_validate_json(scenario_message(sc))
@@ -117,7 +117,7 @@ def _cap_scenario(tmp_path, overrides=()):
 def _with_overlong(simulate_fn, every: int = 50):
     """simulate_fn on streams where every `every`-th prompt is longer than max_model_len."""
     from simkv.workload.stream import generate_stream
-    from simkv.trace_io import trace_for
+    from simkv.files.traces import trace_for
 
     def run(sc, variant):
         stream = generate_stream(sc.workload, sc.run, trace_for(sc.workload.trace))
@@ -151,7 +151,7 @@ def _independent_meets(result, slo: dict) -> bool:
 def test_capacity_leaves_unservable_prompts_out_and_says_so(tmp_path):
     """Three prompts longer than max_model_len at every rate: today every rate 'misses' and the
     search fails; the answer must be the capacity of the servable requests, with the count stated."""
-    from simkv.capacity import find_capacity, parse_slo
+    from simkv.studies.capacity import find_capacity, parse_slo
     sc = _cap_scenario(tmp_path)
     slo = parse_slo("ttft_p99=0.5s,e2e_p90=6s")
     sim = _with_overlong(simkv.simulate)
@@ -168,7 +168,7 @@ def test_capacity_leaves_unservable_prompts_out_and_says_so(tmp_path):
 
 def test_capacity_reads_the_new_unservable_summary_layout():
     """metrics.py moves unservable requests to requests.unservable; capacity reads either layout."""
-    from simkv.capacity import _meets, rejections
+    from simkv.studies.capacity import _meets, rejections
     old = {"requests": {"rejected": 4, "rejected_by_reason": {"prompt longer than max_model_len": 3,
                                                               "conversation ended (an earlier turn could not run)": 1}},
            "latency_s": {"ttft": {"p99": 0.1}}}
@@ -203,7 +203,7 @@ def test_capacity_cli_reports_unservable_requests(tmp_path):
 def test_capacity_answer_holds_on_every_seed(tmp_path):
     """The answer must hold on all seeds: every rate is judged on each stream, and the answer's
     rate re-simulated on every seed meets (checked against the per-request columns)."""
-    from simkv.capacity import find_capacity, parse_slo
+    from simkv.studies.capacity import find_capacity, parse_slo
     sc = _cap_scenario(tmp_path, ["run.num_requests=80"])
     slo = parse_slo("ttft_p99=0.3s")
     res = find_capacity(sc, slo, simulate_fn=lambda s, v: simkv.simulate(s, v), seeds=3, tolerance=0.05)
@@ -225,7 +225,7 @@ def test_capacity_searching_seed_zero_alone_overstates():
     """A fake engine whose SLO holds up to rate 10 on seed 0 but only up to 6 on seed 1: the old search
     answered ~10 'on 1 of 2 seeds'; the answer must be ~6 on 2 of 2."""
     from types import SimpleNamespace
-    from simkv.capacity import find_capacity
+    from simkv.studies.capacity import find_capacity
     sc = simkv.Scenario(**{"model": "llama3-8b", "hardware": {"gpu": "h100"},
                            "workload": {"arrival": {"process": "poisson", "rate": 1.0},
                                         "prompt_tokens": {"dist": "fixed", "value": 10},
@@ -245,7 +245,7 @@ def test_capacity_searching_seed_zero_alone_overstates():
 def test_capacity_search_is_bounded(tmp_path):
     """SLOs that always hold: the search stops at the max rate (or max probes) and says so."""
     from types import SimpleNamespace
-    from simkv.capacity import find_capacity
+    from simkv.studies.capacity import find_capacity
     sc = _cap_scenario(tmp_path)
     calls = []
 
@@ -320,7 +320,7 @@ def test_validate_runs_the_named_variant(tmp_path):
     from simkv.gpu.validate import prepare
     from simkv.gpu.schedule import record_schedule
     sc = simkv.load_scenario(path)
-    narrow = dict(simkv.loading.expand_variants(sc))["narrow"]
+    narrow = dict(simkv.files.scenario_file.expand_variants(sc))["narrow"]
     assert record_schedule(prepare(narrow, "cpu", 1, 3)).result.summary["setup"]["max_num_seqs"] == 8
 
 
@@ -329,7 +329,7 @@ def test_validate_runs_the_named_variant(tmp_path):
 
 def test_local_ray_is_started_on_loopback_only(monkeypatch, tmp_path):
     ray = pytest.importorskip("ray")
-    from simkv import executors
+    from simkv.studies import executors
     calls = []
 
     class Stop(Exception):

@@ -31,7 +31,7 @@ def _sweep_file(tmp_path: Path, extra: str = "", zipped: str = "") -> Path:
 
 
 def test_sweep_grid_zip_cache_and_errors(tmp_path):
-    from simkv.sweep import load_sweep, run_sweep
+    from simkv.studies.sweep import load_sweep, run_sweep
     base, points, variants = load_sweep(_sweep_file(tmp_path))
     assert len(points) == 4 and points[1] == {"workload.arrival.rate": 4, "engine.block_size": 32, "engine.max_num_seqs": 128}
     rows = run_sweep(base, points, variants, tmp_path / "out", workers=2)
@@ -52,7 +52,7 @@ def test_sweep_grid_zip_cache_and_errors(tmp_path):
 
 
 def test_crashed_point_is_reported_and_interrupted_sweep_resumes(tmp_path):
-    from simkv.sweep import load_sweep, run_sweep
+    from simkv.studies.sweep import load_sweep, run_sweep
     # 3 blocks cannot hold one request: that point fails when built, the others finish
     path = _sweep_file(tmp_path).read_text().replace("grid: {workload.arrival.rate: [4, 12]}",
                                                     "grid: {workload.arrival.rate: [4], engine.num_gpu_blocks: [3, 3000]}")

@@ -13,7 +13,7 @@ import simkv
 from simkv.simulate import build_simulation
 from simkv.scenario import TraceSpec
 from simkv.simulate import run_simulation
-from simkv.trace_io import read_trace, trace_stats, trace_for
+from simkv.files.traces import read_trace, trace_stats, trace_for
 from simkv.workload.stream import generate_stream
 
 from conftest import ROOT

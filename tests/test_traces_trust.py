@@ -19,7 +19,7 @@ import pytest
 import simkv
 from simkv.errors import SimkvError
 from simkv.scenario import TraceSpec
-from simkv.trace_io import read_trace
+from simkv.files.traces import read_trace
 from simkv.workload.stream import generate_stream
 
 from conftest import ROOT

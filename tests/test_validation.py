@@ -180,7 +180,7 @@ def test_validate_errors_are_clear(tmp_path, monkeypatch):
 
 
 def test_core_never_imports_torch():
-    code = ("import sys, simkv; from simkv.simulate import simulate; from simkv import cli, sweep, reproduce; "
+    code = ("import sys, simkv; from simkv.simulate import simulate; from simkv import cli; from simkv.studies import sweep, reproduce; "
             "print('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout.split()
     assert out == ["False", "False"]
@@ -385,7 +385,7 @@ def test_mini_engine_with_the_triton_kernel_in_the_interpreter():
 
 def test_gpu_calibration_grid_is_the_reference_grid():
     """On a GPU, calibrate measures the shapes of the shipped tables (all, or every third)."""
-    from simkv.calibration_data import load_tables
+    from simkv.files.calibration import load_tables
     from simkv.gpu.calibrate import _grid
     ref = load_tables("h100")
     full = _grid(["llama3-8b"], "h100", quick=False, cpu=False)

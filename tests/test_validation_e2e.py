@@ -9,8 +9,8 @@ import re
 import pytest
 
 from conftest import ROOT
-from simkv.e2e_validation import END, POINTS, PRIMARY, OTHER, SCENARIO_DIR, SOURCES, START, relative_error, write_page
-from simkv.loading import load_scenario
+from simkv.studies.e2e_validation import END, POINTS, PRIMARY, OTHER, SCENARIO_DIR, SOURCES, START, relative_error, write_page
+from simkv.files.scenario_file import load_scenario
 
 PAGE = ROOT / "docs" / "validation-e2e.md"
 
@@ -56,7 +56,7 @@ def test_every_scenario_loads_and_is_in_the_table():
 def test_one_point_recomputed_matches_the_page():
     """The single-user NIM point (20 requests, about 3 s): TTFT, TPOT and throughput of both
     variants, seeds fixed, to 1e-6 relative of what the page states."""
-    from simkv.e2e_validation import simulate_scenario
+    from simkv.studies.e2e_validation import simulate_scenario
     name = "nim-70b-fp8-2xh100-5000-500-c1"
     bench = simulate_scenario(ROOT, name)
     rows = _rows()

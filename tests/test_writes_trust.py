@@ -15,7 +15,7 @@ import pytest
 
 import simkv
 from simkv.errors import SimkvError
-from simkv.output import redraw, write_results, write_sweep
+from simkv.files.results import redraw, write_results, write_sweep
 from simkv.result import Result
 
 from conftest import ROOT, small_scenario
@@ -275,7 +275,7 @@ def test_saved_files_are_exactly_the_serialised_data(tmp_path, two_variants):
 
 
 def test_safe_paths_units(tmp_path):
-    from simkv.safe_paths import folder_name, plain_name, write_file
+    from simkv.files.safe_paths import folder_name, plain_name, write_file
     assert folder_name("rate=8") == "rate_8" and folder_name("paged") == "paged" and folder_name("a/b\\c") == "a_b_c"
     assert folder_name("ünïcode-1.5") == "ünïcode-1.5"
     for bad in ("", ".", "..", "/", "\x00", "x" * 256):

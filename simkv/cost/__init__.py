@@ -15,6 +15,6 @@ def __getattr__(name: str):
     # step_time and cost_model resolve a scenario's calibration from files (an edge), so they are
     # imported on first use and the cost package itself reads nothing
     if name in ("step_time", "cost_model", "plan_from_shape"):
-        from simkv.cost import api
+        from simkv.studies import step_time as api
         return getattr(api, name)
     raise AttributeError(f"module 'simkv.cost' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Step times from the user's own measurements (`cost: {table: steps.csv}`): a table of measured
 step shapes and milliseconds, interpolated. The CSV is read by the input layer
-(simkv.step_table_io); this module holds arrays only.
+(simkv.files.step_table); this module holds arrays only.
 
 Each step is reduced to the two numbers its time depends on (one for the GEMMs, one for attention):
 
@@ -206,8 +206,8 @@ class StepTableCost:
         out = {
             "step_table": f"user table: {self.rows.origin} ({d} decode, {p} prefill, {m} mixed rows), piecewise-linear "
                           f"interpolation{where}",
-            "decode_steps": f"user table: decode rows interpolated over (batch, KV tokens read)",
-            "prefill_steps": f"user table: prefill rows interpolated over (tokens, causal attention pairs)",
+            "decode_steps": "user table: decode rows interpolated over (batch, KV tokens read)",
+            "prefill_steps": "user table: prefill rows interpolated over (tokens, causal attention pairs)",
             "mixed_steps": f"user table: {mixed}",
             "swap": base.get("swap", "n/a"),
         }

@@ -1,4 +1,4 @@
-"""The parsed calibration measurements of one GPU (pure data: `simkv.calibration_data` reads
+"""The parsed calibration measurements of one GPU (pure data: `simkv.files.calibration` reads
 the files and fills this; the cost models only take it)."""
 
 from __future__ import annotations

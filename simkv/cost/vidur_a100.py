@@ -1,5 +1,5 @@
 """A100 operator models from Vidur's A100 profiles (MIT licence, simkv/cost/data/vidur/), with a
-stated attention model (no parsed files here: simkv.calibration_data reads them).
+stated attention model (no parsed files here: simkv.files.calibration reads them).
 
 - GEMMs: Vidur's `attn_pre_proj` (fused qkv), `attn_post_proj`, `mlp_up_proj` (fused gate+up) and
   `mlp_down_proj` medians for Llama-3-8B/70B and Llama-2-7B/70B at TP 1/2/4/8 (32 (k, n) shapes,

@@ -44,7 +44,7 @@ class Pool:
 def build_pools(scenario: Scenario, stream: RequestStream, subs: list[tuple[str, Scenario]],
                 inputs_for: Callable[[Scenario], CostInputs]) -> list[Pool]:
     """Every pool's replicas, ready to run on one clock. `subs`: each pool's derived scenario
-    (simkv.loading.pool_scenarios) and `inputs_for(pool scenario)` its measurements, both resolved
+    (simkv.files.scenario_file.pool_scenarios) and `inputs_for(pool scenario)` its measurements, both resolved
     by the run driver."""
     pools = []
     arrival = stream.arrival_s.copy()   # one arrival column for the fleet: follow-up turns are set in it

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from simkv.specs import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Strict
+from simkv.specs import NonNegativeFloat, NonNegativeInt, PositiveInt, Strict
 
 ROUTER_POLICIES = ("round_robin", "random", "least_loaded", "kv_aware", "session", "by_class")
 POOL_SET_PREFIXES = ("model", "hardware", "engine", "cost", "slo", "frontend")

@@ -149,7 +149,7 @@ def fleet_result(fleet, name: str, overrides: dict, request_columns, setup) -> t
         pool_t = subset(t, np.flatnonzero(mine))
         ps = summarize(pool_t, combined_recorder(p.recorders), slo=p.scenario.slo, classes=classes)
         pools_block[p.name] = {"replicas": p.num_replicas, "gpus": p.num_replicas * p.scenario.hardware.tensor_parallel,
-                               "setup": _setup(p.sim), "summary": ps}
+                               "setup": setup(p.sim), "summary": ps}
     replica_work = []
     for g, rep in enumerate(fleet.replicas):
         p = fleet.pools[fleet.pool_index[g]]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from simkv.calibration_data import calibration_shapes, load_tables
+from simkv.files.calibration import calibration_shapes, load_tables
 from simkv.errors import SimkvError
 from simkv.gpu.validate import cap_cpu_threads, torch_or_error
 from simkv.specs import ShardDims
@@ -438,7 +438,7 @@ def _readme(dev: dict, models: list[str], quick: bool, cpu: bool, dtype: str = "
 def compare_tables(measured: Path, reference: str = "h100") -> dict[str, dict]:
     """Per table: rows on shapes both have, and the median / p90 of |measured / reference − 1|."""
     ref = load_tables(reference)
-    from simkv.calibration_data import load_tables_from
+    from simkv.files.calibration import load_tables_from
     new = load_tables_from(measured)
     keys = {"gemm": ("model", "op", "m", "k", "n", "dtype"), "elementwise": ("model", "op", "m"),
             "attention": ("model", "kind", "batch", "q_len", "kv_len"),

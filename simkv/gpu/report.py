@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from simkv.result import write_columns
-from simkv.safe_paths import prepare_folder, write_file
+from simkv.files.safe_paths import prepare_folder, write_file
 from simkv.gpu.validate import Validation
 
 
@@ -35,8 +35,8 @@ def write_validation(v: Validation, folder: Path) -> list[str]:
 def _figure(v: Validation, folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
-    from simkv.figure_files import save_figure
-    from simkv.plots import log_axis
+    from simkv.files.figures import save_figure
+    from simkv.report.plots import log_axis
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), layout="constrained")
     pred = v.predicted * 1e3
     prefill = np.array([len(s.prefill_ids) > 0 for s in v.trace.steps])

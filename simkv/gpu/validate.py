@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from simkv.errors import SimkvError
-from simkv.loading import apply_overrides, expand_variants, validate_scenario
+from simkv.files.scenario_file import apply_overrides, expand_variants, validate_scenario
 from simkv.scenario import Scenario
 from simkv.gpu.schedule import ScheduleTrace, record_schedule
 from simkv.gpu.timeline import percentiles, replay_timeline

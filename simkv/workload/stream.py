@@ -46,7 +46,7 @@ class RequestStream:
 
 
 def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
-    """Sample the whole stream of a run from `run.seed`; `trace` (simkv.trace_io.TraceData) is
+    """Sample the whole stream of a run from `run.seed`; `trace` (simkv.files.traces.TraceData) is
     the trace the workload names, read by the caller."""
     seeds = np.random.SeedSequence(run.seed).spawn(5)
     rng_arrival, rng_prompt, rng_output, rng_prefix, rng_samples = (np.random.default_rng(s) for s in seeds)
@@ -55,7 +55,7 @@ def generate_stream(workload: Workload, run: Run, trace=None) -> RequestStream:
         return _merge_classes(workload, run)
     if workload.trace is not None:
         if trace is None:
-            raise ValueError("this workload replays a trace: pass the TraceData (simkv.trace_io.trace_for)")
+            raise ValueError("this workload replays a trace: pass the TraceData (simkv.files.traces.trace_for)")
         arrivals, prompts, outputs, block_ids, trace_session = _from_trace(workload, run, trace, rng_arrival, rng_prompt)
     else:
         arrivals = arrival_times(workload.arrival, rng_arrival, num_requests=run.num_requests,

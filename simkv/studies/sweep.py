@@ -9,7 +9,7 @@ Sweep file:
     zip: {engine.block_size: [8, 16], engine.max_num_seqs: [128, 256]}   # stepped together (optional)
     variants: [paged, contiguous-max_model_len]         # which of the base's variants (default all)
 
-Points run on local processes or on Ray (`simkv.executors`) with the same results.
+Points run on local processes or on Ray (`simkv.studies.executors`) with the same results.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from simkv.errors import SimkvError
-from simkv.loading import apply_overrides, expand_variants, load_scenario, read_yaml_mapping, validate_scenario
+from simkv.files.scenario_file import apply_overrides, expand_variants, load_scenario, read_yaml_mapping, validate_scenario
 from simkv.scenario import Scenario
 
 SWEEP_KEYS = {"base", "set", "grid", "zip", "variants"}
@@ -80,7 +80,7 @@ def scenario_message(scenario: Scenario) -> str:
 @lru_cache(maxsize=None)
 def code_fingerprint() -> str:
     """A hash of the simulator's source, catalog and calibration files."""
-    root = Path(__file__).parent
+    root = Path(__file__).parents[1]   # the simkv package (this file is simkv/studies/sweep.py)
     digest = hashlib.sha256()
     for path in sorted(p for ext in ("*.py", "*.yaml", "*.csv", "*.json") for p in root.rglob(ext)):
         if "gpu" in path.relative_to(root).parts[:1]:
@@ -105,7 +105,7 @@ def run_sweep(base: Scenario, points: list[dict], variants: list[str] | None, ou
               progress=None, executor: str = "local", address: str | None = None) -> list[dict]:
     """Rows (swept values, variant, key, summary or error) for every point x variant; finished
     points are read from `out/points/<hash>/`, the rest run on the executor and are saved as each ends."""
-    from simkv.executors import run_tasks
+    from simkv.studies.executors import run_tasks
     names = [n for n, _ in expand_variants(base)]
     chosen = variants or names
     missing = [v for v in chosen if v not in names]
@@ -144,7 +144,7 @@ def run_sweep_file(path: Path, out: Path, *, workers: int = 0, executor: str = "
                    progress=None) -> tuple[list[dict], bool]:
     """Load a sweep file, run (or read from the cache) every point, write points.csv, the curves
     and report.md into `out`: (rows, whether figures were drawn)."""
-    from simkv.output import sweep_title, write_points
+    from simkv.files.results import sweep_title, write_points
     base, points, variants = load_sweep(path)
     rows = run_sweep(base, points, variants, out, workers, progress, executor, address)
     return rows, write_points(rows, out, sweep_title(base.name, points, rows))

@@ -165,7 +165,7 @@ def markdown_report(results: dict[str, Result], figures: list[str]) -> str:
                              f"{_s(lat['e2e']['p99'])} | {offered} | {met} |")
     for name, r in results.items():
         if r.summary.get("intervals"):
-            from simkv.intervals import markdown_intervals
+            from simkv.studies.intervals import markdown_intervals
             lines += markdown_intervals(name, r.summary)
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "## Definitions", "",

@@ -71,13 +71,13 @@ def reproduce(root: Path, docs: Path, only: list[str] | None = None,
 
 def _run(job: DocJob, root: Path, docs: Path) -> list[Path]:
     if job.kind == "reference":
-        from simkv.reference import scenario_reference
+        from simkv.report.reference import scenario_reference
         path = docs / "scenario-reference.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(scenario_reference())
         return [path]
     if job.kind == "e2e-validation":
-        from simkv.e2e_validation import write_page
+        from simkv.studies.e2e_validation import write_page
         target = docs / "validation-e2e.md"
         if not target.exists() and (root / "docs" / "validation-e2e.md").exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def _run(job: DocJob, root: Path, docs: Path) -> list[Path]:
         write_page(root, target, docs / "figures" / "validation-e2e")
         return [docs / t for t in job.outputs]
     if job.kind == "cost-model":
-        from simkv.cost_report import write_report
+        from simkv.report.cost_validation import write_report
         target = docs / "cost-model.md"
         if not target.exists() and (root / "docs" / "cost-model.md").exists():
             shutil.copyfile(root / "docs" / "cost-model.md", target)   # its hand-written text around the generated part
@@ -101,14 +101,14 @@ def _run(job: DocJob, root: Path, docs: Path) -> list[Path]:
         dest.mkdir(parents=True, exist_ok=True)
         for name in job.figures:
             if not (out / name).exists():
-                raise SimkvError(f"{job.source} wrote no {name}", field="figures", fix="fix the manifest in simkv/reproduce.py")
+                raise SimkvError(f"{job.source} wrote no {name}", field="figures", fix="fix the manifest in simkv/studies/reproduce.py")
             shutil.copyfile(out / name, dest / name)
     return [dest / name for name in job.figures]
 
 
 def _run_scenario(path: Path, out: Path) -> None:
-    from simkv.loading import load_scenario
-    from simkv.output import scenario_title, write_results, write_sweep
+    from simkv.files.scenario_file import load_scenario
+    from simkv.files.results import scenario_title, write_results, write_sweep
     from simkv.simulate import simulate_sweep
     scenario = load_scenario(path)
     points = simulate_sweep(scenario)
@@ -119,7 +119,7 @@ def _run_scenario(path: Path, out: Path) -> None:
 
 
 def _run_sweep_file(path: Path, out: Path) -> None:
-    from simkv.sweep import run_sweep_file
+    from simkv.studies.sweep import run_sweep_file
     rows, _ = run_sweep_file(path, out)
     failed = [r["error"] for r in rows if r["error"]]
     if failed:

@@ -36,7 +36,7 @@ with warnings.catch_warnings():      # matplotlib >= 3.11 notes the (still suppo
     warnings.simplefilter("ignore", PendingDeprecationWarning)
     register_scale(_DeterministicLogScale)
 
-from simkv.safe_paths import plain_name, write_file  # noqa: E402
+from simkv.files.safe_paths import plain_name, write_file  # noqa: E402
 
 # no dates, no library versions, fixed SVG element ids: the bytes depend only on the figure
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from simkv.cost.api import cost_model, plan_from_shape
+from simkv.studies.step_time import cost_model, plan_from_shape
 from simkv.errors import SimkvError
 
 REQUIRED = ("prefill_seqs", "prefill_len", "decode_batch", "decode_ctx")

@@ -1,4 +1,4 @@
-"""Step-by-step parity with the real vLLM V1 scheduler (`make parity`, `python -m simkv.parity`).
+"""Step-by-step parity with the real vLLM V1 scheduler (`make parity`, `python -m simkv.studies.parity`).
 
 Runs vLLM's own `Scheduler` and `KVCacheManager`, unmodified, on the CPU beside simkv's vllm-v1
 scheduler on the same request stream, and compares every step's decisions: which requests run,

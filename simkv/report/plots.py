@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-import simkv.figure_files  # noqa: E402,F401  (log axes with CPU-independent coordinates)
+import simkv.files.figures  # noqa: E402,F401  (log axes with CPU-independent coordinates)
 from simkv.result import Result  # noqa: E402
 
 KV_LAYERS = (("token_tokens", "token states", "#2b6cb0"), ("reserved_tokens", "reserved", "#68d391"),
@@ -190,7 +190,7 @@ def field_label(field: str) -> str:
     """`workload.arrival.rate (requests/s)`: the dotted field with the unit its schema documents."""
     import re
 
-    from simkv.reference import models_in
+    from simkv.report.reference import models_in
     from simkv.scenario import Scenario
     models: list = [Scenario]
     desc = None

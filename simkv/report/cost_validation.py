@@ -18,10 +18,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from simkv.calibration_data import available_gpus, load_tables  # noqa: E402
+from simkv.files.calibration import available_gpus, load_tables  # noqa: E402
 from simkv.catalog import builtin_gpus, builtin_models  # noqa: E402
-from simkv.cost.api import plan_from_shape  # noqa: E402
-from simkv.figure_files import save_figure  # noqa: E402
+from simkv.studies.step_time import plan_from_shape  # noqa: E402
+from simkv.files.figures import save_figure  # noqa: E402
 from simkv.cost.calibrated import Calibration, fit_correction, layer_step_features  # noqa: E402
 from simkv.cost.layer import CALIBRATION_MODELS, OperatorSet  # noqa: E402
 from simkv.cost.roofline import RooflineCost  # noqa: E402
@@ -226,7 +226,7 @@ CROSS_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 def vidur_h100_crosscheck(tokens=(1, 16, 256, 1024, 4096)) -> list[tuple[int, str, float, float]]:
     """(m, op, Vidur H100 ms, simkv H100 ms) for Llama-2-7B's layer GEMMs (TP 1)."""
-    from simkv.calibration_data import load_vidur_compute
+    from simkv.files.calibration import load_vidur_compute
     from simkv.cost.curves import LogCurve
     from simkv.cost.vidur_a100 import vidur_tables
     g, _ = vidur_tables({"Llama-2-7b-hf": load_vidur_compute("h100", "Llama-2-7b-hf")})
@@ -241,7 +241,7 @@ def vidur_h100_crosscheck(tokens=(1, 16, 256, 1024, 4096)) -> list[tuple[int, st
 
 
 def vidur_markdown() -> str:
-    from simkv.calibration_data import calibration_for
+    from simkv.files.calibration import calibration_for
     rows = vidur_h100_crosscheck()
     lines = ["### Vidur H100 profiles vs simkv's H100 GEMM grid (Llama-2-7B, TP 1, isolated GEMMs)", "",
              "| tokens | " + " | ".join(CROSS_OPS) + " | layer GEMMs |", "|---:|" + "---:|" * (len(CROSS_OPS) + 1)]

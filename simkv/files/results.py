@@ -15,7 +15,7 @@ import numpy as np
 
 from simkv.errors import SimkvError
 from simkv.result import Result, flat_metrics, write_columns
-from simkv.safe_paths import folder_names, plain_name, prepare_folder, write_file
+from simkv.files.safe_paths import folder_names, plain_name, prepare_folder, write_file
 
 # files written next to the variant folders / the sweep's value folders: no such folder may take their name
 RUN_FILES = frozenset({"summary.json", "comparison.csv", "report.md"})
@@ -42,7 +42,7 @@ def write_results(results: dict[str, Result], folder: str | Path, figures: bool 
             columns[key] = [np.nan if row.get(key) is None else row[key] for row in rows.values()]
         write_columns(folder / "comparison.csv", columns, root=folder)
     if figures:
-        from simkv.report import markdown_report
+        from simkv.report.markdown import markdown_report
         names = write_figures(results, folder)
         write_file(folder / "report.md", markdown_report(results, names), root=folder)
     return folder
@@ -55,7 +55,7 @@ def variant_folders(names: list[str], *, file: str | None = None, figures: bool 
     the results folder."""
     reserved = set(RUN_FILES)
     if figures:
-        from simkv.plots import FIGURES
+        from simkv.report.plots import FIGURES
         reserved |= {f"{stem.removesuffix('.png')}.{ext}" for stem in FIGURES for ext in ("png", "svg")}
     return folder_names([(n, f"variants[{i}].name", repr(n)) for i, n in enumerate(names)], what="variant", file=file,
                         reserved=reserved)
@@ -80,8 +80,8 @@ def check_output_names(scenario, file: str | None = None) -> None:
 
 def write_figures(results: dict[str, Result], folder: Path) -> list[str]:
     """The figures of one run or of variants overlaid (PNG + SVG); the PNG names for report.md."""
-    from simkv.figure_files import save_figure
-    from simkv.plots import FIGURES
+    from simkv.files.figures import save_figure
+    from simkv.report.plots import FIGURES
     names = []
     for filename, make in FIGURES.items():
         if filename == "kv_breakdown_mean.png" and len(results) == 1:
@@ -95,7 +95,7 @@ def scenario_title(scenario, points: list | None = None) -> str:
     """A figure title from structured fields: the scenario name, model, GPU, tensor parallelism
     and engine preset(s) of the results' setups (never the free-text description, which may
     name another GPU than the one simulated)."""
-    from simkv.plots import setup_line
+    from simkv.report.plots import setup_line
     setups = [r.summary.get("setup", {}) for _, results in points or [] for r in results.values()]
     if not setups:
         return scenario.name
@@ -105,7 +105,7 @@ def scenario_title(scenario, points: list | None = None) -> str:
 
 def sweep_title(name: str, points: list[dict], rows: list[dict]) -> str:
     """`base: model on gpu, swept field, field` for the curves of a sweep file."""
-    from simkv.plots import setup_line
+    from simkv.report.plots import setup_line
     fields = list(dict.fromkeys(k for p in points for k in p))
     setups = [r["summary"]["setup"] for r in rows if r["summary"]]      # every point's: a swept GPU lists each
     return f"{setup_line(setups, name)}, swept {', '.join(fields)}" if setups else name
@@ -142,7 +142,7 @@ def redraw(folder: Path) -> list[str]:
         order = list(json.loads((folder / "summary.json").read_text()))
         loaded = {Result.load(p).name: Result.load(p) for p in subs}
         results = {name: loaded[name] for name in order if name in loaded}
-    from simkv.report import markdown_report
+    from simkv.report.markdown import markdown_report
     figures = write_figures(results, folder)
     write_file(folder / "report.md", markdown_report(results, figures), root=folder)
     return figures + ["report.md"]
@@ -196,9 +196,9 @@ def draw_sweep(folder: Path) -> list[str]:
     """The curves and report.md of a sweep folder, from its table and sweep.json alone."""
     import csv
 
-    from simkv.figure_files import save_figure
-    from simkv.plots import sweep_curves
-    from simkv.report import sweep_report
+    from simkv.files.figures import save_figure
+    from simkv.report.plots import sweep_curves
+    from simkv.report.markdown import sweep_report
     meta = json.loads((folder / "sweep.json").read_text())
     for key, ext in (("table", ""), ("figure", ".png")):   # names read from a file: used as they are, or refused
         if not isinstance(meta.get(key), str):

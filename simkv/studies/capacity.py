@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from simkv.errors import SimkvError
-from simkv.loading import apply_overrides, expand_variants, validate_scenario
+from simkv.files.scenario_file import apply_overrides, expand_variants, validate_scenario
 from simkv.request import REJECT_REASONS, SESSION_ENDED
 from simkv.scenario import Scenario
 

@@ -56,7 +56,7 @@ class ScaledCost:
 @lru_cache(maxsize=8)
 def calibration_residuals(gpu: str) -> tuple[dict, str] | None:
     """({kind: measured/predicted held-out ratios}, description) of a GPU's shipped calibration."""
-    from simkv.calibration_data import available_gpus, load_tables
+    from simkv.files.calibration import available_gpus, load_tables
     from simkv.cost.calibrated import fit_correction, layer_step_features
     from simkv.cost.layer import OperatorSet
     if gpu not in available_gpus():
@@ -152,7 +152,7 @@ def _metric(summary: dict, path: tuple) -> float:
 def prediction_intervals(scenario, name: str, base_summary: dict, n: int, *, sim=None) -> dict:
     """[p5, p95] of the headline metrics over the base run and `n` replicates (module docstring)."""
     from simkv.simulate import build_simulation as build, run_simulation
-    from simkv.trace_io import trace_for
+    from simkv.files.traces import trace_for
     from simkv.workload.stream import generate_stream
     runs = []
     residuals, what = None, ""
