@@ -239,10 +239,8 @@ def _run_point(scenario, args, label: str):
         except SimkvError as err:
             raise locate(err, name) from None
         bar.close()
-        sub = sim.scenario
-        if sub.run.intervals:
-            from simkv.studies.intervals import prediction_intervals
-            results[name].summary["intervals"] = prediction_intervals(sub, name, results[name].summary, sub.run.intervals)
+        from simkv.simulate import with_intervals
+        with_intervals(results[name], sim.scenario)
     return results, stream.num_requests
 
 

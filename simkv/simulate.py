@@ -28,20 +28,22 @@ def simulate(scenario: Scenario, variant: str | None = None, *, progress: Progre
              stream: RequestStream | None = None) -> Result:
     """Simulate `scenario` (or its variant named `variant`) and return the Result."""
     name, overrides, sim = next(prepared(scenario, variant, stream=stream))
-    return _with_intervals(run_simulation(sim, name, progress, overrides), sim.scenario)
+    return with_intervals(run_simulation(sim, name, progress, overrides), sim.scenario)
 
 
 def simulate_all(scenario: Scenario, *, progress: ProgressFn | None = None) -> dict[str, Result]:
     """Every variant of `scenario` on the identical request stream, in file order."""
-    return {name: _with_intervals(run_simulation(sim, name, progress, overrides), sim.scenario)
+    return {name: with_intervals(run_simulation(sim, name, progress, overrides), sim.scenario)
             for name, overrides, sim in prepared(scenario)}
 
 
-def _with_intervals(result: Result, scenario: Scenario) -> Result:
+def with_intervals(result: Result, scenario: Scenario) -> Result:
     """The result with summary["intervals"] when run.intervals asks for them (simkv.studies.intervals)."""
     if scenario.run.intervals:
         from simkv.studies.intervals import prediction_intervals
-        result.summary["intervals"] = prediction_intervals(scenario, result.name, result.summary, scenario.run.intervals)
+        result.summary["intervals"] = prediction_intervals(scenario, result.name, result.summary, scenario.run.intervals,
+                                                           stream_for=stream_for, build=build_simulation,
+                                                           run_simulation=run_simulation)
     return result
 
 

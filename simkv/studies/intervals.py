@@ -149,18 +149,17 @@ def _metric(summary: dict, path: tuple) -> float:
     return float(node) if isinstance(node, (int, float)) and node is not None else float("nan")
 
 
-def prediction_intervals(scenario, name: str, base_summary: dict, n: int, *, sim=None) -> dict:
-    """[p5, p95] of the headline metrics over the base run and `n` replicates (module docstring)."""
-    from simkv.simulate import build_simulation as build, run_simulation
-    from simkv.files.traces import trace_for
-    from simkv.workload.stream import generate_stream
+def prediction_intervals(scenario, name: str, base_summary: dict, n: int, *, stream_for, build, run_simulation) -> dict:
+    """[p5, p95] of the headline metrics over the base run and `n` replicates (module docstring).
+    The run driver lends its `stream_for(scenario)`, `build(scenario, stream)` and
+    `run_simulation(sim, name)`, so every replicate is simulated exactly as a run is."""
     runs = []
     residuals, what = None, ""
     rng = np.random.default_rng(np.random.SeedSequence([scenario.run.seed, 16, n]))
     for i in range(1, n + 1):
         run = scenario.run.model_copy(update={"seed": scenario.run.seed + i})
         point = scenario.model_copy(update={"run": run})
-        stream = generate_stream(point.workload, point.run, trace_for(point.workload.trace))
+        stream = stream_for(point)
         built = build(point, stream)
         if i == 1:
             residuals, what = residuals_for(built)
