@@ -23,11 +23,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
 run: $(VENV)/.installed
 	$(BIN)/simkv run scenarios/quickstart.yaml -o results/quickstart
 
-# the default suite: minutes on any CPU (tests marked `slow` are deselected in pyproject.toml)
+# the default suite: minutes on any CPU (tests marked `slow` are deselected in pyproject.toml),
+# on every core (pytest-xdist: 2 workers on a 2-core machine)
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check simkv tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 # only the slow tests: real model shapes on the CPU (bf16 is emulated, ~100x slower, on CPUs
 # without AVX-512 BF16 / AMX)
