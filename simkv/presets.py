@@ -271,22 +271,21 @@ PRESETS: dict[str, dict] = {
                     "placement": "PagedAttention paper §6.1: Orca uses the buddy allocation algorithm"},
     },
     "orca-pow2": {
-        "source": "Orca-Pow2 (PagedAttention paper): contiguous buddy block of the next power of two of the final "
-                  "length; no prefill token budget",
+        "source": "Orca-Pow2 (PagedAttention paper §6.1): the prompt plus the next power of two of the output "
+                  "length (outputs over-reserved by at most 2x), placed by the buddy allocator; no prefill token budget",
         "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "pow2", "placement": "buddy"},
         "resolve": _resolve_orca,
         "sources": {"max_num_batched_tokens": "sarathi-serve sarathi/config/config.py OrcaSchedulerConfig",
                     "placement": "PagedAttention paper §6.1 (buddy allocation)"},
     },
     "orca-oracle": {
-        "source": "Orca-Oracle (PagedAttention paper): contiguous region of exactly the final length (first fit: "
-                  "a buddy block would round it up to Pow2's); no prefill token budget",
+        "source": "Orca-Oracle (PagedAttention paper §6.1): a reservation of exactly the final length (the true "
+                  "output length known), placed by the buddy allocator; no prefill token budget",
         "defaults": {"scheduler": "fcfs", "allocator": "contiguous", "reservation": "oracle",
-                     "placement": "first_fit"},
+                     "placement": "buddy"},
         "resolve": _resolve_orca,
         "sources": {"max_num_batched_tokens": "sarathi-serve sarathi/config/config.py OrcaSchedulerConfig",
-                    "placement": "PagedAttention paper Fig. 2: Oracle holds fewer slots than Pow2, so its "
-                                 "reservation is not rounded to a buddy block"},
+                    "placement": "PagedAttention paper §6.1: the buddy allocation algorithm, as for every Orca"},
     },
     "fastertransformer": {
         "source": "NVIDIA FasterTransformer: static request-level batches, contiguous max-length KV buffers; "

@@ -66,7 +66,7 @@ EXPECTED = {
                                   max_num_batched_tokens=256 * 8192),
     ("orca-pow2", "a100-40gb"): _expect(scheduler="fcfs", allocator="contiguous", placement="buddy", reservation="pow2",
                                         max_num_batched_tokens=256 * 8192),
-    ("orca-oracle", "h100"): _expect(scheduler="fcfs", allocator="contiguous", placement="first_fit",
+    ("orca-oracle", "h100"): _expect(scheduler="fcfs", allocator="contiguous", placement="buddy",
                                      reservation="oracle", max_num_batched_tokens=256 * 8192),
     ("sarathi-serve", "h100"): _expect(scheduler="chunked", max_num_batched_tokens=512, max_num_seqs=128,
                                        watermark=0.01, gpu_memory_utilization=0.8),
@@ -231,7 +231,9 @@ def test_vllm_v0_recomputes_single_sequence_requests_and_swaps_groups():
 def test_orca_reservation_sizes():
     kw = dict(prompt_tokens=100, final_tokens=300, max_new_tokens=500, max_model_len=2048)
     assert reservation_tokens("oracle", **kw) == 300
-    assert reservation_tokens("pow2", **kw) == 512
+    # Pow2 (PagedAttention §6.1): the prompt + the output rounded up to a power of two (201 -> 256)
+    assert reservation_tokens("pow2", **kw) == 100 + 256 - 1
+    assert reservation_tokens("pow2", **{**kw, "final_tokens": 1100, "max_model_len": 1100}) == 1100   # capped
     assert reservation_tokens("max_model_len", **kw) == 2048
     assert reservation_tokens("prompt_plus_max_new", **kw) == 599
     first_fit, buddy = ContiguousAllocator(4096), BuddyAllocator(4096)
@@ -254,4 +256,6 @@ def test_orca_mean_batch_oracle_over_pow2_over_max_on_sharegpt_lengths():
         stream = generate_stream(sc.workload, sc.run, trace_for(sc.workload.trace))
         res = run_simulation(build_simulation(sc, stream), "base")
         means[preset] = res.summary["batch"]["mean_running"]
-    assert means["orca-oracle"] > 1.1 * means["orca-pow2"] > 1.1 * means["orca-max"], means
+    # every Orca region is a buddy block: Pow2's rounded-up outputs cost it ~7% of Oracle's batch here
+    # (long ShareGPT prompts), and Max holds a whole context per request
+    assert means["orca-oracle"] > 1.04 * means["orca-pow2"] > 1.5 * means["orca-max"], means

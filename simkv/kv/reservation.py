@@ -2,8 +2,12 @@
 
 `final_tokens` is the KV slots the request will write (prompt + output - 1).
 - max_model_len: the model's whole context, whatever the request (FasterTransformer, Orca-Max).
-- pow2: the next power of two of the final length (Orca-Pow2: knows the length to within 2x).
+- pow2: the prompt plus the next power of two of the output length (Orca-Pow2, PagedAttention
+  paper §6.1: "over-reserves the space for outputs by at most 2x: if the true output length is 25,
+  it reserves 32 positions for outputs"), at most max_model_len.
 - oracle: exactly the final length (Orca-Oracle: an unrealisable ideal).
+Orca places every region with the buddy allocator (§6.1), which rounds a region up to a power of
+two: that rounding is placement waste, not reservation (simkv.kv.buddy).
 - prompt_plus_max_new: prompt + the client's max_new_tokens - 1, the most slots the request can write
   (TGI v3 backends/v3/src/queue.rs: input_length + max_new_tokens + speculate - 1, speculate 0).
 """
@@ -17,7 +21,8 @@ def reservation_tokens(policy: str, *, prompt_tokens: int, final_tokens: int, ma
     if policy == "max_model_len":
         return max_model_len
     if policy == "pow2":
-        return 1 << max(0, (final_tokens - 1).bit_length())
+        outputs = max(final_tokens - prompt_tokens + 1, 1)
+        return min(prompt_tokens + (1 << (outputs - 1).bit_length()) - 1, max_model_len)
     if policy == "oracle":
         return final_tokens
     if policy == "prompt_plus_max_new":
@@ -27,6 +32,4 @@ def reservation_tokens(policy: str, *, prompt_tokens: int, final_tokens: int, ma
 
 def largest_reservation(policy: str, max_model_len: int) -> int:
     """The most slots any admissible request can need under `policy` (for fit checks)."""
-    if policy == "pow2":
-        return 1 << max(0, (max_model_len - 1).bit_length())
     return max_model_len
