@@ -40,6 +40,7 @@ MANIFEST: tuple[DocJob, ...] = (
     DocJob("vllm-sosp23-fig2", "scenarios/papers/vllm-sosp23-fig2.yaml", ("kv_breakdown_mean.png", "kv_breakdown.png")),
     DocJob("vllm-vs-tgi-h100", "scenarios/vllm-vs-tgi-h100.yaml", ("sweep.png",)),
     DocJob("mooncake-prefix-h100", "scenarios/mooncake-prefix-h100.yaml", ("latency_cdf.png", "kv_breakdown_mean.png")),
+    DocJob("speculative-h100", "scenarios/models/speculative-h100.yaml", ("sweep.png",)),
     DocJob("sweeps/paged-vs-contiguous-load", "scenarios/sweeps/paged-vs-contiguous-load.yaml", ("curves.png",),
            kind="sweep"),
     DocJob("cost-model", kind="cost-model",
