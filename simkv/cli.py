@@ -67,8 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("scenario", help="scenario YAML file (its arrival rate is the starting point)")
     cap.add_argument("--slo", required=True, help="e.g. ttft_p99=2s,tbt_p99=100ms (metrics ttft/tbt/e2e/tpot/queue)")
     cap.add_argument("--variant", help="which variant to size (default: the first)")
-    cap.add_argument("--target-rate", type=float, help="load to serve (requests/s): prints the GPUs needed")
-    cap.add_argument("--price", type=float, help="$ per GPU-hour: prints the cost per million generated tokens")
+    cap.add_argument("--target-rate", type=float, help="load to serve (requests/s): prints the GPUs needed; on a "
+                     "fleet scenario, sizes every pool for it")
+    cap.add_argument("--tokens-per-day", type=float, help="fleet scenarios: load to serve as prompt + output tokens "
+                     "a day (instead of --target-rate)")
+    cap.add_argument("--price", help="$ per GPU-hour, one number or per GPU type (h100=2.5,h200=3.4): prints the cost "
+                     "per million tokens (fleets: $/month, per million input and output tokens)")
+    cap.add_argument("--input-weight", type=float, default=1.0,
+                     help="fleet pricing: what a prompt token costs in generated tokens (default 1)")
+    cap.add_argument("--max-replicas", type=int, default=256, help="fleet sizing: most replicas per pool (default 256)")
     cap.add_argument("--tolerance", type=float, default=0.02, help="bisect until the bracket is this tight (fraction)")
     cap.add_argument("--seeds", type=int, default=3,
                      help="request streams every rate is checked on; the answer holds on all of them (default 3)")
@@ -313,6 +320,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_capacity(args) -> int:
     from simkv.studies.capacity import check_number, check_variant, find_capacity, parse_slo
+    from simkv.studies.fleet_capacity import parse_prices
     from simkv.files.scenario_file import load_scenario
     from simkv.simulate import simulate
 
@@ -323,13 +331,27 @@ def cmd_capacity(args) -> int:
     if args.max_probes < 2:
         raise SimkvError(f"{args.max_probes} probes", field="--max-probes", fix="give at least 2 (default 40)")
     check_number(args.target_rate, "--target-rate", what="a positive rate in requests/s")
-    check_number(args.price, "--price", allow_low=True, what="a price of zero or more $ per GPU-hour")
+    check_number(args.tokens_per_day, "--tokens-per-day", what="a positive number of tokens a day")
     check_number(args.max_rate, "--max-rate", what="a positive rate in requests/s")
+    prices = parse_prices(args.price)
+    if args.max_replicas < 1:
+        raise SimkvError(f"{args.max_replicas} replicas", field="--max-replicas", fix="give 1 or more (default 256)")
     slo = parse_slo(args.slo)
     scenario = load_scenario(args.scenario, args.overrides)
     check_variant(scenario, args.variant)
+    if scenario.fleet is not None and (args.target_rate is not None or args.tokens_per_day is not None):
+        return fleet_capacity(args, scenario, slo, prices)
+    if args.tokens_per_day is not None:
+        raise SimkvError("--tokens-per-day sizes a fleet; the scenario has no fleet: section", field="--tokens-per-day",
+                         fix="add fleet.pools to the scenario, or give --target-rate in requests/s")
+    if isinstance(prices, dict):
+        gpu = scenario.hardware.gpu if isinstance(scenario.hardware.gpu, str) else None
+        if gpu not in prices:
+            raise SimkvError(f"no price for GPU type {gpu or 'custom'}", field="--price",
+                             fix=f"give one number, or {gpu or 'the GPU'}=PRICE")
+        prices = prices[gpu]
     res = find_capacity(scenario, slo, simulate_fn=lambda sc, v: simulate(sc, v), variant=args.variant,
-                        tolerance=args.tolerance, target_rate=args.target_rate, price_per_gpu_hour=args.price,
+                        tolerance=args.tolerance, target_rate=args.target_rate, price_per_gpu_hour=prices,
                         seeds=args.seeds, max_rate=args.max_rate, max_probes=args.max_probes)
     if args.json:
         print(json.dumps({"scenario": scenario.name, "variant": args.variant, "slo_s": {f"{m}_{p}": v for (m, p), v in slo.items()},
@@ -356,7 +378,41 @@ def cmd_capacity(args) -> int:
     if res.gpus_for_target is not None:
         print(f"GPUs for {args.target_rate:g} req/s: {res.gpus_for_target} ({res.gpus_per_replica} per replica)")
     if res.cost_per_million_tokens is not None:
-        print(f"cost: ${res.cost_per_million_tokens:.3f} per million generated tokens at ${args.price:g}/GPU-hour")
+        print(f"cost: ${res.cost_per_million_tokens:.3f} per million generated tokens at ${prices:g}/GPU-hour")
+    return 0
+
+
+def fleet_capacity(args, scenario, slo, prices) -> int:
+    """`simkv capacity` on a fleet at a target load: the fewest replicas per pool, and the price."""
+    from simkv.simulate import simulate, stream_for
+    from simkv.studies.fleet_capacity import find_fleet_capacity
+    res = find_fleet_capacity(scenario, slo, simulate_fn=simulate, stream_fn=stream_for, variant=args.variant,
+                              target_rate=args.target_rate, tokens_per_day=args.tokens_per_day, prices=prices,
+                              input_weight=args.input_weight, seeds=args.seeds, max_replicas=args.max_replicas,
+                              max_probes=max(args.max_probes, 60))
+    if args.json:
+        print(json.dumps({"scenario": scenario.name, "variant": args.variant,
+                          "slo_s": {f"{m}_{p}": v for (m, p), v in slo.items()}, **res.to_dict()}, indent=2))
+        return 0
+    for p in res.probes:
+        worst = ", ".join(f"{k} {v:.3g}/{t:.3g} s" for k, (v, t) in p.worst.items() if v is not None)
+        refused = f", {p.refused} refused" if p.refused else ""
+        mix = " ".join(f"{n}={c}" for n, c in p.replicas.items())
+        print(f"  {mix}: {'meets' if p.meets else 'misses on seed ' + str(p.seed)}  ({worst}{refused})")
+    load = (f"{res.target_tokens_per_day:,.0f} tokens/day = " if res.target_tokens_per_day else "") + f"{res.target_rate:.3f} req/s"
+    print(f"fleet for {load} ({res.input_tokens_per_s:,.0f} input + {res.output_tokens_per_s:,.0f} output tok/s): "
+          + ", ".join(f"{n} {c} x {res.gpu_types[n]} ({res.gpus[n]} GPUs)" for n, c in res.replicas.items())
+          + f"; {res.total_gpus} GPUs; meets on {res.seeds} seed(s): {'yes' if res.meets else 'NO'}")
+    fewer = "; ".join(f"{n}: {'meets (not minimal)' if v else 'misses'}" for n, v in res.one_fewer.items() if v is not None)
+    if fewer:
+        print(f"  one replica fewer: {fewer}")
+    if res.stopped:
+        print(f"  search stopped: {res.stopped}")
+    if res.price:
+        pr = res.price
+        print(f"price: ${pr['usd_per_hour']:,.2f}/hour, ${pr['usd_per_month']:,.0f}/month; "
+              f"${pr['usd_per_million_input_tokens']:.4f} per million input tokens, "
+              f"${pr['usd_per_million_output_tokens']:.4f} per million output tokens (input weight {pr['input_weight']:g})")
     return 0
 
 

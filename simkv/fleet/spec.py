@@ -66,6 +66,9 @@ class FleetSpec(Strict):
     router: RouterSpec = Field(default_factory=RouterSpec, description="the routing policy")
     pools: list[PoolSpec] = Field(min_length=1, description="the pools of replicas")
     faults: list[FaultSpec] = Field(default_factory=list, description="replicas that fail during the run")
+    prices: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="$ per GPU-hour by GPU type (hardware.gpu name), for `simkv capacity` "
+        "on the fleet; --price overrides")
 
     @model_validator(mode="after")
     def _consistent(self):
