@@ -86,17 +86,51 @@ def vllm_chunks(budget: int, running: list[tuple[int, int]], waiting: list[tuple
     return out
 
 
-def _scheduler(prompts, outputs, *, budget, prefix_caching=False, blocks=4000, **kw):
-    n = len(prompts)
-    t = RequestTable.empty(n) if hasattr(RequestTable, "empty") else None
-    if t is None:
-        pytest.skip("RequestTable.empty missing")
-    return t
-
-
 def _table(prompts, outputs):
-    from simkv.workload.stream import RequestStream
     n = len(prompts)
-    stream = RequestStream(arrival_s=np.zeros(n), prompt_tokens=np.array(prompts, dtype=np.int64),
-                           output_tokens=np.array(outputs, dtype=np.int64))
-    return RequestTable.from_stream(stream)
+    out = np.array(outputs, dtype=np.int64)
+    return RequestTable(np.zeros(n), np.array(prompts, dtype=np.int64), out, out.copy(), np.zeros(n, dtype=np.int8))
+
+
+def _chunks(plan) -> list[int]:
+    return [1] * len(plan.decode_ids) + plan.prefill_new.tolist()
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_chunk_boundaries_follow_vllms_rule(prefix_caching):
+    """Budget 64: prompts of 100 and 50 tokens. Step 1: A's first chunk 64 (B gets nothing);
+    step 2: A's rest 36 then B's first 28; step 3: A decodes (1), B's rest 22."""
+    kv = (PrefixCachingAllocator if prefix_caching else PagedAllocator)(200, 16)
+    s = ChunkedPrefillScheduler(_table([100, 50], [5, 5]), kv, max_num_seqs=8, max_num_batched_tokens=64,
+                                max_model_len=512, prefix_caching=prefix_caching)
+    s.add_request(0)
+    s.add_request(1)
+    expected = [vllm_chunks(64, [], [(100, 0), (50, 0)]),
+                vllm_chunks(64, [(100, 64)], [(50, 0)]),
+                vllm_chunks(64, [(101, 100), (50, 28)], [])]
+    assert expected == [[64], [36, 28], [1, 22]]
+    for step, want in enumerate(expected):
+        plan = s.schedule()
+        assert _chunks(plan) == want, step
+        s.commit(plan, 0.01 * step, np.array([0.01]))
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_full_prompt_gate_admits_only_whole_prompts_that_fit(prefix_caching):
+    """vLLM's scheduler_reserve_full_isl: with 10 free blocks of 16, a 200-token prompt (13 blocks)
+    is not admitted although its first 64-token chunk (4 blocks) fits; without the gate it is."""
+    for gate, admitted in ((False, [64]), (True, None)):
+        kv = (PrefixCachingAllocator if prefix_caching else PagedAllocator)(10, 16)
+        s = ChunkedPrefillScheduler(_table([200], [5]), kv, max_num_seqs=8, max_num_batched_tokens=64,
+                                    max_model_len=512, prefix_caching=prefix_caching, full_prompt_must_fit=gate)
+        s.add_request(0)
+        if admitted is None:
+            with pytest.raises(RuntimeError, match="never be admitted"):
+                s.schedule()
+        else:
+            assert _chunks(s.schedule()) == admitted
+    kv = PagedAllocator(13, 16)          # 13 blocks: the whole prompt fits, so the gate admits it
+    s = ChunkedPrefillScheduler(_table([200], [5]), kv, max_num_seqs=8, max_num_batched_tokens=64,
+                                max_model_len=512, full_prompt_must_fit=True)
+    s.add_request(0)
+    assert _chunks(s.schedule()) == [64]
