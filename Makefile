@@ -43,7 +43,7 @@ bench: $(VENV)/.installed
 PARITY_VENV ?= /tmp/simkv-vllm-parity
 parity:
 	test -x $(PARITY_VENV)/bin/python || scripts/parity-env.sh $(PARITY_VENV)
-	PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(PARITY_VENV)/bin/python -m simkv.parity -o results/parity
+	PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(PARITY_VENV)/bin/python -m simkv.studies.parity -o results/parity
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis

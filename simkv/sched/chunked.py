@@ -11,6 +11,11 @@ never stalled by a long prompt.
 With prefix caching (vLLM v1's default) a new request starts from the longest run of cached full
 blocks of its prompt (see simkv.kv.prefix_cache) and computes only the rest; a preempted
 request's computed blocks stay cached until evicted, so its recompute may be shortened too.
+With `full_prompt_must_fit` (vLLM's `scheduler_reserve_full_isl`, on by default in vLLM
+releases from 2026 on: PR #37307, not in the v0.11 the vllm-v1 preset models) a waiting request is
+admitted only if the blocks for its whole prompt (plus any tokens it recomputes) are free, not just
+those of its first chunk; only the chunk is allocated. Off unless asked for (the parity harness
+turns it on to compare with vLLM 0.33.0).
 Simplifications: prefill chunks of different requests are costed per sequence (their attention
 kernels) and together for the linear layers.
 """
@@ -28,9 +33,11 @@ from simkv.sched.queue import QueuedScheduler
 class ChunkedPrefillScheduler(QueuedScheduler):
     """vLLM v1 (budget 8192) and Sarathi-Serve (budget 512) behind the Scheduler protocol."""
 
-    def __init__(self, table: RequestTable, allocator, *, prefix_caching: bool = False, **limits) -> None:
+    def __init__(self, table: RequestTable, allocator, *, prefix_caching: bool = False,
+                 full_prompt_must_fit: bool = False, **limits) -> None:
         super().__init__(table, allocator, **limits)
         self.prefix_caching = prefix_caching
+        self.full_prompt_must_fit = full_prompt_must_fit
         if prefix_caching and not hasattr(allocator, "allocate_cached"):
             raise ValueError("prefix caching needs a PrefixCachingAllocator")
         self._hashes: dict[int, list] = {}   # prefilling request -> content names of its full blocks
@@ -163,7 +170,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
                 budget -= chunks[-1][1]
                 continue
             n = min(target, budget)
-            if not self.kv.can_allocate(n, None, keep):
+            if not self.kv.can_allocate(target if self.full_prompt_must_fit else n, None, keep):
                 break
             chunks.append(self.admit_head(n))
             budget -= n
@@ -176,7 +183,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
             hits -= 1
         cached = hits * self.kv.block_size
         n = min(target - cached, budget)
-        if not self.kv.can_allocate_cached(hashes, hits, cached + n, keep):
+        if not self.kv.can_allocate_cached(hashes, hits, target if self.full_prompt_must_fit else cached + n, keep):
             return False
         self.kv.allocate_cached(rid, hashes, hits, cached + n, int(self.t.final_kv_tokens[rid]))
         self.batch.start_prefill(rid, cached, 0)

@@ -61,7 +61,8 @@ MODEL_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "h
 
 
 def vllm_scheduler(folder: Path, *, num_blocks: int, block_size: int, max_num_seqs: int, max_batched: int,
-                   max_model_len: int, prefix_caching: bool, async_scheduling: bool = False):
+                   max_model_len: int, prefix_caching: bool, async_scheduling: bool = False,
+                   reserve_full_isl: bool = True):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
@@ -72,7 +73,8 @@ def vllm_scheduler(folder: Path, *, num_blocks: int, block_size: int, max_num_se
     model = ModelConfig(model=str(folder), skip_tokenizer_init=True, max_model_len=max_model_len, dtype="bfloat16")
     sched = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched,
                             max_model_len=max_model_len, enable_chunked_prefill=True,
-                            async_scheduling=async_scheduling, is_encoder_decoder=False)
+                            async_scheduling=async_scheduling, is_encoder_decoder=False,
+                            scheduler_reserve_full_isl=reserve_full_isl)
     cache = CacheConfig(block_size=block_size, gpu_memory_utilization=0.9, cache_dtype="auto",
                         enable_prefix_caching=prefix_caching)
     cache.num_gpu_blocks = num_blocks
@@ -104,9 +106,12 @@ def fake_output(sched_out, scheduler):
     ids = list(sched_out.num_scheduled_tokens)
     sampled = []
     for rid in ids:
+        # schedule() has already advanced num_computed_tokens by this step's tokens (vLLM's
+        # _update_after_schedule), so the step samples a token iff it reached the end of the
+        # known tokens (prompt plus any output a resumed request recomputes); a partial chunk
+        # samples none (update_from_output appends whatever it is given)
         req = scheduler.requests[rid]
-        done = req.num_computed_tokens + sched_out.num_scheduled_tokens[rid] >= req.num_prompt_tokens
-        sampled.append([7] if done else [])
+        sampled.append([7] if req.num_computed_tokens >= req.num_tokens else [])
     return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
 
 
@@ -125,20 +130,26 @@ def simkv_decision(plan, hit_before: dict[int, int]) -> StepDecision:
     return StepDecision(tokens, {int(r) for r in plan.preempted_ids})
 
 
-def compare(workload: str, num_requests: int = 300, max_steps: int = 20000, seed: int = 0) -> dict:
+def compare(workload: str, num_requests: int = 150, max_steps: int = 20000, seed: int = 0,
+            full_isl: bool = True) -> dict:
+    """Lock-step comparison on one workload. `full_isl`: vLLM's admission gate
+    `scheduler_reserve_full_isl` (its default, True) and simkv's `full_prompt_must_fit` alike;
+    False compares vLLM with the gate off to the vllm-v1 preset as shipped (no gate)."""
     from simkv.simulate import build_simulation
     from simkv.workload.stream import generate_stream
     num_blocks = BLOCKS[workload]
     scenario = scenario_for(workload, num_requests, num_blocks)
     stream = generate_stream(scenario.workload, scenario.run, None)
     sim = build_simulation(scenario, stream)
+    sim.scheduler.full_prompt_must_fit = full_isl
     e, t = sim.engine, sim.table
     rng = np.random.default_rng(seed)
     prefixes: dict[int, list[int]] = {}
     with tempfile.TemporaryDirectory() as folder:
         vs = vllm_scheduler(Path(folder), num_blocks=num_blocks, block_size=e.block_size,
                             max_num_seqs=sim.limits.max_num_seqs, max_batched=sim.limits.max_num_batched_tokens,
-                            max_model_len=sim.limits.max_model_len, prefix_caching=e.prefix_caching)
+                            max_model_len=sim.limits.max_model_len, prefix_caching=e.prefix_caching,
+                            reserve_full_isl=full_isl)
         order = np.argsort(t.arrival_s, kind="stable")
         nxt, now, steps, same, first = 0, 0.0, 0, 0, None
         while steps < max_steps:
@@ -177,7 +188,7 @@ def compare(workload: str, num_requests: int = 300, max_steps: int = 20000, seed
             vs.update_from_output(vout, fake_output(vout, vs))
             now += dt
             steps += 1
-    return {"workload": workload, "steps": steps, "identical": same, "fraction": same / max(steps, 1),
+    return {"workload": workload, "full_isl": full_isl, "steps": steps, "identical": same, "fraction": same / max(steps, 1),
             "first_divergence": first}
 
 
@@ -190,7 +201,7 @@ def _show(d: StepDecision) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="simkv-parity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--requests", type=int, default=150)
     p.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
     p.add_argument("-o", "--output", default="results/parity")
     args = p.parse_args(argv)
@@ -202,11 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    results = {w: compare(w, args.requests) for w in (args.workload or WORKLOADS)}
-    (out / "summary.json").write_text(json.dumps({w: r["fraction"] for w, r in results.items()}, indent=1) + "\n")
+    # vLLM 0.33.0's default (full-prompt admission gate on, in both) and the gate off in both (the
+    # vllm-v1 preset as shipped)
+    modes = {"full_isl": True, "no_full_isl": False}
+    results = {m: {w: compare(w, args.requests, full_isl=on) for w in (args.workload or WORKLOADS)}
+               for m, on in modes.items()}
+    summary = {m: {w: r["fraction"] for w, r in rs.items()} for m, rs in results.items()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "details.json").write_text(json.dumps(results, indent=1) + "\n")
-    for w, r in results.items():
-        print(f"{w}: {r['identical']}/{r['steps']} steps identical ({100 * r['fraction']:.1f}%)")
+    for m, rs in results.items():
+        for w, r in rs.items():
+            print(f"{m} {w}: {r['identical']}/{r['steps']} steps identical ({100 * r['fraction']:.1f}%)")
     return 0
 
 
