@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--max-rate", type=float,
                      help="highest rate the search tries (requests/s; default 1024 x the scenario's rate)")
     cap.add_argument("--max-probes", type=int, default=40, help="most rates the search tries (default 40)")
+    cap.add_argument("--intervals", type=int, default=0, metavar="N",
+                     help="also search N replicates (own seed, step costs x resampled held-out errors) and print "
+                          "the range of capacities (default 0: off)")
     cap.add_argument("--json", action="store_true", help="machine-readable output")
     cap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     cap.set_defaults(func=cmd_capacity)
@@ -353,9 +356,18 @@ def cmd_capacity(args) -> int:
     res = find_capacity(scenario, slo, simulate_fn=lambda sc, v: simulate(sc, v), variant=args.variant,
                         tolerance=args.tolerance, target_rate=args.target_rate, price_per_gpu_hour=prices,
                         seeds=args.seeds, max_rate=args.max_rate, max_probes=args.max_probes)
+    interval = None
+    if args.intervals < 0 or args.intervals > 1000:
+        raise SimkvError(f"{args.intervals} replicates", field="--intervals", fix="give 0 (off) to 1000")
+    if args.intervals:
+        from simkv.simulate import build_simulation, run_simulation, stream_for
+        from simkv.studies.capacity_interval import capacity_interval
+        interval = capacity_interval(scenario, slo, args.intervals, variant=args.variant, stream_for=stream_for,
+                                     build=build_simulation, run_simulation=run_simulation, tolerance=args.tolerance,
+                                     max_probes=args.max_probes, max_rate=args.max_rate)
     if args.json:
         print(json.dumps({"scenario": scenario.name, "variant": args.variant, "slo_s": {f"{m}_{p}": v for (m, p), v in slo.items()},
-                          **res.to_dict()}, indent=2))
+                          **res.to_dict(), **({"interval": interval} if interval else {})}, indent=2))
         return 0
     for p in res.probes:
         worst = ", ".join(f"{k} {v:.3g}/{t:.3g} s" for k, (v, t) in p.worst.items() if v is not None)
@@ -375,6 +387,10 @@ def cmd_capacity(args) -> int:
         reasons = "; ".join(f"{c} {reason}" for reason, c in res.unservable.items())
         print(f"  unservable: {res.unservable_requests} of {res.total_requests} requests at capacity ({reasons}): "
               f"{res.unservable_treatment}")
+    if interval is not None:
+        print(f"  range over {interval['replicates']} replicates (own seed, step costs x held-out errors): "
+              f"p5 {interval['p5']:.3f}, p50 {interval['p50']:.3f}, p95 {interval['p95']:.3f} req/s "
+              f"(min {interval['min']:.3f}, max {interval['max']:.3f}); residuals: {interval['residuals']}")
     if res.gpus_for_target is not None:
         print(f"GPUs for {args.target_rate:g} req/s: {res.gpus_for_target} ({res.gpus_per_replica} per replica)")
     if res.cost_per_million_tokens is not None:

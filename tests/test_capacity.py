@@ -11,7 +11,7 @@ import simkv
 from simkv.studies.capacity import find_capacity, parse_slo
 from simkv.errors import SimkvError
 
-from conftest import ROOT
+from conftest import ROOT, small_scenario
 
 
 def test_parse_slo_units_and_errors():
@@ -43,3 +43,29 @@ def test_capacity_cli_errors_cleanly():
     proc = subprocess.run([sys.executable, "-m", "simkv.cli", "capacity", "scenarios/quickstart.yaml", "--slo", "fast"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "--slo" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_capacity_interval_is_the_range_of_each_replicates_own_capacity():
+    """`--intervals N`: each replicate's capacity equals a capacity search run alone on that
+    replicate's seed with its step costs scaled by its factors (independent recomputation)."""
+    from simkv.simulate import build_simulation, run_simulation, stream_for
+    from simkv.studies.capacity import find_capacity
+    from simkv.studies.capacity_interval import capacity_interval
+    from simkv.studies.intervals import ScaledCost
+    sc = small_scenario(engine={"preset": "vllm-v1", "num_gpu_blocks": 256, "max_model_len": 512},
+                        workload__arrival={"process": "poisson", "rate": 4.0}, run={"seed": 2, "num_requests": 60})
+    slo = parse_slo("ttft_p99=0.5s")
+    iv = capacity_interval(sc, slo, 2, variant=None, stream_for=stream_for, build=build_simulation,
+                           run_simulation=run_simulation, tolerance=0.1, max_probes=12)
+    assert iv["replicates"] == 2 and len(iv["capacities_req_s"]) == 2
+    assert iv["min"] <= iv["p5"] <= iv["p50"] <= iv["p95"] <= iv["max"]
+    assert iv["residuals"].startswith("leave-one-out errors of the h100")
+    for i, (cap, factors) in enumerate(zip(iv["capacities_req_s"], iv["factors"]), start=1):
+        rep = sc.model_copy(update={"run": sc.run.model_copy(update={"seed": sc.run.seed + i})})
+
+        def sim_fn(s, v, factors=factors):
+            built = build_simulation(s, stream_for(s))
+            built.cost = ScaledCost(built.cost, factors)
+            return run_simulation(built, "base")
+        again = find_capacity(rep, slo, simulate_fn=sim_fn, tolerance=0.1, seeds=1, max_probes=12)
+        assert again.capacity_rate == cap
