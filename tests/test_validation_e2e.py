@@ -25,7 +25,7 @@ def _rows() -> dict[tuple[str, str], list[str]]:
     """(scenario, bench metric) -> the table row's cells."""
     rows = {}
     for line in _generated().splitlines():
-        m = re.match(r"\| `([^`]+)` \|.*`bench\.([a-z_]+)`", line)
+        m = re.match(r"\| `([^`]+)` \|.*`bench\.([a-z0-9_]+)`", line)
         if m:
             rows[(m.group(1), m.group(2))] = [c.strip() for c in line.strip().strip("|").split("|")]
     return rows
@@ -87,3 +87,18 @@ def test_write_page_keeps_the_hand_written_text(tmp_path):
     assert "stale" not in text and "-10.0%" in text and "+10.0%" in text
     assert (tmp_path / "figures" / "measured-vs-simulated.png").exists()
     assert "](figures/measured-vs-simulated.png)" in text
+
+
+def test_vllm_latency_point_recomputed_matches_the_page():
+    """The vLLM nightly latency point (a batch of 8 x 32/128, under a second to simulate): the page's
+    simulated latency is recomputed, and independently the batch latency is TTFT + 127 TPOTs, with every
+    request of the batch finishing together (median = mean)."""
+    from simkv.studies.e2e_validation import simulate_scenario
+    name = "vllm-latency-llama8b-tp1-h200-32-128-b8"
+    bench = simulate_scenario(ROOT, name)
+    cells = _rows()[(name, "mean_e2el_ms")]
+    for variant, col in ((PRIMARY, 4), (OTHER, 6)):
+        assert bench[variant]["mean_e2el_ms"] == pytest.approx(float(cells[col].replace(",", "")), rel=1e-6)
+    b = bench[PRIMARY]
+    assert b["mean_e2el_ms"] == pytest.approx(b["mean_ttft_ms"] + 127 * b["mean_tpot_ms"], rel=1e-9)
+    assert b["median_e2el_ms"] == pytest.approx(b["mean_e2el_ms"], rel=1e-9)

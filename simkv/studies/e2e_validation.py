@@ -38,7 +38,7 @@ class Point:
     measured: str        # quoted exactly as published
     unit: str
     metric: str          # key of summary.json `bench`
-    kind: str            # ttft | tpot | throughput (figure marker)
+    kind: str            # ttft | tpot | throughput | latency (figure marker)
 
     @property
     def value(self) -> float:
@@ -47,6 +47,7 @@ class Point:
 
 TRTLLM = "https://github.com/NVIDIA/TensorRT-LLM/blob/00f37686aa854010d68bcbd0f4ab000221541ca6/docs/source/performance/perf-overview.md"
 NIM = "https://docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance"
+VLLM_NIGHTLY = "https://buildkite.com/vllm/performance-benchmark/builds/9515"
 
 SOURCES: dict[str, Source] = {s.key: s for s in (
     Source("trtllm", "TensorRT-LLM performance overview (perf-overview.md, Llama 3.1 8B and Llama 3.3 70B tables)",
@@ -55,9 +56,13 @@ SOURCES: dict[str, Source] = {s.key: s for s in (
     Source("nim", "NVIDIA NIM LLM benchmarking guide 1.0.0, Performance (Llama-3.3-70b-instruct, 5000 in / 500 out)",
            NIM, "NIM for LLMs 1.8.0, fp8 TP2 profile on 2 x H100 80G",
            "AIPerf `--concurrency N` (N closed-loop users), fixed 5000 input / 500 output tokens"),
+    Source("vllm", "vLLM nightly performance benchmark (Buildkite build 9515), latency tests on H200",
+           VLLM_NIGHTLY, "vLLM (the build's version), bf16 dummy weights, CUDA graphs",
+           "`benchmark_latency.py`: one batch of 8 prompts, 32 input / 128 output tokens, wall time of `generate()`"),
 )}
 
 _TP = "Total Output Throughput"
+_LAT = "Mean latency (ms)"
 _NIM_C1, _NIM_C25, _NIM_C250 = ("nim-70b-fp8-2xh100-5000-500-c1", "nim-70b-fp8-2xh100-5000-500-c25",
                                 "nim-70b-fp8-2xh100-5000-500-c250")
 POINTS: tuple[Point, ...] = (
@@ -74,6 +79,9 @@ POINTS: tuple[Point, ...] = (
     Point("nim", _NIM_C250, "TTFT (ms)", "88605.32", "ms", "mean_ttft_ms", "ttft"),
     Point("nim", _NIM_C250, "ITL (ms)", "93.2", "ms", "mean_tpot_ms", "tpot"),
     Point("nim", _NIM_C250, "Throughput(Tokens/s)", "920.12", "tokens/s", "output_throughput", "throughput"),
+    Point("vllm", "vllm-latency-llama8b-tp1-h200-32-128-b8", _LAT, "833.421", "ms", "mean_e2el_ms", "latency"),
+    Point("vllm", "vllm-latency-llama70b-tp4-h200-32-128-b8", _LAT, "2077.53", "ms", "mean_e2el_ms", "latency"),
+    Point("vllm", "vllm-latency-mixtral8x7b-tp2-h200-32-128-b8", _LAT, "1917.44", "ms", "mean_e2el_ms", "latency"),
 )
 
 
@@ -129,7 +137,8 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-MARKERS = {"ttft": ("o", "TTFT (ms)"), "tpot": ("s", "ITL / TPOT (ms)"), "throughput": ("^", "output throughput (tokens/s)")}
+MARKERS = {"ttft": ("o", "TTFT (ms)"), "tpot": ("s", "ITL / TPOT (ms)"), "throughput": ("^", "output throughput (tokens/s)"),
+           "latency": ("D", "batch latency (ms)")}
 
 
 def figure(rows: list[dict]):
