@@ -13,17 +13,17 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from simkv.cost.select import CostInputs, make_cost
-from simkv.model_checks import (check_lora, check_moe_engine, check_speculative, draft_memory, lora_gpu_bytes, lora_parts,
+from simkv.features.model_checks import (check_lora, check_moe_engine, check_speculative, draft_memory, lora_gpu_bytes, lora_parts,
                                 speculative_parts)
-from simkv import frontend
+from simkv.features import frontend
 from simkv.errors import ScenarioDoesNotFit, SimkvError
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
 from simkv.kv.paged import PagedAllocator
 from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
-from simkv.memory import MemoryPlan, plan_memory
-from simkv.offload_setup import check_offload, configure_cost, offload_allocator, resolve_offload
+from simkv.kv.memory import MemoryPlan, plan_memory
+from simkv.features.offload_setup import check_offload, configure_cost, offload_allocator, resolve_offload
 from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED, RequestTable
 from simkv.presets import Target, apply_preset, preset_target, resolve_engine  # noqa: F401 (re-exported)
 from simkv.sched.chunked import ChunkedPrefillScheduler
