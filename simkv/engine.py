@@ -17,6 +17,7 @@ import simpy
 
 from simkv.errors import SimkvError
 from simkv.metrics import Recorder
+from simkv.sched.base import Scheduler
 from simkv.request import REFUSED_BY_ENGINE, REJECTED, SESSION_ENDED, RequestTable
 from simkv.workload.clients import ClientPool
 
@@ -27,7 +28,7 @@ MAX_STEP_S = 1e6   # one engine step of more than ~11 days means the cost model'
 class Replica:
     """The serving engine of one replica (the only simpy user)."""
 
-    def __init__(self, env: simpy.Environment, table: RequestTable, scheduler, cost, recorder: Recorder,
+    def __init__(self, env: simpy.Environment, table: RequestTable, scheduler: Scheduler, cost, recorder: Recorder,
                  progress: ProgressFn | None = None, *, routed: bool = False) -> None:
         self.env = env
         self.t = table

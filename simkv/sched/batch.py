@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simkv.kv.paged import PagedAllocator
+from simkv.kv.base import KVAllocator
 from simkv.kv.usage import held_slots_paged, split_window
 from simkv.request import DONE, RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
@@ -38,14 +38,14 @@ class Prefill:
 class RunningBatch:
     """Decoding sequences as struct-of-arrays (admission order), prefilling ones as a dict."""
 
-    def __init__(self, table: RequestTable, allocator, warmup_s: float = 0.0, defer_free: bool = False) -> None:
+    def __init__(self, table: RequestTable, allocator: KVAllocator, warmup_s: float = 0.0, defer_free: bool = False) -> None:
         self.t = table
         self.defer_free = defer_free      # static batches: finished requests keep memory until release
         self.deferred: list[int] = []
         self.kv_alloc = allocator
-        self.paged = isinstance(allocator, PagedAllocator)
+        self.paged = allocator.paged
         self.block_size = allocator.block_size if self.paged else 1
-        self.on_demand = self.paged and not getattr(allocator, "reserve_upfront", False)  # blocks as tokens are written
+        self.on_demand = self.paged and not allocator.reserve_upfront  # blocks as tokens are written
         self.warmup_s = warmup_s
         self.prefilling: dict[int, Prefill] = {}
         self._next_order = 0
@@ -229,7 +229,7 @@ class RunningBatch:
         else:
             self._grow(k)
             self.gen = self.gen + k
-        if self.t.beam_reselect and hasattr(self.kv_alloc, "fork_into"):
+        if self.t.beam_reselect and self.kv_alloc.prefix_caching:
             self._reselect_beams()
         last = float(ends[-1])
         self.last_tok = np.full(len(self.ids), last)
@@ -305,7 +305,7 @@ class RunningBatch:
             extra = self._prefilling_usage()
             out[:3] += extra[:, None]
             out[4] -= int(extra.sum())
-        shared = getattr(self.kv_alloc, "shared_excess", 0)
+        shared = self.kv_alloc.shared_excess
         if shared:  # a block in several block tables (prefix cache) holds its tokens once
             out[0] -= shared * self.block_size
             out[4] += shared * self.block_size
