@@ -221,3 +221,23 @@ def test_scheduler_registry_covers_every_schema_name_and_declares_its_needs():
     assert {n for n, c in SCHEDULERS.items() if c.supports_prefix_caching} == {"chunked", "tgi", "sglang", "trtllm"}
     build_src = (PKG / "build.py").read_text(encoding="utf-8")
     assert "SCHEDULERS[e.scheduler].from_engine" in build_src and "e.scheduler == \"chunked\"" not in build_src
+
+
+def test_the_kv_breakdown_rows_are_named_once_in_kv():
+    """One owner (design 5.4): the rows are KVUsage's fields, in order; metrics, plots and the
+    results columns use those names, and the window breakdown lives in kv/usage.py."""
+    import dataclasses
+
+    from simkv.kv import usage
+    from simkv.kv.base import EXTERNAL, FREE, INTERNAL, KV_ROWS, RESERVED, TOKEN, KVUsage
+    from simkv.metrics import KV_FIELDS
+    from simkv.report.plots import KV_LAYERS
+    from simkv.result import _INT_COLUMNS
+    assert KV_ROWS == tuple(f.name for f in dataclasses.fields(KVUsage))[1:]
+    assert (TOKEN, RESERVED, INTERNAL, EXTERNAL, FREE) == tuple(range(5))
+    assert KV_FIELDS is KV_ROWS and tuple(k for k, _, _ in KV_LAYERS) == KV_ROWS and set(KV_ROWS) <= _INT_COLUMNS
+    u = KVUsage(100, 10, 20, 30, 15, 25)
+    assert u.row()[TOKEN] == 10 and u.row()[FREE] == 25
+    assert callable(usage.window_breakdown) and callable(usage.prefilling_breakdown)
+    batch_src = (PKG / "sched" / "batch.py").read_text(encoding="utf-8")
+    assert "def _prefilling_usage" not in batch_src and "split_window" not in batch_src

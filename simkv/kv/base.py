@@ -21,6 +21,12 @@ class OutOfKVMemory(Exception):
     """An allocation or append that does not fit; the allocator's state is unchanged."""
 
 
+# The breakdown's rows, named once: row i of every (5, k) breakdown array (simkv.kv.usage, the
+# StepOutcome, the Recorder) is the KVUsage field KV_ROWS[i]; the time-series columns carry these names.
+TOKEN, RESERVED, INTERNAL, EXTERNAL, FREE = range(5)
+KV_ROWS = ("token_tokens", "reserved_tokens", "internal_frag_tokens", "external_frag_tokens", "free_tokens")
+
+
 @dataclass(frozen=True, slots=True)
 class KVUsage:
     """A snapshot of the cache, in token slots; the five categories sum to capacity_tokens."""
@@ -41,6 +47,10 @@ class KVUsage:
     def held_tokens(self) -> int:
         """Slots owned by some request."""
         return self.token_tokens + self.reserved_tokens + self.internal_frag_tokens
+
+    def row(self) -> tuple[int, ...]:
+        """The five categories in KV_ROWS order."""
+        return tuple(getattr(self, name) for name in KV_ROWS)
 
     def total(self) -> int:
         return (self.token_tokens + self.reserved_tokens + self.internal_frag_tokens
