@@ -13,28 +13,22 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from simkv.cost.select import CostInputs, make_cost
-from simkv.model_checks import (check_lora, check_moe_engine, check_speculative, draft_memory, lora_gpu_bytes, lora_parts,
+from simkv.features.model_checks import (check_lora, check_moe_engine, check_speculative, draft_memory, lora_gpu_bytes, lora_parts,
                                 speculative_parts)
-from simkv import frontend
+from simkv.features import frontend
 from simkv.errors import ScenarioDoesNotFit, SimkvError
+from simkv.kv.base import KVAllocator
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
 from simkv.kv.paged import PagedAllocator
 from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
-from simkv.memory import MemoryPlan, plan_memory
-from simkv.offload_setup import check_offload, configure_cost, offload_allocator, resolve_offload
+from simkv.kv.memory import MemoryPlan, plan_memory
+from simkv.features.offload_setup import check_offload, configure_cost, offload_allocator, resolve_offload
 from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED, RequestTable
 from simkv.presets import Target, apply_preset, preset_target, resolve_engine  # noqa: F401 (re-exported)
-from simkv.sched.chunked import ChunkedPrefillScheduler
-from simkv.sched.continuous import ContinuousBatchingScheduler
-from simkv.sched.prefill_first import PrefillFirstScheduler
-from simkv.sched.static import StaticBatchScheduler
-from simkv.sched.tgi import TgiScheduler
 from simkv.cost.block_size import PER_TOKEN_GATHER_SCHEDULERS, decode_attention_factor
-from simkv.sched.sglang import SglangScheduler
-from simkv.sched.trtllm import TrtllmScheduler
-from simkv.specs import GIB
+from simkv.sched import SCHEDULERS, Scheduler
 from simkv.workload.stream import RequestStream
 
 if TYPE_CHECKING:  # the schema is an input: the core never imports it at run time
@@ -56,8 +50,8 @@ class Simulation:
 
     scenario: Scenario
     table: RequestTable
-    allocator: object
-    scheduler: object
+    allocator: KVAllocator
+    scheduler: Scheduler
     cost: object
     memory: MemoryPlan
     limits: EngineLimits
@@ -174,11 +168,12 @@ def reserves_upfront(e: Engine) -> bool:
 
 
 def _check_policy(e: Engine) -> None:
-    if e.scheduler in ("chunked", "prefill-first", "tgi", "sglang", "trtllm") and e.allocator != "paged":
+    policy = SCHEDULERS[e.scheduler]
+    if policy.needs == "paged" and e.allocator != "paged":
         raise SimkvError(f"the {e.scheduler} scheduler works on a paged KV cache", field="engine.allocator",
                          fix="set engine.allocator: paged, or use scheduler fcfs/static for contiguous memory")
-    if e.scheduler == "static" and e.allocator == "paged":
-        raise SimkvError("the static scheduler (FasterTransformer) never preempts, so a batch growing into blocks taken "
+    if policy.needs == "contiguous" and e.allocator == "paged":
+        raise SimkvError(f"the {e.scheduler} scheduler (FasterTransformer) never preempts, so a batch growing into blocks taken "
                          "on demand could run out of memory mid-batch", field="engine.allocator",
                          fix="set engine.allocator: contiguous (the fastertransformer preset does)")
     if e.scheduler == "tgi" and not e.reserve_upfront:
@@ -187,7 +182,7 @@ def _check_policy(e: Engine) -> None:
     if e.reserve_upfront and e.scheduler != "tgi":
         raise SimkvError("up-front reservation is modelled for the tgi scheduler only", field="engine.reserve_upfront",
                          fix="remove it, or use engine.scheduler: tgi")
-    if e.prefix_caching and (e.scheduler not in ("chunked", "tgi", "sglang", "trtllm") or e.allocator != "paged"):
+    if e.prefix_caching and (not policy.supports_prefix_caching or e.allocator != "paged"):
         raise SimkvError("prefix caching is modelled for the chunked (vLLM v1), tgi, sglang and trtllm schedulers "
                          "on a paged cache", field="engine.prefix_caching",
                          fix="use engine.preset: vllm-v1, tgi, sglang or trtllm, or remove it")
@@ -200,41 +195,10 @@ def _check_policy(e: Engine) -> None:
                          fix="remove it, or use engine.scheduler: tgi or trtllm")
 
 
-def make_scheduler(e: Engine, table: RequestTable, allocator, limits: EngineLimits, mem: MemoryPlan,
-                   warmup_s: float, kv_bytes_per_token: int):
-    """The batching policy the (preset-resolved) engine names."""
-    common = dict(max_num_seqs=limits.max_num_seqs, warmup_s=warmup_s)
-    watermark = int(e.watermark * mem.num_blocks)
-    if e.scheduler == "chunked":
-        return ChunkedPrefillScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
-                                       max_model_len=limits.max_model_len, watermark_blocks=watermark,
-                                       prefix_caching=e.prefix_caching, **common)
-    if e.scheduler == "prefill-first":
-        swap_tokens = int(e.swap_space_gib * GIB // kv_bytes_per_token)
-        return PrefillFirstScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
-                                     max_model_len=limits.max_model_len, watermark_blocks=watermark,
-                                     preemption=e.preemption, swap_capacity_tokens=swap_tokens, **common)
-    if e.scheduler == "tgi":
-        return TgiScheduler(table, allocator, max_batch_prefill_tokens=e.max_batch_prefill_tokens,
-                            waiting_served_ratio=e.waiting_served_ratio, max_waiting_tokens=e.max_waiting_tokens,
-                            max_concurrent_requests=e.max_concurrent_requests, chunking=e.prefill_chunking,
-                            prefix_caching=e.prefix_caching, **common)
-    if e.scheduler == "sglang":
-        return SglangScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
-                               max_model_len=limits.max_model_len, schedule_policy=e.schedule_policy,
-                               schedule_conservativeness=e.schedule_conservativeness,
-                               prefix_caching=e.prefix_caching, **common)
-    if e.scheduler == "trtllm":
-        return TrtllmScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
-                               max_model_len=limits.max_model_len, capacity_policy=e.capacity_scheduler_policy,
-                               chunking=e.prefill_chunking, prefix_caching=e.prefix_caching,
-                               watermark_blocks=watermark, **common)
-    if e.scheduler == "static":
-        return StaticBatchScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
-                                    max_model_len=limits.max_model_len, reservation=e.reservation, **common)
-    return ContinuousBatchingScheduler(table, allocator, max_num_batched_tokens=limits.max_num_batched_tokens,
-                                       max_model_len=limits.max_model_len, reservation=e.reservation,
-                                       watermark_blocks=watermark, **common)
+def make_scheduler(e: Engine, table: RequestTable, allocator: KVAllocator, limits: EngineLimits, mem: MemoryPlan,
+                   warmup_s: float, kv_bytes_per_token: int) -> Scheduler:
+    """The batching policy the (preset-resolved) engine names, from the registry."""
+    return SCHEDULERS[e.scheduler].from_engine(e, table, allocator, limits, mem, warmup_s, kv_bytes_per_token)
 
 
 def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[RequestTable, int]:

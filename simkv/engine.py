@@ -17,6 +17,7 @@ import simpy
 
 from simkv.errors import SimkvError
 from simkv.metrics import Recorder
+from simkv.sched.base import Scheduler
 from simkv.request import REFUSED_BY_ENGINE, REJECTED, SESSION_ENDED, RequestTable
 from simkv.workload.clients import ClientPool
 
@@ -25,9 +26,24 @@ MAX_STEP_S = 1e6   # one engine step of more than ~11 days means the cost model'
 
 
 class Replica:
-    """The serving engine of one replica (the only simpy user)."""
+    """The serving engine of one replica (the only simpy user).
 
-    def __init__(self, env: simpy.Environment, table: RequestTable, scheduler, cost, recorder: Recorder,
+    Interface (what a single run and a fleet, `simkv.fleet.run.Fleet`, use):
+
+    - **clock**: the replica runs on the `simpy.Environment` it is given; a fleet hands every
+      replica the same one, so all advance together (`env.run()` by the owner; `done` is the step
+      loop's process, finished when the replica has nothing left to do).
+    - **requests in**: alone (`routed=False`) it plays its table's arrivals itself (or its closed-loop
+      clients); routed, a router calls `submit(rid)` at the arrival time (True if accepted, False if
+      the engine refused it: the row is then REJECTED) and `close()` once no more will come.
+    - **state out**: `scheduler.num_running`, `scheduler.num_waiting()` and `scheduler.kv.usage()`
+      (the KV breakdown, simkv.kv.base.KVUsage) give the load and the cache now; the request table
+      `t` holds each request's times and status, and `recorder` (simkv.metrics.Recorder) the
+      time-weighted KV and queue integrals the summary is made of. A fleet may set the hooks
+      `on_finished`, `next_arrival_hint` and `index`.
+    """
+
+    def __init__(self, env: simpy.Environment, table: RequestTable, scheduler: Scheduler, cost, recorder: Recorder,
                  progress: ProgressFn | None = None, *, routed: bool = False) -> None:
         self.env = env
         self.t = table

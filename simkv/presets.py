@@ -150,7 +150,7 @@ def sglang_max_running_requests(total_tokens: int, context_len: int) -> int:
 
 
 def _resolve_sglang(engine: Engine, target: Target, explicit: set) -> dict:
-    from simkv.memory import plan_memory   # the KV pool decides max_running_requests
+    from simkv.kv.memory import plan_memory   # the KV pool decides max_running_requests
     chunk, fraction = sglang_memory_defaults(target)
     out = {"max_num_batched_tokens": chunk, "gpu_memory_utilization": fraction}
     if "max_num_seqs" not in explicit:
@@ -177,7 +177,7 @@ def _resolve_trtllm(engine: Engine, target: Target, explicit: set) -> dict:
     whole card, so the same KV pool is (weights + activations + 0.9 x the rest) / card memory."""
     if "gpu_memory_utilization" in explicit:
         return {}
-    from simkv.memory import estimate_activation_bytes
+    from simkv.kv.memory import estimate_activation_bytes
     m, gpu, tp = target.model, target.gpu, target.tensor_parallel
     weights = m.weight_bytes_per_gpu(engine.weight_dtype, tp)
     acts = (engine.activation_reserve_gib * GIB if engine.activation_reserve_gib is not None else

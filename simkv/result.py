@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from simkv.files.safe_paths import prepare_folder, write_file
+from simkv.kv.base import KV_ROWS
 from simkv.scenario import Scenario
 
 _INT_COLUMNS = {"req_id", "group", "class_id", "prompt_tokens", "output_tokens", "max_new_tokens", "status", "reject_reason",
-                "num_preemptions", "token_tokens", "reserved_tokens", "internal_frag_tokens",
-                "external_frag_tokens", "free_tokens", "num_running", "num_waiting"}
+                "num_preemptions", *KV_ROWS, "num_running", "num_waiting"}
 
 
 @dataclass

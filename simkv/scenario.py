@@ -16,8 +16,8 @@ from pydantic import Field, field_validator, model_validator
 
 from simkv.catalog import builtin_gpus, builtin_models
 from simkv.errors import SimkvError
-from simkv.lora import LoraEngine, LoraWorkload
-from simkv.speculative import Speculative
+from simkv.features.lora import LoraEngine, LoraWorkload
+from simkv.features.speculative import Speculative
 from simkv.fleet.spec import FleetSpec, check_fleet
 from simkv.specs import (Bool, DType, Float, GpuSpec, ModelSpec, NonNegativeFloat, NonNegativeInt,
                          PositiveFloat, PositiveInt, Strict, WeightDType)
@@ -380,7 +380,7 @@ class Engine(Strict):
     weight_dtype: WeightDType = Field("bf16", description="weight precision (int4: AWQ/GPTQ-style W4A16, group-128 scales)")
     kv_cache_dtype: DType = Field("bf16", description="KV cache precision")
     host_overhead_s: NonNegativeFloat = Field(0.0, le=10, description="CPU time per step not overlapped with the GPU, "
-                                              "fixed part (s); unset: the preset's (simkv.host_overhead)")
+                                              "fixed part (s); unset: the preset's (simkv.features.host_overhead)")
     host_per_seq_s: NonNegativeFloat | None = Field(None, le=1, description="CPU time per step not overlapped with the "
                                                     "GPU, per sequence in the step (s); unset: the preset's")
     prefix_caching: Bool = Field(False, description="reuse cached KV blocks of identical prompt prefixes (chunked scheduler)")
@@ -456,7 +456,7 @@ class Slo(Strict):
 class Frontend(Strict):
     """Per-request time between a client sending a request and the engine seeing it (HTTP, tokenisation,
     the input queue) plus streaming back: added to client-side TTFT and E2E. Unset fields take the
-    engine preset's defaults (`simkv.frontend`, 0 where not measured)."""
+    engine preset's defaults (`simkv.features.frontend`, 0 where not measured)."""
 
     fixed_s: NonNegativeFloat | None = Field(None, description="fixed cost per request (s); default from the preset")
     per_prompt_token_s: NonNegativeFloat | None = Field(None, description="cost per prompt token (s/token); default from the preset")

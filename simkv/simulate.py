@@ -7,8 +7,8 @@ import simpy
 
 from collections.abc import Callable, Iterator
 
-from simkv import frontend
-from simkv.bench_metrics import bench_summary, client_sent_s
+from simkv.features import frontend
+from simkv.metrics.bench import bench_summary, client_sent_s
 from simkv.build import Simulation, build
 from simkv.files.calibration import calibration_for, calibration_from, moe_table_for
 from simkv.cost import select
@@ -17,7 +17,7 @@ from simkv.engine import ProgressFn, Replica
 from simkv.errors import SimkvError
 from simkv.files.scenario_file import expand_sweep, expand_variants
 from simkv.metrics import Recorder, request_latencies, summarize
-from simkv.offload_setup import offload_summary
+from simkv.features.offload_setup import offload_summary
 from simkv.result import Result
 from simkv.scenario import Scenario
 from simkv.files.traces import trace_for
@@ -205,7 +205,7 @@ def resolved_engine(sim: Simulation) -> dict:
     out = e.model_dump(mode="json")
     out.update(max_model_len=sim.limits.max_model_len, max_num_batched_tokens=sim.limits.max_num_batched_tokens,
                max_num_seqs=sim.limits.max_num_seqs)
-    for key in ("host_overhead_s", "host_per_seq_s"):   # as resolved by simkv.host_overhead (the cost holds them)
+    for key in ("host_overhead_s", "host_per_seq_s"):   # as resolved by simkv.features.host_overhead (the cost holds them)
         if getattr(sim.cost, key, None) is not None:
             out[key] = float(getattr(sim.cost, key))
     if out.get("activation_reserve_gib") is None:

@@ -8,7 +8,7 @@ import pytest
 
 from simkv.catalog import builtin_gpus, builtin_models
 from simkv.cost.roofline import RooflineCost
-from simkv.memory import plan_memory
+from simkv.kv.memory import plan_memory
 from simkv.sched.base import StepPlan
 from simkv import simulate
 from simkv.simulate import make_cost

@@ -106,7 +106,7 @@ CORE = sorted(m for m in MODULES if m != "simkv" and not _is_edge(m))  # simkv/_
 
 def test_the_core_is_found_not_listed():
     for m in ("simkv.kv.paged", "simkv.sched.chunked", "simkv.cost.calibrated", "simkv.workload.stream",
-              "simkv.engine", "simkv.metrics", "simkv.request", "simkv.memory", "simkv.build", "simkv.cost.select"):
+              "simkv.engine", "simkv.metrics", "simkv.request", "simkv.kv.memory", "simkv.build", "simkv.cost.select"):
         assert m in CORE
     assert len(CORE) > 40
 
@@ -155,3 +155,89 @@ def test_unknown_variant_is_a_simkv_error_naming_the_variants():
     with pytest.raises(SimkvError, match="no variant 'x'") as err:
         simkv.simulate(sc, "x")
     assert err.value.fix == "one of: p, c"
+
+
+def test_simkv_holds_at_most_a_dozen_loose_modules():
+    """Modules are grouped by role (features/, metrics/, kv/, files/, report/, studies/ ...);
+    the top level keeps the facade, the schema, the wiring and the run driver."""
+    loose = sorted(p.name for p in PKG.glob("*.py"))
+    assert len(loose) <= 12, loose
+
+
+# ---------------------------------------------------------------- written contracts (design 5.3, 5.5)
+
+def test_schedulers_read_declared_capabilities_instead_of_sniffing():
+    """sched/*.py asks the allocator what it can do (`paged`, `prefix_caching`, `offloads`,
+    `reserve_upfront`), never its class or whether it has a method."""
+    bad = []
+    for path in sorted((PKG / "sched").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("isinstance", "hasattr", "getattr") and node.args
+                    and any(w in ast.unparse(node.args[0]) for w in ("kv", "alloc"))):
+                bad.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert not bad, "\n".join(bad)
+
+
+def _protocol_members(proto) -> set[str]:
+    own = set()
+    for klass in proto.__mro__:
+        if klass.__name__ in ("Protocol", "Generic", "object"):
+            continue
+        own |= {n for n in vars(klass) if not n.startswith("_")} | set(getattr(klass, "__annotations__", {}))
+    return own
+
+
+def test_every_allocator_offers_what_its_protocol_lists():
+    from simkv.kv.base import KVAllocator, OffloadKV, PagedKV, PrefixKV, RegionKV
+    from simkv.kv.buddy import BuddyAllocator
+    from simkv.kv.contiguous import ContiguousAllocator
+    from simkv.kv.offload import OffloadingPrefixCache, OffloadTiers
+    from simkv.kv.paged import PagedAllocator
+    from simkv.kv.prefix_cache import PrefixCachingAllocator
+    cases = [(ContiguousAllocator(64), RegionKV), (BuddyAllocator(64), RegionKV), (PagedAllocator(4, 16), PagedKV),
+             (PrefixCachingAllocator(4, 16), PrefixKV),
+             (OffloadingPrefixCache(4, 16, OffloadTiers([], "write_through", 1024)), OffloadKV)]
+    for alloc, proto in cases:
+        missing = sorted(m for m in _protocol_members(proto) if not hasattr(alloc, m))
+        assert not missing, (type(alloc).__name__, missing)
+        assert alloc.paged == (PagedKV in proto.__mro__)
+        assert alloc.prefix_caching == (PrefixKV in proto.__mro__)
+        assert alloc.offloads == (proto is OffloadKV)
+        assert alloc.shared_excess == 0 and alloc.reserve_upfront is False
+    assert _protocol_members(KVAllocator) < _protocol_members(PagedKV) < _protocol_members(PrefixKV)
+
+
+def test_scheduler_registry_covers_every_schema_name_and_declares_its_needs():
+    import typing
+    from simkv.scenario import Engine
+    from simkv.sched import SCHEDULERS
+    names = set(typing.get_args(Engine.model_fields["scheduler"].annotation))
+    assert set(SCHEDULERS) == names
+    for name, cls in SCHEDULERS.items():
+        assert cls.name == name and cls.needs in ("paged", "contiguous", None)
+        assert callable(cls.from_engine)
+    assert {n for n, c in SCHEDULERS.items() if c.needs == "paged"} == {"chunked", "prefill-first", "tgi", "sglang", "trtllm"}
+    assert {n for n, c in SCHEDULERS.items() if c.supports_prefix_caching} == {"chunked", "tgi", "sglang", "trtllm"}
+    build_src = (PKG / "build.py").read_text(encoding="utf-8")
+    assert "SCHEDULERS[e.scheduler].from_engine" in build_src and "e.scheduler == \"chunked\"" not in build_src
+
+
+def test_the_kv_breakdown_rows_are_named_once_in_kv():
+    """One owner (design 5.4): the rows are KVUsage's fields, in order; metrics, plots and the
+    results columns use those names, and the window breakdown lives in kv/usage.py."""
+    import dataclasses
+
+    from simkv.kv import usage
+    from simkv.kv.base import EXTERNAL, FREE, INTERNAL, KV_ROWS, RESERVED, TOKEN, KVUsage
+    from simkv.metrics import KV_FIELDS
+    from simkv.report.plots import KV_LAYERS
+    from simkv.result import _INT_COLUMNS
+    assert KV_ROWS == tuple(f.name for f in dataclasses.fields(KVUsage))[1:]
+    assert (TOKEN, RESERVED, INTERNAL, EXTERNAL, FREE) == tuple(range(5))
+    assert KV_FIELDS is KV_ROWS and tuple(k for k, _, _ in KV_LAYERS) == KV_ROWS and set(KV_ROWS) <= _INT_COLUMNS
+    u = KVUsage(100, 10, 20, 30, 15, 25)
+    assert u.row()[TOKEN] == 10 and u.row()[FREE] == 25
+    assert callable(usage.window_breakdown) and callable(usage.prefilling_breakdown)
+    batch_src = (PKG / "sched" / "batch.py").read_text(encoding="utf-8")
+    assert "def _prefilling_usage" not in batch_src and "split_window" not in batch_src

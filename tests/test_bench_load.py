@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from simkv.bench_metrics import bench_summary
+from simkv.metrics.bench import bench_summary
 from simkv.errors import SimkvError
 from simkv.files.scenario_file import validate_scenario
 from simkv.metrics import Recorder

@@ -9,7 +9,7 @@ import pytest
 import simkv
 from simkv.simulate import build_simulation as build
 from simkv.errors import SimkvError
-from simkv.lora import LoraWorkload, sample_adapters
+from simkv.features.lora import LoraWorkload, sample_adapters
 from simkv.scenario import Scenario
 from simkv.workload.stream import generate_stream
 

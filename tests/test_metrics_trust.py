@@ -219,7 +219,7 @@ def test_setup_lists_every_resolved_engine_field(tmp_path):
     resolved = resolve_engine(sc)
     for name in Engine.model_fields:
         if name not in ("max_num_batched_tokens", "max_model_len", "activation_reserve_gib",
-                        "host_overhead_s", "host_per_seq_s"):   # derived at build time (simkv.host_overhead)
+                        "host_overhead_s", "host_per_seq_s"):   # derived at build time (simkv.features.host_overhead)
             assert engine[name] == getattr(resolved, name), name
     assert engine["scheduler"] == "chunked" and engine["prefix_caching"] is True
     assert engine["max_num_batched_tokens"] == 8192 and engine["max_model_len"] == 512   # preset, then derived

@@ -10,7 +10,7 @@ from simkv.simulate import build_simulation as build
 from simkv.catalog import builtin_gpus, builtin_models
 from simkv.cost import cost_model, plan_from_shape
 from simkv.errors import SimkvError
-from simkv.memory import plan_memory
+from simkv.kv.memory import plan_memory
 from simkv.scenario import Scenario
 from simkv.specs import GIB
 from simkv.workload.stream import generate_stream

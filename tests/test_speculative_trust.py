@@ -11,7 +11,7 @@ import simkv
 from simkv.cost import cost_model, plan_from_shape
 from simkv.errors import SimkvError
 from simkv.scenario import Scenario
-from simkv.speculative import Speculative
+from simkv.features.speculative import Speculative
 
 from conftest import ROOT, small_scenario
 

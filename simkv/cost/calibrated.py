@@ -89,7 +89,7 @@ class CalibratedCost(OffloadPricing):
     """StepCost from a GPU's calibration for one model shard (see module docstring)."""
 
     decode_attention_scale = 1.0   # block-size term (simkv.cost.block_size), set by the builder
-    host_per_seq_s = 0.0           # host time per sequence in a step (simkv.host_overhead), set by the builder
+    host_per_seq_s = 0.0           # host time per sequence in a step (simkv.features.host_overhead), set by the builder
     host_source: str | None = None
 
     def __init__(self, calibration: Calibration, model: ModelSpec, gpu: GpuSpec, *, tensor_parallel: int = 1,

@@ -168,7 +168,7 @@ class RooflineCost(OffloadPricing):
         return self.kv_bytes_per_token * (plan.swap_out_tokens / self.d2h_bytes_per_s
                                           + plan.swap_in_tokens / self.h2d_bytes_per_s) + kv_load_seconds(self, plan)
 
-    host_per_seq_s = 0.0           # host time per sequence in a step (simkv.host_overhead), set by the builder
+    host_per_seq_s = 0.0           # host time per sequence in a step (simkv.features.host_overhead), set by the builder
     host_source: str | None = None
 
     def seconds(self, plan: StepPlan) -> float:

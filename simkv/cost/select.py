@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from simkv import host_overhead
+from simkv.features import host_overhead
 from simkv.cost.calibrated import Calibration, CalibratedCost
 from simkv.cost.roofline import RooflineCost
 from simkv.presets import resolve_engine
@@ -30,7 +30,7 @@ class CostInputs:
 
 def make_cost(scenario: Scenario, inputs: CostInputs, max_tokens: int = 16384):
     """(step-time model, its description) for `scenario` from `inputs`, with the engine's host
-    overhead per step (simkv.host_overhead: fixed + per sequence, the preset's where unset)."""
+    overhead per step (simkv.features.host_overhead: fixed + per sequence, the preset's where unset)."""
     if not isinstance(scenario.cost, str):   # a user step table (scenario.StepTableSpec)
         return _table_cost(scenario, inputs, max_tokens)
     cost, name = _gpu_cost(scenario, inputs, max_tokens)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from simkv.sched.base import StepPlan
-from simkv.speculative import Speculative
+from simkv.features.speculative import Speculative
 
 
 def _decode_plan(ids: np.ndarray, ctx: np.ndarray) -> StepPlan:

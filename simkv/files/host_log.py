@@ -1,4 +1,4 @@
-"""`simkv fit-host-overhead STEPLOG.csv`: fit the host-overhead model (simkv.host_overhead) to a
+"""`simkv fit-host-overhead STEPLOG.csv`: fit the host-overhead model (simkv.features.host_overhead) to a
 step log (an input edge).
 
 Columns: `num_seqs` (sequences in the step) and either `host_ms` (the CPU time the GPU waited
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from simkv.errors import SimkvError
-from simkv.host_overhead import HostFit, fit_host_overhead
+from simkv.features.host_overhead import HostFit, fit_host_overhead
 
 FIX = "columns num_seqs and host_ms (or step_ms and gpu_ms), one step per line"
 

@@ -90,7 +90,7 @@ def check_runnable(scenario: Scenario, where: str = "") -> None:
     if e.allocator != "paged" or e.watermark == 0:
         return
     from simkv.build import resolve_limits
-    from simkv.memory import plan_memory
+    from simkv.kv.memory import plan_memory
     try:
         limits = resolve_limits(scenario, e)
         mem = plan_memory(scenario.model_spec(), gpu, tensor_parallel=scenario.hardware.tensor_parallel,

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from simkv import frontend
-from simkv.bench_metrics import bench_summary
+from simkv.features import frontend
+from simkv.metrics.bench import bench_summary
 from simkv.metrics import KV_FIELDS, SERIES_COLUMNS, Recorder, summarize
 from simkv.request import WAITING, RequestTable
 

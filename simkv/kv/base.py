@@ -21,6 +21,12 @@ class OutOfKVMemory(Exception):
     """An allocation or append that does not fit; the allocator's state is unchanged."""
 
 
+# The breakdown's rows, named once: row i of every (5, k) breakdown array (simkv.kv.usage, the
+# StepOutcome, the Recorder) is the KVUsage field KV_ROWS[i]; the time-series columns carry these names.
+TOKEN, RESERVED, INTERNAL, EXTERNAL, FREE = range(5)
+KV_ROWS = ("token_tokens", "reserved_tokens", "internal_frag_tokens", "external_frag_tokens", "free_tokens")
+
+
 @dataclass(frozen=True, slots=True)
 class KVUsage:
     """A snapshot of the cache, in token slots; the five categories sum to capacity_tokens."""
@@ -41,6 +47,10 @@ class KVUsage:
     def held_tokens(self) -> int:
         """Slots owned by some request."""
         return self.token_tokens + self.reserved_tokens + self.internal_frag_tokens
+
+    def row(self) -> tuple[int, ...]:
+        """The five categories in KV_ROWS order."""
+        return tuple(getattr(self, name) for name in KV_ROWS)
 
     def total(self) -> int:
         return (self.token_tokens + self.reserved_tokens + self.internal_frag_tokens
@@ -68,6 +78,12 @@ class RegionGrowth:
     """Token growth inside a reservation made at admission (contiguous and buddy allocators):
     a request writes into its region and can never grow past `held_tokens`."""
 
+    paged = False                # capabilities (KVAllocator): a region is reserved at admission
+    prefix_caching = False
+    offloads = False
+    reserve_upfront = False      # the paged notion (blocks for the reservation up front); regions always hold theirs
+    shared_excess = 0
+
     _tokens: dict[int, int]
 
     def held_tokens(self, req_id: int) -> int:  # pragma: no cover - provided by the allocator
@@ -90,9 +106,18 @@ class RegionGrowth:
 
 
 class KVAllocator(Protocol):
-    """What schedulers need from a KV allocator. Failing calls raise OutOfKVMemory and change nothing."""
+    """What schedulers need from every KV allocator. Failing calls raise OutOfKVMemory and change nothing.
+
+    Capabilities are declared, not sniffed: a scheduler reads `paged`, `prefix_caching`, `offloads`
+    and `reserve_upfront` (and, when `paged`, uses the PagedKV calls; when `prefix_caching`, the
+    PrefixKV calls) instead of testing the allocator's class or probing for methods."""
 
     capacity_tokens: int
+    paged: bool               # fixed-size blocks taken as tokens are written (PagedKV)
+    prefix_caching: bool      # reference-counted, content-hashed blocks (PrefixKV)
+    offloads: bool            # host / SSD tiers below the cache (`take_pending_loads`)
+    reserve_upfront: bool     # paged: blocks for reserve_tokens taken at admission (TGI); regions: False
+    shared_excess: int        # blocks counted in several block tables, sum of (references - 1); 0 unless prefix_caching
 
     def can_allocate(self, num_tokens: int, reserve_tokens: int, watermark_tokens: int = 0) -> bool:
         """Would `allocate` succeed (leaving `watermark_tokens` free)? Pure."""
@@ -106,8 +131,74 @@ class KVAllocator(Protocol):
     def append(self, req_id: int, num_tokens: int = 1) -> None:
         """Record `num_tokens` more written slots for `req_id`, taking memory if needed."""
 
+    def grow_to(self, req_id: int, new_tokens: int) -> None:
+        """`append` up to `new_tokens` written slots."""
+
+    def set_tokens(self, req_ids, new_tokens) -> None:
+        """Bulk-set written slots (the engine's fast-forward; the scheduler guarantees they fit)."""
+
+    def held_tokens(self, req_id: int) -> int:
+        """Slots `req_id` holds (written or not)."""
+
+    def tokens_of(self, req_id: int) -> int:
+        """Slots `req_id` has written."""
+
     def free(self, req_id: int) -> None:
         """Release everything `req_id` holds; KeyError if it holds nothing."""
 
     def usage(self, next_reservation: int | None = None) -> KVUsage:
         """The breakdown now; `next_reservation` is what the next waiting request needs (slots)."""
+
+
+class RegionKV(KVAllocator, Protocol):
+    """A region per request, reserved at admission (contiguous, buddy): holes between regions are
+    external fragmentation."""
+
+    def external_frag_tokens(self, next_reservation: int | None) -> int:
+        """Free slots in holes too small for the next reservation (all free slots if nobody waits)."""
+
+    def largest_free_extent(self) -> int: ...
+
+
+class PagedKV(KVAllocator, Protocol):
+    """Fixed-size blocks (PagedAttention): memory is taken a block at a time."""
+
+    block_size: int
+
+    @property
+    def num_free_blocks(self) -> int: ...
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """Blocks needed to hold `num_tokens` slots."""
+
+    def num_blocks_of(self, req_id: int) -> int: ...
+
+    def take_blocks(self, req_ids: list[int], counts: list[int]) -> None:
+        """Bulk block growth for the fast-forward (the scheduler checked that they fit)."""
+
+
+class PrefixKV(PagedKV, Protocol):
+    """Paged blocks shared between requests by content hash (vLLM's automatic prefix caching,
+    SGLang's radix cache)."""
+
+    def match_prefix(self, hashes: list) -> int:
+        """Leading blocks of `hashes` already cached."""
+
+    def can_allocate_cached(self, hashes: list, hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool: ...
+
+    def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int,
+                        *args, **kwargs) -> None:
+        """Allocate reusing the first `hits` cached blocks of `hashes`."""
+
+    def register(self, req_id: int, hashes: list, num_tokens: int) -> None:
+        """Name `req_id`'s full blocks by their hashes, so later requests can share them."""
+
+    def fork_into(self, child: int, parent: int) -> bool:
+        """Make `child` share `parent`'s blocks (beam reselection); False if it cannot."""
+
+
+class OffloadKV(PrefixKV, Protocol):
+    """A prefix cache with host / SSD tiers below it (simkv.kv.offload)."""
+
+    def take_pending_loads(self) -> dict[str, int]:
+        """Blocks loaded from each tier since the last call."""

@@ -150,6 +150,8 @@ class OffloadTiers:
 class OffloadingPrefixCache(PrefixCachingAllocator):
     """The GPU prefix cache with host / SSD tiers below it (see the module docstring)."""
 
+    offloads = True
+
     def __init__(self, num_blocks: int, block_size: int, tiers: OffloadTiers) -> None:
         super().__init__(num_blocks, block_size)
         self.offload = tiers

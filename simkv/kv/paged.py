@@ -17,6 +17,11 @@ from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
 class PagedAllocator:
     """Block pool with per-request block tables."""
 
+    paged = True                 # capabilities (simkv.kv.base.KVAllocator)
+    prefix_caching = False
+    offloads = False
+    shared_excess = 0
+
     def __init__(self, num_blocks: int, block_size: int, reserve_upfront: bool = False) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("num_blocks and block_size must be positive")

@@ -23,6 +23,8 @@ from simkv.kv.paged import PagedAllocator
 class PrefixCachingAllocator(PagedAllocator):
     """Block pool with reference counts, content hashes and an LRU free queue."""
 
+    prefix_caching = True
+
     def __init__(self, num_blocks: int, block_size: int) -> None:
         super().__init__(num_blocks, block_size)
         self._free_lru: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))

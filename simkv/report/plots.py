@@ -15,11 +15,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 import simkv.files.figures  # noqa: E402,F401  (log axes with CPU-independent coordinates)
+from simkv.kv.base import KV_ROWS  # noqa: E402
 from simkv.result import Result  # noqa: E402
 
-KV_LAYERS = (("token_tokens", "token states", "#2b6cb0"), ("reserved_tokens", "reserved", "#68d391"),
-             ("internal_frag_tokens", "internal fragmentation", "#f6ad55"),
-             ("external_frag_tokens", "external fragmentation", "#e53e3e"), ("free_tokens", "free", "#e2e8f0"))
+KV_LAYERS = tuple(zip(KV_ROWS, ("token states", "reserved", "internal fragmentation", "external fragmentation", "free"),
+                      ("#2b6cb0", "#68d391", "#f6ad55", "#e53e3e", "#e2e8f0")))
 
 
 def setup_line(setups: list[dict], scenario: str = "") -> str:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simkv.kv.paged import PagedAllocator
-from simkv.kv.usage import held_slots_paged, split_window
+from simkv.kv.base import KVAllocator
+from simkv.kv.usage import held_by, held_slots_paged, prefilling_breakdown, window_breakdown
 from simkv.request import DONE, RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
 
@@ -38,14 +38,14 @@ class Prefill:
 class RunningBatch:
     """Decoding sequences as struct-of-arrays (admission order), prefilling ones as a dict."""
 
-    def __init__(self, table: RequestTable, allocator, warmup_s: float = 0.0, defer_free: bool = False) -> None:
+    def __init__(self, table: RequestTable, allocator: KVAllocator, warmup_s: float = 0.0, defer_free: bool = False) -> None:
         self.t = table
         self.defer_free = defer_free      # static batches: finished requests keep memory until release
         self.deferred: list[int] = []
         self.kv_alloc = allocator
-        self.paged = isinstance(allocator, PagedAllocator)
+        self.paged = allocator.paged
         self.block_size = allocator.block_size if self.paged else 1
-        self.on_demand = self.paged and not getattr(allocator, "reserve_upfront", False)  # blocks as tokens are written
+        self.on_demand = self.paged and not allocator.reserve_upfront  # blocks as tokens are written
         self.warmup_s = warmup_s
         self.prefilling: dict[int, Prefill] = {}
         self._next_order = 0
@@ -229,7 +229,7 @@ class RunningBatch:
         else:
             self._grow(k)
             self.gen = self.gen + k
-        if self.t.beam_reselect and hasattr(self.kv_alloc, "fork_into"):
+        if self.t.beam_reselect and self.kv_alloc.prefix_caching:
             self._reselect_beams()
         last = float(ends[-1])
         self.last_tok = np.full(len(self.ids), last)
@@ -288,7 +288,6 @@ class RunningBatch:
 
     def _window_usage(self, k: int, next_reservation: int | None) -> np.ndarray:
         """(5, k) breakdown per step (after each step's writes, before finished requests free)."""
-        out = np.empty((5, k), _I64)
         if k == 1:
             tokens = self.kv
         else:  # tokens after step j: kv_now - (k - 1 - j) for every sequence
@@ -297,43 +296,18 @@ class RunningBatch:
             held = held_slots_paged(tokens, self.block_size)
         else:
             held = np.broadcast_to(self.held, tokens.shape)
-        external = 0 if self.paged else self.kv_alloc.external_frag_tokens(next_reservation)
-        out[0], out[1], out[2] = split_window(tokens, held, self.final)
-        out[3] = external
-        out[4] = self.kv_alloc.capacity_tokens - held.sum(axis=-1) - external
+        prefilling = None
         if self.prefilling:
-            extra = self._prefilling_usage()
-            out[:3] += extra[:, None]
-            out[4] -= int(extra.sum())
-        shared = getattr(self.kv_alloc, "shared_excess", 0)
-        if shared:  # a block in several block tables (prefix cache) holds its tokens once
-            out[0] -= shared * self.block_size
-            out[4] += shared * self.block_size
-        if self.deferred:  # finished but still holding memory: it serves nobody
-            dead = self._deferred_held()
-            out[2] += dead
-            out[4] -= dead
-        return out
+            prefilling = prefilling_breakdown(self.kv_alloc, ((p.rid, p.computed, int(self.t.final_kv_tokens[p.rid]))
+                                                              for p in self.prefilling.values()))
+        dead = held_by(self.kv_alloc, self.deferred) if self.deferred else 0
+        return window_breakdown(self.kv_alloc, tokens, held, self.final, next_reservation, k, prefilling, dead)
 
     def release_deferred(self) -> None:
         """Free the memory of finished requests held back by a static batch."""
         for rid in self.deferred:
             self.kv_alloc.free(rid)
         self.deferred = []
-
-    def _deferred_held(self) -> int:
-        return sum(self.kv_alloc.held_tokens(rid) for rid in self.deferred)
-
-    def _prefilling_usage(self) -> np.ndarray:
-        """(token, reserved, internal) slots of the requests still prefilling."""
-        tok = res = internal = 0
-        for p in self.prefilling.values():
-            held = self.kv_alloc.held_tokens(p.rid)
-            final = int(self.t.final_kv_tokens[p.rid])
-            empty = held - p.computed
-            r = min(empty, max(0, final - p.computed))
-            tok, res, internal = tok + p.computed, res + r, internal + empty - r
-        return np.array([tok, res, internal], _I64)
 
     def _finish(self, end_s: float) -> tuple[int, ...]:
         done = self.gen >= self.out

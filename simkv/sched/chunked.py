@@ -22,6 +22,8 @@ kernels) and together for the linear layers.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from simkv.request import RequestTable
@@ -29,16 +31,32 @@ from simkv.request import RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
 from simkv.sched.queue import QueuedScheduler
 
+if TYPE_CHECKING:
+    from simkv.build import EngineLimits
+    from simkv.kv.base import KVAllocator
+    from simkv.kv.memory import MemoryPlan
+    from simkv.scenario import Engine
+
 
 class ChunkedPrefillScheduler(QueuedScheduler):
     """vLLM v1 (budget 8192) and Sarathi-Serve (budget 512) behind the Scheduler protocol."""
+
+    name = "chunked"
+    needs = "paged"
+    supports_prefix_caching = True
+
+    @classmethod
+    def from_engine(cls, e: Engine, table: RequestTable, allocator: KVAllocator, limits: EngineLimits, mem: MemoryPlan,
+                    warmup_s: float, kv_bytes_per_token: int) -> ChunkedPrefillScheduler:
+        kw = cls.engine_kwargs(e, limits, mem, warmup_s)
+        return cls(table, allocator, **kw, prefix_caching=e.prefix_caching)
 
     def __init__(self, table: RequestTable, allocator, *, prefix_caching: bool = False,
                  full_prompt_must_fit: bool = False, **limits) -> None:
         super().__init__(table, allocator, **limits)
         self.prefix_caching = prefix_caching
         self.full_prompt_must_fit = full_prompt_must_fit
-        if prefix_caching and not hasattr(allocator, "allocate_cached"):
+        if prefix_caching and not allocator.prefix_caching:
             raise ValueError("prefix caching needs a PrefixCachingAllocator")
         self._hashes: dict[int, list] = {}   # prefilling request -> content names of its full blocks
 
@@ -105,7 +123,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         states = [b.prefilling[rid] for rid, _ in chunks]
         ctx = np.array([s.computed for s in states], dtype=np.int64) + new
         done = np.array([s.remaining == n for s, (_, n) in zip(states, chunks)])
-        loads = self.kv.take_pending_loads() if hasattr(self.kv, "take_pending_loads") else None
+        loads = self.kv.take_pending_loads() if self.kv.offloads else None
         if loads:   # prefix blocks loaded from offload tiers for this step's admissions (simkv.kv.offload)
             bs = self.kv.block_size
             return StepPlan(decode_ids, decode_ctx, ids, new, ctx, done, preempted_ids=preempted,

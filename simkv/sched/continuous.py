@@ -11,14 +11,31 @@ Simplifications: no chunked prefill, no prefix caching, no swap (later policies 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from simkv.sched.base import StepPlan
 from simkv.sched.queue import MAX_REPEAT, QueuedScheduler
+
+if TYPE_CHECKING:
+    from simkv.build import EngineLimits
+    from simkv.kv.base import KVAllocator
+    from simkv.kv.memory import MemoryPlan
+    from simkv.request import RequestTable
+    from simkv.scenario import Engine
 
 __all__ = ["ContinuousBatchingScheduler", "MAX_REPEAT"]
 
 
 class ContinuousBatchingScheduler(QueuedScheduler):
     """The core policy; the engine presets plug in behind the same `Scheduler` protocol."""
+
+    name = "fcfs"
+
+    @classmethod
+    def from_engine(cls, e: Engine, table: RequestTable, allocator: KVAllocator, limits: EngineLimits, mem: MemoryPlan,
+                    warmup_s: float, kv_bytes_per_token: int) -> ContinuousBatchingScheduler:
+        kw = cls.engine_kwargs(e, limits, mem, warmup_s)
+        return cls(table, allocator, **kw, reservation=e.reservation)
 
     def schedule(self) -> StepPlan | None:
         if not self.has_work():

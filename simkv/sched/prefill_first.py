@@ -14,16 +14,34 @@ intact.
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from simkv.request import DONE, RequestTable
 from simkv.sched.base import StepPlan
 from simkv.sched.queue import QueuedScheduler
+from simkv.specs import GIB
+
+if TYPE_CHECKING:
+    from simkv.build import EngineLimits
+    from simkv.kv.base import KVAllocator
+    from simkv.kv.memory import MemoryPlan
+    from simkv.scenario import Engine
 
 
 class PrefillFirstScheduler(QueuedScheduler):
     """Prefill-or-decode steps with swap or recompute preemption."""
+
+    name = "prefill-first"
+    needs = "paged"
+
+    @classmethod
+    def from_engine(cls, e: Engine, table: RequestTable, allocator: KVAllocator, limits: EngineLimits, mem: MemoryPlan,
+                    warmup_s: float, kv_bytes_per_token: int) -> PrefillFirstScheduler:
+        kw = cls.engine_kwargs(e, limits, mem, warmup_s)
+        return cls(table, allocator, **kw, preemption=e.preemption,
+                   swap_capacity_tokens=int(e.swap_space_gib * GIB // kv_bytes_per_token))
 
     def __init__(self, table: RequestTable, allocator, *, preemption: str = "swap", swap_capacity_tokens: int = 0,
                  **limits) -> None:

@@ -4,21 +4,46 @@ and a first-come-first-served waiting queue (preempted requests rejoin at its fr
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from simkv.kv.base import KVAllocator
 from simkv.kv.reservation import reservation_tokens
 from simkv.request import RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
 from simkv.sched.batch import RunningBatch
 
+if TYPE_CHECKING:
+    from simkv.build import EngineLimits
+    from simkv.kv.memory import MemoryPlan
+    from simkv.scenario import Engine
+
 MAX_REPEAT = 1024  # most identical decode steps fast-forwarded at once
 
 
 class QueuedScheduler:
-    """Base of the policies in this package; subclasses implement `schedule()`."""
+    """Base of the policies in this package; subclasses implement `schedule()` and register
+    themselves in `simkv.sched.SCHEDULERS` by declaring:
 
-    def __init__(self, table: RequestTable, allocator, *, max_num_seqs: int, max_num_batched_tokens: int = 0,
+    - `name`: the `engine.scheduler` value that selects the policy;
+    - `needs`: the allocator the policy works on ("paged", "contiguous", or None for either);
+    - `supports_prefix_caching`: whether `engine.prefix_caching` is modelled for it;
+    - `from_engine(e, table, allocator, limits, mem, warmup_s, kv_bytes_per_token)`: the policy
+      built from the (preset-resolved) engine settings."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[str | None] = None
+    supports_prefix_caching: ClassVar[bool] = False
+
+    @staticmethod
+    def engine_kwargs(e: Engine, limits: EngineLimits, mem: MemoryPlan, warmup_s: float) -> dict:
+        """The limits every policy takes from the engine: sequences, step tokens, model length, the
+        watermark (in blocks) and the warm-up."""
+        return dict(max_num_seqs=limits.max_num_seqs, warmup_s=warmup_s, max_num_batched_tokens=limits.max_num_batched_tokens,
+                    max_model_len=limits.max_model_len, watermark_blocks=int(e.watermark * mem.num_blocks))
+
+    def __init__(self, table: RequestTable, allocator: KVAllocator, *, max_num_seqs: int, max_num_batched_tokens: int = 0,
                  max_model_len: int = 0, reservation: str = "max_model_len", watermark_blocks: int = 0,
                  warmup_s: float = 0.0, max_repeat: int = MAX_REPEAT, defer_free: bool = False) -> None:
         self.t = table

@@ -31,6 +31,8 @@ host_overhead_s), no priority scheduling, no in-batch prefix deprioritisation be
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 
 import numpy as np
@@ -38,6 +40,12 @@ import numpy as np
 from simkv.request import RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
 from simkv.sched.chunked import ChunkedPrefillScheduler
+
+if TYPE_CHECKING:
+    from simkv.build import EngineLimits
+    from simkv.kv.base import KVAllocator
+    from simkv.kv.memory import MemoryPlan
+    from simkv.scenario import Engine
 
 CLIP_MAX_NEW_TOKENS = 4096            # schedule_policy.py SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
 INIT_NEW_TOKEN_RATIO = 0.7            # environ.py SGLANG_INIT_NEW_TOKEN_RATIO
@@ -51,6 +59,18 @@ MAX_PREFILL_TOKENS = 16384            # server_args.py ServerArgs.max_prefill_to
 
 class SglangScheduler(ChunkedPrefillScheduler):
     """SGLang's event loop over a radix (page-granular prefix) cache."""
+
+    name = "sglang"
+    needs = "paged"
+    supports_prefix_caching = True
+
+    @classmethod
+    def from_engine(cls, e: Engine, table: RequestTable, allocator: KVAllocator, limits: EngineLimits, mem: MemoryPlan,
+                    warmup_s: float, kv_bytes_per_token: int) -> SglangScheduler:
+        kw = cls.engine_kwargs(e, limits, mem, warmup_s)
+        return cls(table, allocator, max_num_seqs=kw["max_num_seqs"], warmup_s=warmup_s, max_num_batched_tokens=kw["max_num_batched_tokens"],
+                   max_model_len=kw["max_model_len"], schedule_policy=e.schedule_policy,
+                   schedule_conservativeness=e.schedule_conservativeness, prefix_caching=e.prefix_caching)
 
     def __init__(self, table: RequestTable, allocator, *, schedule_policy: str = "fcfs",
                  schedule_conservativeness: float = 1.0, max_prefill_tokens: int = MAX_PREFILL_TOKENS,

@@ -1,6 +1,6 @@
 """Speculative decoding around any batching policy: the policy plans the step, this wrapper turns
 its decodes into verification of k + 1 tokens per sequence and commits each sequence's accepted
-tokens (see simkv.speculative for the acceptance model).
+tokens (see simkv.features.speculative for the acceptance model).
 
 Models: proposals for every decoding sequence of the step (vLLM; in mixed chunked-prefill steps
 too); none in a step with more decoders than `disable_above_batch`. Paged on demand, the blocks
@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from simkv.sched.base import StepOutcome, StepPlan
-from simkv.speculative import Speculative
+from simkv.features.speculative import Speculative
 
 
 class SpeculativeScheduler:

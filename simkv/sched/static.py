@@ -10,15 +10,33 @@ Simplifications: finished requests leave the compute batch (FasterTransformer pa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from simkv.request import RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
 from simkv.sched.queue import QueuedScheduler
 
+if TYPE_CHECKING:
+    from simkv.build import EngineLimits
+    from simkv.kv.base import KVAllocator
+    from simkv.kv.memory import MemoryPlan
+    from simkv.scenario import Engine
+
 
 class StaticBatchScheduler(QueuedScheduler):
     """One batch at a time; memory returns only when the batch ends."""
+
+    name = "static"
+    needs = "contiguous"
+
+    @classmethod
+    def from_engine(cls, e: Engine, table: RequestTable, allocator: KVAllocator, limits: EngineLimits, mem: MemoryPlan,
+                    warmup_s: float, kv_bytes_per_token: int) -> StaticBatchScheduler:
+        kw = cls.engine_kwargs(e, limits, mem, warmup_s)
+        return cls(table, allocator, max_num_seqs=kw["max_num_seqs"], warmup_s=warmup_s, max_num_batched_tokens=kw["max_num_batched_tokens"],
+                   max_model_len=kw["max_model_len"], reservation=e.reservation)
 
     def __init__(self, table: RequestTable, allocator, **limits) -> None:
         super().__init__(table, allocator, defer_free=True, **limits)

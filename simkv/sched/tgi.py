@@ -28,6 +28,8 @@ no max_batch_total_tokens cap beyond the cache itself.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 
 import numpy as np
@@ -37,17 +39,36 @@ from simkv.sched.base import StepOutcome, StepPlan
 from simkv.sched.chunked import ChunkedPrefillScheduler
 from simkv.sched.queue import QueuedScheduler
 
+if TYPE_CHECKING:
+    from simkv.build import EngineLimits
+    from simkv.kv.base import KVAllocator
+    from simkv.kv.memory import MemoryPlan
+    from simkv.scenario import Engine
+
 
 class TgiScheduler(QueuedScheduler):
     """TGI's batching loop over a reserving paged allocator."""
+
+    name = "tgi"
+    needs = "paged"
+    supports_prefix_caching = True
+
+    @classmethod
+    def from_engine(cls, e: Engine, table: RequestTable, allocator: KVAllocator, limits: EngineLimits, mem: MemoryPlan,
+                    warmup_s: float, kv_bytes_per_token: int) -> TgiScheduler:
+        kw = cls.engine_kwargs(e, limits, mem, warmup_s)
+        return cls(table, allocator, max_num_seqs=kw["max_num_seqs"], warmup_s=warmup_s, max_batch_prefill_tokens=e.max_batch_prefill_tokens,
+                   waiting_served_ratio=e.waiting_served_ratio, max_waiting_tokens=e.max_waiting_tokens,
+                   max_concurrent_requests=e.max_concurrent_requests, chunking=e.prefill_chunking,
+                   prefix_caching=e.prefix_caching)
 
     def __init__(self, table: RequestTable, allocator, *, max_batch_prefill_tokens: int = 4096,
                  waiting_served_ratio: float = 0.3, max_waiting_tokens: int = 20,
                  max_concurrent_requests: int = 128, max_num_seqs: int = 1024, chunking: bool = False,
                  prefix_caching: bool = False, **limits) -> None:
-        if not getattr(allocator, "reserve_upfront", False):
+        if not allocator.reserve_upfront:
             raise ValueError("TGI reserves prompt + max_new_tokens at admission: use a reserving allocator")
-        if prefix_caching and not hasattr(allocator, "allocate_cached"):
+        if prefix_caching and not allocator.prefix_caching:
             raise ValueError("prefix caching needs a PrefixCachingAllocator")
         super().__init__(table, allocator, max_num_seqs=max_num_seqs, reservation="prompt_plus_max_new", **limits)
         self.max_batch_prefill_tokens = max_batch_prefill_tokens

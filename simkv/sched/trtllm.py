@@ -23,8 +23,16 @@ max_attention_window.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from simkv.request import RequestTable
 from simkv.sched.chunked import ChunkedPrefillScheduler
+
+if TYPE_CHECKING:
+    from simkv.build import EngineLimits
+    from simkv.kv.base import KVAllocator
+    from simkv.kv.memory import MemoryPlan
+    from simkv.scenario import Engine
 
 GUARANTEED_NO_EVICT = "guaranteed_no_evict"
 MAX_UTILIZATION = "max_utilization"
@@ -33,12 +41,23 @@ MAX_UTILIZATION = "max_utilization"
 class TrtllmScheduler(ChunkedPrefillScheduler):
     """The capacity scheduler (GUARANTEED_NO_EVICT or MAX_UTILIZATION) and the micro-batch scheduler."""
 
+    name = "trtllm"
+    needs = "paged"
+    supports_prefix_caching = True
+
+    @classmethod
+    def from_engine(cls, e: Engine, table: RequestTable, allocator: KVAllocator, limits: EngineLimits, mem: MemoryPlan,
+                    warmup_s: float, kv_bytes_per_token: int) -> TrtllmScheduler:
+        kw = cls.engine_kwargs(e, limits, mem, warmup_s)
+        return cls(table, allocator, **kw, capacity_policy=e.capacity_scheduler_policy, chunking=e.prefill_chunking,
+                   prefix_caching=e.prefix_caching)
+
     def __init__(self, table: RequestTable, allocator, *, capacity_policy: str = GUARANTEED_NO_EVICT,
                  chunking: bool = False, prefix_caching: bool = False, **limits) -> None:
         if capacity_policy not in (GUARANTEED_NO_EVICT, MAX_UTILIZATION):
             raise ValueError(f"unknown capacity scheduler policy {capacity_policy!r}")
         no_evict = capacity_policy == GUARANTEED_NO_EVICT
-        if no_evict != bool(getattr(allocator, "reserve_upfront", False)):
+        if no_evict != allocator.reserve_upfront:
             raise ValueError("GUARANTEED_NO_EVICT needs a reserving allocator, MAX_UTILIZATION an on-demand one")
         limits.setdefault("reservation", "prompt_plus_max_new")
         super().__init__(table, allocator, prefix_caching=prefix_caching, **limits)

@@ -25,9 +25,10 @@ import numpy as np
 
 from simkv.request import (DONE, PROMPT_OVER_PREFILL_BUDGET, REFUSED_BY_ENGINE, REJECT_REASONS, REJECTED,
                            SESSION_ENDED, RequestTable)
+from simkv.kv.base import FREE, KV_ROWS, TOKEN
 from simkv.sched.base import StepOutcome
 
-KV_FIELDS = ("token_tokens", "reserved_tokens", "internal_frag_tokens", "external_frag_tokens", "free_tokens")
+KV_FIELDS = KV_ROWS   # the breakdown rows, named in simkv.kv.base
 SERIES_COLUMNS = ("time_s",) + KV_FIELDS + ("utilization", "num_running", "num_waiting")
 # token-gap histogram: log-spaced bins from 1 us to 10^4 s, 1000 per decade (0.23% wide)
 _GAP_LO, _GAP_DECADES, _GAP_PER_DECADE = -6.0, 10, 1000
@@ -118,9 +119,10 @@ class Recorder:
     def on_idle(self, start_s: float, end_s: float) -> None:
         """The engine had nothing to run: the whole cache was free."""
         overlap = max(0.0, min(end_s, self.w1) - max(start_s, self.w0))
-        self.kv_integral[4] += overlap * self.capacity
+        self.kv_integral[FREE] += overlap * self.capacity
         if self._next_sample * self.dt <= end_s:
-            state = np.array([[0], [0], [0], [0], [self.capacity]], dtype=np.int64)
+            state = np.zeros((len(KV_ROWS), 1), dtype=np.int64)
+            state[FREE] = self.capacity
             self._sample(np.array([end_s]), state, 0, 0)
 
     def on_end(self, now_s: float) -> None:
@@ -137,7 +139,7 @@ class Recorder:
             t = self._next_sample * self.dt
             j = min(int(np.searchsorted(ends, t)), len(ends) - 1)
             row = tuple(int(v) for v in kv[:, j])
-            self._rows.append((self._next_sample, t) + row + (row[0] / self.capacity, running, waiting))
+            self._rows.append((self._next_sample, t) + row + (row[TOKEN] / self.capacity, running, waiting))
             self._next_sample += 1
             if len(self._rows) > self.max_points:
                 self._decimate()

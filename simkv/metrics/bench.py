@@ -4,7 +4,7 @@ Definitions follow `vllm bench serve` (vllm/benchmarks/serve.py, `calculate_metr
 same names in summary.json (`bench`):
 
 - TTFT = first token arriving at the client - the client sending the request; here the engine's
-  TTFT plus the frontend's per-request time (`simkv.frontend`). `engine_side` holds the engine's.
+  TTFT plus the frontend's per-request time (`simkv.features.frontend`). `engine_side` holds the engine's.
 - E2EL = last token at the client - sending.
 - TPOT = (E2EL - TTFT) / (output tokens - 1) per request with more than one output token (the
   first token excluded); statistics over requests.
@@ -60,7 +60,7 @@ def _itl_stats(t, measured, rec) -> dict:
     if n == 0:
         return _ms_stats("itl", np.zeros(0))
     span = np.where(gaps > 0, t.finish_s - t.first_token_s, 0.0)
-    out = {"mean_itl_ms": float(np.nansum(span)) / n * MS}
+    out: dict[str, float | None] = {"mean_itl_ms": float(np.nansum(span)) / n * MS}
     hist = rec.gap_hist
     total = int(hist.sum())
     if total:

@@ -105,7 +105,7 @@ def check_lora(scenario, e) -> None:
 def lora_gpu_bytes(scenario, model: ModelSpec, e, tp: int) -> float:
     """GPU memory of the adapter slots: vLLM sizes max_loras slots for max_lora_rank; TGI loads
     every adapter of the workload at start-up."""
-    from simkv.lora import adapter_bytes
+    from simkv.features.lora import adapter_bytes
     if e.lora is None:
         return 0.0
     w = scenario.workload.lora
@@ -117,7 +117,7 @@ def lora_gpu_bytes(scenario, model: ModelSpec, e, tp: int) -> float:
 def lora_parts(scenario, model: ModelSpec, gpu, e, tp: int, table, scheduler, cost):
     """The scheduler and step-time model wrapped for multi-LoRA serving."""
     from simkv.cost.lora import LoraCost
-    from simkv.lora import adapter_bytes, lora_shapes, sample_adapters
+    from simkv.features.lora import adapter_bytes, lora_shapes, sample_adapters
     from simkv.sched.lora import LoraScheduler
     w = scenario.workload.lora
     adapter_of = sample_adapters(w, table.group, scenario.run.seed)
