@@ -14,6 +14,7 @@ import numpy as np
 from simkv.files.safe_paths import prepare_folder, write_file
 from simkv.kv.base import KV_ROWS
 from simkv.scenario import Scenario
+from simkv.metrics.summary import Summary
 
 _INT_COLUMNS = {"req_id", "group", "class_id", "prompt_tokens", "output_tokens", "max_new_tokens", "status", "reject_reason",
                 "num_preemptions", *KV_ROWS, "num_running", "num_waiting"}
@@ -25,7 +26,7 @@ class Result:
 
     name: str
     scenario: Scenario | None
-    summary: dict
+    summary: Summary
     requests: dict = field(default_factory=dict)     # column -> array, one row per request
     timeseries: dict = field(default_factory=dict)   # column -> array, one row per sample
 
@@ -60,7 +61,7 @@ class Result:
         return pd.DataFrame(dict(self.requests)), pd.DataFrame(dict(self.timeseries))
 
 
-def flat_metrics(summary: dict) -> dict[str, float | int | None]:
+def flat_metrics(summary: Summary) -> dict[str, float | int | None]:
     """The headline numbers of a summary as one flat row (comparison.csv, later sweeps)."""
     lat, kv, tp, b, r = (summary["latency_s"], summary["kv_cache"], summary["throughput"], summary["batch"],
                          summary["requests"])

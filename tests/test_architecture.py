@@ -241,3 +241,19 @@ def test_the_kv_breakdown_rows_are_named_once_in_kv():
     assert callable(usage.window_breakdown) and callable(usage.prefilling_breakdown)
     batch_src = (PKG / "sched" / "batch.py").read_text(encoding="utf-8")
     assert "def _prefilling_usage" not in batch_src and "split_window" not in batch_src
+
+
+def test_the_summary_has_the_written_shape():
+    """summary.json's sections and their fields are the ones simkv.metrics.summary declares."""
+    from typing import get_type_hints
+
+    from simkv.metrics.summary import Batch, KvFractions, RequestCounts, Setup, Summary, Throughput
+    res = simkv.simulate(small_scenario(slo={"ttft_s": 1.0}))
+    s = res.summary
+    assert set(s) <= set(Summary.__annotations__), set(s) - set(Summary.__annotations__)
+    for section, shape in (("requests", RequestCounts), ("throughput", Throughput), ("batch", Batch),
+                           ("setup", Setup)):
+        assert set(s[section]) <= set(get_type_hints(shape)), (section, set(s[section]) - set(get_type_hints(shape)))
+    for section in ("throughput", "batch"):   # total TypedDicts: every field is always there
+        assert set(s[section]) == set(get_type_hints({"throughput": Throughput, "batch": Batch}[section]))
+    assert set(s["kv_cache"]["mean_fraction"]) == set(get_type_hints(KvFractions))

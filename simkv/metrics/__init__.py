@@ -27,6 +27,7 @@ from simkv.request import (DONE, PROMPT_OVER_PREFILL_BUDGET, REFUSED_BY_ENGINE, 
                            SESSION_ENDED, RequestTable)
 from simkv.kv.base import FREE, KV_ROWS, TOKEN
 from simkv.sched.base import StepOutcome
+from simkv.metrics.summary import Summary
 
 KV_FIELDS = KV_ROWS   # the breakdown rows, named in simkv.kv.base
 SERIES_COLUMNS = ("time_s",) + KV_FIELDS + ("utilization", "num_running", "num_waiting")
@@ -284,7 +285,7 @@ def _latency_offered(lat, t, v: _Views) -> dict:
 
 
 def summarize(t: RequestTable, rec: Recorder, *, slo=None, extra: dict | None = None,
-              classes: list[tuple[str, object]] | None = None) -> dict:
+              classes: list[tuple[str, object]] | None = None) -> Summary:
     """The run's summary: throughput, latency percentiles, KV breakdown, batch, preemptions.
     Request statistics are per request; with parallel sampling a request is all its sequences.
     `classes` ([(name, slo)]) adds per-class request statistics."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from simkv.result import Result
+from simkv.metrics.summary import Summary
 
 
 def _ms(v) -> str:
@@ -193,7 +194,7 @@ def _describe(spec) -> str:
     return f"{kind} ({', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}' for k, v in data.items())})" if data else kind
 
 
-def sweep_report(field: str, rows: list[dict], summary: dict, description: str, figure: str) -> str:
+def sweep_report(field: str, rows: list[dict], summary: Summary, description: str, figure: str) -> str:
     """report.md of a sweep: what was simulated (from one point's summary), then each curve's
     metrics at every value (rows: flat metrics with 'value', 'variant' and 'overrides')."""
     setup = summary["setup"]

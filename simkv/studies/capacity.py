@@ -20,6 +20,7 @@ from simkv.errors import SimkvError
 from simkv.files.scenario_file import apply_overrides, expand_variants, validate_scenario
 from simkv.request import REJECT_REASONS, SESSION_ENDED
 from simkv.scenario import Scenario
+from simkv.metrics.summary import Summary
 
 METRICS = ("ttft", "tbt", "e2e", "tpot", "queue")
 PERCENTILES = ("p50", "p90", "p99", "max")
@@ -112,7 +113,7 @@ class CapacityResult:
         return out
 
 
-def rejections(summary: dict) -> tuple[int, dict[str, int]]:
+def rejections(summary: Summary) -> tuple[int, dict[str, int]]:
     """(requests the engine refused under load, {reason: requests no rate could serve}) of a summary.
     Reads both summary layouts: unservable requests under requests.unservable, or among
     requests.rejected_by_reason. Turns of a conversation that ended early are unservable when
@@ -136,7 +137,7 @@ def rejections(summary: dict) -> tuple[int, dict[str, int]]:
     return refused, unservable
 
 
-def _meets(summary: dict, slo: dict) -> tuple[bool, dict]:
+def _meets(summary: Summary, slo: dict) -> tuple[bool, dict]:
     detail, ok = {}, True
     for (metric, pct), target in slo.items():
         value = summary["latency_s"][metric][pct]

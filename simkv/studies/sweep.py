@@ -24,6 +24,7 @@ from typing import Any
 from simkv.errors import SimkvError
 from simkv.files.scenario_file import apply_overrides, expand_variants, load_scenario, read_yaml_mapping, validate_scenario
 from simkv.scenario import Scenario
+from simkv.metrics.summary import Summary
 
 SWEEP_KEYS = {"base", "set", "grid", "zip", "variants"}
 
@@ -123,7 +124,7 @@ def run_sweep(base: Scenario, points: list[dict], variants: list[str] | None, ou
             row = {**point, "variant": label, "key": key, "summary": None, "error": None, "cached": False}
             rows.append(row)
             if (folder / "summary.json").exists():
-                row["summary"] = json.loads((folder / "summary.json").read_text())
+                row["summary"] = _read_summary(folder / "summary.json")
                 row["cached"] = True
             else:
                 todo.append((scenario_message(sc), variant))
@@ -148,3 +149,9 @@ def run_sweep_file(path: Path, out: Path, *, workers: int = 0, executor: str = "
     base, points, variants = load_sweep(path)
     rows = run_sweep(base, points, variants, out, workers, progress, executor, address)
     return rows, write_points(rows, out, sweep_title(base.name, points, rows))
+
+
+def _read_summary(path: Path) -> Summary:
+    """A cached point's summary.json (the same shape simkv.metrics.summarize returns)."""
+    return json.loads(path.read_text())
+
