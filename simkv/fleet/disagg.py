@@ -83,6 +83,7 @@ class ReceivingScheduler:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.arrived: list[tuple[int, float]] = []   # (request, when its KV arrived)
+        self.before_plan = None   # reserves memory for waiting transfers (between steps only)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -91,6 +92,8 @@ class ReceivingScheduler:
         return bool(self.arrived) or self.inner.has_work()
 
     def schedule(self):
+        if self.before_plan is not None:
+            self.before_plan()
         if self.arrived:
             for rid, at in self.arrived:
                 join_decoder(self.inner.batch, rid, at)
@@ -140,6 +143,8 @@ class Disaggregation:
         self.link_start_s = np.full(n, np.nan)
         self.arrived_s = np.full(n, np.nan)
         self.bytes = np.zeros(n, dtype=np.int64)
+        for g in decode:
+            fleet.replicas[g].scheduler.before_plan = (lambda g=int(g): self.try_reserve(g))
 
     def handoff(self, p: int, rid: int, prefill_table, decode_table) -> None:
         """Prefill replica p sampled rid's first token: pick a decode replica and reserve room there."""
@@ -154,7 +159,9 @@ class Disaggregation:
         f.router.sent(d, rid)
         f._outstanding[d].add(rid)
         self.room[d].append(rid)
-        self.try_reserve(d)
+        rep = f.replicas[d]     # it reserves the memory between its own steps
+        if not rep._wake.triggered:
+            rep._wake.succeed()
 
     def _fits(self, d: int, rid: int) -> tuple[bool, int]:
         sched = self.fleet.replicas[d].scheduler.inner
@@ -162,11 +169,12 @@ class Disaggregation:
         if len(b) + self.inbound[d] >= sched.max_num_seqs:
             return False, 0
         reserve = sched.reservation_for(rid) if (not b.paged or getattr(kv, "reserve_upfront", False)) else 0
-        keep = sched.watermark_blocks * b.block_size if b.paged else 0
+        keep = (sched.watermark_blocks + b.decode_blocks_needed(1)) * b.block_size if b.paged else 0
         return kv.can_allocate(int(sched.t.prompt_tokens[rid]), reserve, keep), reserve
 
     def try_reserve(self, d: int) -> None:
-        """Start the waiting transfers to decode replica d that now fit, in order."""
+        """Start the waiting transfers to decode replica d that now fit, in order (called by the
+        replica before it plans a step, so a reservation never takes memory a planned step counts on)."""
         queue = self.room[d]
         while queue:
             rid = queue[0]

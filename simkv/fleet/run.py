@@ -230,8 +230,6 @@ class Fleet:
                 at = now + float(t.think_s[nxt])
                 heapq.heappush(self._pending, at)
                 self.env.process(self._follow_up(nxt, at))
-        if dis is not None and not dis.is_prefill[g]:
-            dis.try_reserve(g)   # memory freed: transfers waiting for this replica may start
         self._maybe_close()
 
     def _prefilled(self, rep: Replica, ids: tuple[int, ...]) -> tuple[int, ...]:
