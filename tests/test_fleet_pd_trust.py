@@ -108,3 +108,19 @@ def test_cli_runs_the_shipped_pd_scenario_variant_and_rejects_bad_input(tmp_path
     bad.write_text(src.read_text().replace("link: nvlink", "link: carrier-pigeon"))
     p = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", str(bad)], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("simkv: error:") and "Traceback" not in p.stderr
+
+
+def test_fleet_figures_draw_every_replica_and_pool(tmp_path):
+    from simkv.report.fleet_plots import FLEET_FIGURES, latency_by_pool, replica_load_and_kv, replicas_over_time
+    import simkv
+    res = simkv.simulate(pd("nvlink", pre=1, dec=2, run__num_requests=120))
+    results = {"pd": res}
+    fig = replica_load_and_kv(results)
+    assert len(fig.axes[0].lines) == 3 and len(fig.axes[1].lines) == 3   # load and KV of each replica
+    assert len(latency_by_pool(results).axes[0].lines) >= 1
+    fig = replicas_over_time(results)
+    assert sorted(line.get_ydata().max() for line in fig.axes[0].lines) == [1.0, 2.0]
+    from simkv.files.results import write_results
+    write_results(results, tmp_path / "out")
+    for name in FLEET_FIGURES:
+        assert (tmp_path / "out" / name).exists()
