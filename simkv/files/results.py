@@ -55,8 +55,10 @@ def variant_folders(names: list[str], *, file: str | None = None, figures: bool 
     the results folder."""
     reserved = set(RUN_FILES)
     if figures:
+        from simkv.report.fleet_plots import FLEET_FIGURES
         from simkv.report.plots import FIGURES
-        reserved |= {f"{stem.removesuffix('.png')}.{ext}" for stem in FIGURES for ext in ("png", "svg")}
+        reserved |= {f"{stem.removesuffix('.png')}.{ext}" for stem in (*FIGURES, *FLEET_FIGURES)
+                     for ext in ("png", "svg")}
     return folder_names([(n, f"variants[{i}].name", repr(n)) for i, n in enumerate(names)], what="variant", file=file,
                         reserved=reserved)
 
@@ -88,6 +90,11 @@ def write_figures(results: dict[str, Result], folder: Path) -> list[str]:
             continue
         save_figure(make(results), folder, filename.removesuffix(".png"), root=folder)
         names.append(filename)
+    from simkv.report.fleet_plots import FLEET_FIGURES, fleet_results
+    if fleet_results(results):   # fleet runs: per-replica load and KV, latency by pool, replicas over time
+        for filename, make in FLEET_FIGURES.items():
+            save_figure(make(results), folder, filename.removesuffix(".png"), root=folder)
+            names.append(filename)
     return names
 
 

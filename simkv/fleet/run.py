@@ -17,6 +17,7 @@ import numpy as np
 import simpy
 
 from simkv.engine import ProgressFn, Replica
+from simkv.fleet.disagg import Disaggregation, ReceivingScheduler, link_model
 from simkv.fleet.pools import Pool, build_pools
 from simkv.fleet.router import Router
 from simkv.request import FAILED_NO_REPLICA, REJECTED, SESSION_ENDED, WAITING
@@ -36,11 +37,19 @@ class Fleet:
         self.spec = spec
         self.pools: list[Pool] = build_pools(scenario, stream, subs, inputs_for)
         self.env = env = simpy.Environment()
+        dis = spec.disaggregation
+        roles = {}
+        if dis is not None:
+            roles = {next(p.index for p in self.pools if p.name == dis.prefill): "prefill",
+                     next(p.index for p in self.pools if p.name == dis.decode): "decode"}
+            _prefill_only(next(p for p in self.pools if roles.get(p.index) == "prefill").sim.table)
         self.replicas: list[Replica] = []
         self.pool_index: list[int] = []      # global replica -> pool
         self.local_index: list[int] = []     # global replica -> index within its pool
         for pool in self.pools:
             for r, (sched, rec) in enumerate(zip(pool.schedulers, pool.recorders)):
+                if roles.get(pool.index) == "decode":
+                    sched = ReceivingScheduler(sched)
                 rep = Replica(env, pool.sim.table, sched, pool.sim.cost, rec, routed=True)
                 rep.on_finished = self._finished
                 rep.next_arrival_hint = (lambda g=len(self.replicas): self._next_event_s(g))
@@ -48,7 +57,8 @@ class Fleet:
                 self.replicas.append(rep)
                 self.pool_index.append(pool.index)
                 self.local_index.append(r)
-        self.t = t = self.pools[0].sim.table    # static request columns the router may read
+        # static request columns the router may read (not the prefill pool's: its outputs are capped at 1)
+        self.t = t = next(p for p in self.pools if roles.get(p.index) != "prefill").sim.table
         n = t.num_requests
         self.pool_of = np.full(n, -1, dtype=np.int64)
         self.replica_of = np.full(n, -1, dtype=np.int64)
@@ -57,6 +67,17 @@ class Fleet:
         self.router = Router(spec.router, t, [p.sim.memory.capacity_tokens for p in self.pools
                                               for _ in range(p.num_replicas)], scenario.run.seed)
         self._candidates = self._class_candidates()
+        self.disagg: Disaggregation | None = None
+        if dis is not None:
+            pre = [g for g, pi in enumerate(self.pool_index) if roles.get(pi) == "prefill"]
+            dec = [g for g, pi in enumerate(self.pool_index) if roles.get(pi) == "decode"]
+            self._candidates = [np.array(pre, dtype=np.int64)] * max(1, len(scenario.workload.classes or []))
+            dsc = next(p for p in self.pools if roles.get(p.index) == "decode").scenario
+            link = link_model(dis.link, dsc.hardware.gpu if isinstance(dsc.hardware.gpu, str) else "custom",
+                              dsc.gpu_spec())
+            kv = dsc.model_spec().kv_bytes_per_token(dsc.engine.kv_cache_dtype, dsc.hardware.tensor_parallel)
+            self.disagg = Disaggregation(self, pre, dec, link, kv)
+            self._roles = roles
         self._outstanding = [set() for _ in self.replicas]
         self._num_outstanding = 0
         self._pending: list[float] = []      # heap: times of follow-ups and deliveries under way
@@ -90,7 +111,8 @@ class Fleet:
         return out
 
     def _live(self, rid: int) -> np.ndarray:
-        cands = (self._candidates[int(self.t.class_id[rid])] if self._candidates is not None
+        cands = (self._candidates[int(self.t.class_id[rid]) if self.t.class_id is not None else 0]
+                 if self._candidates is not None
                  else np.arange(len(self.replicas)))
         return cands[[not self.replicas[g].failed for g in cands.tolist()]]
 
@@ -99,7 +121,8 @@ class Fleet:
         decision delay every arrival's replica is known in advance; each replica then knows when its
         own next request comes, and fast-forwards as far as a lone replica would (until a fault)."""
         t, spec = self.t, self.spec.router
-        if spec.policy not in ("round_robin", "random") or t.next_turn is not None or spec.decision_delay_s > 0:
+        if (spec.policy not in ("round_robin", "random") or t.next_turn is not None or spec.decision_delay_s > 0
+                or self.spec.disaggregation is not None):
             return None
         n, k = t.num_requests, len(self.replicas)
         starts = np.r_[True, t.group[1:] != t.group[:-1]] if n else np.zeros(0, bool)
@@ -193,6 +216,9 @@ class Fleet:
 
     def _finished(self, rep: Replica, ids: tuple[int, ...]) -> None:
         g, now, t = rep.index, self.env.now, rep.t
+        dis = self.disagg
+        if dis is not None and dis.is_prefill[g]:
+            ids = self._prefilled(rep, ids)
         for rid in ids:
             if rid not in self._outstanding[g]:
                 continue
@@ -205,6 +231,26 @@ class Fleet:
                 heapq.heappush(self._pending, at)
                 self.env.process(self._follow_up(nxt, at))
         self._maybe_close()
+
+    def _prefilled(self, rep: Replica, ids: tuple[int, ...]) -> tuple[int, ...]:
+        """P/D: prefill replica `rep` sampled these requests' first tokens. A one-token answer is
+        complete there; the others go to a decode replica (they stay outstanding)."""
+        g, dis, done = rep.index, self.disagg, []
+        decode_t = self.t
+        for rid in ids:
+            if rid not in self._outstanding[g]:
+                continue
+            if int(decode_t.output_tokens[rid]) <= 1:
+                done.append(rid)
+                continue
+            self._outstanding[g].discard(rid)
+            self.router.answered(g, rid, self.env.now)
+            if decode_t.status[rid] == REJECTED:   # the decode pool can never serve it
+                self.pool_of[rid] = next(pi for pi, r in self._roles.items() if r == "decode")
+                self._num_outstanding -= 1
+                continue
+            dis.handoff(g, rid, rep.t, decode_t)
+        return tuple(done)
 
     def _follow_up(self, rid: int, at: float):
         yield self.env.timeout(at - self.env.now)
@@ -260,6 +306,14 @@ class Fleet:
         self.env.run(until=simpy.AllOf(self.env, [r.done for r in self.replicas] + [self._arrival_process]))
         if progress is not None:
             progress(self.t.num_requests, self.t.num_requests, self.env.now)
+
+
+def _prefill_only(t) -> None:
+    """The prefill pool's table: every request ends when its first token is sampled (new arrays:
+    the other pools' tables may share the stream's)."""
+    t.output_tokens = np.minimum(t.output_tokens, 1)
+    t.max_new_tokens = np.minimum(t.max_new_tokens, 1)
+    t.final_kv_tokens = t.prompt_tokens + t.output_tokens - 1
 
 
 def _reset(t, rid: int) -> None:

@@ -60,12 +60,25 @@ class FaultSpec(Strict):
     at_s: NonNegativeFloat = Field(description="when it fails (s)")
 
 
+class DisaggregationSpec(Strict):
+    """Prefill/decode disaggregation: requests are prefilled in one pool, their KV shipped over a
+    link to a replica of another pool, which runs the decodes (simkv.fleet.disagg)."""
+
+    prefill: str = Field(description="the pool that computes prompts (and samples the first token)")
+    decode: str = Field(description="the pool that receives the KV and runs the decodes")
+    link: Literal["nvlink", "infiniband", "pcie"] = Field(
+        "nvlink", description="what carries the KV between the replicas: nvlink (NCCL send/recv profile, one "
+        "node), infiniband (400 Gb/s NDR per GPU), pcie (the GPU's measured host link)")
+
+
 class FleetSpec(Strict):
     """Several replicas (pools of them) on one clock behind a router."""
 
     router: RouterSpec = Field(default_factory=RouterSpec, description="the routing policy")
     pools: list[PoolSpec] = Field(min_length=1, description="the pools of replicas")
     faults: list[FaultSpec] = Field(default_factory=list, description="replicas that fail during the run")
+    disaggregation: DisaggregationSpec | None = Field(
+        None, description="prefill/decode disaggregation between two pools; none: every replica serves whole requests")
     prices: dict[str, NonNegativeFloat] = Field(
         default_factory=dict, description="$ per GPU-hour by GPU type (hardware.gpu name), for `simkv capacity` "
         "on the fleet; --price overrides")
@@ -84,7 +97,32 @@ class FleetSpec(Strict):
                 raise ValueError(f"faults[{i}]: no pool named '{f.pool}' (pools: {', '.join(names)})")
             if f.replica >= pool.replicas:
                 raise ValueError(f"faults[{i}]: pool '{f.pool}' has replicas 0..{pool.replicas - 1}, not {f.replica}")
+        if self.disaggregation is not None:
+            _check_disaggregation(self, names)
         return self
+
+
+def _check_disaggregation(fleet: FleetSpec, names: list[str]) -> None:
+    d = fleet.disaggregation
+    for role in ("prefill", "decode"):
+        if getattr(d, role) not in names:
+            raise ValueError(f"disaggregation.{role}: no pool named '{getattr(d, role)}' (pools: {', '.join(names)})")
+    if d.prefill == d.decode:
+        raise ValueError("disaggregation: prefill and decode must be two different pools")
+    others = [n for n in names if n not in (d.prefill, d.decode)]
+    if others:
+        raise ValueError(f"disaggregation: every pool must be the prefill or the decode pool; {', '.join(others)} "
+                         "would serve nothing (remove it)")
+    if fleet.faults:
+        raise ValueError("disaggregation with faults is not simulated yet: remove fleet.faults or fleet.disaggregation")
+    if fleet.router.policy == "by_class":
+        raise ValueError("disaggregation with by_class routing is not simulated yet: use another router policy")
+    for p in fleet.pools:
+        same = [k for k in p.set if k.split(".")[0] == "model" or k in ("hardware.tensor_parallel",
+                                                                        "engine.kv_cache_dtype")]
+        if same:
+            raise ValueError(f"disaggregation: pool '{p.name}' sets {', '.join(same)}; the prefill and decode "
+                             "pools must share the model, tensor parallelism and KV dtype (the KV is shipped as is)")
 
 
 def check_fleet(fleet: FleetSpec, scenario) -> None:

@@ -182,6 +182,9 @@ def fleet_result(fleet, name: str, overrides: dict, request_columns, setup) -> t
         "requests_csv": "columns pool (index into fleet.pool_names), replica (fleet-wide index), retries",
         "pool_names": [p.name for p in fleet.pools],
     }
+    if getattr(fleet, "disagg", None) is not None:
+        fleet_block["disaggregation"] = {"prefill": fleet.spec.disaggregation.prefill,
+                                         "decode": fleet.spec.disaggregation.decode, **fleet.disagg.summary()}
     extra = {"scenario": sc.name, "variant": name, "overrides": overrides, "setup": setup(pool0),
              "workload_effects": {"outputs_truncated_at_max_model_len": sum(p.sim.num_outputs_truncated for p in fleet.pools)},
              "fleet": fleet_block}
