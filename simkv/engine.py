@@ -244,6 +244,10 @@ class Replica:
 def _check_step_times(durations: np.ndarray) -> None:
     """A step time must be finite, non-negative and plausible, or time stops making sense (an
     infinite step never ends; a step of 1e300 s swallows every later arrival)."""
+    if len(durations) == 1:  # the common case, without numpy reductions (the same test)
+        d = float(durations[0])
+        if 0 <= d <= MAX_STEP_S:
+            return
     if durations.size and not (np.all(np.isfinite(durations)) and durations.min() >= 0
                                and durations.max() <= MAX_STEP_S):
         bad = next(float(d) for d in durations if not (np.isfinite(d) and 0 <= d <= MAX_STEP_S))

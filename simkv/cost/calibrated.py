@@ -253,7 +253,9 @@ class CalibratedCost(OffloadPricing):
 
     # ------------------------------------------------------------ StepCost
     def layer_seconds(self, plan: StepPlan) -> float:
-        m = plan.num_batched_tokens
+        return self._layer_seconds(plan, plan.num_batched_tokens)
+
+    def _layer_seconds(self, plan: StepPlan, m: int) -> float:
         if m == 0:
             return 0.0
         att = self.prefill_attention_s(plan.prefill_new, plan.prefill_ctx) + self.decode_attention_s(plan.decode_ctx)
@@ -261,9 +263,10 @@ class CalibratedCost(OffloadPricing):
 
     def seconds(self, plan: StepPlan) -> float:
         swap = self.transfer_seconds(plan)
-        if plan.num_batched_tokens == 0:
+        m = plan.num_batched_tokens   # computed once (a property summing the prefill tokens)
+        if m == 0:
             return self.host_overhead_s + swap
-        return (self.layers * self.layer_seconds(plan) + self.whole_model_s(plan.num_batched_tokens)
+        return (self.layers * self._layer_seconds(plan, m) + self.whole_model_s(m)
                 + self.lm_head_s(plan.num_sampled) + self.host_overhead_s + self.host_per_seq_s * plan.num_seqs + swap)
 
     def transfer_seconds(self, plan: StepPlan) -> float:

@@ -117,6 +117,11 @@ class PagedAllocator:
         total = sum(counts)
         if total > len(free):
             raise OutOfKVMemory(f"bulk growth needs {total} blocks, {len(free)} free")
+        if total == len(req_ids) and 0 not in counts:  # one block each (a decode step): the same blocks in the same order
+            take = free.popleft
+            for rid in req_ids:
+                tables[rid].append(take())
+            return
         taken = [free.popleft() for _ in range(total)]
         pos = 0
         for rid, m in zip(req_ids, counts):

@@ -52,9 +52,13 @@ def window_breakdown(allocator: KVAllocator, tokens: np.ndarray, held: np.ndarra
     with `allocator.usage(next_reservation)` after each step (tests/test_scheduler_invariants.py)."""
     out = np.empty((5, k), _I64)
     external = 0 if allocator.paged else allocator.external_frag_tokens(next_reservation)
-    out[TOKEN], out[RESERVED], out[INTERNAL] = split_window(tokens, held, final)
+    # split_window's totals with fewer array passes (integer sums: exact, so the same numbers):
+    # internal = held - tokens - reserved, summed
+    token_sum, held_sum = tokens.sum(axis=-1), held.sum(axis=-1)
+    reserved_sum = np.minimum(held - tokens, np.maximum(final - tokens, 0)).sum(axis=-1)
+    out[TOKEN], out[RESERVED], out[INTERNAL] = token_sum, reserved_sum, held_sum - token_sum - reserved_sum
     out[EXTERNAL] = external
-    out[FREE] = allocator.capacity_tokens - held.sum(axis=-1) - external
+    out[FREE] = allocator.capacity_tokens - held_sum - external
     if prefilling is not None:
         out[TOKEN:INTERNAL + 1] += prefilling[:, None]
         out[FREE] -= int(prefilling.sum())

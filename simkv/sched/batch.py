@@ -62,6 +62,8 @@ class RunningBatch:
         self.order = np.zeros(0, _I64)    # admission order
         self.extra_gaps_s = _NO_GAPS
         self._gap_steps_from = 0
+        self._boundary_of: np.ndarray | None = None   # the kv array _boundary was computed from
+        self._boundary = np.zeros(0, _I64)
         self.rng = np.random.default_rng(0)   # beam re-selection; seeded by the builder
         self.spec_tokens: np.ndarray | None = None  # speculative step: tokens each decoder emits (set per step)
 
@@ -141,7 +143,7 @@ class RunningBatch:
             return 0
         b = self.block_size
         if steps == 1:  # a sequence needs a block when its next slot starts one
-            return int(np.count_nonzero(self.kv % b == 0))
+            return len(self._at_boundary())
         return int(((self.kv + (steps + b - 1)) // b - (self.kv + (b - 1)) // b).sum())
 
     def max_decode_steps(self, limit: int) -> int:
@@ -157,9 +159,23 @@ class RunningBatch:
             lo, hi = (mid, hi) if self.decode_blocks_needed(mid) <= free else (lo, mid)
         return lo
 
+    def _at_boundary(self) -> np.ndarray:
+        """Indices of the decoders whose next slot starts a new block (paged on demand); cached
+        per `kv` array (the columns are replaced, never written in place)."""
+        kv = self.kv
+        if self._boundary_of is not kv:
+            self._boundary = np.flatnonzero(kv % self.block_size == 0)
+            self._boundary_of = kv
+        return self._boundary
+
     def _grow(self, steps: int) -> None:
         new_kv = self.kv + steps
-        if self.on_demand:
+        if self.on_demand and steps == 1:  # one block each for the decoders at a block boundary
+            idx = self._at_boundary()
+            if len(idx):
+                ids = self.ids[idx].tolist()
+                self.kv_alloc.take_blocks(ids, [1] * len(ids))
+        elif self.on_demand:
             b = self.block_size
             need = (new_kv + (b - 1)) // b - (self.kv + (b - 1)) // b
             idx = np.flatnonzero(need)
