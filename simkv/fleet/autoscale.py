@@ -91,7 +91,7 @@ class Autoscaler:
             total = sig * len(serving)
             add = total / up > a.target
             drain = calm and up > 1 and total / (up - 1) < a.target
-        if add and up < a.max:
+        if add and up < a.max and self._in(OFF):   # a draining engine is not free yet
             self._add(now, sig)
         elif drain and not add and up > a.min:
             self._drain(now, sig)
@@ -99,7 +99,7 @@ class Autoscaler:
     # ------------------------------------------------------------ actions
     def _event(self, now: float, action: str, g: int, sig: float | None) -> None:
         self._sample(now)
-        self.events.append({"t_s": now, "action": action, "replica": g, "signal": sig,
+        self.events.append({"t_s": float(now), "action": action, "replica": g, "signal": sig,
                             "serving": len(self._in(SERVING)), "starting": len(self._in(STARTING)),
                             "draining": len(self._in(DRAINING))})
 
@@ -134,7 +134,7 @@ class Autoscaler:
     def answered(self, g: int) -> None:
         """Replica g answered a request: a draining replica with nothing left stops."""
         if self.state.get(g) == DRAINING and not self.fleet._outstanding[g]:
-            now = self.fleet.env.now
+            now = float(self.fleet.env.now)
             self.state[g] = OFF
             self.fleet.lifetimes[g][-1][1] = now
             self.fleet.router.forget(g)
@@ -179,8 +179,8 @@ class Autoscaler:
                                            "starting + draining (the replicas holding GPUs)"},
             "replicas_mean": float((up * dt).sum() / span), "replicas_peak": peak,
             "gpus_per_replica": self.gpus_per_replica,
-            "gpu_hours": gpu_s / 3600.0,
-            "gpu_hours_fixed_at_peak": peak * self.gpus_per_replica * end / 3600.0,
+            "gpu_hours": float(gpu_s) / 3600.0,
+            "gpu_hours_fixed_at_peak": peak * self.gpus_per_replica * float(end) / 3600.0,
             "gpu_hours_over": "from each replica's add (its cold start counts) to its stop, or to the end of the "
                               f"run ({end:.6g} s, the last answer)",
         }

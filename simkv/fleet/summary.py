@@ -130,7 +130,7 @@ def _compact(s: dict) -> dict:
 
 def _lifetime(spans: list, end: float) -> dict:
     """A replica's GPU spans: first start, last stop (none: never started), every [start, stop]."""
-    spans = [[a, b if b is not None else end] for a, b in spans]
+    spans = [[float(a), float(b if b is not None else end)] for a, b in spans]
     return {"started_at_s": spans[0][0] if spans else None, "stopped_at_s": spans[-1][1] if spans else None,
             "lifetimes_s": spans}
 
