@@ -145,3 +145,29 @@ def test_bad_autoscale_is_a_clean_error(tmp_path, auto, problem):
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(f"simkv: error: {path}:") and "fix:" in out.stderr and problem in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("metric, target", [("kv", 0.3), ("slo", 0.9)])
+def test_kv_and_slo_signals_scale_within_bounds(metric, target):
+    res = simkv.simulate(step_scenario(metric=metric, target=target, max=4))
+    a = res.summary["fleet"]["autoscale"]
+    over = a["replicas_over_time"]
+    counted = (np.array(over["serving"]) + np.array(over["starting"]))[:-1]
+    assert counted.min() >= 1 and counted.max() <= 4 and max(over["up"]) <= 4
+    assert counted.max() >= 2 and counted[-1] == 1   # it rose under the step, fell after it
+    adds = [e for e in a["events"] if e["action"] == "add"]
+    # each add saw the signal past its target: kv above it, attainment below it
+    assert all((e["signal"] > target) if metric == "kv" else (e["signal"] < target) for e in adds)
+    assert res.summary["requests"]["completed"] + res.summary["requests"]["rejected"] == 6600
+
+
+def test_replicas_over_time_figure_counts_lifetimes(step_run):
+    from simkv.report.fleet_plots import replicas_over_time
+    fig = replicas_over_time({"base": step_run})
+    x, y = fig.axes[0].lines[0].get_data()
+    over = step_run.summary["fleet"]["autoscale"]["replicas_over_time"]
+    # independently: the autoscaler's own step-wise count of replicas holding GPUs at each grid time
+    idx = np.searchsorted(over["time_s"], x, side="right") - 1
+    want = np.asarray(over["up"])[idx]
+    inner = (x > 0) & (x < over["time_s"][-1])
+    assert np.array_equal(np.asarray(y)[inner], want[inner])
