@@ -55,7 +55,9 @@ def build_pools(scenario: Scenario, stream: RequestStream, subs: list[tuple[str,
             raise SimkvError(err.message, field=f"{err.field} (fleet pool {name})", fix=err.fix) from None
         sim.table.arrival_s = arrival
         pool = Pool(i, name, sub, sim, classes=spec.classes)
-        for r in range(spec.replicas):
+        auto = scenario.fleet.autoscale
+        count = auto.max if auto is not None and auto.pool == name else spec.replicas   # autoscaled: every engine it may use
+        for r in range(count):
             sched = sim.scheduler if r == 0 else _scheduler(sim, r)
             pool.schedulers.append(sched)
             pool.recorders.append(Recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s,

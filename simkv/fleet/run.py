@@ -17,6 +17,7 @@ import numpy as np
 import simpy
 
 from simkv.engine import ProgressFn, Replica
+from simkv.fleet.autoscale import Autoscaler
 from simkv.fleet.disagg import Disaggregation, ReceivingScheduler, link_model
 from simkv.fleet.pools import Pool, build_pools
 from simkv.fleet.router import Router
@@ -64,6 +65,9 @@ class Fleet:
         self.replica_of = np.full(n, -1, dtype=np.int64)
         self.retries = np.zeros(n, dtype=np.int64)
         self.failed_at = [None] * len(self.replicas)
+        self.routable = np.ones(len(self.replicas), dtype=bool)    # the router may send it requests
+        self.lifetimes: list[list] = [[[0.0, None]] for _ in self.replicas]   # [start, stop] GPU spans
+        self._closed = False
         self.router = Router(spec.router, t, [p.sim.memory.capacity_tokens for p in self.pools
                                               for _ in range(p.num_replicas)], scenario.run.seed)
         self._candidates = self._class_candidates()
@@ -87,8 +91,8 @@ class Fleet:
         self._initial = (np.flatnonzero(~np.isnan(t.arrival_s)) if t.next_turn is not None else np.arange(n))
         self._next_initial = 0
         self._arrivals_done = False
-        self._closed = False
         self._fault_times = sorted(f.at_s for f in spec.faults)
+        self.autoscaler = Autoscaler(self) if spec.autoscale is not None else None
         self._plan = self._static_plan()
         self._arrival_process = env.process(self._arrivals())
         for f in spec.faults:
@@ -114,7 +118,7 @@ class Fleet:
         cands = (self._candidates[int(self.t.class_id[rid]) if self.t.class_id is not None else 0]
                  if self._candidates is not None
                  else np.arange(len(self.replicas)))
-        return cands[[not self.replicas[g].failed for g in cands.tolist()]]
+        return cands[[self.routable[g] and not self.replicas[g].failed for g in cands.tolist()]]
 
     def _static_plan(self) -> np.ndarray | None:
         """round_robin and random decide without looking at load, so without follow-up turns or a
@@ -122,7 +126,7 @@ class Fleet:
         own next request comes, and fast-forwards as far as a lone replica would (until a fault)."""
         t, spec = self.t, self.spec.router
         if (spec.policy not in ("round_robin", "random") or t.next_turn is not None or spec.decision_delay_s > 0
-                or self.spec.disaggregation is not None):
+                or self.spec.disaggregation is not None or self.autoscaler is not None):
             return None
         n, k = t.num_requests, len(self.replicas)
         starts = np.r_[True, t.group[1:] != t.group[:-1]] if n else np.zeros(0, bool)
@@ -144,6 +148,8 @@ class Fleet:
         else:
             i = self._next_initial
             nxt = float(self.t.arrival_s[self._initial[i]]) if i < len(self._initial) else np.inf
+        if self.autoscaler is not None:   # the policy reads the replicas' state at its ticks
+            nxt = min(nxt, self.autoscaler.next_tick)
         return min(nxt, self._pending[0]) if self._pending else nxt
 
     def _arrivals(self):
@@ -225,6 +231,8 @@ class Fleet:
             self._outstanding[g].discard(rid)
             self._num_outstanding -= 1
             self.router.answered(g, rid, now)
+            if self.autoscaler is not None:
+                self.autoscaler.answered(g)
             nxt = int(t.next_turn[rid]) if t.next_turn is not None else -1
             if nxt >= 0:
                 at = now + float(t.think_s[nxt])
@@ -268,6 +276,7 @@ class Fleet:
             return
         rep.failed = True
         self.failed_at[g] = self.env.now
+        self.lifetimes[g][-1][1] = self.env.now
         rep.close()
         self.router.forget(g)
         lost = sorted(self._outstanding[g])
@@ -298,6 +307,11 @@ class Fleet:
     def _maybe_close(self) -> None:
         if self._arrivals_done and not self._pending and self._num_outstanding == 0 and not self._closed:
             self._closed = True
+            for spans in self.lifetimes:   # what is still up stops with the last answer
+                if spans and spans[-1][1] is None:
+                    spans[-1][1] = self.env.now
+            if self.autoscaler is not None:
+                self.autoscaler.closed(self.env.now)
             for rep in self.replicas:
                 if not rep.failed:
                     rep.close()

@@ -71,6 +71,38 @@ class DisaggregationSpec(Strict):
         "node), infiniband (400 Gb/s NDR per GPU), pcie (the GPU's measured host link)")
 
 
+class AutoscaleSpec(Strict):
+    """Adds or drains replicas of one pool from a load signal (simkv.fleet.autoscale). The pool's
+    `replicas` is how many serve at the start."""
+
+    pool: str = Field(description="the autoscaled pool")
+    min: PositiveInt = Field(1, le=MAX_REPLICAS, description="never fewer replicas serving or starting (count)")
+    max: PositiveInt = Field(le=MAX_REPLICAS, description="never more replicas serving or starting (count); this "
+                             "many engines are built")
+    metric: Literal["queue", "kv", "slo"] = Field(
+        "queue", description="queue: mean waiting requests per replica; kv: mean KV-cache utilisation (0-1); "
+        "slo: share of the pool's requests whose first token came in the last window_s that met slo.ttft_s")
+    target: NonNegativeFloat = Field(description="queue / kv: the signal to keep each replica at (add above it, drain "
+                                     "when one fewer replica would stay below it); slo: the attainment to keep (0-1)")
+    interval_s: float = Field(10.0, gt=0, le=86400, description="the policy reads the signal this often (s)")
+    window_s: float = Field(60.0, gt=0, le=86400, description="slo: the window attainment is measured over (s)")
+    cold_start_s: NonNegativeFloat | None = Field(
+        None, le=86400, description="time from adding a replica to its serving (s); give it or load_gbps")
+    load_gbps: float | None = Field(
+        None, gt=0, le=10_000, description="cold start = the model's weights per GPU / this GB/s (the weight "
+        "loading rate of your storage: measure it); give it or cold_start_s")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        if (self.cold_start_s is None) == (self.load_gbps is None):
+            raise ValueError("give exactly one of cold_start_s (s) and load_gbps (weights loaded at GB/s)")
+        if self.metric in ("kv", "slo") and self.target > 1:
+            raise ValueError(f"metric {self.metric}: target is a fraction (0-1), not {self.target}")
+        return self
+
+
 class FleetSpec(Strict):
     """Several replicas (pools of them) on one clock behind a router."""
 
@@ -79,6 +111,8 @@ class FleetSpec(Strict):
     faults: list[FaultSpec] = Field(default_factory=list, description="replicas that fail during the run")
     disaggregation: DisaggregationSpec | None = Field(
         None, description="prefill/decode disaggregation between two pools; none: every replica serves whole requests")
+    autoscale: AutoscaleSpec | None = Field(
+        None, description="add and drain replicas of a pool from its load; none: every pool keeps its replicas")
     prices: dict[str, NonNegativeFloat] = Field(
         default_factory=dict, description="$ per GPU-hour by GPU type (hardware.gpu name), for `simkv capacity` "
         "on the fleet; --price overrides")
@@ -99,7 +133,25 @@ class FleetSpec(Strict):
                 raise ValueError(f"faults[{i}]: pool '{f.pool}' has replicas 0..{pool.replicas - 1}, not {f.replica}")
         if self.disaggregation is not None:
             _check_disaggregation(self, names)
+        if self.autoscale is not None:
+            _check_autoscale(self, names)
         return self
+
+
+def _check_autoscale(fleet: FleetSpec, names: list[str]) -> None:
+    a = fleet.autoscale
+    pool = next((p for p in fleet.pools if p.name == a.pool), None)
+    if pool is None:
+        raise ValueError(f"autoscale.pool: no pool named '{a.pool}' (pools: {', '.join(names)})")
+    if not a.min <= pool.replicas <= a.max:
+        raise ValueError(f"autoscale: pool '{a.pool}' starts with {pool.replicas} replicas, outside "
+                         f"[min {a.min}, max {a.max}]; set its replicas within them")
+    if sum(p.replicas for p in fleet.pools) - pool.replicas + a.max > MAX_REPLICAS:
+        raise ValueError(f"at most {MAX_REPLICAS} replicas in a fleet (autoscale.max counts)")
+    if fleet.faults:
+        raise ValueError("autoscaling with faults is not simulated yet: remove fleet.faults or fleet.autoscale")
+    if fleet.disaggregation is not None:
+        raise ValueError("autoscaling with disaggregation is not simulated yet: remove one of them")
 
 
 def _check_disaggregation(fleet: FleetSpec, names: list[str]) -> None:
@@ -127,6 +179,11 @@ def _check_disaggregation(fleet: FleetSpec, names: list[str]) -> None:
 
 def check_fleet(fleet: FleetSpec, scenario) -> None:
     """Checks that need the rest of the scenario (called by Scenario's validator)."""
+    a = fleet.autoscale
+    if a is not None and a.metric == "slo":
+        pool = next(p for p in fleet.pools if p.name == a.pool)
+        if (scenario.slo is None or scenario.slo.ttft_s is None) and "slo.ttft_s" not in pool.set:
+            raise ValueError("fleet.autoscale.metric slo needs slo.ttft_s (the TTFT target attainment is measured against)")
     w = scenario.workload
     procs = ({c.arrival.process for c in w.classes} if w.classes else
              {w.arrival.process} if w.arrival is not None else set())

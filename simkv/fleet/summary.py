@@ -128,6 +128,13 @@ def _compact(s: dict) -> dict:
     return out
 
 
+def _lifetime(spans: list, end: float) -> dict:
+    """A replica's GPU spans: first start, last stop (none: never started), every [start, stop]."""
+    spans = [[float(a), float(b if b is not None else end)] for a, b in spans]
+    return {"started_at_s": spans[0][0] if spans else None, "stopped_at_s": spans[-1][1] if spans else None,
+            "lifetimes_s": spans}
+
+
 def _ratio(values: np.ndarray) -> float | None:
     mean = float(np.mean(values)) if len(values) else 0.0
     return float(np.max(values)) / mean if mean > 0 else None
@@ -142,6 +149,7 @@ def fleet_result(fleet, name: str, overrides: dict, request_columns, setup) -> t
     rec = combined_recorder(recs)
     classes = [(c.name, c.slo) for c in sc.workload.classes] if sc.workload.classes else None
     pool0 = fleet.pools[0].sim
+    end = float(np.nanmax(t.finish_s)) if np.isfinite(t.finish_s).any() else rec.w1
     gpus_per = [p.scenario.hardware.tensor_parallel for p in fleet.pools]
     replicas_block, pools_block = [], {}
     for p in fleet.pools:
@@ -156,7 +164,8 @@ def fleet_result(fleet, name: str, overrides: dict, request_columns, setup) -> t
         rows = np.flatnonzero(fleet.replica_of == g)
         rs = summarize(subset(t, rows), rep.recorder, slo=p.scenario.slo)
         row = {"replica": g, "pool": p.name, "index_in_pool": fleet.local_index[g],
-               "routed": int(fleet.router.decisions[g]), **_compact(rs), "failed_at_s": fleet.failed_at[g]}
+               "routed": int(fleet.router.decisions[g]), **_compact(rs), "failed_at_s": fleet.failed_at[g],
+               **_lifetime(fleet.lifetimes[g], end)}
         replicas_block.append(row)
         replica_work.append(rs["throughput"]["total_output_tokens"])
     decisions = fleet.router.decisions.astype(float)
@@ -185,6 +194,8 @@ def fleet_result(fleet, name: str, overrides: dict, request_columns, setup) -> t
     if getattr(fleet, "disagg", None) is not None:
         fleet_block["disaggregation"] = {"prefill": fleet.spec.disaggregation.prefill,
                                          "decode": fleet.spec.disaggregation.decode, **fleet.disagg.summary()}
+    if getattr(fleet, "autoscaler", None) is not None:
+        fleet_block["autoscale"] = fleet.autoscaler.summary(fleet.env.now)
     extra = {"scenario": sc.name, "variant": name, "overrides": overrides, "setup": setup(pool0),
              "workload_effects": {"outputs_truncated_at_max_model_len": sum(p.sim.num_outputs_truncated for p in fleet.pools)},
              "fleet": fleet_block}
@@ -192,5 +203,4 @@ def fleet_result(fleet, name: str, overrides: dict, request_columns, setup) -> t
     summary = summarize(t, rec, slo=sc.slo, extra=extra, classes=classes)
     cols = request_columns(SimpleNamespace(table=t))
     cols.update(pool=fleet.pool_of.copy(), replica=fleet.replica_of.copy(), retries=fleet.retries.copy())
-    end = float(np.nanmax(t.finish_s)) if np.isfinite(t.finish_s).any() else rec.w1
     return summary, cols, _timeseries(fleet, end)

@@ -73,7 +73,7 @@ def latency_by_pool(results: dict[str, Result]) -> Figure:
 
 
 def replicas_over_time(results: dict[str, Result]) -> Figure:
-    """Replicas serving over time, per pool (a replica counts from its start to its failure)."""
+    """Replicas serving over time, per pool (a replica counts from its start to its stop or failure)."""
     fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
     for name, res in fleet_results(results).items():
         fleet = res.summary["fleet"]
@@ -82,6 +82,10 @@ def replicas_over_time(results: dict[str, Result]) -> Figure:
             rows = [r for r in fleet["per_replica"] if r["pool"] == pname]
             alive = np.zeros(len(time))
             for r in rows:
+                if "lifetimes_s" in r:   # from its start to its stop (autoscaling, faults)
+                    for start, stop in r["lifetimes_s"]:
+                        alive += (time >= start) & (time < stop)
+                    continue
                 stop = r.get("failed_at_s")
                 alive += time < stop if stop is not None else 1.0
             tag = pname if len(results) == 1 else f"{name}: {pname}"
