@@ -2,6 +2,8 @@
 
 A request arrives at the fleet, the router picks a live replica (after `decision_delay_s`), the
 replica serves it as a lone replica would. A finished turn's follow-up goes back through the router.
+Closed-loop and offline clients (simkv.workload.clients) belong to the fleet: each client's next
+request goes through the router, and the measured window is set as a lone replica sets it.
 A replica that fails drops what it was computing; its running and queued requests restart on
 replicas the router picks (counted in `retries`; their latency runs from the original arrival). With
 no live replica left a request fails with that reason. Every request ends served or rejected with a
@@ -22,6 +24,7 @@ from simkv.fleet.disagg import Disaggregation, ReceivingScheduler, link_model
 from simkv.fleet.pools import Pool, build_pools
 from simkv.fleet.router import Router
 from simkv.request import FAILED_NO_REPLICA, REJECTED, SESSION_ENDED, WAITING
+from simkv.workload.clients import ClientPool
 from simkv.workload.stream import RequestStream
 
 if TYPE_CHECKING:  # the schema is an input: the core never imports it at run time
@@ -89,11 +92,16 @@ class Fleet:
         fan_out = np.r_[False, t.group[1:] == t.group[:-1]] if n else np.zeros(0, bool)
         self._fans = set(t.group[fan_out | np.r_[fan_out[1:], False]].tolist()) if n else set()
         self._initial = (np.flatnonzero(~np.isnan(t.arrival_s)) if t.next_turn is not None else np.arange(n))
+        self.clients: ClientPool | None = None
+        if getattr(t, "clients", None) is not None:
+            self._initial = np.zeros(0, dtype=np.int64)   # every request is sent by a client
         self._next_initial = 0
         self._arrivals_done = False
         self._fault_times = sorted(f.at_s for f in spec.faults)
         self.autoscaler = Autoscaler(self) if spec.autoscale is not None else None
         self._plan = self._static_plan()
+        if getattr(t, "clients", None) is not None:
+            self._start_clients()
         self._arrival_process = env.process(self._arrivals())
         for f in spec.faults:
             pool = next(p for p in self.pools if p.name == f.pool)
@@ -126,6 +134,7 @@ class Fleet:
         own next request comes, and fast-forwards as far as a lone replica would (until a fault)."""
         t, spec = self.t, self.spec.router
         if (spec.policy not in ("round_robin", "random") or t.next_turn is not None or spec.decision_delay_s > 0
+                or getattr(t, "clients", None) is not None
                 or self.spec.disaggregation is not None or self.autoscaler is not None):
             return None
         n, k = t.num_requests, len(self.replicas)
@@ -218,6 +227,8 @@ class Fleet:
             self._outstanding[g].discard(rid)
             self._num_outstanding -= 1
             self.router.answered(g, rid, self.env.now, refused=True)
+            if self.clients is not None:   # a refused request releases its client
+                self._release(rid)
             self._maybe_close()
 
     def _finished(self, rep: Replica, ids: tuple[int, ...]) -> None:
@@ -234,6 +245,8 @@ class Fleet:
             if self.autoscaler is not None:
                 self.autoscaler.answered(g)
             nxt = int(t.next_turn[rid]) if t.next_turn is not None else -1
+            if nxt < 0 and self.clients is not None:
+                self._release(rid)
             if nxt >= 0:
                 at = now + float(t.think_s[nxt])
                 heapq.heappush(self._pending, at)
@@ -256,6 +269,8 @@ class Fleet:
             if decode_t.status[rid] == REJECTED:   # the decode pool can never serve it
                 self.pool_of[rid] = next(pi for pi, r in self._roles.items() if r == "decode")
                 self._num_outstanding -= 1
+                if self.clients is not None:
+                    self._release(rid)
                 continue
             dis.handoff(g, rid, rep.t, decode_t)
         return tuple(done)
@@ -297,6 +312,8 @@ class Fleet:
         self.pool_of[rid] = p
         t.status[rid] = REJECTED
         t.reject_reason[rid] = FAILED_NO_REPLICA
+        if self.clients is not None:
+            self._release(rid)
         nxt = t.next_turn
         while nxt is not None and nxt[rid] >= 0:
             rid = int(nxt[rid])
@@ -307,6 +324,10 @@ class Fleet:
     def _maybe_close(self) -> None:
         if self._arrivals_done and not self._pending and self._num_outstanding == 0 and not self._closed:
             self._closed = True
+            if self.clients is not None:   # offline (or nothing sent after the warm-up): up to the last answer
+                for rec in self._recorders():
+                    if not np.isfinite(rec.w1):
+                        rec.w1 = self.env.now
             for spans in self.lifetimes:   # what is still up stops with the last answer
                 if spans and spans[-1][1] is None:
                     spans[-1][1] = self.env.now
@@ -315,6 +336,59 @@ class Fleet:
             for rep in self.replicas:
                 if not rep.failed:
                     rep.close()
+
+    # ------------------------------------------------------------ closed-loop clients
+    def _recorders(self) -> list:
+        return [rec for p in self.pools for rec in p.recorders]
+
+    def _start_clients(self) -> None:
+        """One ClientPool for the fleet; as on a lone replica (simkv.engine.Replica._start_clients)."""
+        t = self.t
+        self.clients = pool = ClientPool(t.clients, t.num_requests, t.session)
+        if t.clients.warmup_requests:   # the window starts when the first measured request is sent
+            self._set_w0(np.inf)
+        for at, group in pool.start():
+            heapq.heappush(self._pending, at)
+            self.env.process(self._send(group, at))
+
+    def _set_w0(self, w0: float) -> None:
+        for rec in self._recorders():
+            rec.w0 = w0
+        for p in self.pools:
+            for sched in p.schedulers:
+                sched.batch.warmup_s = w0
+
+    def _release(self, rid: int) -> None:
+        nxt = self.clients.release(rid, self.env.now)
+        if nxt is not None:
+            at, group = nxt
+            heapq.heappush(self._pending, at)
+            self.env.process(self._send(group, at))
+
+    def _send(self, group: int, at: float):
+        """A client sends its group's next request at `at`; the router sees it after the frontend's cost."""
+        env, t, pool = self.env, self.t, self.clients
+        yield env.timeout(at - env.now)
+        heapq.heappop(self._pending)
+        rid = pool.take(group)
+        if rid is not None:
+            for p in self.pools:
+                p.sim.table.sent_s[rid] = env.now
+            warm = t.clients.warmup_requests
+            if warm and pool.sent == warm + 1:
+                self._set_w0(env.now)
+            recs = self._recorders()
+            if pool.exhausted and env.now > recs[0].w0:   # arrivals end: the measured window closes
+                for rec in recs:
+                    rec.w1 = env.now
+            delay = float(t.frontend_s[rid]) if t.frontend_s is not None else 0.0
+            if delay > 0:
+                heapq.heappush(self._pending, env.now + delay)
+                yield env.timeout(delay)
+                heapq.heappop(self._pending)
+            t.arrival_s[rid] = env.now   # one arrival column shared by every pool's table
+            self._route(rid)
+        self._maybe_close()
 
     def run(self, progress: ProgressFn | None = None) -> None:
         self.env.run(until=simpy.AllOf(self.env, [r.done for r in self.replicas] + [self._arrival_process]))

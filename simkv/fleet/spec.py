@@ -185,11 +185,6 @@ def check_fleet(fleet: FleetSpec, scenario) -> None:
         if (scenario.slo is None or scenario.slo.ttft_s is None) and "slo.ttft_s" not in pool.set:
             raise ValueError("fleet.autoscale.metric slo needs slo.ttft_s (the TTFT target attainment is measured against)")
     w = scenario.workload
-    procs = ({c.arrival.process for c in w.classes} if w.classes else
-             {w.arrival.process} if w.arrival is not None else set())
-    if procs & {"closed", "offline"}:
-        raise ValueError("fleet: closed-loop and offline clients are not routed yet; use an open-loop arrival "
-                         "process (poisson, gamma, ...) or a trace")
     class_names = [c.name for c in w.classes] if w.classes else []
     named = [c for p in fleet.pools for c in (p.classes or [])]
     unknown = sorted(set(named) - set(class_names))
