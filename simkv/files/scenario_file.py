@@ -456,19 +456,23 @@ def expand_variants(scenario: Scenario) -> list[tuple[str, Scenario]]:
         return [("base", scenario)]
     # exclude_unset keeps "the scenario did not say" distinguishable, so presets can fill those fields
     base = scenario.model_dump(exclude={"variants", "sweep"}, exclude_unset=True)
-    out = []
-    for i, variant in enumerate(scenario.variants):
-        raw = apply_overrides(base, variant.set, origin=f"variants[{i}] ({variant.name})")
-        try:
-            sub = Scenario(**raw)
-            sub.model_spec(), sub.gpu_spec()
-        except ValidationError as err:
-            inner = _translate(err, None)
-            raise SimkvError(inner.message, field=f"variants[{i}].set: {inner.field}", fix=inner.fix) from None
-        except SimkvError as err:
-            raise SimkvError(err.message, field=f"variants[{i}].set: {err.field}", fix=err.fix) from None
-        out.append((variant.name, sub))
-    return out
+    return [(variant.name, _derived(base, variant.set, f"variants[{i}]", variant.name))
+            for i, variant in enumerate(scenario.variants)]
+
+
+def _derived(base: dict, changes: dict, where: str, name: str) -> Scenario:
+    """`base` (a scenario's set fields) with `changes` applied, validated with its model and GPU
+    resolved; an error names `where` (e.g. `variants[0]`, `fleet.pools[1]`)."""
+    raw = apply_overrides(base, changes, origin=f"{where} ({name})")
+    try:
+        sub = Scenario(**raw)
+        sub.model_spec(), sub.gpu_spec()
+    except ValidationError as err:
+        inner = _translate(err, None)
+        raise SimkvError(inner.message, field=f"{where}.set: {inner.field}", fix=inner.fix) from None
+    except SimkvError as err:
+        raise SimkvError(err.message, field=f"{where}.set: {err.field}", fix=err.fix) from None
+    return sub
 
 
 # ---------------------------------------------------------------- pydantic error translation
@@ -600,16 +604,5 @@ def _short(value) -> str:
 def pool_scenarios(scenario: Scenario) -> list[tuple[str, Scenario]]:
     """[(pool name, the scenario with the pool's overrides and without `fleet`)]."""
     base = scenario.model_dump(exclude={"variants", "sweep", "fleet"}, exclude_unset=True)
-    out = []
-    for i, pool in enumerate(scenario.fleet.pools):
-        raw = apply_overrides(base, pool.set, origin=f"fleet.pools[{i}] ({pool.name})")
-        try:
-            sub = Scenario(**raw)
-            sub.model_spec(), sub.gpu_spec()
-        except ValidationError as err:
-            inner = _translate(err, None)
-            raise SimkvError(inner.message, field=f"fleet.pools[{i}].set: {inner.field}", fix=inner.fix) from None
-        except SimkvError as err:
-            raise SimkvError(err.message, field=f"fleet.pools[{i}].set: {err.field}", fix=err.fix) from None
-        out.append((pool.name, sub))
-    return out
+    return [(pool.name, _derived(base, pool.set, f"fleet.pools[{i}]", pool.name))
+            for i, pool in enumerate(scenario.fleet.pools)]
