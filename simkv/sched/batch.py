@@ -176,11 +176,7 @@ class RunningBatch:
                 ids = self.ids[idx].tolist()
                 self.kv_alloc.take_blocks(ids, [1] * len(ids))
         elif self.on_demand:
-            b = self.block_size
-            need = (new_kv + (b - 1)) // b - (self.kv + (b - 1)) // b
-            idx = np.flatnonzero(need)
-            if len(idx):
-                self.kv_alloc.take_blocks(self.ids[idx].tolist(), need[idx].tolist())
+            self._take_blocks_up_to(new_kv)
         self.kv_alloc.set_tokens(self.ids, new_kv)
         self.kv = new_kv
 
@@ -189,13 +185,17 @@ class RunningBatch:
         for the verification, are back in the pool: only the kept tokens' blocks remain)."""
         new_kv = self.kv + tokens
         if self.on_demand:
-            b = self.block_size
-            need = (new_kv + (b - 1)) // b - (self.kv + (b - 1)) // b
-            idx = np.flatnonzero(need)
-            if len(idx):
-                self.kv_alloc.take_blocks(self.ids[idx].tolist(), need[idx].tolist())
+            self._take_blocks_up_to(new_kv)
         self.kv_alloc.set_tokens(self.ids, new_kv)
         self.kv = new_kv
+
+    def _take_blocks_up_to(self, new_kv: np.ndarray) -> None:
+        """The blocks each decoder needs to hold `new_kv` slots beyond those it holds for `self.kv`."""
+        b = self.block_size
+        need = (new_kv + (b - 1)) // b - (self.kv + (b - 1)) // b
+        idx = np.flatnonzero(need)
+        if len(idx):
+            self.kv_alloc.take_blocks(self.ids[idx].tolist(), need[idx].tolist())
 
     # ------------------------------------------------------------ commit
     def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray, num_waiting: int,
