@@ -179,16 +179,8 @@ def write_page(root: Path, markdown_path: Path, figure_dir: Path, rows: list[dic
     rows = compare(root) if rows is None else rows
     figure_dir.mkdir(parents=True, exist_ok=True)
     save_figure(figure(rows), figure_dir, "measured-vs-simulated", formats=("png",))
-    try:
-        rel = figure_dir.resolve().relative_to(markdown_path.parent.resolve())
-    except ValueError:
-        rel = figure_dir
+    from simkv.files.generated_section import link_dir, write_generated_section
+    rel = link_dir(figure_dir, markdown_path)
     body = f"{table_markdown(rows)}\n\n![measured vs simulated]({rel}/measured-vs-simulated.png)\n"
-    text = markdown_path.read_text() if markdown_path.exists() else f"# End-to-end validation\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1] if END in rest else ""
-    markdown_path.parent.mkdir(parents=True, exist_ok=True)
-    markdown_path.write_text(f"{head}{START}\n\n{body}\n{END}{tail}")
+    write_generated_section(markdown_path, body, START, END, "End-to-end validation")
     return rows
