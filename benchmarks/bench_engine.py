@@ -1,14 +1,25 @@
-"""Simulation speed and memory: simulated requests per wall-clock second on one core.
+"""Simulation speed and memory: simulated requests and engine steps per wall-clock second on one
+core, and peak RSS, for this tree and for the previous release, built and run in the same
+invocation (so the ratio is read from one run on one machine, not across runs).
 
-Workload: the chat traffic of scenarios/paged-vs-contiguous-h100.yaml (Llama-3-8B on one H100,
-Poisson arrivals at 21 req/s, exponential prompt and output lengths) for 10k, 30k and 100k
-requests, paged and contiguous (max_model_len). Each point runs in its own process pinned to
-one thread, so the peak-RSS growth between sizes shows whether memory stays flat.
+Workloads (each point in its own single-threaded process):
 
-    python benchmarks/bench_engine.py [--sizes 10000,30000,100000] [--variants paged,...]
+- paged chat: scenarios/paged-vs-contiguous-h100.yaml, variant `paged` (Llama-3-8B on one H100,
+  Poisson chat at 17.5 req/s, FCFS continuous batching on paged blocks);
+- contiguous: the same traffic, one region of max_model_len per request;
+- tgi: scenarios/vllm-vs-tgi-h100.yaml, variant `tgi` (blocks for prompt + max_new_tokens
+  reserved at admission);
+- vllm-v1 sessions: scenarios/kv-offload-multiturn-h100.yaml, variant `no-offload` (vLLM V1
+  preset: chunked prefill, prefix caching, multi-turn conversations).
 
-Also times the same paged run stepping one step at a time (no fast-forward), in the same
-invocation, to report the ratio. Run on demand (not part of the test suite): timings depend on the machine and its load.
+    python benchmarks/bench_engine.py [--workloads paged,tgi,...] [--requests N] [--against REF | --no-against]
+                                      [--million] [--fleet]
+
+`--against REF` (default: PREVIOUS_RELEASE below) extracts that commit with `git archive` into a
+temporary folder and runs the same points with it; `--million` adds one point of 1,000,000
+paged-chat requests (this tree only); `--fleet` adds the per-request cost of a 16-replica fleet
+against one replica (benchmarks/bench_fleet.py). Run on demand, not in the test suite: timings
+depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -18,66 +29,93 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIO = ROOT / "scenarios" / "paged-vs-contiguous-h100.yaml"
+PREVIOUS_RELEASE = "e6cf10c"   # the last landed engine before implicit progress (issue 17)
+
+WORKLOADS = {   # name -> (scenario, variant, default requests)
+    "paged": ("scenarios/paged-vs-contiguous-h100.yaml", "paged", 100_000),
+    "contiguous": ("scenarios/paged-vs-contiguous-h100.yaml", "contiguous-max_model_len", 30_000),
+    "tgi": ("scenarios/vllm-vs-tgi-h100.yaml", "tgi", 30_000),
+    "vllm-v1-sessions": ("scenarios/kv-offload-multiturn-h100.yaml", "no-offload", 30_000),
+}
 
 CHILD = r"""
 import json, resource, sys, time
 import simkv
-from simkv.simulate import build_simulation
 from simkv.files.scenario_file import expand_variants
-from simkv.simulate import run_simulation
+from simkv.simulate import build_simulation, run_simulation
 from simkv.workload.stream import generate_stream
-n, variant, max_repeat = int(sys.argv[1]), sys.argv[2], int(sys.argv[4])
-extra = sys.argv[5:]
-sc = simkv.load_scenario(sys.argv[3], [f"run.num_requests={n}", "run.duration_s=null", "run.warmup_s=0", *extra])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
+path, variant, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sc = simkv.load_scenario(path, [f"run.num_requests={n}", "run.duration_s=null", "run.warmup_s=0"])
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0, c0 = time.perf_counter(), time.process_time()
 sim = build_simulation(dict(expand_variants(sc))[variant], generate_stream(sc.workload, sc.run))
-if max_repeat:
-    sim.scheduler.max_repeat = max_repeat
 res = run_simulation(sim, variant)
-wall = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"wall_s": wall, "rss_before_mib": before / 1024, "rss_peak_mib": peak / 1024,
-                  "steps": res.summary["batch"]["steps"], "sim_span_s": res.summary["throughput"]["makespan_s"],
-                  "mean_batch": res.summary["batch"]["mean_running"]}))
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({"wall_s": wall, "cpu_s": cpu, "steps": res.summary["batch"]["steps"],
+                  "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_start_mib": rss0 / 1024, "mean_batch": res.summary["batch"]["mean_running"]}))
 """
 
 
-def run_point(n: int, variant: str, max_repeat: int = 0, overrides: tuple[str, ...] = ()) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(n), variant, str(SCENARIO), str(max_repeat), *overrides],
-                          capture_output=True,
-                          text=True, env=env, cwd=ROOT, check=True)
+def run_point(tree: Path, workload: str, n: int) -> dict:
+    path, variant, _ = WORKLOADS[workload]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(tree))
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / path), variant, str(n)], capture_output=True,
+                          text=True, env=env, cwd=tree)
+    if proc.returncode:
+        raise RuntimeError(f"{workload} at {n} requests failed in {tree}:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def previous_tree(ref: str, into: Path) -> Path | None:
+    """The tree of commit `ref`, extracted with git archive (None if git or the commit is missing)."""
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def row(label: str, n: int, r: dict) -> str:
+    return (f"{label:34s} {n:>10,d} {r['wall_s']:8.2f} {n / r['wall_s']:9,.0f} {n / r['cpu_s']:9,.0f} "
+            f"{r['steps'] / r['wall_s']:9,.0f} {r['rss_peak_mib']:9.0f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="10000,30000,100000")
-    ap.add_argument("--variants", default="paged,contiguous-max_model_len")
-    ap.add_argument("--baseline", type=int, default=5000,
-                    help="also time this many paged requests stepping one step at a time (0: skip)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--requests", type=int, default=0, help="requests per point (default: each workload's own)")
+    ap.add_argument("--against", default=PREVIOUS_RELEASE, help="git commit to compare with (default: %(default)s)")
+    ap.add_argument("--no-against", action="store_true", help="time this tree only")
+    ap.add_argument("--million", action="store_true", help="also 1,000,000 paged-chat requests (this tree)")
+    ap.add_argument("--fleet", action="store_true", help="also a 16-replica fleet against one replica")
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"{'variant':26s} {'requests':>9s} {'wall s':>7s} {'req/s':>8s} {'steps':>9s} {'sim span s':>10s} "
-          f"{'mean batch':>10s} {'RSS growth MiB':>14s}")
-    for variant in args.variants.split(","):
-        for n in sizes:
-            r = run_point(n, variant)
-            print(f"{variant:26s} {n:9,d} {r['wall_s']:7.2f} {n / r['wall_s']:8,.0f} {r['steps']:9,d} "
-                  f"{r['sim_span_s']:10,.0f} {r['mean_batch']:10.1f} {r['rss_peak_mib'] - r['rss_before_mib']:14.1f}")
-    if args.baseline:
-        n = args.baseline
-        print(f"\nfast-forward vs one step at a time, {n:,} paged requests:")
-        for label, overrides in (("scenario load", ()), ("light load, 3 req/s", ("workload.arrival.rate=3",))):
-            fast = run_point(n, "paged", overrides=overrides)
-            slow = run_point(n, "paged", max_repeat=1, overrides=overrides)
-            print(f"  {label:20s} {fast['steps']:9,d} steps, mean batch {fast['mean_batch']:6.1f}: "
-                  f"{fast['wall_s']:6.2f} s vs {slow['wall_s']:6.2f} s ({slow['wall_s'] / fast['wall_s']:.1f}x)")
+    with tempfile.TemporaryDirectory(prefix="simkv-previous-") as tmp:
+        prev = None if args.no_against else previous_tree(args.against, Path(tmp))
+        if not args.no_against and prev is None:
+            print(f"(no comparison: commit {args.against} is not in this clone's git history)")
+        print(f"{'workload / tree':34s} {'requests':>10s} {'wall s':>8s} {'req/s':>9s} {'req/CPU s':>9s} "
+              f"{'steps/s':>9s} {'peak MiB':>9s}")
+        for w in args.workloads.split(","):
+            n = args.requests or WORKLOADS[w][2]
+            this = run_point(ROOT, w, n)
+            print(row(f"{w}: this tree", n, this), flush=True)
+            if prev is not None:
+                before = run_point(prev, w, n)
+                print(row(f"{w}: {args.against}", n, before))
+                print(f"{'':34s} speed-up {before['wall_s'] / this['wall_s']:.2f}x wall, "
+                      f"{before['cpu_s'] / this['cpu_s']:.2f}x CPU time", flush=True)
+    if args.million:
+        n = 1_000_000
+        print(row("paged: this tree", n, run_point(ROOT, "paged", n)), flush=True)
+    if args.fleet:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_fleet.py"), "2000", "16", "round_robin",
+                        "least_loaded"], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 if __name__ == "__main__":

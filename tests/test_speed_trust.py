@@ -15,7 +15,10 @@ from simkv.errors import SimkvError
 from simkv.kv import ContiguousAllocator, PagedAllocator
 from simkv.kv.usage import EXTERNAL, FREE, INTERNAL, RESERVED, TOKEN, held_slots_paged, split_window, window_breakdown
 from simkv.request import RequestTable
+from simkv.sched.batch import RunningBatch
 from simkv.sched.continuous import ContinuousBatchingScheduler
+from simkv.sched.implicit_batch import ImplicitBatch
+from simkv.sched.queue import reference_engine
 
 
 def _table(prompts, outputs) -> RequestTable:
@@ -24,12 +27,15 @@ def _table(prompts, outputs) -> RequestTable:
                         np.array(outputs, dtype=np.int64), np.zeros(n, dtype=np.int8))
 
 
-def test_block_boundary_mask_is_cached_per_kv_array_and_exact():
-    """schedule() and the decode growth share one mask per step (the kv column is replaced,
-    never written in place), and it equals the general block count for one step."""
+@pytest.mark.parametrize("reference", [True, False])
+def test_block_boundary_count_is_exact(reference):
+    """The one-step block count (the reference's cached boundary mask; the implicit batch's
+    bucket of decoders at a block boundary) equals the general block count for one step."""
     t = _table([15, 16, 17, 31, 32, 1], [40] * 6)
-    s = ContinuousBatchingScheduler(t, PagedAllocator(64, 16), max_num_seqs=8, max_num_batched_tokens=512,
-                                    max_model_len=200)
+    with reference_engine(reference):
+        s = ContinuousBatchingScheduler(t, PagedAllocator(64, 16), max_num_seqs=8, max_num_batched_tokens=512,
+                                        max_model_len=200)
+    assert isinstance(s.batch, RunningBatch if reference else ImplicitBatch)
     for rid in range(6):
         s.add_request(rid)
     seen = 0
@@ -39,13 +45,17 @@ def test_block_boundary_mask_is_cached_per_kv_array_and_exact():
             break
         b = s.batch
         if len(b.ids):
-            first = b._at_boundary()
-            assert b._at_boundary() is first                     # cached for this kv array
+            if reference:
+                first = b._at_boundary()
+                assert b._at_boundary() is first                     # cached for this kv array
             kv, bs = b.kv, b.block_size
             general = (kv + bs) // bs - (kv + bs - 1) // bs      # blocks each needs for one more token
-            np.testing.assert_array_equal(first, np.flatnonzero(general))
+            if reference:
+                np.testing.assert_array_equal(first, np.flatnonzero(general))
             assert b.decode_blocks_needed(1) == int(general.sum())
-            seen += len(first)
+            for steps in (2, 5, 17):
+                assert b.decode_blocks_needed(steps) == int(((kv + steps + bs - 1) // bs - (kv + bs - 1) // bs).sum())
+            seen += int(general.sum())
         s.commit(plan, step * 0.01, np.array([0.01] * plan.max_steps))
     assert plan is None and seen > 0
 

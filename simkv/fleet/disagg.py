@@ -110,13 +110,7 @@ class ReceivingScheduler:
 def join_decoder(b, rid: int, at: float) -> None:
     """Request `rid` (its KV already allocated) joins running batch `b` as a decoder: its prompt's
     KV written, one token generated (at `at`, the time the client got it)."""
-    t = b.t
-    kv = int(t.prompt_tokens[rid])
-    row = (rid, kv, 1, int(t.output_tokens[rid]), int(t.final_kv_tokens[rid]), b.kv_alloc.held_tokens(rid),
-           bool(t.arrival_s[rid] >= b.warmup_s), 0.0, at, b._next_order)
-    b._next_order += 1
-    b._set_columns([np.append(c, v).astype(c.dtype) for c, v in zip(b._columns(), row)])
-    b._uniform_last_tok = None
+    b.join_decoder(rid, at)
 
 
 class Disaggregation:

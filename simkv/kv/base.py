@@ -74,7 +74,31 @@ def sum_breakdown(entries) -> tuple[int, int, int]:
     return tokens, reserved, internal
 
 
-class RegionGrowth:
+class LazyTokens:
+    """Written slots per request (`_tok`). A running batch with implicit progress
+    (simkv.sched.implicit_batch) keeps its decoders' counts itself and writes them here only when
+    something reads them: reads that may concern a decoder go through `_tokens`, which asks the
+    batch (`_source`) to write its counts first; allocation, prefill growth and freeing use `_tok`."""
+
+    _tok: dict[int, int]
+    _source = None   # the batch holding its decoders' counts (simkv.sched.implicit_batch.ImplicitBatch), or None
+
+    @property
+    def _tokens(self) -> dict[int, int]:
+        src = self._source
+        if src is not None and src.tokens_stale:
+            src.write_tokens()
+        return self._tok
+
+    def _tok_of(self, req_id: int) -> int:
+        """`req_id`'s written slots (current even while a batch holds its decoders' counts)."""
+        src = self._source
+        if src is not None and src.tokens_stale and src.is_decoding(req_id):
+            src.write_tokens()
+        return self._tok[req_id]
+
+
+class RegionGrowth(LazyTokens):
     """Token growth inside a reservation made at admission (contiguous and buddy allocators):
     a request writes into its region and can never grow past `held_tokens`."""
 
@@ -84,25 +108,23 @@ class RegionGrowth:
     reserve_upfront = False      # the paged notion (blocks for the reservation up front); regions always hold theirs
     shared_excess = 0
 
-    _tokens: dict[int, int]
-
     def held_tokens(self, req_id: int) -> int:  # pragma: no cover - provided by the allocator
         raise NotImplementedError
 
     def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
-        return self._tokens[req_id] + num_tokens <= self.held_tokens(req_id)
+        return self._tok_of(req_id) + num_tokens <= self.held_tokens(req_id)
 
     def append(self, req_id: int, num_tokens: int = 1) -> None:
         if not self.can_append(req_id, num_tokens):
             raise OutOfKVMemory(f"request {req_id} outgrew its reservation of {self.held_tokens(req_id)} slots")
-        self._tokens[req_id] += num_tokens
+        self._tok[req_id] += num_tokens
 
     def grow_to(self, req_id: int, new_tokens: int) -> None:
-        self.append(req_id, new_tokens - self._tokens[req_id])
+        self.append(req_id, new_tokens - self._tok_of(req_id))
 
     def set_tokens(self, req_ids, new_tokens) -> None:
         """Bulk-set written slots; the scheduler guarantees each fits its region (engine fast path)."""
-        self._tokens.update(zip(req_ids.tolist(), new_tokens.tolist()))
+        self._tok.update(zip(req_ids.tolist(), new_tokens.tolist()))
 
 
 class KVAllocator(Protocol):

@@ -41,7 +41,7 @@ class BuddyAllocator(RegionGrowth):
         self._regions: dict[int, tuple[int, int]] = {}   # req_id -> (start, block size)
         self._reserved: dict[int, int] = {}               # req_id -> slots reserved (<= block size)
         self._slack = 0                                   # sum of block size - reservation
-        self._tokens: dict[int, int] = {}
+        self._tok: dict[int, int] = {}
         self._final: dict[int, int] = {}
         self._num_free = capacity_tokens
 
@@ -53,7 +53,7 @@ class BuddyAllocator(RegionGrowth):
         return dict(self._regions)
 
     def tokens_of(self, req_id: int) -> int:
-        return self._tokens[req_id]
+        return self._tok_of(req_id)
 
     def held_tokens(self, req_id: int) -> int:
         return self._reserved[req_id]
@@ -90,14 +90,14 @@ class BuddyAllocator(RegionGrowth):
         self._regions[req_id] = (start, size)
         self._reserved[req_id] = reserved
         self._slack += size - reserved
-        self._tokens[req_id] = num_tokens
+        self._tok[req_id] = num_tokens
         self._final[req_id] = max(num_tokens, final_tokens if final_tokens is not None else num_tokens)
         self._num_free -= size
 
     def free(self, req_id: int) -> None:
         start, size = self._regions.pop(req_id)
         self._slack -= size - self._reserved.pop(req_id)
-        del self._tokens[req_id], self._final[req_id]
+        del self._tok[req_id], self._final[req_id]
         self._num_free += size
         base, top_size = self._top_of(start)
         while size < top_size:  # merge with the buddy while it is free

@@ -28,7 +28,7 @@ class ContiguousAllocator(RegionGrowth):
         self._starts: list[int] = [0]              # free extents, sorted by start
         self._sizes: dict[int, int] = {0: capacity_tokens}
         self._regions: dict[int, tuple[int, int]] = {}  # req_id -> (start, size)
-        self._tokens: dict[int, int] = {}
+        self._tok: dict[int, int] = {}
         self._final: dict[int, int] = {}
         self._num_free = capacity_tokens
 
@@ -44,7 +44,7 @@ class ContiguousAllocator(RegionGrowth):
         return self._regions[req_id][1]
 
     def tokens_of(self, req_id: int) -> int:
-        return self._tokens[req_id]
+        return self._tok_of(req_id)
 
     def largest_free_extent(self) -> int:
         return max(self._sizes.values(), default=0)
@@ -81,13 +81,13 @@ class ContiguousAllocator(RegionGrowth):
         else:
             del self._starts[i]
         self._regions[req_id] = (start, size)
-        self._tokens[req_id] = num_tokens
+        self._tok[req_id] = num_tokens
         self._final[req_id] = max(num_tokens, final_tokens if final_tokens is not None else num_tokens)
         self._num_free -= size
 
     def free(self, req_id: int) -> None:
         start, size = self._regions.pop(req_id)
-        del self._tokens[req_id], self._final[req_id]
+        del self._tok[req_id], self._final[req_id]
         self._num_free += size
         i = bisect.bisect_left(self._starts, start)
         # merge with the following extent

@@ -231,7 +231,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
                 hit_blocks[tier.name][req_id] += 1
         table.extend(self._take() for _ in range(self.blocks_for(held) - len(table)))
         self._tables[req_id] = table
-        self._tokens[req_id] = num_tokens
+        self._tok[req_id] = num_tokens
         self._final[req_id] = max(num_tokens, final_tokens)
         self._registered[req_id] = hits
 

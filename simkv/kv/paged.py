@@ -9,12 +9,10 @@ fragmentation is zero by construction, since any free block serves any request.
 
 from __future__ import annotations
 
-from collections import deque
-
-from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
+from simkv.kv.base import KVUsage, LazyTokens, OutOfKVMemory, sum_breakdown
 
 
-class PagedAllocator:
+class PagedAllocator(LazyTokens):
     """Block pool with per-request block tables."""
 
     paged = True                 # capabilities (simkv.kv.base.KVAllocator)
@@ -29,15 +27,17 @@ class PagedAllocator:
         self.block_size = block_size
         self.capacity_tokens = num_blocks * block_size
         self.reserve_upfront = reserve_upfront  # take blocks for reserve_tokens at admission (TGI)
-        self._free_blocks: deque[int] = deque(range(num_blocks))
+        # the free queue: self._free[self._head:] (taking from the front is a slice, not one pop per block)
+        self._free: list[int] = list(range(num_blocks))
+        self._head = 0
         self._tables: dict[int, list[int]] = {}
-        self._tokens: dict[int, int] = {}
+        self._tok: dict[int, int] = {}
         self._final: dict[int, int] = {}
 
     # ------------------------------------------------------------ queries
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free_blocks)
+        return len(self._free) - self._head
 
     def blocks_for(self, num_tokens: int) -> int:
         """Blocks needed to hold `num_tokens` slots."""
@@ -54,14 +54,14 @@ class PagedAllocator:
         return len(self._tables[req_id]) * self.block_size
 
     def tokens_of(self, req_id: int) -> int:
-        return self._tokens[req_id]
+        return self._tok_of(req_id)
 
     def owners(self) -> dict[int, list[int]]:
         """req_id -> block ids (a copy), for invariant checks."""
         return {r: list(t) for r, t in self._tables.items()}
 
     def free_block_ids(self) -> list[int]:
-        return list(self._free_blocks)
+        return self._free[self._head:]
 
     # ------------------------------------------------------------ allocation
     def _admission_tokens(self, num_tokens: int, reserve_tokens: int | None) -> int:
@@ -85,44 +85,45 @@ class PagedAllocator:
         if need > self.num_free_blocks:
             raise OutOfKVMemory(f"request {req_id} needs {need} blocks, {self.num_free_blocks} free")
         self._tables[req_id] = self._take_blocks(need)
-        self._tokens[req_id] = num_tokens
+        self._tok[req_id] = num_tokens
         self._final[req_id] = max(num_tokens, final_tokens if final_tokens is not None else num_tokens)
 
     def _take_blocks(self, n: int) -> list[int]:
         """`n` free blocks for new content (subclasses decide which, and what they forget)."""
-        free = self._free_blocks
-        return [free.popleft() for _ in range(n)]
+        h = self._head
+        taken = self._free[h:h + n]
+        self._head = h + n
+        return taken
 
     def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
-        need = self.blocks_for(self._tokens[req_id] + num_tokens) - len(self._tables[req_id])
+        need = self.blocks_for(self._tok_of(req_id) + num_tokens) - len(self._tables[req_id])
         return need <= self.num_free_blocks
 
     def append(self, req_id: int, num_tokens: int = 1) -> None:
         table = self._tables[req_id]
-        new_tokens = self._tokens[req_id] + num_tokens
+        new_tokens = self._tok_of(req_id) + num_tokens
         need = self.blocks_for(new_tokens) - len(table)
         if need > self.num_free_blocks:
             raise OutOfKVMemory(f"request {req_id} needs {need} more blocks, {self.num_free_blocks} free")
         table.extend(self._take_blocks(need))
-        self._tokens[req_id] = new_tokens
+        self._tok[req_id] = new_tokens
 
     def grow_to(self, req_id: int, new_tokens: int) -> None:
         """Append up to a total of `new_tokens` written slots (the engine's bulk path)."""
-        self.append(req_id, new_tokens - self._tokens[req_id])
+        self.append(req_id, new_tokens - self._tok_of(req_id))
 
     def take_blocks(self, req_ids: list[int], counts: list[int]) -> None:
         """Append counts[i] free blocks to req_ids[i]'s table (the engine's bulk growth path;
         the caller has checked that enough blocks are free)."""
-        free, tables = self._free_blocks, self._tables
+        tables = self._tables
         total = sum(counts)
-        if total > len(free):
-            raise OutOfKVMemory(f"bulk growth needs {total} blocks, {len(free)} free")
+        if total > self.num_free_blocks:
+            raise OutOfKVMemory(f"bulk growth needs {total} blocks, {self.num_free_blocks} free")
+        taken = self._take_blocks(total)
         if total == len(req_ids) and 0 not in counts:  # one block each (a decode step): the same blocks in the same order
-            take = free.popleft
-            for rid in req_ids:
-                tables[rid].append(take())
+            for rid, block in zip(req_ids, taken):
+                tables[rid].append(block)
             return
-        taken = [free.popleft() for _ in range(total)]
         pos = 0
         for rid, m in zip(req_ids, counts):
             tables[rid].extend(taken[pos:pos + m])
@@ -130,16 +131,20 @@ class PagedAllocator:
 
     def set_tokens(self, req_ids, new_tokens) -> None:
         """Bulk-set written slots; each request must already hold the blocks (engine fast path)."""
-        self._tokens.update(zip(req_ids.tolist(), new_tokens.tolist()))
+        self._tok.update(zip(req_ids.tolist(), new_tokens.tolist()))
 
     def free(self, req_id: int) -> None:
         table = self._tables.pop(req_id)
-        del self._tokens[req_id], self._final[req_id]
-        self._free_blocks.extend(reversed(table))
+        del self._tok[req_id], self._final[req_id]
+        free = self._free
+        if self._head > len(free) // 2 and self._head > 1024:   # drop the taken front now and then
+            del free[:self._head]
+            self._head = 0
+        free.extend(reversed(table))
 
     # ------------------------------------------------------------ accounting
     def usage(self, next_reservation: int | None = None) -> KVUsage:
         tokens, reserved, internal = sum_breakdown(
             (len(table) * self.block_size, self._tokens[r], self._final[r]) for r, table in self._tables.items())
-        free = len(self._free_blocks) * self.block_size
+        free = self.num_free_blocks * self.block_size
         return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)

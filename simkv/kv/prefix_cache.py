@@ -28,7 +28,7 @@ class PrefixCachingAllocator(PagedAllocator):
     def __init__(self, num_blocks: int, block_size: int) -> None:
         super().__init__(num_blocks, block_size)
         self._free_lru: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        self._free_blocks = None  # replaced by the LRU queue
+        self._free, self._head = [], 0  # replaced by the LRU queue
         self._ref = [0] * num_blocks
         self._hash_of: dict[int, Hashable] = {}
         self._block_of: dict[Hashable, int] = {}
@@ -99,7 +99,7 @@ class PrefixCachingAllocator(PagedAllocator):
             table.append(block)
         table.extend(self._take() for _ in range(self.blocks_for(held) - len(table)))
         self._tables[req_id] = table
-        self._tokens[req_id] = num_tokens
+        self._tok[req_id] = num_tokens
         self._final[req_id] = max(num_tokens, final_tokens)
         self._registered[req_id] = hits
 
@@ -155,7 +155,7 @@ class PrefixCachingAllocator(PagedAllocator):
 
     def free(self, req_id: int) -> None:
         table = self._tables.pop(req_id)
-        del self._tokens[req_id], self._final[req_id]
+        del self._tok[req_id], self._final[req_id]
         self._registered.pop(req_id, None)
         for block in reversed(table):
             self._ref[block] -= 1

@@ -57,37 +57,70 @@ class Recorder:
                  max_points: int = 2000) -> None:
         self.capacity = capacity_tokens
         self.w0, self.w1 = measure_start_s, measure_end_s
-        self.kv_integral = np.zeros(len(KV_FIELDS))
-        self.kv_peak = np.zeros(len(KV_FIELDS), dtype=np.int64)
+        # per-row integrals and peaks as Python numbers (the same float64 and int arithmetic as
+        # arrays, without numpy calls on five numbers per step); arrays through the properties
+        self._kv_int = [0.0] * len(KV_FIELDS)
+        self._kv_peak = [0] * len(KV_FIELDS)
         self.running_integral = self.waiting_integral = 0.0
         self.max_running = self.max_waiting = 0
         self.window_tokens = 0
         self.total_tokens = 0
         self.num_steps = 0
-        self.gap_hist = np.zeros(_GAP_BINS, dtype=np.int64)
+        self._gap_hist = [0] * _GAP_BINS   # as Python ints (one list index per step); an array through gap_hist
         self.gap_max_s = 0.0
         self.max_points = max_points
         self.dt = max(measure_end_s, 1e-3) / max_points
         self._next_sample = 0
         self._rows: list[tuple] = []
 
+    @property
+    def kv_integral(self) -> np.ndarray:
+        """Slot-seconds of each KV row (KV_FIELDS) over the measured window."""
+        return np.array(self._kv_int)
+
+    @kv_integral.setter
+    def kv_integral(self, value) -> None:
+        self._kv_int = [float(v) for v in value]
+
+    @property
+    def gap_hist(self) -> np.ndarray:
+        """Token gaps counted in log-spaced bins (_GAP_PER_DECADE per decade from 10^_GAP_LO s)."""
+        return np.array(self._gap_hist, dtype=np.int64)
+
+    @gap_hist.setter
+    def gap_hist(self, value) -> None:
+        self._gap_hist = [int(v) for v in value]
+
+    @property
+    def kv_peak(self) -> np.ndarray:
+        """Largest slot count of each KV row during the measured window."""
+        return np.array(self._kv_peak, dtype=np.int64)
+
+    @kv_peak.setter
+    def kv_peak(self, value) -> None:
+        self._kv_peak = [int(v) for v in value]
+
     # ------------------------------------------------------------ events
     def on_steps(self, start_s: float, o: StepOutcome, durations_s: np.ndarray) -> None:
         ends, kv, k = o.step_end_s, o.kv, len(o.step_end_s)
         last = float(ends[-1])
+        integ, peak = self._kv_int, self._kv_peak
         if k == 1:
             span = max(0.0, min(last, self.w1) - max(start_s, self.w0))
             if span > 0:
-                col = kv[:, 0]
-                self.kv_integral += span * col
-                np.maximum(self.kv_peak, col, out=self.kv_peak)
+                for i, v in enumerate(kv[:, 0].tolist()):
+                    integ[i] += span * v
+                    if v > peak[i]:
+                        peak[i] = v
         else:
             starts = ends - durations_s
             overlap = np.clip(np.minimum(ends, self.w1) - np.maximum(starts, self.w0), 0.0, None)
             span = float(overlap.sum())
             if span > 0:
-                self.kv_integral += kv @ overlap
-                np.maximum(self.kv_peak, kv[:, overlap > 0].max(axis=1), out=self.kv_peak)
+                for i, (v, m) in enumerate(zip((kv @ overlap).tolist(), kv[:, overlap > 0].max(axis=1).tolist())):
+                    integ[i] += v
+                    if m > peak[i]:
+                        peak[i] = m
         if span > 0:
             self.running_integral += span * o.num_running
             self.waiting_integral += span * o.num_waiting
@@ -102,25 +135,33 @@ class Recorder:
         if o.measured_decoders and k > o.gap_steps_from:
             if k == 1:
                 d = float(durations_s[0])
-                self.gap_hist[_gap_bin(d)] += o.measured_decoders
+                self._gap_hist[_gap_bin(d)] += o.measured_decoders
                 self.gap_max_s = max(self.gap_max_s, d)
             else:
                 gaps = durations_s[o.gap_steps_from:]
-                np.add.at(self.gap_hist, _gap_bins(gaps), o.measured_decoders)
+                hist, m = self._gap_hist, o.measured_decoders
+                for b in _gap_bins(gaps).tolist():
+                    hist[b] += m
                 self.gap_max_s = max(self.gap_max_s, float(gaps.max()))
         if self._next_sample * self.dt <= last:
             self._sample(ends, kv, o.num_running, o.num_waiting)
 
-    def on_extra_gaps(self, gaps_s: np.ndarray) -> None:
-        """Token gaps that are not a step's length (a preempted request's first token back)."""
+    def on_extra_gaps(self, gaps_s: np.ndarray, value_s: float = 0.0, count: int = 0) -> None:
+        """Token gaps that are not a step's length (a preempted request's first token back), and
+        `count` more of one value (decoders that waited since the same step)."""
         if len(gaps_s):
-            np.add.at(self.gap_hist, _gap_bins(gaps_s), 1)
+            hist = self._gap_hist
+            for b in _gap_bins(gaps_s).tolist():
+                hist[b] += 1
             self.gap_max_s = max(self.gap_max_s, float(gaps_s.max()))
+        if count:
+            self._gap_hist[int(_gap_bins(np.array([value_s]))[0])] += count   # the same binning as an array of them
+            self.gap_max_s = max(self.gap_max_s, value_s)
 
     def on_idle(self, start_s: float, end_s: float) -> None:
         """The engine had nothing to run: the whole cache was free."""
         overlap = max(0.0, min(end_s, self.w1) - max(start_s, self.w0))
-        self.kv_integral[FREE] += overlap * self.capacity
+        self._kv_int[FREE] += overlap * self.capacity
         if self._next_sample * self.dt <= end_s:
             state = np.zeros((len(KV_ROWS), 1), dtype=np.int64)
             state[FREE] = self.capacity

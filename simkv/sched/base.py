@@ -67,6 +67,8 @@ class StepOutcome:
     finished_ids: tuple[int, ...] = ()
     extra_gaps_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # other token gaps
     gap_steps_from: int = 0         # the durations before this index are covered by extra_gaps_s
+    extra_gap_value: float = 0.0    # and `extra_gap_count` more token gaps of this one value
+    extra_gap_count: int = 0
 
 
 class Scheduler(Protocol):

@@ -131,6 +131,24 @@ class RunningBatch:
         self._set_columns([np.append(c, v) for c, v in zip(self._columns(), row)])
         self._uniform_last_tok = None
 
+    def join_decoder(self, rid: int, at: float) -> None:
+        """Request `rid` (its KV allocated) joins as a decoder: its prompt written, one token
+        generated at `at` (disaggregated serving's hand-off)."""
+        t = self.t
+        row = (rid, int(t.prompt_tokens[rid]), 1, int(t.output_tokens[rid]), int(t.final_kv_tokens[rid]),
+               self.kv_alloc.held_tokens(rid), bool(t.arrival_s[rid] >= self.warmup_s), 0.0, at, self._next_order)
+        self._next_order += 1
+        self._set_columns([np.append(c, v).astype(c.dtype) for c, v in zip(self._columns(), row)])
+        self._uniform_last_tok = None
+
+    def remaining_min(self) -> int:
+        """Fewest tokens any decoder still has to generate."""
+        return int((self.out - self.gen).min())
+
+    def next_ctx(self) -> np.ndarray:
+        """Each decoder's context in its next step (its written slots + the new token)."""
+        return self.kv + 1
+
     def preempt_newest(self) -> int:
         rid = self.newest()
         self.preempt(rid)

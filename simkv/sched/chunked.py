@@ -105,7 +105,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         budget, more = self._continue_prefills(budget, chunks, preempted)
         if not preempted and not more:
             self._admit(budget, chunks)
-        decode_ids, decode_ctx = b.ids.copy(), b.kv + 1
+        decode_ids, decode_ctx = b.ids.copy(), b.next_ctx()
         if not len(decode_ids) and not chunks:
             if self.waiting and not len(b):
                 raise self.stuck()

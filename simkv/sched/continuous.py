@@ -42,7 +42,7 @@ class ContinuousBatchingScheduler(QueuedScheduler):
             return None
         preempted, blocks_needed = self._make_room_for_decodes()
         b = self.batch
-        decode_ids, decode_ctx = b.ids.copy(), b.kv + 1
+        decode_ids, decode_ctx = b.ids.copy(), b.next_ctx()
         admitted = [] if preempted else self._admit(blocks_needed)
         if not len(decode_ids) and not admitted:
             if self.waiting:

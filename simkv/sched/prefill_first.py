@@ -77,7 +77,7 @@ class PrefillFirstScheduler(QueuedScheduler):
                 return None
         plan_kw = dict(preempted_ids=tuple(preempted), swap_out_tokens=out_tokens, swap_in_tokens=in_tokens)
         if preempted or in_tokens or self.waiting or self.swapped:
-            return StepPlan(b.ids.copy(), b.kv + 1, **plan_kw)
+            return StepPlan(b.ids.copy(), b.next_ctx(), **plan_kw)
         return self.repeated_decodes(arrival_sensitive=True)
 
     def _admit(self) -> list[tuple[int, int]]:

@@ -4,7 +4,8 @@ and a first-come-first-served waiting queue (preempted requests rejoin at its fr
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, ClassVar
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, ClassVar, Iterator
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from simkv.kv.reservation import reservation_tokens
 from simkv.request import RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
 from simkv.sched.batch import RunningBatch
+from simkv.sched.implicit_batch import ImplicitBatch
 
 if TYPE_CHECKING:
     from simkv.build import EngineLimits
@@ -20,6 +22,44 @@ if TYPE_CHECKING:
     from simkv.scenario import Engine
 
 MAX_REPEAT = 1024  # most identical decode steps fast-forwarded at once
+_REFERENCE = [False]
+
+
+@contextmanager
+def reference_engine(on: bool = True) -> Iterator[None]:
+    """Schedulers built inside use the step-by-step reference batch (simkv.sched.batch.RunningBatch)
+    instead of the implicit one: the tests and `make bench` compare the two."""
+    before = _REFERENCE[0]
+    _REFERENCE[0] = on
+    try:
+        yield
+    finally:
+        _REFERENCE[0] = before
+
+
+def make_batch(table: RequestTable, allocator: KVAllocator, warmup_s: float, defer_free: bool = False,
+               implicit: bool = True) -> RunningBatch | ImplicitBatch:
+    """The running batch for a policy: implicit progress unless the reference is asked for, the
+    policy reads per-sequence state every step (`implicit=False`), or beams re-select."""
+    if _REFERENCE[0] or not implicit or table.beam_reselect:
+        return RunningBatch(table, allocator, warmup_s, defer_free=defer_free)
+    return ImplicitBatch(table, allocator, warmup_s, defer_free=defer_free)
+
+
+def use_reference_batch(scheduler) -> None:
+    """Give a policy that has not run yet the reference batch (speculative decoding: decoders
+    advance by different numbers of tokens)."""
+    inner = vars(scheduler).get("inner")
+    if inner is not None:   # a wrapper (LoRA, speculative): the policy underneath
+        use_reference_batch(inner)
+        scheduler.batch = inner.batch
+        return
+    b = scheduler.batch
+    if isinstance(b, ImplicitBatch):
+        assert not len(b), "the batch is replaced before the policy runs"
+        b.kv_alloc._source = None
+        scheduler.batch = RunningBatch(b.t, b.kv_alloc, b.warmup_s, defer_free=b.defer_free)
+        scheduler.batch.rng = b.rng
 
 
 class QueuedScheduler:
@@ -35,6 +75,7 @@ class QueuedScheduler:
     name: ClassVar[str] = ""
     needs: ClassVar[str | None] = None
     supports_prefix_caching: ClassVar[bool] = False
+    implicit_batch: ClassVar[bool] = True   # False: the policy reads per-sequence columns every step
 
     @staticmethod
     def engine_kwargs(e: Engine, limits: EngineLimits, mem: MemoryPlan, warmup_s: float) -> dict:
@@ -48,7 +89,7 @@ class QueuedScheduler:
                  warmup_s: float = 0.0, max_repeat: int = MAX_REPEAT, defer_free: bool = False) -> None:
         self.t = table
         self.kv = allocator
-        self.batch = RunningBatch(table, allocator, warmup_s, defer_free=defer_free)
+        self.batch = make_batch(table, allocator, warmup_s, defer_free, self.implicit_batch)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -115,8 +156,8 @@ class QueuedScheduler:
         b = self.batch
         if b.has_beams:  # beams re-select every step: no fast-forward
             limit = 1
-        steps = min(int((b.out - b.gen).min()), self.max_repeat, limit or self.max_repeat)
-        return StepPlan(b.ids.copy(), b.kv + 1, max_steps=b.max_decode_steps(max(1, steps)),
+        steps = min(b.remaining_min(), self.max_repeat, limit or self.max_repeat)
+        return StepPlan(b.ids.copy(), b.next_ctx(), max_steps=b.max_decode_steps(max(1, steps)),
                         arrival_sensitive=arrival_sensitive)
 
     def stuck(self) -> RuntimeError:

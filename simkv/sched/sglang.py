@@ -61,6 +61,7 @@ class SglangScheduler(ChunkedPrefillScheduler):
     """SGLang's event loop over a radix (page-granular prefix) cache."""
 
     name = "sglang"
+    implicit_batch = False   # its retraction reads every decoder's generated tokens each step
     needs = "paged"
     supports_prefix_caching = True
 
@@ -118,7 +119,7 @@ class SglangScheduler(ChunkedPrefillScheduler):
             return None
         retracted = self._retract_if_needed()
         if retracted:
-            return StepPlan(b.ids.copy(), b.kv + 1, preempted_ids=tuple(retracted))
+            return StepPlan(b.ids.copy(), b.next_ctx(), preempted_ids=tuple(retracted))
         if self.waiting or b.prefilling:  # every decode step changes the budget: plan one at a time
             return self.repeated_decodes(arrival_sensitive=True, limit=1)
         return self.repeated_decodes(arrival_sensitive=True)

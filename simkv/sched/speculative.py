@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from simkv.sched.base import StepOutcome, StepPlan
+from simkv.sched.queue import use_reference_batch
 from simkv.features.speculative import Speculative
 
 
@@ -28,6 +29,7 @@ class SpeculativeScheduler:
 
     def __init__(self, inner, spec: Speculative, rng: np.random.Generator) -> None:
         self.inner, self.spec, self.rng = inner, spec, rng
+        use_reference_batch(inner)   # decoders advance by different numbers of tokens
         self.batch = inner.batch
         self.steps = self.speculative_steps = self.disabled_steps = self.shortened_steps = 0
         self.proposed = self.accepted = self.emitted = self.verified_seqs = 0

@@ -182,7 +182,7 @@ class TgiScheduler(QueuedScheduler):
                     raise self.stuck()
                 return None
             return self.repeated_decodes(arrival_sensitive=True)
-        return ChunkedPrefillScheduler._plan_with_chunks(self, b.ids.copy(), b.kv + 1, chunks, ())
+        return ChunkedPrefillScheduler._plan_with_chunks(self, b.ids.copy(), b.next_ctx(), chunks, ())
 
     # ------------------------------------------------------------ admission
     def _lookup(self, rid: int) -> tuple[list, int]:
