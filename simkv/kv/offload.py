@@ -193,6 +193,9 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
             self.offload.on_gpu_evict(evicted)
         return taken
 
+    def _take_blocks(self, n: int) -> list[int]:
+        return [self._take() for _ in range(n)]   # each eviction goes to the tiers
+
     def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int,
                         reserve_tokens: int = 0) -> None:
         if req_id in self._tables:

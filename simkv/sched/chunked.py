@@ -22,6 +22,7 @@ kernels) and together for the linear layers.
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,7 +86,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         b, t = self.kv.block_size, self.t
         group, prompt = int(t.group[rid]), int(t.prompt_tokens[rid]) // b
         if t.session is not None:  # a conversation's history is the same content turn after turn
-            return [("s", int(t.session[rid]), i) for i in range(num_tokens // b)]
+            return list(zip(repeat("s"), repeat(int(t.session[rid])), range(num_tokens // b)))
         if t.trace_blocks is not None:  # a trace names its prompt's blocks, chained
             ids, per = t.trace_blocks[rid], t.trace_block_tokens
             return [("m", ids[min(i * b // per, len(ids) - 1)], i) if i < prompt and b <= per else ("r", rid, i)
