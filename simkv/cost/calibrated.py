@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy._core.multiarray import interp as _interp
 
 from simkv.cost.tables import CalibrationTables
 from simkv.cost.layer import (ACT_BYTES, FEATURES, LayerCosts, OperatorSet, calibration_shapes,  # noqa: F401
@@ -34,6 +35,8 @@ from simkv.cost.whole_model import whole_model_coef
 from simkv.cost.moe import MoeGemmTable, MoeLayer, moe_shard, moe_sources
 from simkv.sched.base import StepPlan
 from simkv.specs import DTYPE_BYTES, GpuSpec, ModelSpec
+
+_add_reduce = np.add.reduce   # ndarray.sum without its Python wrapper
 
 def layer_step_features(tables: CalibrationTables, ops: OperatorSet, rows: np.ndarray | None = None) -> np.ndarray:
     """Feature matrix of the measured single-layer steps (all rows, or the boolean `rows`)."""
@@ -237,7 +240,8 @@ class CalibratedCost(OffloadPricing):
         if not len(contexts):
             return 0.0
         knots, share = self._decode_curve(len(contexts))
-        return self.decode_attention_scale * float(np.interp(contexts, knots, share).sum())
+        # np.interp's and ndarray.sum's own functions, without their Python wrappers (the same numbers)
+        return self.decode_attention_scale * float(_add_reduce(_interp(contexts, knots, share)))
 
     def prefill_attention_s(self, new: np.ndarray, ctx: np.ndarray) -> float:
         """Causal attention of each prefill (a table lookup when nothing is cached)."""

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_add_reduce = np.add.reduce   # ndarray.sum without its Python wrapper
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +43,14 @@ class StepPlan:
     @property
     def num_batched_tokens(self) -> int:
         """Tokens computed in one step: decode_tokens per decode plus every prefill token."""
-        return len(self.decode_ids) * self.decode_tokens + int(self.prefill_new.sum())
+        return len(self.decode_ids) * self.decode_tokens + int(_add_reduce(self.prefill_new))
 
     @property
     def num_sampled(self) -> int:
         """Rows that sample a token this step (lm_head rows; every verified position of a decode)."""
         decode = len(self.decode_ids) * self.decode_tokens
         if len(self.prefill_done):
-            return decode + int(self.prefill_done.sum())
+            return decode + int(np.count_nonzero(self.prefill_done))
         return decode + len(self.prefill_ids)
 
 
