@@ -77,6 +77,10 @@ def resolve_limits(scenario: Scenario, e: Engine) -> EngineLimits:
         raise SimkvError(f"max_num_batched_tokens {batched} is below max_model_len {max_len}: without chunked "
                          "prefill a long prompt could never be scheduled",
                          field="engine.max_num_batched_tokens", fix=f"set it to at least {max_len}, or lower engine.max_model_len")
+    if e.scheduler == "sglang" and batched < e.block_size:
+        raise SimkvError(f"max_num_batched_tokens {batched} is below one page ({e.block_size} tokens): SGLang aligns "
+                         "prefill chunks to pages, so no prompt could ever be prefilled",
+                         field="engine.max_num_batched_tokens", fix=f"set it to at least {e.block_size}")
     return EngineLimits(max_len, batched, e.max_num_seqs)
 
 

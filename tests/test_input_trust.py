@@ -353,3 +353,18 @@ def test_fuzzed_scenarios_load_or_raise_simkv_error(tmp_path, text):
         load_scenario(path)
     except SimkvError as err:
         assert err.render()
+
+
+def test_sglang_prefill_budget_below_one_page_is_refused():
+    """SGLang aligns prefill chunks to pages: a token budget below one page could never prefill a
+    prompt (the run would stop with an internal error); the builder says so instead."""
+    import simkv
+    from simkv.errors import SimkvError
+    from simkv.files.scenario_file import validate_scenario
+    raw = dict(name="x", model="llama3-8b", hardware={"gpu": "h100"},
+               engine={"preset": "sglang", "block_size": 16, "max_num_batched_tokens": 8},
+               workload={"arrival": {"process": "poisson", "rate": 1.0}, "prompt_tokens": {"dist": "fixed", "value": 100},
+                         "output_tokens": {"dist": "fixed", "value": 10}},
+               run={"seed": 0, "num_requests": 5})
+    with pytest.raises(SimkvError, match="below one page"):
+        simkv.simulate(validate_scenario(raw, "x.yaml"))

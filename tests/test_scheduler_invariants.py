@@ -70,8 +70,7 @@ def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget)
         s = PrefillFirstScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100,
                                   preemption=policy.rsplit("-", 1)[1], swap_capacity_tokens=150, **kw)
     elif policy.startswith("sglang"):
-        if "offload" in policy:   # a chunk below one page never progresses (SGLang aligns chunks to pages)
-            budget = max(budget, block_size)
+        budget = max(budget, block_size)   # a chunk below one page never progresses (SGLang aligns chunks to pages; the builder refuses it)
         s = SglangScheduler(table, kv, max_num_batched_tokens=budget, max_model_len=100,
                             schedule_policy=policy.rsplit("-", 1)[1], **kw)
     elif policy.startswith("trtllm"):
