@@ -35,6 +35,8 @@ test: $(VENV)/.installed-test
 test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
 
+# speed and memory of four workloads against the previous release, built in the same run (~5 minutes;
+# benchmarks/bench_engine.py --million --fleet adds a million requests and a 16-replica fleet)
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_engine.py
 
