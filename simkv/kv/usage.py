@@ -14,7 +14,7 @@ import numpy as np
 from simkv.kv.base import EXTERNAL, FREE, INTERNAL, KV_ROWS, RESERVED, TOKEN, KVAllocator, sum_breakdown
 
 __all__ = ["TOKEN", "RESERVED", "INTERNAL", "EXTERNAL", "FREE", "KV_ROWS", "held_slots_paged", "split_window",
-           "window_breakdown", "prefilling_breakdown", "held_by"]
+           "window_breakdown", "breakdown_from_sums", "prefilling_breakdown", "held_by"]
 _I64 = np.int64
 
 
@@ -50,19 +50,29 @@ def window_breakdown(allocator: KVAllocator, tokens: np.ndarray, held: np.ndarra
     KV lengths; `prefilling` adds the prefilling requests' (token, reserved, internal) slots, `dead`
     the slots finished requests still hold (internal fragmentation: they serve nobody). Agrees
     with `allocator.usage(next_reservation)` after each step (tests/test_scheduler_invariants.py)."""
-    out = np.empty((5, k), _I64)
-    external = 0 if allocator.paged else allocator.external_frag_tokens(next_reservation)
-    # split_window's totals with fewer array passes (integer sums: exact, so the same numbers):
-    # internal = held - tokens - reserved, summed
+    # split_window's totals with fewer array passes (integer sums: exact, so the same numbers)
     token_sum, held_sum = tokens.sum(axis=-1), held.sum(axis=-1)
     reserved_sum = np.minimum(held - tokens, np.maximum(final - tokens, 0)).sum(axis=-1)
+    return breakdown_from_sums(allocator, token_sum, reserved_sum, held_sum, next_reservation, k, prefilling, dead)
+
+
+def breakdown_from_sums(allocator: KVAllocator, token_sum, reserved_sum, held_sum, next_reservation: int | None,
+                        k: int, prefilling: np.ndarray | None = None, dead: int = 0) -> np.ndarray:
+    """The (5, k) breakdown from the decoders' written, reserved and held slots summed per step
+    (numbers, or arrays of k), plus the prefilling requests, the dead slots and the shared blocks;
+    internal fragmentation is held - tokens - reserved."""
+    external = 0 if allocator.paged else allocator.external_frag_tokens(next_reservation)
+    shared = allocator.shared_excess
+    if k == 1 and prefilling is None and not shared and not dead:   # the common step, in one call
+        return np.array([[token_sum], [reserved_sum], [held_sum - token_sum - reserved_sum], [external],
+                         [allocator.capacity_tokens - held_sum - external]], _I64).reshape(5, 1)
+    out = np.empty((5, k), _I64)
     out[TOKEN], out[RESERVED], out[INTERNAL] = token_sum, reserved_sum, held_sum - token_sum - reserved_sum
     out[EXTERNAL] = external
     out[FREE] = allocator.capacity_tokens - held_sum - external
     if prefilling is not None:
         out[TOKEN:INTERNAL + 1] += prefilling[:, None]
         out[FREE] -= int(prefilling.sum())
-    shared = allocator.shared_excess
     if shared:  # a block in several block tables (prefix cache) holds its tokens once
         out[TOKEN] -= shared * allocator.block_size
         out[FREE] += shared * allocator.block_size

@@ -50,61 +50,55 @@ def _gap_bins(gaps: np.ndarray) -> np.ndarray:
     return np.clip(pos.astype(np.int64), 0, _GAP_BINS - 1)
 
 
+class _ListAsArray:
+    """A per-row total kept as a list of Python numbers (the same float64 / int arithmetic as an
+    array, without numpy calls on a few numbers per step), read as an array and set from any sequence."""
+
+    def __init__(self, dtype: type, doc: str) -> None:
+        self.dtype, self.__doc__ = dtype, doc
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.attr = "_" + name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else np.array(getattr(obj, self.attr), dtype=self.dtype)
+
+    def __set__(self, obj, value) -> None:
+        setattr(obj, self.attr, [self.dtype(v) for v in value])
+
+
 class Recorder:
     """Accumulates what the summary and the time series need; memory does not grow with steps."""
+
+    kv_integral = _ListAsArray(float, "slot-seconds of each KV row (KV_FIELDS) over the measured window")
+    kv_peak = _ListAsArray(int, "largest slot count of each KV row during the measured window")
+    gap_hist = _ListAsArray(int, "token gaps counted in log-spaced bins (_GAP_PER_DECADE per decade from 10^_GAP_LO s)")
 
     def __init__(self, capacity_tokens: int, measure_start_s: float, measure_end_s: float,
                  max_points: int = 2000) -> None:
         self.capacity = capacity_tokens
         self.w0, self.w1 = measure_start_s, measure_end_s
         # per-row integrals and peaks as Python numbers (the same float64 and int arithmetic as
-        # arrays, without numpy calls on five numbers per step); arrays through the properties
-        self._kv_int = [0.0] * len(KV_FIELDS)
+        # arrays, without numpy calls on five numbers per step); read as arrays (_ListAsArray)
+        self._kv_integral = [0.0] * len(KV_FIELDS)
         self._kv_peak = [0] * len(KV_FIELDS)
         self.running_integral = self.waiting_integral = 0.0
         self.max_running = self.max_waiting = 0
         self.window_tokens = 0
         self.total_tokens = 0
         self.num_steps = 0
-        self._gap_hist = [0] * _GAP_BINS   # as Python ints (one list index per step); an array through gap_hist
+        self._gap_hist = [0] * _GAP_BINS   # as Python ints (one list index per step)
         self.gap_max_s = 0.0
         self.max_points = max_points
         self.dt = max(measure_end_s, 1e-3) / max_points
         self._next_sample = 0
         self._rows: list[tuple] = []
 
-    @property
-    def kv_integral(self) -> np.ndarray:
-        """Slot-seconds of each KV row (KV_FIELDS) over the measured window."""
-        return np.array(self._kv_int)
-
-    @kv_integral.setter
-    def kv_integral(self, value) -> None:
-        self._kv_int = [float(v) for v in value]
-
-    @property
-    def gap_hist(self) -> np.ndarray:
-        """Token gaps counted in log-spaced bins (_GAP_PER_DECADE per decade from 10^_GAP_LO s)."""
-        return np.array(self._gap_hist, dtype=np.int64)
-
-    @gap_hist.setter
-    def gap_hist(self, value) -> None:
-        self._gap_hist = [int(v) for v in value]
-
-    @property
-    def kv_peak(self) -> np.ndarray:
-        """Largest slot count of each KV row during the measured window."""
-        return np.array(self._kv_peak, dtype=np.int64)
-
-    @kv_peak.setter
-    def kv_peak(self, value) -> None:
-        self._kv_peak = [int(v) for v in value]
-
     # ------------------------------------------------------------ events
     def on_steps(self, start_s: float, o: StepOutcome, durations_s: np.ndarray) -> None:
         ends, kv, k = o.step_end_s, o.kv, len(o.step_end_s)
         last = float(ends[-1])
-        integ, peak = self._kv_int, self._kv_peak
+        integ, peak = self._kv_integral, self._kv_peak
         if k == 1:
             span = max(0.0, min(last, self.w1) - max(start_s, self.w0))
             if span > 0:
@@ -161,7 +155,7 @@ class Recorder:
     def on_idle(self, start_s: float, end_s: float) -> None:
         """The engine had nothing to run: the whole cache was free."""
         overlap = max(0.0, min(end_s, self.w1) - max(start_s, self.w0))
-        self._kv_int[FREE] += overlap * self.capacity
+        self._kv_integral[FREE] += overlap * self.capacity
         if self._next_sample * self.dt <= end_s:
             state = np.zeros((len(KV_ROWS), 1), dtype=np.int64)
             state[FREE] = self.capacity

@@ -35,8 +35,10 @@ class Prefill:
         return self.target - self.computed
 
 
-class RunningBatch:
-    """Decoding sequences as struct-of-arrays (admission order), prefilling ones as a dict."""
+class BatchBase:
+    """What both running batches share: the prefilling requests, admission order, the newest
+    running request, growth limits, deferred frees and the breakdown's non-decoder parts. A
+    subclass holds the decoders (`ids`, `order`, `preempt`, `decode_blocks_needed`, ...)."""
 
     def __init__(self, table: RequestTable, allocator: KVAllocator, warmup_s: float = 0.0, defer_free: bool = False) -> None:
         self.t = table
@@ -50,39 +52,18 @@ class RunningBatch:
         self.prefilling: dict[int, Prefill] = {}
         self._next_order = 0
         self._uniform_last_tok: float | None = None  # all decoders' last token time, when shared
-        self.ids = np.zeros(0, _I64)
-        self.kv = np.zeros(0, _I64)       # KV slots written
-        self.gen = np.zeros(0, _I64)      # tokens generated so far
-        self.out = np.zeros(0, _I64)      # true output length
-        self.final = np.zeros(0, _I64)    # KV slots the request will ever write
-        self.held = np.zeros(0, _I64)     # contiguous / reserved: slots held (paged on demand: unused)
-        self.measured = np.zeros(0, bool)  # arrived after warm-up
-        self.tbt_max = np.zeros(0)        # longest token gap so far (written to the table on exit)
-        self.last_tok = np.zeros(0)       # time of the last token
-        self.order = np.zeros(0, _I64)    # admission order
         self.extra_gaps_s = _NO_GAPS
         self._gap_steps_from = 0
-        self._boundary_of: np.ndarray | None = None   # the kv array _boundary was computed from
-        self._boundary = np.zeros(0, _I64)
         self.rng = np.random.default_rng(0)   # beam re-selection; seeded by the builder
         self.spec_tokens: np.ndarray | None = None  # speculative step: tokens each decoder emits (set per step)
-
-    def __len__(self) -> int:
-        return len(self.ids) + len(self.prefilling)
 
     @property
     def num_decoding(self) -> int:
         return len(self.ids)
 
-    def _columns(self):
-        return (self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max,
-                self.last_tok, self.order)
+    def __len__(self) -> int:
+        return self.num_decoding + len(self.prefilling)
 
-    def _set_columns(self, cols) -> None:
-        (self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max,
-         self.last_tok, self.order) = cols
-
-    # ------------------------------------------------------------ membership
     def start_prefill(self, rid: int, computed: int, held: int) -> Prefill:
         """Admit `rid` (its KV already allocated by the policy): prompt + generated tokens to compute."""
         target = int(self.t.prompt_tokens[rid] + self.t.generated[rid])  # prompt + tokens before a recompute
@@ -93,13 +74,86 @@ class RunningBatch:
     def newest(self) -> int:
         """The most recently admitted running request (decoding or prefilling)."""
         best_rid, best = -1, -1
-        if len(self.order):
+        if self.num_decoding:
             best, best_rid = int(self.order[-1]), int(self.ids[-1])
         for p in self.prefilling.values():
             if p.order > best:
                 best, best_rid = p.order, p.rid
         return best_rid
 
+    def preempt(self, rid: int) -> None:  # pragma: no cover - provided by the batch
+        raise NotImplementedError
+
+    def preempt_newest(self) -> int:
+        rid = self.newest()
+        self.preempt(rid)
+        return rid
+
+    def decode_blocks_needed(self, steps: int = 1) -> int:  # pragma: no cover - provided by the batch
+        raise NotImplementedError
+
+    def max_decode_steps(self, limit: int) -> int:
+        """Most decode steps (<= limit) whose block growth fits the free pool (>= 1 assumed)."""
+        if not self.on_demand or limit == 1:
+            return limit
+        free = self.kv_alloc.num_free_blocks
+        if self.decode_blocks_needed(limit) <= free:
+            return limit
+        lo, hi = 1, limit  # invariant: lo fits, hi does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.decode_blocks_needed(mid) <= free else (lo, mid)
+        return lo
+
+    @property
+    def has_beams(self) -> bool:
+        """Beam groups are decoding (their re-selection changes memory every step)."""
+        return bool(self.t.beam_reselect) and self.num_decoding > len(np.unique(self.t.group[self.ids]))
+
+    def _others_breakdown(self) -> tuple[np.ndarray | None, int]:
+        """The prefilling requests' (token, reserved, internal) slots (None if there are none)
+        and the slots finished requests of a static batch still hold."""
+        prefilling = None
+        if self.prefilling:
+            prefilling = prefilling_breakdown(self.kv_alloc, ((p.rid, p.computed, int(self.t.final_kv_tokens[p.rid]))
+                                                              for p in self.prefilling.values()))
+        return prefilling, (held_by(self.kv_alloc, self.deferred) if self.deferred else 0)
+
+    def release_deferred(self) -> None:
+        """Free the memory of finished requests held back by a static batch."""
+        for rid in self.deferred:
+            self.kv_alloc.free(rid)
+        self.deferred = []
+
+
+class RunningBatch(BatchBase):
+    """Decoding sequences as struct-of-arrays (admission order), prefilling ones as a dict: the
+    step-by-step reference that simkv.sched.implicit_batch.ImplicitBatch must equal."""
+
+    def __init__(self, table: RequestTable, allocator: KVAllocator, warmup_s: float = 0.0, defer_free: bool = False) -> None:
+        super().__init__(table, allocator, warmup_s, defer_free)
+        self.ids = np.zeros(0, _I64)
+        self.kv = np.zeros(0, _I64)       # KV slots written
+        self.gen = np.zeros(0, _I64)      # tokens generated so far
+        self.out = np.zeros(0, _I64)      # true output length
+        self.final = np.zeros(0, _I64)    # KV slots the request will ever write
+        self.held = np.zeros(0, _I64)     # contiguous / reserved: slots held (paged on demand: unused)
+        self.measured = np.zeros(0, bool)  # arrived after warm-up
+        self.tbt_max = np.zeros(0)        # longest token gap so far (written to the table on exit)
+        self.last_tok = np.zeros(0)       # time of the last token
+        self.order = np.zeros(0, _I64)    # admission order
+        self._boundary_of: np.ndarray | None = None   # the kv array _boundary was computed from
+        self._boundary = np.zeros(0, _I64)
+
+    def _columns(self):
+        return (self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max,
+                self.last_tok, self.order)
+
+    def _set_columns(self, cols) -> None:
+        (self.ids, self.kv, self.gen, self.out, self.final, self.held, self.measured, self.tbt_max,
+         self.last_tok, self.order) = cols
+
+    # ------------------------------------------------------------ membership
     def preempt(self, rid: int) -> None:
         """Free `rid`'s KV and drop it from the batch (recompute preemption)."""
         if rid in self.prefilling:
@@ -149,11 +203,6 @@ class RunningBatch:
         """Each decoder's context in its next step (its written slots + the new token)."""
         return self.kv + 1
 
-    def preempt_newest(self) -> int:
-        rid = self.newest()
-        self.preempt(rid)
-        return rid
-
     # ------------------------------------------------------------ paged growth
     def decode_blocks_needed(self, steps: int = 1) -> int:
         """New blocks the decoders need to decode `steps` more tokens each (paged; 0 otherwise)."""
@@ -163,19 +212,6 @@ class RunningBatch:
         if steps == 1:  # a sequence needs a block when its next slot starts one
             return len(self._at_boundary())
         return int(((self.kv + (steps + b - 1)) // b - (self.kv + (b - 1)) // b).sum())
-
-    def max_decode_steps(self, limit: int) -> int:
-        """Most decode steps (<= limit) whose block growth fits the free pool (>= 1 assumed)."""
-        if not self.on_demand or limit == 1:
-            return limit
-        free = self.kv_alloc.num_free_blocks
-        if self.decode_blocks_needed(limit) <= free:
-            return limit
-        lo, hi = 1, limit  # invariant: lo fits, hi does not
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if self.decode_blocks_needed(mid) <= free else (lo, mid)
-        return lo
 
     def _at_boundary(self) -> np.ndarray:
         """Indices of the decoders whose next slot starts a new block (paged on demand); cached
@@ -270,11 +306,6 @@ class RunningBatch:
         self._uniform_last_tok = last
         return measured
 
-    @property
-    def has_beams(self) -> bool:
-        """Beam groups are decoding (their re-selection changes memory every step)."""
-        return bool(self.t.beam_reselect) and len(self.ids) > len(np.unique(self.t.group[self.ids]))
-
     def _reselect_beams(self) -> None:
         """After a step each beam continues, with chance beam_reselect, the hypothesis of a beam
         of its request chosen at random (one of the same length): the paged cache then shares
@@ -330,18 +361,8 @@ class RunningBatch:
             held = held_slots_paged(tokens, self.block_size)
         else:
             held = np.broadcast_to(self.held, tokens.shape)
-        prefilling = None
-        if self.prefilling:
-            prefilling = prefilling_breakdown(self.kv_alloc, ((p.rid, p.computed, int(self.t.final_kv_tokens[p.rid]))
-                                                              for p in self.prefilling.values()))
-        dead = held_by(self.kv_alloc, self.deferred) if self.deferred else 0
+        prefilling, dead = self._others_breakdown()
         return window_breakdown(self.kv_alloc, tokens, held, self.final, next_reservation, k, prefilling, dead)
-
-    def release_deferred(self) -> None:
-        """Free the memory of finished requests held back by a static batch."""
-        for rid in self.deferred:
-            self.kv_alloc.free(rid)
-        self.deferred = []
 
     def _finish(self, end_s: float) -> tuple[int, ...]:
         done = self.gen >= self.out

@@ -30,10 +30,10 @@ import math
 import numpy as np
 
 from simkv.kv.base import KVAllocator
-from simkv.kv.usage import held_by, prefilling_breakdown
+from simkv.kv.usage import breakdown_from_sums
 from simkv.request import DONE, RequestTable
 from simkv.sched.base import StepOutcome, StepPlan
-from simkv.sched.batch import Prefill
+from simkv.sched.batch import BatchBase
 
 _I64 = np.int64
 _NO_GAPS = np.zeros(0)
@@ -60,26 +60,12 @@ class _Decoder:
         self.in_final = False
 
 
-class ImplicitBatch:
+class ImplicitBatch(BatchBase):
     """Decoding sequences with implicit progress, prefilling ones as a dict (the reference's interface)."""
 
     def __init__(self, table: RequestTable, allocator: KVAllocator, warmup_s: float = 0.0, defer_free: bool = False) -> None:
-        self.t = table
-        self.defer_free = defer_free
-        self.deferred: list[int] = []
-        self.kv_alloc = allocator
-        self.paged = allocator.paged
-        self.block_size = allocator.block_size if self.paged else 1
-        self.on_demand = self.paged and not allocator.reserve_upfront
-        self.warmup_s = warmup_s
-        self.prefilling: dict[int, Prefill] = {}
-        self._next_order = 0
-        self._uniform_last_tok: float | None = None
-        self.rng = np.random.default_rng(0)
-        self.spec_tokens: np.ndarray | None = None   # speculative steps are the reference batch's
-        self.extra_gaps_s = _NO_GAPS
+        super().__init__(table, allocator, warmup_s, defer_free)
         self.extra_gap_value, self.extra_gap_count = 0.0, 0
-        self._gap_steps_from = 0
         self._cols = np.zeros((_NROWS, 0), _I64)
         self._dec: dict[int, _Decoder] = {}
         self._fresh: list[_Decoder] = []
@@ -104,9 +90,6 @@ class ImplicitBatch:
         self._entered: list[tuple[int, int]] = []   # (step index, slots): last blocks taken in the last commit
 
     # ------------------------------------------------------------ columns
-    def __len__(self) -> int:
-        return self._cols.shape[1] + len(self.prefilling)
-
     @property
     def num_decoding(self) -> int:
         return self._cols.shape[1]
@@ -247,22 +230,6 @@ class ImplicitBatch:
                 self._last_tok_of(d), d.order)
 
     # ------------------------------------------------------------ membership
-    def start_prefill(self, rid: int, computed: int, held: int) -> Prefill:
-        target = int(self.t.prompt_tokens[rid] + self.t.generated[rid])
-        state = self.prefilling[rid] = Prefill(rid, computed, target, held, self._next_order)
-        self._next_order += 1
-        return state
-
-    def newest(self) -> int:
-        """The most recently admitted running request (decoding or prefilling)."""
-        best_rid, best = -1, -1
-        if self._cols.shape[1]:
-            best, best_rid = int(self._cols[ORDER, -1]), int(self._cols[ID, -1])
-        for p in self.prefilling.values():
-            if p.order > best:
-                best, best_rid = p.order, p.rid
-        return best_rid
-
     def preempt(self, rid: int) -> None:
         if rid in self.prefilling:
             del self.prefilling[rid]
@@ -298,15 +265,6 @@ class ImplicitBatch:
         self._next_order += 1
         self._uniform_last_tok = None
 
-    def preempt_newest(self) -> int:
-        rid = self.newest()
-        self.preempt(rid)
-        return rid
-
-    @property
-    def has_beams(self) -> bool:
-        return bool(self.t.beam_reselect) and self.num_decoding > len(np.unique(self.t.group[self.ids]))
-
     # ------------------------------------------------------------ paged growth
     def decode_blocks_needed(self, steps: int = 1) -> int:
         if not self.on_demand or not self._cols.shape[1]:
@@ -316,18 +274,6 @@ class ImplicitBatch:
             return len(self._buckets[-self.D % b])
         kv = self.kv
         return int(((kv + (steps + b - 1)) // b - (kv + (b - 1)) // b).sum())
-
-    def max_decode_steps(self, limit: int) -> int:
-        if not self.on_demand or limit == 1:
-            return limit
-        free = self.kv_alloc.num_free_blocks
-        if self.decode_blocks_needed(limit) <= free:
-            return limit
-        lo, hi = 1, limit
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if self.decode_blocks_needed(mid) <= free else (lo, mid)
-        return lo
 
     def _grow(self, k: int) -> None:
         """Every decoder writes k more slots (blocks taken in the reference's order)."""
@@ -480,14 +426,13 @@ class ImplicitBatch:
         a, n = self.kv_alloc, self._cols.shape[1]
         b = self.block_size
         if k == 1:
-            tokens = self._kb_sum + n * self.D
+            tok_v = self._kb_sum + n * self.D
             if self.on_demand:
-                held = self._held_sum * b
-                reserved = held - tokens - self._corr_sum
+                held_v = self._held_sum * b
+                res_v = held_v - tok_v - self._corr_sum
             else:
-                held = self._held_sum
-                reserved = self._minhf_sum - tokens
-            tok_v, res_v, held_v = tokens, reserved, held
+                held_v = self._held_sum
+                res_v = self._minhf_sum - tok_v
         else:
             steps = np.arange(d_before + 1, d_before + k + 1, dtype=_I64)
             tok_v = self._kb_sum + n * steps
@@ -502,34 +447,8 @@ class ImplicitBatch:
             else:
                 held_v = np.full(k, self._held_sum, dtype=_I64)
                 res_v = self._minhf_sum - tok_v
-        external = 0 if a.paged else a.external_frag_tokens(next_reservation)
-        if k == 1 and not self.prefilling and not a.shared_excess and not self.deferred:   # the common step
-            return np.array([[tok_v], [res_v], [held_v - tok_v - res_v], [external],
-                             [a.capacity_tokens - held_v - external]], _I64)
-        out = np.empty((5, k), _I64)
-        out[0], out[1], out[2] = tok_v, res_v, held_v - tok_v - res_v
-        out[3] = external
-        out[4] = a.capacity_tokens - held_v - external
-        if self.prefilling:
-            pre = prefilling_breakdown(a, ((p.rid, p.computed, int(self.t.final_kv_tokens[p.rid]))
-                                           for p in self.prefilling.values()))
-            out[0:3] += pre[:, None]
-            out[4] -= int(pre.sum())
-        shared = a.shared_excess
-        if shared:
-            out[0] -= shared * a.block_size
-            out[4] += shared * a.block_size
-        if self.deferred:
-            dead = held_by(a, self.deferred)
-            if dead:
-                out[2] += dead
-                out[4] -= dead
-        return out
-
-    def release_deferred(self) -> None:
-        for rid in self.deferred:
-            self.kv_alloc.free(rid)
-        self.deferred = []
+        prefilling, dead = self._others_breakdown()
+        return breakdown_from_sums(a, tok_v, res_v, held_v, next_reservation, k, prefilling, dead)
 
     def _finish(self, end_s: float) -> tuple[int, ...]:
         heap, D = self._heap, self.D
