@@ -181,20 +181,17 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
 
     def can_allocate_cached(self, hashes: list, hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
         need = max(0, self.blocks_for(num_tokens) - hits) + self._need(hashes, hits)
-        return need + self.blocks_for(watermark_tokens) <= len(self._free_lru)
+        return need + self.blocks_for(watermark_tokens) <= self._nfree
 
     # ------------------------------------------------------------ allocation
-    def _take(self) -> int:
-        block = next(iter(self._free_lru))
-        old = self._hash_of.get(block)
-        evicted = old if old is not None and self._block_of.get(old) == block else None
-        taken = super()._take()
-        if evicted is not None:
-            self.offload.on_gpu_evict(evicted)
-        return taken
-
-    def _take_blocks(self, n: int) -> list[int]:
-        return [self._take() for _ in range(n)]   # each eviction goes to the tiers
+    def _forget(self, blocks: list[int]) -> None:
+        """Each name a taken block loses goes to the tiers (on_eviction), in the order taken."""
+        hash_of, block_of = self._hash_of, self._block_of
+        for block in blocks:
+            old = hash_of.pop(block)
+            if block_of.get(old) == block:
+                del block_of[old]
+                self.offload.on_gpu_evict(old)
 
     def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int,
                         reserve_tokens: int = 0) -> None:
@@ -202,7 +199,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
             raise ValueError(f"request {req_id} already holds KV memory")
         held = max(num_tokens, reserve_tokens)
         if not self.can_allocate_cached(hashes, hits, held):
-            raise OutOfKVMemory(f"request {req_id} does not fit ({len(self._free_lru)} free blocks)")
+            raise OutOfKVMemory(f"request {req_id} does not fit ({self._nfree} free blocks)")
         table: list = [None] * hits
         loads = []
         for i, h in enumerate(hashes[:hits]):   # pin the GPU hits first: taking blocks must not evict them
@@ -213,26 +210,21 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
                 tier.blocks_read += 1
                 loads.append((i, h, tier))
                 continue
-            if self._ref[block] == 0:
-                del self._free_lru[block]
-            else:
-                self.shared_excess += 1
-            self._ref[block] += 1
+            self._pin([block])
             table[i] = block
         hit_blocks = self.offload.hit_blocks
         if req_id < len(hit_blocks["gpu"]):
             hit_blocks["gpu"][req_id] += hits - len(loads)
         for i, h, tier in loads:
-            block = self._take()
+            block = self._take_blocks(1)[0]
             if h not in self._block_of:
-                self._block_of[h] = block
-                self._hash_of[block] = h
+                self._name(block, h)
                 self.offload.on_named(h)
             table[i] = block
             self.pending_loads[tier.name] = self.pending_loads.get(tier.name, 0) + 1
             if req_id < len(hit_blocks[tier.name]):
                 hit_blocks[tier.name][req_id] += 1
-        table.extend(self._take() for _ in range(self.blocks_for(held) - len(table)))
+        table.extend(self._take_blocks(self.blocks_for(held) - len(table)))
         self._tables[req_id] = table
         self._tok[req_id] = num_tokens
         self._final[req_id] = max(num_tokens, final_tokens)

@@ -9,85 +9,235 @@ last token is recomputed. Freed blocks keep their hash and join the free queue i
 (tail blocks first, so they are evicted first); the queue is in least-recently-used order, and a
 cached block is evicted only when it is taken for a new allocation. A cached free block that is
 hit leaves the queue in O(1).
+
+Representation (why it is not one dict entry per free block): a request holds up to hundreds of
+blocks (TGI reserves prompt + max_new_tokens at admission), and taking, freeing and evicting them
+one Python operation at a time was most of a prefix-caching run's time. So the free queue is a
+FIFO of chunks, one numpy array per free() in the order its blocks were queued, and a chunk's
+entry of block b is live while b is free (reference count 0) and this chunk queued it last
+(`_stamp[b]`, stamps only grow). A hit on a free block removes it from the queue by raising its
+count (its entry goes stale, skipped when the front reaches it); taking n blocks takes the first n
+live entries with a few numpy calls; the queue is compacted when stale entries outnumber the
+blocks. Reference counts and "has a name" are numpy arrays, so a request's blocks are pinned,
+taken and freed without a loop over them. The order of blocks taken and freed, and so every
+eviction, is the one of an LRU dict (kept as the reference in tests/reference_prefix_cache.py and
+compared operation by operation in tests/test_prefix_cache_queue.py).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from array import array
+from collections import deque
+from itertools import takewhile
 from typing import Hashable
+
+import numpy as np
 
 from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
 from simkv.kv.paged import PagedAllocator
+
+_I64 = np.int64
+_NONE = np.zeros(0, dtype=_I64)
+_SMALL = 8   # takes of at most this many blocks walk the queue in Python (fewer numpy calls)
 
 
 class PrefixCachingAllocator(PagedAllocator):
     """Block pool with reference counts, content hashes and an LRU free queue."""
 
     prefix_caching = True
+    compact_slack = 1024   # stale queue entries allowed beyond the blocks before compacting (tests set 0)
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
         super().__init__(num_blocks, block_size)
-        self._free_lru: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        self._free, self._head = [], 0  # replaced by the LRU queue
-        self._ref = [0] * num_blocks
+        self._free, self._head = [], 0  # replaced by the chunked queue
+        # per-block counts and flags: array.array for fast scalar access in small operations, read and
+        # written in bulk through numpy views of the same memory
+        self._ref_a = array("q", bytes(8 * num_blocks))
+        self._ref = np.frombuffer(self._ref_a, dtype=_I64)
+        # the free queue, least recently used first: [stamp, blocks, position of the next entry]
+        self._queue: deque[list] = deque([[0, np.arange(num_blocks, dtype=_I64), 0]])
+        self._stamp_a = array("q", bytes(8 * num_blocks))   # the chunk that queued each block last
+        self._stamp = np.frombuffer(self._stamp_a, dtype=_I64)
+        self._next_stamp = 1
+        self._queued = num_blocks    # entries not yet passed by the front, live or stale
+        self._nfree = num_blocks
+        self._named_a = array("b", bytes(num_blocks))      # the block holds a cached content name
+        self._named = np.frombuffer(self._named_a, dtype=np.int8)
         self._hash_of: dict[int, Hashable] = {}
         self._block_of: dict[Hashable, int] = {}
         self._registered: dict[int, int] = {}   # req_id -> leading blocks already hashed
         self.shared_excess = 0                   # sum over blocks of (references - 1)
 
+    _VIEWS = {"_ref": ("_ref_a", _I64), "_stamp": ("_stamp_a", _I64), "_named": ("_named_a", np.int8)}
+
+    def __getstate__(self) -> dict:   # copies and pickles: the numpy views are remade on the copied arrays
+        return {k: v for k, v in self.__dict__.items() if k not in self._VIEWS}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        for view, (buf, dtype) in self._VIEWS.items():
+            setattr(self, view, np.frombuffer(getattr(self, buf), dtype=dtype))
+
     # ------------------------------------------------------------ queries
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free_lru)
+        return self._nfree
 
     def free_block_ids(self) -> list[int]:
-        return list(self._free_lru)
+        return self._live_entries().tolist()
 
     def ref_count(self, block: int) -> int:
-        return self._ref[block]
+        return int(self._ref[block])
 
     def cached_blocks(self) -> dict:
         return dict(self._block_of)
 
     def match_prefix(self, hashes: list) -> int:
         """How many leading blocks of `hashes` are cached (pure)."""
-        n = 0
-        for h in hashes:
-            if h not in self._block_of:
-                break
-            n += 1
-        return n
+        return len(list(takewhile(self._block_of.__contains__, hashes)))   # the loop in C
 
     def _free_hits(self, hashes: list, hits: int) -> int:
-        return sum(1 for h in hashes[:hits] if self._ref[self._block_of[h]] == 0)
+        """Of the first `hits` (cached) blocks of `hashes`, how many are free."""
+        if not hits:
+            return 0
+        blocks = list(map(self._block_of.__getitem__, hashes[:hits]))
+        if hits <= _SMALL:
+            ref = self._ref_a
+            return sum(1 for b in blocks if ref[b] == 0)
+        return int(np.count_nonzero(self._ref[blocks] == 0))
 
     def can_allocate_cached(self, hashes: list, hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
         """Would `allocate_cached` succeed with `hits` cached leading blocks for `num_tokens` slots?"""
         need = max(0, self.blocks_for(num_tokens) - hits) + self._free_hits(hashes, hits)
-        return need + self.blocks_for(watermark_tokens) <= len(self._free_lru)
+        return need + self.blocks_for(watermark_tokens) <= self._nfree
+
+    # ------------------------------------------------------------ the free queue
+    def _queue_blocks(self, blocks: np.ndarray) -> None:
+        """Append `blocks` (free now) to the end of the queue, in this order."""
+        if not len(blocks):
+            return
+        c = self._next_stamp
+        self._next_stamp = c + 1
+        self._stamp[blocks] = c
+        self._queue.append([c, blocks, 0])
+        self._queued += len(blocks)
+        self._nfree += len(blocks)
+        if self._queued > 2 * self.num_blocks + self.compact_slack:   # stale entries outnumber the blocks: compact
+            live = self._live_entries()
+            c = self._next_stamp
+            self._next_stamp = c + 1
+            self._stamp[live] = c
+            self._queue = deque([[c, live, 0]])
+            self._queued = len(live)
+
+    def _live_entries(self) -> np.ndarray:
+        """The free blocks in queue order."""
+        stamp, ref = self._stamp, self._ref
+        parts = []
+        for c, arr, pos in self._queue:
+            seg = arr[pos:]
+            parts.append(seg[(stamp[seg] == c) & (ref[seg] == 0)])
+        return np.concatenate(parts) if parts else _NONE
+
+    def _pop_free(self, n: int) -> np.ndarray | list[int]:
+        """The first `n` free blocks of the queue, which the front passes (0 < n <= free blocks)."""
+        stamp, ref, queue = self._stamp, self._ref, self._queue
+        if n <= _SMALL:
+            stamp_a, ref_a = self._stamp_a, self._ref_a
+            out: list[int] = []
+            while len(out) < n:
+                chunk = queue[0]
+                c, arr, pos = chunk
+                size = len(arr)
+                while pos < size:
+                    for b in arr[pos:pos + n + _SMALL].tolist():
+                        pos += 1
+                        if stamp_a[b] == c and ref_a[b] == 0:
+                            out.append(b)
+                            if len(out) == n:
+                                break
+                    if len(out) == n:
+                        break
+                self._queued -= pos - chunk[2]
+                if pos == size:
+                    queue.popleft()
+                else:
+                    chunk[2] = pos
+            return out
+        parts = []
+        while n:
+            chunk = queue[0]
+            c, arr, pos = chunk
+            seg = arr[pos:pos + n + _SMALL]
+            live = np.flatnonzero((stamp[seg] == c) & (ref[seg] == 0))
+            if len(live) > n:
+                live = live[:n]
+                used = int(live[-1]) + 1
+            else:
+                used = len(seg)
+            parts.append(seg[live])
+            n -= len(live)
+            self._queued -= used
+            if pos + used == len(arr):
+                queue.popleft()
+            else:
+                chunk[2] = pos + used
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # ------------------------------------------------------------ allocation
-    def _take(self) -> int:
-        """A free block for new content: the least recently used, its old hash evicted."""
-        block, _ = self._free_lru.popitem(last=False)
-        old = self._hash_of.pop(block, None)
-        if old is not None and self._block_of.get(old) == block:
-            del self._block_of[old]
-        self._ref[block] = 1
-        return block
-
     def _take_blocks(self, n: int) -> list[int]:
-        """`n` blocks taken as `_take` takes each, in one loop (the hot path of long prompts)."""
-        pop, hash_of, block_of, ref = self._free_lru.popitem, self._hash_of, self._block_of, self._ref
-        out = []
-        for _ in range(n):
-            block = pop(last=False)[0]
-            old = hash_of.pop(block, None)
-            if old is not None and block_of.get(old) == block:
-                del block_of[old]
-            ref[block] = 1
-            out.append(block)
-        return out
+        """`n` blocks for new content: the least recently used free ones, their old names evicted."""
+        if n <= 0:
+            return []
+        if n > self._nfree:
+            raise OutOfKVMemory(f"{n} blocks needed, {self._nfree} free")
+        taken = self._pop_free(n)
+        self._nfree -= n
+        if n <= _SMALL:
+            ref_a, named_a = self._ref_a, self._named_a
+            named = []
+            for b in taken:
+                ref_a[b] = 1
+                if named_a[b]:
+                    named_a[b] = 0
+                    named.append(b)
+            if named:
+                self._forget(named)
+            return taken
+        self._ref[taken] = 1
+        named_arr = taken[self._named[taken].view(bool)]
+        if len(named_arr):
+            self._named[named_arr] = 0
+            self._forget(named_arr.tolist())
+        return taken.tolist()
+
+    def _forget(self, blocks: list[int]) -> None:
+        """Taken blocks lose their cached names (in the order they were taken). `_block_of` and
+        `_hash_of` are inverse maps (a name is given only to an unnamed block and taken back with
+        it), so each name goes from both, in one loop in C."""
+        deque(map(self._block_of.pop, map(self._hash_of.pop, blocks)), 0)
+
+    def _name(self, block: int, h: Hashable) -> None:
+        self._block_of[h] = block
+        self._hash_of[block] = h
+        self._named_a[block] = 1
+
+    def _pin(self, blocks: list[int]) -> None:
+        """One more reference to each of `blocks` (cache hits; distinct blocks): free ones leave the queue."""
+        if len(blocks) <= _SMALL:
+            ref_a = self._ref_a
+            freed = 0
+            for b in blocks:
+                if ref_a[b] == 0:
+                    freed += 1
+                ref_a[b] += 1
+        else:
+            ref = self._ref
+            r = ref[blocks]
+            freed = int(np.count_nonzero(r == 0))
+            ref[blocks] = r + 1
+        self._nfree -= freed
+        self.shared_excess += len(blocks) - freed
 
     def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int,
                         reserve_tokens: int = 0) -> None:
@@ -97,19 +247,11 @@ class PrefixCachingAllocator(PagedAllocator):
             raise ValueError(f"request {req_id} already holds KV memory")
         held = max(num_tokens, reserve_tokens)
         if not self.can_allocate_cached(hashes, hits, held):
-            raise OutOfKVMemory(f"request {req_id} does not fit ({len(self._free_lru)} free blocks)")
+            raise OutOfKVMemory(f"request {req_id} does not fit ({self._nfree} free blocks)")
         table = []
-        ref, block_of, free_lru = self._ref, self._block_of, self._free_lru
-        shared = 0
-        for h in hashes[:hits]:
-            block = block_of[h]
-            if ref[block] == 0:
-                del free_lru[block]
-            else:
-                shared += 1
-            ref[block] += 1
-            table.append(block)
-        self.shared_excess += shared
+        if hits:
+            table = list(map(self._block_of.__getitem__, hashes[:hits]))
+            self._pin(table)
         table.extend(self._take_blocks(self.blocks_for(held) - len(table)))
         self._tables[req_id] = table
         self._tok[req_id] = num_tokens
@@ -121,10 +263,19 @@ class PrefixCachingAllocator(PagedAllocator):
         self.allocate_cached(req_id, [], 0, num_tokens, final_tokens if final_tokens is not None else num_tokens)
 
     def take_blocks(self, req_ids: list[int], counts: list[int]) -> None:
-        if sum(counts) > len(self._free_lru):
-            raise OutOfKVMemory(f"bulk growth needs {sum(counts)} blocks, {len(self._free_lru)} free")
+        total = sum(counts)
+        if total > self._nfree:
+            raise OutOfKVMemory(f"bulk growth needs {total} blocks, {self._nfree} free")
+        taken = self._take_blocks(total)   # in request order, as one take per request would
+        tables = self._tables
+        if total == len(req_ids) and 0 not in counts:
+            for rid, block in zip(req_ids, taken):
+                tables[rid].append(block)
+            return
+        pos = 0
         for rid, m in zip(req_ids, counts):
-            self._tables[rid].extend(self._take_blocks(m))
+            tables[rid].extend(taken[pos:pos + m])
+            pos += m
 
     def register(self, req_id: int, hashes: list, num_tokens: int) -> None:
         """Name the full blocks among the first `num_tokens` computed slots of `req_id` by `hashes`
@@ -132,14 +283,23 @@ class PrefixCachingAllocator(PagedAllocator):
         table = self._tables[req_id]
         full = min(num_tokens // self.block_size, len(hashes), len(table))
         done = self._registered.get(req_id, 0)
-        block_of, hash_of = self._block_of, self._hash_of
-        for i in range(done, full):
-            h = hashes[i]
-            if h not in block_of:
-                block = table[i]
-                if block not in hash_of:
-                    block_of[h] = block
-                    hash_of[block] = h
+        if full > done:
+            block_of, hash_of = self._block_of, self._hash_of
+            names, blocks = hashes[done:full], table[done:full]
+            if (not any(map(self._named_a.__getitem__, blocks)) and block_of.keys().isdisjoint(names)
+                    and len(set(names)) == len(names)):   # every one is named: the loop below, in C
+                block_of.update(zip(names, blocks))
+                hash_of.update(zip(blocks, names))
+                self._named[blocks] = 1
+            else:
+                named = []
+                for h, block in zip(names, blocks):
+                    if h not in block_of and block not in hash_of:
+                        block_of[h] = block
+                        hash_of[block] = h
+                        named.append(block)
+                if named:
+                    self._named[named] = 1
         self._registered[req_id] = max(full, done)
 
     def fork_into(self, child: int, parent: int) -> bool:
@@ -152,20 +312,23 @@ class PrefixCachingAllocator(PagedAllocator):
             raise ValueError("beams fork only between sequences of the same length")
         full = tokens // self.block_size
         copy = 1 if tokens % self.block_size else 0
-        freed = sum(1 for b in self._tables[child] if self._ref[b] == 1)
-        if copy > len(self._free_lru) + freed:
+        ref = self._ref_a
+        freed = sum(1 for b in self._tables[child] if ref[b] == 1)
+        if copy > self._nfree + freed:
             return False
+        released = []
         for block in reversed(self._tables[child]):
-            self._ref[block] -= 1
-            if self._ref[block] == 0:
-                self._free_lru[block] = None
+            ref[block] -= 1
+            if ref[block] == 0:
+                released.append(block)
             else:
                 self.shared_excess -= 1
+        self._queue_blocks(np.array(released, dtype=_I64))
         table = list(self._tables[parent][:full])
         for block in table:
-            self._ref[block] += 1
+            ref[block] += 1
             self.shared_excess += 1
-        table.extend(self._take() for _ in range(copy))
+        table.extend(self._take_blocks(copy))
         self._tables[child] = table
         self._registered[child] = 0
         return True
@@ -174,21 +337,32 @@ class PrefixCachingAllocator(PagedAllocator):
         table = self._tables.pop(req_id)
         del self._tok[req_id], self._final[req_id]
         self._registered.pop(req_id, None)
-        ref, free_lru = self._ref, self._free_lru
-        shared = 0
-        for block in reversed(table):
-            r = ref[block] - 1
-            ref[block] = r
-            if r == 0:
-                free_lru[block] = None
-            else:
-                shared += 1
-        self.shared_excess -= shared
+        if not table:
+            return
+        if len(table) <= _SMALL:
+            ref_a, released_l, shared = self._ref_a, [], 0
+            for b in reversed(table):   # tail blocks first
+                r = ref_a[b] - 1
+                ref_a[b] = r
+                if r == 0:
+                    released_l.append(b)
+                else:
+                    shared += 1
+            self.shared_excess -= shared
+            self._queue_blocks(np.array(released_l, dtype=_I64))
+            return
+        back = np.array(table[::-1], dtype=_I64)   # tail blocks first
+        ref = self._ref
+        r = ref[back] - 1
+        ref[back] = r
+        released = back[r == 0]
+        self.shared_excess -= len(back) - len(released)
+        self._queue_blocks(released)
 
     # ------------------------------------------------------------ accounting
     def usage(self, next_reservation: int | None = None) -> KVUsage:
         tokens, reserved, internal = sum_breakdown(
             (len(table) * self.block_size, self._tokens[r], self._final[r]) for r, table in self._tables.items())
         tokens -= self.shared_excess * self.block_size  # a shared (full) block holds its tokens once
-        free = len(self._free_lru) * self.block_size
+        free = self._nfree * self.block_size
         return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)

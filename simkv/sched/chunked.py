@@ -22,7 +22,6 @@ kernels) and together for the linear layers.
 
 from __future__ import annotations
 
-from itertools import repeat
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,6 +36,22 @@ if TYPE_CHECKING:
     from simkv.kv.base import KVAllocator
     from simkv.kv.memory import MemoryPlan
     from simkv.scenario import Engine
+
+
+# Block content names: block i of (kind, id) is the int id * 2^35 + 8 i + kind, distinct for every
+# (kind, id, i) with 0 <= i < 2^32 (ints hash and compare faster than tuples; the prefix cache
+# names and evicts hundreds of blocks per request)
+SESSION, TRACE, PREFIX, GROUP, OWN = range(5)
+
+
+def block_name(kind: int, ident: int, i: int) -> int:
+    return (ident << 35) + 8 * i + kind
+
+
+def block_names(kind: int, ident: int, start: int, stop: int) -> range:
+    """The names of blocks start..stop-1 of (kind, ident)."""
+    base = (ident << 35) + kind
+    return range(base + 8 * start, base + 8 * stop, 8)
 
 
 class ChunkedPrefillScheduler(QueuedScheduler):
@@ -82,18 +97,20 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         """Content names of the full blocks of `rid`'s first `num_tokens` tokens: block i of a
         shared prefix is the same content for every request using it; the rest of the prompt is
         the same for the sequences of one request (parallel sampling); generated tokens are the
-        sequence's own."""
+        sequence's own. A name is an int (see `block_names`)."""
         b, t = self.kv.block_size, self.t
-        group, prompt = int(t.group[rid]), int(t.prompt_tokens[rid]) // b
+        group, prompt, n = int(t.group[rid]), int(t.prompt_tokens[rid]) // b, num_tokens // b
         if t.session is not None:  # a conversation's history is the same content turn after turn
-            return list(zip(repeat("s"), repeat(int(t.session[rid])), range(num_tokens // b)))
+            return list(block_names(SESSION, int(t.session[rid]), 0, n))
         if t.trace_blocks is not None:  # a trace names its prompt's blocks, chained
             ids, per = t.trace_blocks[rid], t.trace_block_tokens
-            return [("m", ids[min(i * b // per, len(ids) - 1)], i) if i < prompt and b <= per else ("r", rid, i)
-                    for i in range(num_tokens // b)]
+            return [block_name(TRACE, int(ids[min(i * b // per, len(ids) - 1)]), i) if i < prompt and b <= per
+                    else block_name(OWN, rid, i) for i in range(n)]
         pid, shared = int(t.prefix_id[rid]), int(t.prefix_tokens[rid]) // b
-        return [("p", pid, i) if i < shared else ("g", group, i) if i < prompt else ("r", rid, i)
-                for i in range(num_tokens // b)]
+        p_end = min(shared, n)   # blocks [0, shared) of the prefix, [shared, prompt) of the group, then its own
+        g_end = max(p_end, min(prompt, n))
+        return [*block_names(PREFIX, pid, 0, p_end), *block_names(GROUP, group, p_end, g_end),
+                *block_names(OWN, rid, g_end, n)]
 
     # ------------------------------------------------------------ schedule
     def schedule(self) -> StepPlan | None:
