@@ -9,8 +9,9 @@ step then touches no per-sequence state:
 - **blocks**: decoders are bucketed by `kbase mod block_size`; the ones whose next slot starts a
   block in step D are one bucket (in join order, the order the reference takes blocks in);
 - **completions**: a heap of the D at which each decoder has generated its output;
-- **longest token gap**: one number per decode commit, the gap every decoder that took part got;
-  a decoder's longest gap is the maximum over its commits, taken when it leaves;
+- **longest token gap**: each decode commit has one gap, the one every decoder that took part got;
+  a decoder's longest gap is the maximum over its commits, taken when it leaves, from a monotonic
+  stack of the commits whose gap exceeds every later one's (one binary search, no array pass);
 - **KV breakdown**: running sums (written slots, blocks or held slots, min(held, final)) plus the
   empty slots of decoders in their last block, which they will never write (an event when a
   decoder takes its last block).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_left
 
 import numpy as np
 
@@ -72,8 +74,11 @@ class ImplicitBatch(BatchBase):
         self._jseq = 0
         self.D = 0                       # decode steps committed
         self._c = 0                      # decode commits
-        self._gaps = np.zeros(1024)      # the gap of decode commit g0 + i (for those that took part before it)
-        self._g0 = 0                     # commits before g0 concern no running decoder and are dropped
+        # the largest gap from each decode commit on: commits (increasing) whose gap is larger than
+        # every later one's, and those gaps (decreasing); max over commits [s, now) is the first from s
+        self._mono_c: list[int] = []
+        self._mono_v: list[float] = []
+        self._mono_limit = 4096
         self._last_end = math.nan        # end of the last decode commit
         self._heap: list[tuple[int, int, _Decoder]] = []   # (D at which it has its output, join seq, decoder)
         self._buckets: list[dict[int, _Decoder]] = [{} for _ in range(self.block_size)] if self.on_demand else []
@@ -136,8 +141,7 @@ class ImplicitBatch(BatchBase):
     def _tbt_of(self, d: _Decoder) -> float:
         if d.fresh or d.start_c >= self._c:
             return d.tbt0
-        g0 = self._g0
-        return max(d.tbt0, float(self._gaps[d.start_c - g0:self._c - g0].max()))
+        return max(d.tbt0, self._mono_v[bisect_left(self._mono_c, d.start_c)])
 
     def _last_tok_of(self, d: _Decoder) -> float:
         return d.jt if d.fresh else self._last_end
@@ -358,9 +362,14 @@ class ImplicitBatch(BatchBase):
             self.extra_gap_value, self.extra_gap_count = old, self._n_meas - fresh_measured
             self._gap_steps_from = 1
         self._fresh = []
-        if c - self._g0 == len(self._gaps):
-            self._make_room_for_gaps()
-        self._gaps[c - self._g0] = gap
+        mono_c, mono_v = self._mono_c, self._mono_v
+        while mono_v and mono_v[-1] <= gap:
+            mono_c.pop()
+            mono_v.pop()
+        mono_c.append(c)
+        mono_v.append(gap)
+        if len(mono_c) > self._mono_limit:
+            self._drop_old_gaps()
         self._c = c + 1
         d0 = self.D
         self._grow(k)
@@ -377,16 +386,12 @@ class ImplicitBatch(BatchBase):
         self._uniform_last_tok = last
         return self._n_meas
 
-    def _make_room_for_gaps(self) -> None:
-        """Drop the commits older than every running decoder's first one (memory stays flat over
-        long runs), or double the array when they are still needed."""
-        c, g0 = self._c, self._g0
-        lo = min((d.start_c for d in self._dec.values() if not d.fresh), default=c)
-        if lo - g0 >= len(self._gaps) // 2:
-            self._gaps[:c - lo] = self._gaps[lo - g0:c - g0]
-            self._g0 = lo
-        else:
-            self._gaps = np.concatenate([self._gaps, np.zeros(len(self._gaps))])
+    def _drop_old_gaps(self) -> None:
+        """Forget the commits older than every running decoder's first one (memory stays flat)."""
+        lo = min((d.start_c for d in self._dec.values() if not d.fresh), default=self._c)
+        i = bisect_left(self._mono_c, lo)
+        del self._mono_c[:i], self._mono_v[:i]
+        self._mono_limit = max(4096, 2 * len(self._mono_c))
 
     def _advance_prefills(self, plan: StepPlan, start_s: float, end_s: float, extra: list) -> int:
         t = self.t
