@@ -7,6 +7,7 @@ allocator and workload kind, fleets included, and on generated scenarios."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import hypothesis.strategies as st
 import numpy as np
@@ -140,3 +141,27 @@ def test_generated_scenarios_equal_the_reference(preset, memory, rate, prompt, o
                              "prompt_tokens": {"dist": "exponential", "mean": prompt, "max": 3500},
                              "output_tokens": {"dist": "exponential", "mean": output, "max": 1000}})
     _assert_same(*_both(sc))
+
+
+def test_a_sweep_equals_the_reference(tmp_path):
+    """Every point of a sweep (grid over rate, zip over block size and batch limit, a variant per
+    point) is the same with the implicit batch as with the reference (in process: workers=1)."""
+    from simkv.studies.sweep import load_sweep, run_sweep
+    (tmp_path / "s.yaml").write_text(
+        "base: " + str(Path(__file__).resolve().parent.parent / "scenarios" / "paged-vs-contiguous-h100.yaml") + "\n"
+        "set: {run.num_requests: 150, run.warmup_s: 0, run.duration_s: null, engine.gpu_memory_utilization: 0.3}\n"
+        "grid: {workload.arrival.rate: [10, 40]}\n"
+        "zip: {engine.block_size: [8, 32], engine.max_num_seqs: [32, 256]}\n")
+    base, points, _ = load_sweep(tmp_path / "s.yaml")
+    variants = ["paged", "contiguous-prompt_plus_max_new"]
+    fast = run_sweep(base, points, variants, tmp_path / "fast", workers=1)
+    with reference_engine():
+        ref = run_sweep(base, points, variants, tmp_path / "ref", workers=1)
+    assert len(fast) == len(ref) == len(points) * len(variants)
+
+    def stable(summary):
+        return json.dumps({k: v for k, v in summary.items() if k not in ("timing", "wall_s")}, sort_keys=True,
+                          default=str)
+    for a, b in zip(fast, ref):
+        assert a["error"] is None and b["error"] is None
+        assert a["key"] == b["key"] and stable(a["summary"]) == stable(b["summary"]), a["key"]
