@@ -218,6 +218,7 @@ class PrefixCachingAllocator(PagedAllocator):
         deque(map(self._block_of.pop, map(self._hash_of.pop, blocks)), 0)
 
     def _name(self, block: int, h: Hashable) -> None:
+        """Give unnamed `block` the unused name `h` (an offload tier's load)."""
         self._block_of[h] = block
         self._hash_of[block] = h
         self._named_a[block] = 1
@@ -287,7 +288,7 @@ class PrefixCachingAllocator(PagedAllocator):
             block_of, hash_of = self._block_of, self._hash_of
             names, blocks = hashes[done:full], table[done:full]
             if (not any(map(self._named_a.__getitem__, blocks)) and block_of.keys().isdisjoint(names)
-                    and len(set(names)) == len(names)):   # every one is named: the loop below, in C
+                    and len(set(names)) == len(names)):   # each gets its name, as in the loop below (in C)
                 block_of.update(zip(names, blocks))
                 hash_of.update(zip(blocks, names))
                 self._named[blocks] = 1
