@@ -235,7 +235,8 @@ class Replica:
             elif (self.t.next_turn is not None or self.clients is not None) and outcome.finished_ids:
                 self._answered(outcome.finished_ids)
             rec.on_steps(start, outcome, durations)
-            rec.on_extra_gaps(outcome.extra_gaps_s, outcome.extra_gap_value, outcome.extra_gap_count)
+            if outcome.extra_gap_count or len(outcome.extra_gaps_s):
+                rec.on_extra_gaps(outcome.extra_gaps_s, outcome.extra_gap_value, outcome.extra_gap_count)
             iterations += 1
             if self.progress is not None and iterations % 512 == 0:
                 self.progress(self._next_arrival, self.t.num_requests, env.now)

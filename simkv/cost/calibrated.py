@@ -266,7 +266,8 @@ class CalibratedCost(OffloadPricing):
         return self.layer_fixed_s(m) + self.c_att * att
 
     def seconds(self, plan: StepPlan) -> float:
-        swap = self.transfer_seconds(plan)
+        moved = plan.swap_out_tokens or plan.swap_in_tokens or plan.kv_load_host_tokens or plan.kv_load_ssd_tokens
+        swap = self.transfer_seconds(plan) if moved else 0.0
         m = plan.num_batched_tokens   # computed once (a property summing the prefill tokens)
         if m == 0:
             return self.host_overhead_s + swap
@@ -286,7 +287,7 @@ class CalibratedCost(OffloadPricing):
         n = len(decode_ctx)
         knots, share = self._decode_curve(n)
         ctx = decode_ctx[None, :] + np.arange(num_steps)[:, None]
-        att = self.decode_attention_scale * np.interp(ctx, knots, share).sum(axis=1)
+        att = self.decode_attention_scale * _add_reduce(_interp(ctx, knots, share), axis=1)   # np.interp(...).sum(axis=1)
         fixed = self.layer_fixed_s(n)
         return (self.layers * (fixed + self.c_att * att) + self.whole_model_s(n) + self.lm_head_s(n) + self.host_overhead_s
                 + self.host_per_seq_s * n)

@@ -34,6 +34,7 @@ SERIES_COLUMNS = ("time_s",) + KV_FIELDS + ("utilization", "num_running", "num_w
 # token-gap histogram: log-spaced bins from 1 us to 10^4 s, 1000 per decade (0.23% wide)
 _GAP_LO, _GAP_DECADES, _GAP_PER_DECADE = -6.0, 10, 1000
 _GAP_BINS = _GAP_DECADES * _GAP_PER_DECADE
+_add_reduce = np.add.reduce   # ndarray.sum without its Python wrapper
 # reject reasons: no engine of this configuration could ever serve the request (excluded from SLO
 # attainment, reported by cause) vs. the engine refused a servable request (a missed SLO)
 UNSERVABLE_REASONS = (1, 2, PROMPT_OVER_PREFILL_BUDGET)
@@ -47,7 +48,8 @@ def _gap_bin(gap: float) -> int:
 
 def _gap_bins(gaps: np.ndarray) -> np.ndarray:
     pos = (np.log10(np.maximum(gaps, 1e-12)) - _GAP_LO) * _GAP_PER_DECADE
-    return np.clip(pos.astype(np.int64), 0, _GAP_BINS - 1)
+    # np.clip's bounds as two ufuncs (the same integers, without clip's Python wrapper)
+    return np.minimum(np.maximum(pos.astype(np.int64), 0), _GAP_BINS - 1)
 
 
 class _ListAsArray:
@@ -108,8 +110,8 @@ class Recorder:
                         peak[i] = v
         else:
             starts = ends - durations_s
-            overlap = np.clip(np.minimum(ends, self.w1) - np.maximum(starts, self.w0), 0.0, None)
-            span = float(overlap.sum())
+            overlap = np.maximum(np.minimum(ends, self.w1) - np.maximum(starts, self.w0), 0.0)   # clip at 0
+            span = float(_add_reduce(overlap))
             if span > 0:
                 for i, (v, m) in enumerate(zip((kv @ overlap).tolist(), kv[:, overlap > 0].max(axis=1).tolist())):
                     integ[i] += v

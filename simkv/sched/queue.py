@@ -138,10 +138,12 @@ class QueuedScheduler:
     def whole_prompt_plan(admitted: list[tuple[int, int]], decode_ids=None, decode_ctx=None,
                           preempted: tuple[int, ...] = ()) -> StepPlan:
         """A step that prefills the (rid, tokens) requests whole, with the given decodes."""
-        ids, new = (np.array(col, dtype=np.int64) for col in zip(*admitted))
-        decodes = {} if decode_ids is None else {"decode_ids": decode_ids, "decode_ctx": decode_ctx}
-        return StepPlan(**decodes, prefill_ids=ids, prefill_new=new, prefill_ctx=new.copy(),
-                        prefill_done=np.ones(len(ids), bool), preempted_ids=preempted)
+        cols = np.array(admitted, dtype=np.int64)   # (rid, tokens) rows
+        ids, new = cols[:, 0], cols[:, 1]
+        # every prefill completes: prefill_done stays empty (StepPlan: "empty: all do")
+        if decode_ids is None:
+            return StepPlan(prefill_ids=ids, prefill_new=new, prefill_ctx=new.copy(), preempted_ids=preempted)
+        return StepPlan(decode_ids, decode_ctx, ids, new, new.copy(), preempted_ids=preempted)
 
     def reservation_for(self, rid: int) -> int:
         """Slots a contiguous region for `rid` gets under the reservation policy."""
