@@ -22,6 +22,7 @@ from simkv.request import REFUSED_BY_ENGINE, REJECTED, SESSION_ENDED, RequestTab
 from simkv.workload.clients import ClientPool
 
 ProgressFn = Callable[[int, int, float], None]
+_min_reduce, _max_reduce = np.minimum.reduce, np.maximum.reduce   # ndarray.min / max without their wrappers
 MAX_STEP_S = 1e6   # one engine step of more than ~11 days means the cost model's inputs are wrong
 
 
@@ -197,8 +198,8 @@ class Replica:
         d = self.cost.decode_run_seconds(plan.decode_ctx, plan.max_steps)
         if plan.arrival_sensitive:
             # steps that start before the next arrival are unaffected by it
-            offsets = np.cumsum(d[:-1])
-            keep = 1 + int(np.searchsorted(offsets, self._next_arrival_s() - self.env.now, side="left"))
+            offsets = d[:-1].cumsum()   # methods, not np.* wrappers (the same functions)
+            keep = 1 + int(offsets.searchsorted(self._next_arrival_s() - self.env.now, side="left"))
             d = d[:keep]
         return d
 
@@ -225,7 +226,7 @@ class Replica:
             _check_step_times(durations)
             start = env.now
             # the same cumulative sum as commit's step ends, so token times match env.now exactly
-            yield env.timeout(float(durations[0] if len(durations) == 1 else np.cumsum(durations)[-1]))
+            yield env.timeout(float(durations[0] if len(durations) == 1 else durations.cumsum()[-1]))
             if self.failed:  # the replica died during these steps: nothing of them happened
                 return
             outcome = sched.commit(plan, start, durations)
@@ -249,7 +250,7 @@ def _check_step_times(durations: np.ndarray) -> None:
         d = float(durations[0])
         if 0 <= d <= MAX_STEP_S:
             return
-    elif durations.size and 0 <= durations.min() and durations.max() <= MAX_STEP_S:   # NaN and inf fail these
+    elif durations.size and 0 <= _min_reduce(durations) and _max_reduce(durations) <= MAX_STEP_S:   # NaN, inf fail these
         return
     if durations.size and not (np.all(np.isfinite(durations)) and durations.min() >= 0
                                and durations.max() <= MAX_STEP_S):

@@ -169,7 +169,7 @@ class PrefixCachingAllocator(PagedAllocator):
             chunk = queue[0]
             c, arr, pos = chunk
             seg = arr[pos:pos + n + _SMALL]
-            live = np.flatnonzero((stamp[seg] == c) & (ref[seg] == 0))
+            live = ((stamp[seg] == c) & (ref[seg] == 0)).nonzero()[0]   # np.flatnonzero, without its wrapper
             if len(live) > n:
                 live = live[:n]
                 used = int(live[-1]) + 1

@@ -35,6 +35,7 @@ SERIES_COLUMNS = ("time_s",) + KV_FIELDS + ("utilization", "num_running", "num_w
 _GAP_LO, _GAP_DECADES, _GAP_PER_DECADE = -6.0, 10, 1000
 _GAP_BINS = _GAP_DECADES * _GAP_PER_DECADE
 _add_reduce = np.add.reduce   # ndarray.sum without its Python wrapper
+_max_reduce = np.maximum.reduce   # ndarray.max likewise
 # reject reasons: no engine of this configuration could ever serve the request (excluded from SLO
 # attainment, reported by cause) vs. the engine refused a servable request (a missed SLO)
 UNSERVABLE_REASONS = (1, 2, PROMPT_OVER_PREFILL_BUDGET)
@@ -113,7 +114,7 @@ class Recorder:
             overlap = np.maximum(np.minimum(ends, self.w1) - np.maximum(starts, self.w0), 0.0)   # clip at 0
             span = float(_add_reduce(overlap))
             if span > 0:
-                for i, (v, m) in enumerate(zip((kv @ overlap).tolist(), kv[:, overlap > 0].max(axis=1).tolist())):
+                for i, (v, m) in enumerate(zip((kv @ overlap).tolist(), _max_reduce(kv[:, overlap > 0], axis=1).tolist())):
                     integ[i] += v
                     if m > peak[i]:
                         peak[i] = m
@@ -138,7 +139,7 @@ class Recorder:
                 hist, m = self._gap_hist, o.measured_decoders
                 for b in _gap_bins(gaps).tolist():
                     hist[b] += m
-                self.gap_max_s = max(self.gap_max_s, float(gaps.max()))
+                self.gap_max_s = max(self.gap_max_s, float(_max_reduce(gaps)))
         if self._next_sample * self.dt <= last:
             self._sample(ends, kv, o.num_running, o.num_waiting)
 

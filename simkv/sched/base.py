@@ -48,7 +48,8 @@ class StepPlan:
     @property
     def num_batched_tokens(self) -> int:
         """Tokens computed in one step: decode_tokens per decode plus every prefill token."""
-        return len(self.decode_ids) * self.decode_tokens + int(_add_reduce(self.prefill_new))
+        decode = len(self.decode_ids) * self.decode_tokens
+        return decode + int(_add_reduce(self.prefill_new)) if len(self.prefill_new) else decode
 
     @property
     def num_sampled(self) -> int:

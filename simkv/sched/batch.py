@@ -256,7 +256,7 @@ class RunningBatch(BatchBase):
                next_reservation: int | None) -> StepOutcome:
         """Apply len(durations_s) repetitions of `plan` (k > 1 only for decode-only plans)."""
         t, k = self.t, len(durations_s)
-        ends = start_s + np.cumsum(durations_s) if k > 1 else start_s + durations_s
+        ends = start_s + durations_s.cumsum() if k > 1 else start_s + durations_s
         for rid in plan.preempted_ids:
             t.num_preemptions[rid] += 1
         n_dec = len(plan.decode_ids)

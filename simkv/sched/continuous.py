@@ -52,7 +52,7 @@ class ContinuousBatchingScheduler(QueuedScheduler):
             return self.whole_prompt_plan(admitted, decode_ids, decode_ctx, preempted)
         if preempted:
             return StepPlan(decode_ids, decode_ctx, preempted_ids=preempted)
-        return self.repeated_decodes(arrival_sensitive=not self.waiting)
+        return self.repeated_decodes(arrival_sensitive=not self.waiting, decodes=(decode_ids, decode_ctx))
 
     # ------------------------------------------------------------ policy
     def _make_room_for_decodes(self) -> tuple[tuple[int, ...], int]:

@@ -38,6 +38,7 @@ from simkv.sched.base import StepOutcome, StepPlan
 from simkv.sched.batch import BatchBase
 
 _I64 = np.int64
+_add_reduce, _max_reduce = np.add.reduce, np.maximum.reduce   # ndarray.sum / max without their Python wrappers
 _NO_GAPS = np.zeros(0)
 # rows of the integer column array
 ID, KB, GB, OUT, FINAL, HELD, MEAS, ORDER, JSEQ = range(9)
@@ -221,7 +222,7 @@ class ImplicitBatch(BatchBase):
         else:
             cols = self._cols
             if len(decs) == 1:
-                i = int(np.searchsorted(cols[JSEQ], decs[0].jseq))
+                i = int(cols[JSEQ].searchsorted(decs[0].jseq))
                 self._cols = np.concatenate((cols[:, :i], cols[:, i + 1:]), axis=1)
             else:
                 keep = np.ones(cols.shape[1], bool)
@@ -277,7 +278,7 @@ class ImplicitBatch(BatchBase):
         if steps == 1:
             return len(self._buckets[-self.D % b])
         kv = self.kv
-        return int(((kv + (steps + b - 1)) // b - (kv + (b - 1)) // b).sum())
+        return int(_add_reduce((kv + (steps + b - 1)) // b - (kv + (b - 1)) // b))
 
     def _grow(self, k: int) -> None:
         """Every decoder writes k more slots (blocks taken in the reference's order)."""
@@ -292,10 +293,10 @@ class ImplicitBatch(BatchBase):
             else:
                 kv = self.kv
                 need = (kv + (k + b - 1)) // b - (kv + (b - 1)) // b
-                idx = np.flatnonzero(need)
+                idx = need.nonzero()[0]
                 if len(idx):
                     self.kv_alloc.take_blocks(self.ids[idx].tolist(), need[idx].tolist())
-                    self._held_sum += int(need.sum())
+                    self._held_sum += int(_add_reduce(need))
         self.D += k
         self.tokens_stale = True
 
@@ -311,7 +312,7 @@ class ImplicitBatch(BatchBase):
     def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray, num_waiting: int,
                next_reservation: int | None) -> StepOutcome:
         t, k = self.t, len(durations_s)
-        ends = start_s + np.cumsum(durations_s) if k > 1 else start_s + durations_s
+        ends = start_s + durations_s.cumsum() if k > 1 else start_s + durations_s
         for rid in plan.preempted_ids:
             t.num_preemptions[rid] += 1
         n_dec = len(plan.decode_ids)
@@ -341,12 +342,12 @@ class ImplicitBatch(BatchBase):
         k = len(ends)
         c = self._c
         if self._uniform_last_tok == start_s:   # every decoder's last token ended the previous step
-            gap = float(durations_s.max()) if k > 1 else float(durations_s[0])
+            gap = float(_max_reduce(durations_s)) if k > 1 else float(durations_s[0])
             for d in self._fresh:
                 d.start_c, d.fresh = c, False
         else:   # gaps since each one's last token; those that decoded last share one
             first = float(ends[0])
-            tail = float(durations_s[1:].max()) if k > 1 else -math.inf
+            tail = float(_max_reduce(durations_s[1:])) if k > 1 else -math.inf
             old = first - self._last_end
             gap = max(old, tail) if self._cols.shape[1] > len(self._fresh) else tail
             gaps = []

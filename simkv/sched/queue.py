@@ -152,15 +152,17 @@ class QueuedScheduler:
                                   final_tokens=int(t.final_kv_tokens[rid]),
                                   max_new_tokens=int(t.max_new_tokens[rid]), max_model_len=self.max_model_len)
 
-    def repeated_decodes(self, arrival_sensitive: bool, limit: int | None = None) -> StepPlan:
+    def repeated_decodes(self, arrival_sensitive: bool, limit: int | None = None,
+                         decodes: tuple[np.ndarray, np.ndarray] | None = None) -> StepPlan:
         """All decoders for as many identical steps as nothing can change: up to the first
-        completion, within the free blocks, `limit` and max_repeat."""
+        completion, within the free blocks, `limit` and max_repeat. `decodes`: the batch's
+        (ids copy, next contexts) when the caller already made them this step."""
         b = self.batch
         if b.has_beams:  # beams re-select every step: no fast-forward
             limit = 1
         steps = min(b.remaining_min(), self.max_repeat, limit or self.max_repeat)
-        return StepPlan(b.ids.copy(), b.next_ctx(), max_steps=b.max_decode_steps(max(1, steps)),
-                        arrival_sensitive=arrival_sensitive)
+        ids, ctx = decodes if decodes is not None else (b.ids.copy(), b.next_ctx())
+        return StepPlan(ids, ctx, max_steps=b.max_decode_steps(max(1, steps)), arrival_sensitive=arrival_sensitive)
 
     def stuck(self) -> RuntimeError:
         return RuntimeError(f"request {self.waiting[0]} can never be admitted to an empty engine")
