@@ -44,12 +44,14 @@ class TwinCaches(RuleBasedStateMachine):
         return out[0]
 
     @rule(target=live, prefix=st.integers(0, 3), shared=st.integers(0, 12), own=st.integers(0, 20),
-          extra=st.integers(0, 3), reserve=st.integers(0, 200), register=st.floats(0, 1))
-    def allocate(self, prefix, shared, own, extra, reserve, register):
+          extra=st.integers(0, 3), reserve=st.integers(0, 200), register=st.floats(0, 1), repeat=st.integers(0, 3))
+    def allocate(self, prefix, shared, own, extra, reserve, register, repeat):
         rid = self.next_id
         self.next_id += 1
         b = self.new.block_size
         hashes = [("p", prefix, i) for i in range(shared)] + [("r", rid, i) for i in range(shared, shared + own)]
+        if repeat and own > repeat:   # one of its own names twice (first come keeps it; never a hit, so
+            hashes[-1] = hashes[-1 - repeat]   # no block is twice in a table)
         tokens = len(hashes) * b + extra
         hits = self.both("match_prefix", hashes)
         if hits * b >= tokens and hits:

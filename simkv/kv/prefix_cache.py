@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from itertools import takewhile
+from itertools import repeat, takewhile
 from typing import Hashable
 
 import numpy as np
@@ -287,9 +287,17 @@ class PrefixCachingAllocator(PagedAllocator):
         if full > done:
             block_of, hash_of = self._block_of, self._hash_of
             names, blocks = hashes[done:full], table[done:full]
-            if (not any(map(self._named_a.__getitem__, blocks)) and block_of.keys().isdisjoint(names)
-                    and len(set(names)) == len(names)):   # each gets its name, as in the loop below (in C)
+            # the common case in C: no block named yet (a block is named iff it is a key of _hash_of), no
+            # name taken, the names distinct (block_of grows by all of them; else those keys, all new, go
+            # again and the loop below gives each repeated name to its first block)
+            fast = hash_of.keys().isdisjoint(blocks) and block_of.keys().isdisjoint(names)
+            if fast:
+                before = len(block_of)
                 block_of.update(zip(names, blocks))
+                if len(block_of) - before != len(names):
+                    deque(map(block_of.pop, names, repeat(None)), 0)
+                    fast = False
+            if fast:
                 hash_of.update(zip(blocks, names))
                 self._named[blocks] = 1
             else:
