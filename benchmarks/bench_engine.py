@@ -13,12 +13,14 @@ Workloads (each point in its own single-threaded process):
   preset: chunked prefill, prefix caching, multi-turn conversations).
 
     python benchmarks/bench_engine.py [--workloads paged,tgi,...] [--requests N] [--against REF | --no-against]
-                                      [--million] [--fleet]
+                                      [--million] [--fleet] [--repeat N]
 
 `--against REF` (default: PREVIOUS_RELEASE below) extracts that commit with `git archive` into a
 temporary folder and runs the same points with it; `--million` adds one point of 1,000,000
 paged-chat requests (this tree only); `--fleet` adds the per-request cost of a 16-replica fleet
-against one replica (benchmarks/bench_fleet.py). Run on demand, not in the test suite: timings
+against one replica (benchmarks/bench_fleet.py); `--repeat N` runs each point N times, the two trees
+interleaved, and shows the run with the median CPU time (a shared machine's load changes over
+minutes; interleaving makes the ratio robust to it). Run on demand, not in the test suite: timings
 depend on the machine and its load.
 """
 
@@ -81,6 +83,11 @@ def previous_tree(ref: str, into: Path) -> Path | None:
     return into
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median CPU time (the lower middle one of an even number)."""
+    return sorted(runs, key=lambda r: r["cpu_s"])[(len(runs) - 1) // 2]
+
+
 def row(label: str, n: int, r: dict) -> str:
     return (f"{label:34s} {n:>10,d} {r['wall_s']:8.2f} {n / r['wall_s']:9,.0f} {n / r['cpu_s']:9,.0f} "
             f"{r['steps'] / r['wall_s']:9,.0f} {r['rss_peak_mib']:9.0f}")
@@ -94,6 +101,8 @@ def main() -> None:
     ap.add_argument("--no-against", action="store_true", help="time this tree only")
     ap.add_argument("--million", action="store_true", help="also 1,000,000 paged-chat requests (this tree)")
     ap.add_argument("--fleet", action="store_true", help="also a 16-replica fleet against one replica")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per point, the two trees interleaved; the run with the median CPU time is shown")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="simkv-previous-") as tmp:
         prev = None if args.no_against else previous_tree(args.against, Path(tmp))
@@ -103,13 +112,19 @@ def main() -> None:
               f"{'steps/s':>9s} {'peak MiB':>9s}")
         for w in args.workloads.split(","):
             n = args.requests or WORKLOADS[w][2]
-            this = run_point(ROOT, w, n)
+            runs: dict[str, list[dict]] = {"this": [], "prev": []}
+            for _ in range(args.repeat):   # interleaved, so a change in the host's load hits both trees alike
+                runs["this"].append(run_point(ROOT, w, n))
+                if prev is not None:
+                    runs["prev"].append(run_point(prev, w, n))
+            this = median_run(runs["this"])
             print(row(f"{w}: this tree", n, this), flush=True)
             if prev is not None:
-                before = run_point(prev, w, n)
+                before = median_run(runs["prev"])
                 print(row(f"{w}: {args.against}", n, before))
                 print(f"{'':34s} speed-up {before['wall_s'] / this['wall_s']:.2f}x wall, "
-                      f"{before['cpu_s'] / this['cpu_s']:.2f}x CPU time", flush=True)
+                      f"{before['cpu_s'] / this['cpu_s']:.2f}x CPU time"
+                      + (f" (medians of {args.repeat} interleaved runs)" if args.repeat > 1 else ""), flush=True)
     if args.million:
         n = 1_000_000
         print(row("paged: this tree", n, run_point(ROOT, "paged", n)), flush=True)
