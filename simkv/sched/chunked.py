@@ -132,7 +132,7 @@ class ChunkedPrefillScheduler(QueuedScheduler):
             return self._plan_with_chunks(decode_ids, decode_ctx, chunks, tuple(preempted))
         if preempted:
             return StepPlan(decode_ids, decode_ctx, preempted_ids=tuple(preempted))
-        return self.repeated_decodes(arrival_sensitive=not self.waiting)
+        return self.repeated_decodes(arrival_sensitive=not self.waiting, decodes=(decode_ids, decode_ctx))
 
     def _plan_with_chunks(self, decode_ids, decode_ctx, chunks, preempted) -> StepPlan:
         b = self.batch

@@ -12,7 +12,7 @@ import numpy as np
 from simkv.kv.base import KVAllocator
 from simkv.kv.reservation import reservation_tokens
 from simkv.request import RequestTable
-from simkv.sched.base import StepOutcome, StepPlan
+from simkv.sched.base import _EMPTY, StepOutcome, StepPlan
 from simkv.sched.batch import RunningBatch
 from simkv.sched.implicit_batch import ImplicitBatch
 
@@ -140,9 +140,9 @@ class QueuedScheduler:
         """A step that prefills the (rid, tokens) requests whole, with the given decodes."""
         cols = np.array(admitted, dtype=np.int64)   # (rid, tokens) rows
         ids, new = cols[:, 0], cols[:, 1]
-        # every prefill completes: prefill_done stays empty (StepPlan: "empty: all do")
         if decode_ids is None:
-            return StepPlan(prefill_ids=ids, prefill_new=new, prefill_ctx=new.copy(), preempted_ids=preempted)
+            decode_ids = decode_ctx = _EMPTY
+        # every prefill completes: prefill_done stays empty (StepPlan: "empty: all do")
         return StepPlan(decode_ids, decode_ctx, ids, new, new.copy(), preempted_ids=preempted)
 
     def reservation_for(self, rid: int) -> int:
