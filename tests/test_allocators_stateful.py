@@ -9,6 +9,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initial
 from simkv.kv import ContiguousAllocator, OutOfKVMemory, PagedAllocator
 from simkv.kv.buddy import BuddyAllocator, round_up_pow2
 from simkv.kv.prefix_cache import PrefixCachingAllocator
+from simkv.sched.chunked import OWN, PREFIX, block_names
 
 
 class PagedMachine(RuleBasedStateMachine):
@@ -229,7 +230,7 @@ class PrefixCacheMachine(RuleBasedStateMachine):
         rid = self.next_id
         self.next_id += 1
         b = self.a.block_size
-        hashes = [("p", prefix, i) for i in range(shared)] + [("r", rid, i) for i in range(shared, shared + own)]
+        hashes = [*block_names(PREFIX, prefix, 0, shared), *block_names(OWN, rid, shared, shared + own)]
         tokens = len(hashes) * b + extra
         hits = self.a.match_prefix(hashes)
         before = (self.a.usage(), self.a.free_block_ids(), self.a.cached_blocks())
@@ -304,7 +305,7 @@ class PrefixCacheMachine(RuleBasedStateMachine):
         if not hasattr(self, "a"):
             return
         for h, blk in self.a.cached_blocks().items():
-            assert self.a._hash_of[blk] == h
+            assert self.a.name_of(blk) == h
 
     @invariant()
     def breakdown_sums_to_capacity(self):

@@ -15,6 +15,7 @@ from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.presets import PRESETS, Target, apply_preset, sglang_max_running_requests, sglang_memory_defaults
 from simkv.request import RequestTable
 from simkv.scenario import Engine
+from simkv.sched.chunked import PREFIX, block_names
 from simkv.sched.sglang import SglangScheduler
 from simkv.sched.trtllm import TrtllmScheduler
 from simkv.simulate import run_simulation
@@ -186,7 +187,7 @@ def test_radix_cache_pages_evict_leaves_before_their_parents():
     """A freed sequence joins the LRU queue tail first, so its deepest pages go first and a cached
     prefix stays matchable: an independent trie walk gives the same hit counts."""
     kv = PrefixCachingAllocator(12, 1)
-    a = [("p", 0, i) for i in range(8)]
+    a = list(block_names(PREFIX, 0, 0, 8))
     kv.allocate_cached(1, a, 0, 8, 8)
     kv.register(1, a, 8)
     kv.free(1)

@@ -28,6 +28,8 @@ from simkv.workload.stream import generate_stream
 
 from conftest import ROOT, small_scenario
 
+A, B, C = 1, 2, 3   # block content names (ints, as simkv.sched.chunked.block_name gives)
+
 # llama3-8b: 2 (K, V) x 32 layers x 8 KV heads x 128 head_dim x 2 bytes (bf16), by hand
 LLAMA3_8B_KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2
 H100_DEVICE = json.loads((ROOT / "simkv" / "cost" / "data" / "h100" / "device.json").read_text())
@@ -62,57 +64,57 @@ def _run(scenario):
 # ---------------------------------------------------------------- tier mechanics, by hand
 def test_on_eviction_writes_a_block_down_only_when_the_gpu_evicts_it_and_loads_it_back():
     kv = _cache(4, 4, ON_EVICTION, host_blocks=4)
-    kv.allocate_cached(0, ["a", "b"], 0, 8, 8)
-    kv.register(0, ["a", "b"], 8)
+    kv.allocate_cached(0, [A, B], 0, 8, 8)
+    kv.register(0, [A, B], 8)
     kv.free(0)
     host = kv.offload.tiers[0]
     assert host.blocks_written == 0                     # cached on the GPU, nothing written yet
     kv.allocate(1, 16)                                  # takes every block: a and b evicted
-    assert list(host.blocks) == ["b", "a"]              # the tail block is evicted first
+    assert list(host.blocks) == [B, A]              # the tail block is evicted first
     assert host.blocks_written == 2
     kv.free(1)
-    assert kv.match_prefix(["a", "b", "c"]) == 2        # both held, in the host tier
-    assert kv.can_allocate_cached(["a", "b"], 2, 9)
-    kv.allocate_cached(2, ["a", "b"], 2, 9, 9)
+    assert kv.match_prefix([A, B, C]) == 2        # both held, in the host tier
+    assert kv.can_allocate_cached([A, B], 2, 9)
+    kv.allocate_cached(2, [A, B], 2, 9, 9)
     assert kv.take_pending_loads() == {"host": 2} and kv.take_pending_loads() == {}
     assert host.blocks_read == 2 and kv.offload.hit_blocks["host"][2] == 2
-    assert kv.cached_blocks().keys() >= {"a", "b"}      # named on the GPU again
+    assert kv.cached_blocks().keys() >= {A, B}      # named on the GPU again
     assert len(kv.block_table(2)) == 3 and kv.num_free_blocks == 1
 
 
 def test_write_through_writes_every_named_block_at_once_and_spills_to_ssd_when_the_host_is_full():
     kv = _cache(8, 4, WRITE_THROUGH, host_blocks=1, ssd_blocks=4)
-    kv.allocate_cached(0, ["a", "b", "c"], 0, 12, 12)
-    kv.register(0, ["a", "b", "c"], 8)                  # two full blocks computed
+    kv.allocate_cached(0, [A, B, C], 0, 12, 12)
+    kv.register(0, [A, B, C], 8)                  # two full blocks computed
     host, ssd = kv.offload.tiers
-    assert list(host.blocks) == ["b"] and host.blocks_written == 2 and host.blocks_dropped == 1
-    assert list(ssd.blocks) == ["a", "b"] and ssd.blocks_written == 2   # written through to both levels
-    kv.register(0, ["a", "b", "c"], 12)
-    assert list(host.blocks) == ["c"] and list(ssd.blocks) == ["a", "b", "c"]
+    assert list(host.blocks) == [B] and host.blocks_written == 2 and host.blocks_dropped == 1
+    assert list(ssd.blocks) == [A, B] and ssd.blocks_written == 2   # written through to both levels
+    kv.register(0, [A, B, C], 12)
+    assert list(host.blocks) == [C] and list(ssd.blocks) == [A, B, C]
     kv.free(0)
     kv.allocate(1, 32)                                  # evicts a, b, c from the GPU: nothing more written
     assert ssd.blocks_written == 3 and host.blocks_written == 3
     kv.free(1)
-    kv.allocate_cached(2, ["a", "b", "c"], 3, 13, 13)
+    kv.allocate_cached(2, [A, B, C], 3, 13, 13)
     assert kv.take_pending_loads() == {"ssd": 2, "host": 1}
 
 
 def test_on_eviction_demotes_the_host_tiers_lru_block_to_the_ssd():
     kv = _cache(2, 1, ON_EVICTION, host_blocks=1, ssd_blocks=2)
-    kv.allocate_cached(0, ["a", "b"], 0, 2, 2)
-    kv.register(0, ["a", "b"], 2)
+    kv.allocate_cached(0, [A, B], 0, 2, 2)
+    kv.register(0, [A, B], 2)
     kv.free(0)
     kv.allocate(1, 2)                                   # GPU evicts b then a; the host keeps one
     host, ssd = kv.offload.tiers
-    assert list(host.blocks) == ["a"] and list(ssd.blocks) == ["b"]
+    assert list(host.blocks) == [A] and list(ssd.blocks) == [B]
     assert (host.blocks_written, ssd.blocks_written, host.blocks_dropped) == (2, 1, 1)
 
 
 def test_a_block_held_on_the_gpu_is_reused_not_loaded():
     kv = _cache(6, 4, WRITE_THROUGH, host_blocks=8)
-    kv.allocate_cached(0, ["a", "b"], 0, 8, 8)
-    kv.register(0, ["a", "b"], 8)
-    kv.allocate_cached(1, ["a", "b"], 2, 9, 9)          # shared with the running request 0
+    kv.allocate_cached(0, [A, B], 0, 8, 8)
+    kv.register(0, [A, B], 8)
+    kv.allocate_cached(1, [A, B], 2, 9, 9)          # shared with the running request 0
     assert kv.take_pending_loads() == {} and kv.offload.hit_blocks["gpu"][1] == 2
     assert kv.block_table(1)[:2] == kv.block_table(0)
 

@@ -13,6 +13,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initial
 from reference_prefix_cache import ReferenceOffloadingCache, ReferencePrefixCache
 from simkv.kv.offload import ON_EVICTION, WRITE_THROUGH, OffloadingPrefixCache, OffloadTiers, Tier
 from simkv.kv.prefix_cache import PrefixCachingAllocator
+from simkv.sched.chunked import OWN, PREFIX, block_names
 
 
 def _tiers(policy: str, host: int, ssd: int) -> OffloadTiers:
@@ -49,7 +50,7 @@ class TwinCaches(RuleBasedStateMachine):
         rid = self.next_id
         self.next_id += 1
         b = self.new.block_size
-        hashes = [("p", prefix, i) for i in range(shared)] + [("r", rid, i) for i in range(shared, shared + own)]
+        hashes = [*block_names(PREFIX, prefix, 0, shared), *block_names(OWN, rid, shared, shared + own)]
         if repeat and own > repeat:   # one of its own names twice (first come keeps it; never a hit, so
             hashes[-1] = hashes[-1 - repeat]   # no block is twice in a table)
         tokens = len(hashes) * b + extra
@@ -101,7 +102,9 @@ class TwinCaches(RuleBasedStateMachine):
         assert [n.ref_count(b) for b in range(n.num_blocks)] == [r.ref_count(b) for b in range(r.num_blocks)]
         assert n.shared_excess == r.shared_excess
         assert n.usage() == r.usage()
-        assert {b for b in range(n.num_blocks) if n._named[b]} == set(n._hash_of)
+        # the block -> name array is the inverse of the name -> block map
+        names = {b: n.name_of(b) for b in range(n.num_blocks) if n.name_of(b) is not None}
+        assert names == {b: h for h, b in n.cached_blocks().items()}
         if isinstance(n, OffloadingPrefixCache):
             for tn, tr in zip(n.offload.all_tiers, r.offload.all_tiers):
                 assert list(tn.blocks) == list(tr.blocks)
@@ -121,7 +124,7 @@ def test_queue_stays_bounded_under_hits():
     """Blocks hit and freed again leave stale entries behind: compaction keeps the queue within
     twice the blocks plus the slack, however long the run."""
     a = PrefixCachingAllocator(40, 4)
-    hashes = [("p", 0, i) for i in range(10)]
+    hashes = list(block_names(PREFIX, 0, 0, 10))
     for rid in range(5000):
         hits = a.match_prefix(hashes)
         a.allocate_cached(rid, hashes, min(hits, 9), 40, 40)

@@ -184,11 +184,10 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
         return need + self.blocks_for(watermark_tokens) <= self._nfree
 
     # ------------------------------------------------------------ allocation
-    def _forget(self, blocks: list[int]) -> None:
+    def _forget(self, blocks, names: list[int]) -> None:
         """Each name a taken block loses goes to the tiers (on_eviction), in the order taken."""
-        hash_of, block_of = self._hash_of, self._block_of
-        for block in blocks:
-            old = hash_of.pop(block)
+        block_of = self._block_of
+        for block, old in zip(blocks, names):
             if block_of.get(old) == block:
                 del block_of[old]
                 self.offload.on_gpu_evict(old)
@@ -218,7 +217,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
         for i, h, tier in loads:
             block = self._take_blocks(1)[0]
             if h not in self._block_of:
-                self._name(block, h)
+                self._give_name(block, h)
                 self.offload.on_named(h)
             table[i] = block
             self.pending_loads[tier.name] = self.pending_loads.get(tier.name, 0) + 1

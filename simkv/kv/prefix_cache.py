@@ -29,14 +29,13 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from itertools import repeat, takewhile
-from typing import Hashable
-
 import numpy as np
 
 from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
 from simkv.kv.paged import PagedAllocator
 
 _I64 = np.int64
+_max_reduce = np.maximum.reduce   # ndarray.max without its Python wrapper
 _NONE = np.zeros(0, dtype=_I64)
 _SMALL = 8   # takes of at most this many blocks walk the queue in Python (fewer numpy calls)
 
@@ -61,14 +60,16 @@ class PrefixCachingAllocator(PagedAllocator):
         self._next_stamp = 1
         self._queued = num_blocks    # entries not yet passed by the front, live or stale
         self._nfree = num_blocks
-        self._named_a = array("b", bytes(num_blocks))      # the block holds a cached content name
-        self._named = np.frombuffer(self._named_a, dtype=np.int8)
-        self._hash_of: dict[int, Hashable] = {}
-        self._block_of: dict[Hashable, int] = {}
+        # the content name each block holds (a non-negative int, simkv.sched.chunked.block_name), -1 if none;
+        # an array, not a dict, so naming and evicting a request's blocks is one numpy call, not a dict
+        # operation per block (with the cache misses of a dict of every block)
+        self._name_a = array("q", [-1]) * num_blocks
+        self._name = np.frombuffer(self._name_a, dtype=_I64)
+        self._block_of: dict[int, int] = {}   # name -> block (the inverse of _name)
         self._registered: dict[int, int] = {}   # req_id -> leading blocks already hashed
         self.shared_excess = 0                   # sum over blocks of (references - 1)
 
-    _VIEWS = {"_ref": ("_ref_a", _I64), "_stamp": ("_stamp_a", _I64), "_named": ("_named_a", np.int8)}
+    _VIEWS = {"_ref": ("_ref_a", _I64), "_stamp": ("_stamp_a", _I64), "_name": ("_name_a", _I64)}
 
     def __getstate__(self) -> dict:   # copies and pickles: the numpy views are remade on the copied arrays
         return {k: v for k, v in self.__dict__.items() if k not in self._VIEWS}
@@ -91,6 +92,11 @@ class PrefixCachingAllocator(PagedAllocator):
 
     def cached_blocks(self) -> dict:
         return dict(self._block_of)
+
+    def name_of(self, block: int) -> int | None:
+        """The content name `block` holds, None if it holds none."""
+        h = self._name_a[block]
+        return h if h >= 0 else None
 
     def match_prefix(self, hashes: list) -> int:
         """How many leading blocks of `hashes` are cached (pure)."""
@@ -194,34 +200,37 @@ class PrefixCachingAllocator(PagedAllocator):
         taken = self._pop_free(n)
         self._nfree -= n
         if n <= _SMALL:
-            ref_a, named_a = self._ref_a, self._named_a
-            named = []
+            ref_a, name_a = self._ref_a, self._name_a
+            blocks, names = [], []
             for b in taken:
                 ref_a[b] = 1
-                if named_a[b]:
-                    named_a[b] = 0
-                    named.append(b)
-            if named:
-                self._forget(named)
+                h = name_a[b]
+                if h >= 0:
+                    name_a[b] = -1
+                    blocks.append(b)
+                    names.append(h)
+            if names:
+                self._forget(blocks, names)
             return taken
         self._ref[taken] = 1
-        named_arr = taken[self._named[taken].view(bool)]
-        if len(named_arr):
-            self._named[named_arr] = 0
-            self._forget(named_arr.tolist())
+        names_arr = self._name[taken]
+        named = (names_arr >= 0).nonzero()[0]
+        if len(named):
+            blocks_arr = taken[named]
+            self._name[blocks_arr] = -1
+            self._forget(blocks_arr, names_arr[named].tolist())
         return taken.tolist()
 
-    def _forget(self, blocks: list[int]) -> None:
-        """Taken blocks lose their cached names (in the order they were taken). `_block_of` and
-        `_hash_of` are inverse maps (a name is given only to an unnamed block and taken back with
-        it), so each name goes from both, in one loop in C."""
-        deque(map(self._block_of.pop, map(self._hash_of.pop, blocks)), 0)
+    def _forget(self, blocks, names: list[int]) -> None:
+        """Taken `blocks` have lost their cached `names` (in the order they were taken; `_name` is
+        already cleared): the names leave `_block_of`, in one loop in C (`_name` and `_block_of`
+        are inverse maps: a name is given only to an unnamed block and taken back with it)."""
+        deque(map(self._block_of.pop, names), 0)
 
-    def _name(self, block: int, h: Hashable) -> None:
+    def _give_name(self, block: int, h: int) -> None:
         """Give unnamed `block` the unused name `h` (an offload tier's load)."""
         self._block_of[h] = block
-        self._hash_of[block] = h
-        self._named_a[block] = 1
+        self._name_a[block] = h
 
     def _pin(self, blocks: list[int]) -> None:
         """One more reference to each of `blocks` (cache hits; distinct blocks): free ones leave the queue."""
@@ -285,30 +294,27 @@ class PrefixCachingAllocator(PagedAllocator):
         full = min(num_tokens // self.block_size, len(hashes), len(table))
         done = self._registered.get(req_id, 0)
         if full > done:
-            block_of, hash_of = self._block_of, self._hash_of
+            block_of, name_a = self._block_of, self._name_a
             names, blocks = hashes[done:full], table[done:full]
-            # the common case in C: no block named yet (a block is named iff it is a key of _hash_of), no
-            # name taken, the names distinct (block_of grows by all of them; else those keys, all new, go
-            # again and the loop below gives each repeated name to its first block)
-            fast = hash_of.keys().isdisjoint(blocks) and block_of.keys().isdisjoint(names)
-            if fast:
-                before = len(block_of)
-                block_of.update(zip(names, blocks))
-                if len(block_of) - before != len(names):
-                    deque(map(block_of.pop, names, repeat(None)), 0)
-                    fast = False
-            if fast:
-                hash_of.update(zip(blocks, names))
-                self._named[blocks] = 1
-            else:
-                named = []
+            fast = False
+            if full - done > _SMALL:
+                # the common case in numpy and C: no block named yet, no name taken, the names distinct
+                # (block_of grows by all of them; else those keys, all new, go again and the loop below
+                # gives each repeated name to its first block)
+                barr = np.fromiter(blocks, _I64, len(blocks))
+                if _max_reduce(self._name[barr]) < 0 and block_of.keys().isdisjoint(names):
+                    before = len(block_of)
+                    block_of.update(zip(names, blocks))
+                    fast = len(block_of) - before == len(names)
+                    if fast:
+                        self._name[barr] = np.fromiter(names, _I64, len(names))
+                    else:
+                        deque(map(block_of.pop, names, repeat(None)), 0)
+            if not fast:
                 for h, block in zip(names, blocks):
-                    if h not in block_of and block not in hash_of:
+                    if name_a[block] < 0 and h not in block_of:
                         block_of[h] = block
-                        hash_of[block] = h
-                        named.append(block)
-                if named:
-                    self._named[named] = 1
+                        name_a[block] = h
         self._registered[req_id] = max(full, done)
 
     def fork_into(self, child: int, parent: int) -> bool:
