@@ -29,6 +29,7 @@ from simkv.request import PROMPT_OVER_PREFILL_BUDGET, REJECTED, RequestTable
 from simkv.presets import Target, apply_preset, preset_target, resolve_engine  # noqa: F401 (re-exported)
 from simkv.cost.block_size import PER_TOKEN_GATHER_SCHEDULERS, decode_attention_factor
 from simkv.sched import SCHEDULERS, Scheduler
+from simkv.sched.chunked import dense_block_ids
 from simkv.workload.stream import RequestStream
 
 if TYPE_CHECKING:  # the schema is an input: the core never imports it at run time
@@ -219,7 +220,7 @@ def _request_table(stream: RequestStream, max_len: int, overlong: str) -> tuple[
     prefix_tokens = None if stream.prefix_tokens is None else np.minimum(stream.prefix_tokens, prompt)
     # a copy: the engine writes the arrival of each session's later turn, and variants share the stream
     table = RequestTable(stream.arrival_s.copy(), prompt, output, max_new, reason, stream.prefix_id, prefix_tokens, stream.group)
-    table.trace_blocks, table.trace_block_tokens = stream.block_ids, stream.block_tokens
+    table.trace_blocks, table.trace_block_tokens = dense_block_ids(stream.block_ids), stream.block_tokens
     table.class_id = stream.class_id
     table.session, table.next_turn, table.think_s = stream.session, stream.next_turn, stream.think_s
     return table, truncated

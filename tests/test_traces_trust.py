@@ -20,6 +20,7 @@ import simkv
 from simkv.errors import SimkvError
 from simkv.scenario import TraceSpec
 from simkv.files.traces import read_trace
+from simkv.simulate import simulate_all
 from simkv.workload.stream import generate_stream
 
 from conftest import ROOT
@@ -324,3 +325,42 @@ def test_fuzzed_trace_through_the_cli(tmp_path):
             assert proc.returncode in (0, 2), proc.stderr
             if proc.returncode == 2:
                 assert ERROR.match(proc.stderr), proc.stderr
+
+
+def test_block_ids_up_to_2_63_name_blocks_as_small_ones_do(tmp_path):
+    """Block ids may be any whole number below 2^63; the prefix cache's names must stay within
+    int64, so large ids are renumbered (in order of first appearance): the same prefix sharing,
+    so the same results as the trace written with small ids."""
+    rng = random.Random(5)
+    rows = []
+    for i in range(40):
+        shared = rng.randint(1, 3)
+        ids = list(range(shared)) + [100 + 10 * i + j for j in range(rng.randint(0, 2))]
+        rows.append({"t": 50 * i, "p": 512 * len(ids), "o": rng.randint(1, 40), "ids": ids})
+    big = 2 ** 63 - 1000
+    results = []
+    for offset in (0, big):
+        lines = [json.dumps({**r, "ids": [offset + b for b in r["ids"]]}) for r in rows]
+        trace = f"t{offset}.jsonl"   # a file each (traces are cached by path)
+        (tmp_path / trace).write_text("\n".join(lines) + "\n")
+        (tmp_path / "s.yaml").write_text(SCENARIO.format(
+            trace=json.dumps({"path": trace, "columns": {"arrival": "t", "prompt": "p", "output": "o",
+                                                          "block_ids": "ids"}, "time_unit": "ms"}),
+            extra="").replace("engine: {max_model_len: 4096}", "engine: {preset: vllm-v1, max_model_len: 4096}"))
+        sc = simkv.load_scenario(str(tmp_path / "s.yaml"))
+        res = simulate_all(sc)["base"]
+        results.append((res.summary, {k: np.asarray(v).tolist() for k, v in res.requests.items()}))
+    assert results[0][0]["kv_cache"]["prefix_cache"]["hit_rate"] > 0.3
+    assert results[0] == results[1]
+
+
+def test_a_trace_rewritten_in_the_same_process_is_read_again(tmp_path):
+    """Traces are read once per process while the file is unchanged: a notebook that rewrites
+    one between runs gets the new requests, not the cached old ones."""
+    from simkv.simulate import stream_for
+    prompts = []
+    for p in (100, 300):
+        (tmp_path / "t.jsonl").write_text(f'{{"t": 0, "p": {p}, "o": 2}}\n{{"t": 5, "p": {p}, "o": 2}}\n')
+        (tmp_path / "s.yaml").write_text(SCENARIO.format(trace=json.dumps({"path": "t.jsonl", "columns": JL}), extra=""))
+        prompts.append(stream_for(simkv.load_scenario(str(tmp_path / "s.yaml"))).prompt_tokens.tolist())
+    assert prompts == [[100, 100], [300, 300]]

@@ -408,7 +408,21 @@ def trace_stats(data: TraceData) -> dict:
     return out
 
 
-@lru_cache(maxsize=8)
 def trace_for(spec: TraceSpec | None) -> TraceData | None:
-    """The trace a workload names (read once per process), or None."""
-    return None if spec is None else read_trace(spec)
+    """The trace a workload names, or None: read once per process while the file is unchanged
+    (a notebook that rewrites a trace between runs gets the new one)."""
+    if spec is None:
+        return None
+    stamp = None
+    if spec.path is not None:
+        try:
+            st = os.stat(spec.path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:   # read_trace reports it
+            pass
+    return _read_once(spec, stamp)
+
+
+@lru_cache(maxsize=8)
+def _read_once(spec: TraceSpec, stamp: tuple | None) -> TraceData:
+    return read_trace(spec)

@@ -39,9 +39,22 @@ if TYPE_CHECKING:
 
 
 # Block content names: block i of (kind, id) is the int id * 2^35 + 8 i + kind, distinct for every
-# (kind, id, i) with 0 <= i < 2^32 (ints hash and compare faster than tuples; the prefix cache
-# names and evicts hundreds of blocks per request)
+# (kind, id, i) with 0 <= i < 2^32, and below 2^63 for ids below 2^28, so the prefix cache keeps them in
+# int64 arrays (simkv.kv.prefix_cache; ints hash and compare faster than tuples, and it names and evicts
+# hundreds of blocks per request). Request, session, prefix and group ids are row numbers; trace block
+# ids may be any whole number below 2^63, so `dense_block_ids` renumbers them when they are larger.
 SESSION, TRACE, PREFIX, GROUP, OWN = range(5)
+MAX_NAME_ID = 2 ** 28
+
+
+def dense_block_ids(block_ids: list | None) -> list | None:
+    """A trace's per-request block ids, renumbered 0, 1, ... in order of first appearance when any
+    is too large for a block name (only equality matters: two requests share a block iff they
+    share its id); unchanged otherwise."""
+    if block_ids is None or all(max(ids) < MAX_NAME_ID for ids in block_ids if ids):
+        return block_ids
+    dense: dict[int, int] = {}
+    return [[dense.setdefault(b, len(dense)) for b in ids] for ids in block_ids]
 
 
 def block_name(kind: int, ident: int, i: int) -> int:
