@@ -6,6 +6,8 @@ every eviction is the reference's."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, rule
@@ -50,9 +52,11 @@ class TwinCaches(RuleBasedStateMachine):
         rid = self.next_id
         self.next_id += 1
         b = self.new.block_size
-        hashes = [*block_names(PREFIX, prefix, 0, shared), *block_names(OWN, rid, shared, shared + own)]
+        hashes: Sequence[int] = [*block_names(PREFIX, prefix, 0, shared), *block_names(OWN, rid, shared, shared + own)]
         if repeat and own > repeat:   # one of its own names twice (first come keeps it; never a hit, so
             hashes[-1] = hashes[-1 - repeat]   # no block is twice in a table)
+        elif not shared or not own:   # one content: a range, as the schedulers pass it
+            hashes = block_names(PREFIX, prefix, 0, shared) if shared else block_names(OWN, rid, 0, own)
         tokens = len(hashes) * b + extra
         hits = self.both("match_prefix", hashes)
         if hits * b >= tokens and hits:

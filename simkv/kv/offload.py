@@ -159,7 +159,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
 
     # ------------------------------------------------------------ lookups
     def _held(self, h: Hashable) -> bool:
-        return h in self._block_of or self.offload.locate(h) is not None
+        return self._blocks.block(h) >= 0 or self.offload.locate(h) is not None
 
     def match_prefix(self, hashes: list) -> int:
         """Leading blocks of `hashes` held on the GPU or in a tier below (pure)."""
@@ -174,8 +174,8 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
         """Free GPU blocks the first `hits` blocks take: cached free ones, and one per block loaded."""
         need = 0
         for h in hashes[:hits]:
-            block = self._block_of.get(h)
-            if block is None or self._ref[block] == 0:
+            block = self._blocks.block(h)
+            if block < 0 or self._ref_a[block] == 0:
                 need += 1
         return need
 
@@ -186,10 +186,12 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
     # ------------------------------------------------------------ allocation
     def _forget(self, blocks, names: list[int]) -> None:
         """Each name a taken block loses goes to the tiers (on_eviction), in the order taken."""
-        block_of = self._block_of
+        runs = self._blocks
+        if isinstance(names, np.ndarray):
+            blocks, names = blocks.tolist(), names.tolist()
         for block, old in zip(blocks, names):
-            if block_of.get(old) == block:
-                del block_of[old]
+            if runs.block(old) == block:
+                runs.drop(old)
                 self.offload.on_gpu_evict(old)
 
     def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int,
@@ -202,8 +204,8 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
         table: list = [None] * hits
         loads = []
         for i, h in enumerate(hashes[:hits]):   # pin the GPU hits first: taking blocks must not evict them
-            block = self._block_of.get(h)
-            if block is None:
+            block = self._blocks.block(h)
+            if block < 0:
                 tier = self.offload.locate(h)
                 tier.touch(h)
                 tier.blocks_read += 1
@@ -216,7 +218,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
             hit_blocks["gpu"][req_id] += hits - len(loads)
         for i, h, tier in loads:
             block = self._take_blocks(1)[0]
-            if h not in self._block_of:
+            if self._blocks.block(h) < 0:
                 self._give_name(block, h)
                 self.offload.on_named(h)
             table[i] = block
@@ -235,7 +237,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
         if self.offload.policy == WRITE_THROUGH:
             table = self._tables[req_id]
             for i in range(start, self._registered[req_id]):
-                if self._block_of.get(hashes[i]) == table[i]:
+                if self._blocks.block(hashes[i]) == table[i]:
                     self.offload.on_named(hashes[i])
 
     def take_pending_loads(self) -> dict[str, int]:

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from itertools import repeat, takewhile
 import numpy as np
 
 from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
+from simkv.kv.name_runs import NameRuns
 from simkv.kv.paged import PagedAllocator
 
 _I64 = np.int64
@@ -65,7 +65,7 @@ class PrefixCachingAllocator(PagedAllocator):
         # operation per block (with the cache misses of a dict of every block)
         self._name_a = array("q", [-1]) * num_blocks
         self._name = np.frombuffer(self._name_a, dtype=_I64)
-        self._block_of: dict[int, int] = {}   # name -> block (the inverse of _name)
+        self._blocks = NameRuns()   # name -> block (the inverse of _name), as runs of arrays
         self._registered: dict[int, int] = {}   # req_id -> leading blocks already hashed
         self.shared_excess = 0                   # sum over blocks of (references - 1)
 
@@ -91,7 +91,7 @@ class PrefixCachingAllocator(PagedAllocator):
         return int(self._ref[block])
 
     def cached_blocks(self) -> dict:
-        return dict(self._block_of)
+        return self._blocks.items()
 
     def name_of(self, block: int) -> int | None:
         """The content name `block` holds, None if it holds none."""
@@ -100,17 +100,16 @@ class PrefixCachingAllocator(PagedAllocator):
 
     def match_prefix(self, hashes: list) -> int:
         """How many leading blocks of `hashes` are cached (pure)."""
-        return len(list(takewhile(self._block_of.__contains__, hashes)))   # the loop in C
+        return self._blocks.leading(hashes)
 
     def _free_hits(self, hashes: list, hits: int) -> int:
         """Of the first `hits` (cached) blocks of `hashes`, how many are free."""
         if not hits:
             return 0
-        blocks = list(map(self._block_of.__getitem__, hashes[:hits]))
         if hits <= _SMALL:
-            ref = self._ref_a
-            return sum(1 for b in blocks if ref[b] == 0)
-        return int(np.count_nonzero(self._ref[blocks] == 0))
+            ref, block = self._ref_a, self._blocks.block
+            return sum(1 for h in hashes[:hits] if ref[block(h)] == 0)
+        return int(np.count_nonzero(self._ref[self._blocks.blocks(hashes[:hits])] == 0))
 
     def can_allocate_cached(self, hashes: list, hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
         """Would `allocate_cached` succeed with `hits` cached leading blocks for `num_tokens` slots?"""
@@ -218,18 +217,18 @@ class PrefixCachingAllocator(PagedAllocator):
         if len(named):
             blocks_arr = taken[named]
             self._name[blocks_arr] = -1
-            self._forget(blocks_arr, names_arr[named].tolist())
+            self._forget(blocks_arr, names_arr[named])
         return taken.tolist()
 
-    def _forget(self, blocks, names: list[int]) -> None:
-        """Taken `blocks` have lost their cached `names` (in the order they were taken; `_name` is
-        already cleared): the names leave `_block_of`, in one loop in C (`_name` and `_block_of`
+    def _forget(self, blocks, names) -> None:
+        """Taken `blocks` have lost their cached `names` (lists or int64 arrays, in the order they
+        were taken; `_name` is already cleared): the names leave `_blocks` (`_name` and `_blocks`
         are inverse maps: a name is given only to an unnamed block and taken back with it)."""
-        deque(map(self._block_of.pop, names), 0)
+        self._blocks.drop_many(names)
 
     def _give_name(self, block: int, h: int) -> None:
         """Give unnamed `block` the unused name `h` (an offload tier's load)."""
-        self._block_of[h] = block
+        self._blocks.set(h, block)
         self._name_a[block] = h
 
     def _pin(self, blocks: list[int]) -> None:
@@ -260,7 +259,10 @@ class PrefixCachingAllocator(PagedAllocator):
             raise OutOfKVMemory(f"request {req_id} does not fit ({self._nfree} free blocks)")
         table = []
         if hits:
-            table = list(map(self._block_of.__getitem__, hashes[:hits]))
+            if hits <= _SMALL:
+                table = [self._blocks.block(h) for h in hashes[:hits]]
+            else:
+                table = self._blocks.blocks(hashes[:hits]).tolist()
             self._pin(table)
         table.extend(self._take_blocks(self.blocks_for(held) - len(table)))
         self._tables[req_id] = table
@@ -294,26 +296,22 @@ class PrefixCachingAllocator(PagedAllocator):
         full = min(num_tokens // self.block_size, len(hashes), len(table))
         done = self._registered.get(req_id, 0)
         if full > done:
-            block_of, name_a = self._block_of, self._name_a
+            runs, name_a = self._blocks, self._name_a
             names, blocks = hashes[done:full], table[done:full]
             fast = False
             if full - done > _SMALL:
-                # the common case in numpy and C: no block named yet, no name taken, the names distinct
-                # (block_of grows by all of them; else those keys, all new, go again and the loop below
-                # gives each repeated name to its first block)
+                # the common case in numpy: no block named yet, no name taken, the names distinct (else
+                # the loop below gives each repeated name to its first block)
                 barr = np.fromiter(blocks, _I64, len(blocks))
-                if _max_reduce(self._name[barr]) < 0 and block_of.keys().isdisjoint(names):
-                    before = len(block_of)
-                    block_of.update(zip(names, blocks))
-                    fast = len(block_of) - before == len(names)
+                if _max_reduce(self._name[barr]) < 0:
+                    fast = runs.try_set_many(names, barr)
                     if fast:
-                        self._name[barr] = np.fromiter(names, _I64, len(names))
-                    else:
-                        deque(map(block_of.pop, names, repeat(None)), 0)
+                        self._name[barr] = (np.arange(names.start, names.stop, names.step, dtype=_I64)
+                                            if type(names) is range else np.fromiter(names, _I64, len(names)))
             if not fast:
                 for h, block in zip(names, blocks):
-                    if name_a[block] < 0 and h not in block_of:
-                        block_of[h] = block
+                    if name_a[block] < 0 and runs.block(h) < 0:
+                        runs.set(h, block)
                         name_a[block] = h
         self._registered[req_id] = max(full, done)
 

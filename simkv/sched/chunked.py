@@ -22,7 +22,7 @@ kernels) and together for the linear layers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -106,15 +106,16 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         if self.prefix_caching:
             self.kv.register(rid, self._hashes[rid], tokens)
 
-    def block_hashes(self, rid: int, num_tokens: int) -> list:
+    def block_hashes(self, rid: int, num_tokens: int) -> Sequence[int]:
         """Content names of the full blocks of `rid`'s first `num_tokens` tokens: block i of a
         shared prefix is the same content for every request using it; the rest of the prompt is
         the same for the sequences of one request (parallel sampling); generated tokens are the
-        sequence's own. A name is an int (see `block_names`)."""
+        sequence's own. A name is an int (see `block_names`); names of consecutive blocks of one
+        content come as a range (the prefix cache names and finds them as one slice)."""
         b, t = self.kv.block_size, self.t
         group, prompt, n = int(t.group[rid]), int(t.prompt_tokens[rid]) // b, num_tokens // b
         if t.session is not None:  # a conversation's history is the same content turn after turn
-            return list(block_names(SESSION, int(t.session[rid]), 0, n))
+            return block_names(SESSION, int(t.session[rid]), 0, n)
         if t.trace_blocks is not None:  # a trace names its prompt's blocks, chained
             ids, per = t.trace_blocks[rid], t.trace_block_tokens
             return [block_name(TRACE, int(ids[min(i * b // per, len(ids) - 1)]), i) if i < prompt and b <= per
@@ -122,6 +123,8 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         pid, shared = int(t.prefix_id[rid]), int(t.prefix_tokens[rid]) // b
         p_end = min(shared, n)   # blocks [0, shared) of the prefix, [shared, prompt) of the group, then its own
         g_end = max(p_end, min(prompt, n))
+        if not p_end and g_end == n:   # one content: no shared prefix, no own blocks yet
+            return block_names(GROUP, group, 0, n)
         return [*block_names(PREFIX, pid, 0, p_end), *block_names(GROUP, group, p_end, g_end),
                 *block_names(OWN, rid, g_end, n)]
 
