@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from simkv.kv.name_runs import NameRuns
+from simkv.kv.name_runs import NameChain, NameRuns
 from simkv.sched.chunked import OWN, PREFIX, SESSION, block_name, block_names
 
 _name = st.one_of(
@@ -21,7 +21,9 @@ _name = st.one_of(
     st.integers(0, 2 ** 63 - 1))
 _run = st.builds(lambda kind, ident, start, n: block_names(kind, ident, start, start + n),
                  st.sampled_from([SESSION, PREFIX, OWN]), st.integers(0, 3), st.integers(0, 40), st.integers(0, 30))
-_names = st.one_of(st.lists(_name, max_size=24), _run)   # a range: consecutive blocks of one content
+_chain = st.builds(lambda parts: NameChain(parts), st.lists(_run, max_size=3))
+# a range: consecutive blocks of one content; a NameChain: a few such ranges
+_names = st.one_of(st.lists(_name, max_size=24), _run, _chain)
 
 
 class NameRunsAgainstDict(RuleBasedStateMachine):
@@ -45,7 +47,7 @@ class NameRunsAgainstDict(RuleBasedStateMachine):
     @rule(names=_names)
     def set_many(self, names):
         blocks = self._new_blocks(len(names))
-        given = names if type(names) is range else np.array(names, dtype=np.int64)
+        given = names if type(names) in (range, NameChain) else np.array(names, dtype=np.int64)
         ok = self.runs.try_set_many(given, np.array(blocks, dtype=np.int64))
         expect = len(set(names)) == len(names) and not any(h in self.ref for h in names)
         assert ok == expect
@@ -71,7 +73,7 @@ class NameRunsAgainstDict(RuleBasedStateMachine):
 
     @rule(names=_names, held_first=st.integers(0, 12))
     def lookups(self, names, held_first):
-        if held_first or type(names) is not range:
+        if held_first or type(names) not in (range, NameChain):
             names = sorted(self.ref)[:held_first] + list(names)
         assert [self.runs.block(h) for h in names] == [self.ref.get(h, -1) for h in names]
         if names:
@@ -98,3 +100,15 @@ class NameRunsAgainstDict(RuleBasedStateMachine):
 
 NameRunsAgainstDict.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestNameRunsEqualsDict = NameRunsAgainstDict.TestCase
+
+
+def test_a_name_chain_is_the_sequence_of_its_ranges():
+    parts = (range(0, 40, 8), range(5, 5, 8), range(3, 83, 8), range(1 << 35, (1 << 35) + 24, 8))
+    chain, flat = NameChain(parts), [h for p in parts for h in p]
+    assert len(chain) == len(flat) and list(chain) == flat and chain == flat
+    for i in range(-len(flat), len(flat)):
+        assert chain[i] == flat[i]
+    for a in range(-3, len(flat) + 2):
+        for b in range(-3, len(flat) + 2):
+            assert list(chain[a:b]) == flat[a:b]
+    assert list(chain[::2]) == flat[::2]

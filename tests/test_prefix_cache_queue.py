@@ -14,6 +14,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initial
 
 from reference_prefix_cache import ReferenceOffloadingCache, ReferencePrefixCache
 from simkv.kv.offload import ON_EVICTION, WRITE_THROUGH, OffloadingPrefixCache, OffloadTiers, Tier
+from simkv.kv.name_runs import NameChain
 from simkv.kv.prefix_cache import PrefixCachingAllocator
 from simkv.sched.chunked import OWN, PREFIX, block_names
 
@@ -57,6 +58,8 @@ class TwinCaches(RuleBasedStateMachine):
             hashes[-1] = hashes[-1 - repeat]   # no block is twice in a table)
         elif not shared or not own:   # one content: a range, as the schedulers pass it
             hashes = block_names(PREFIX, prefix, 0, shared) if shared else block_names(OWN, rid, 0, own)
+        elif repeat:   # a few contents: a NameChain of ranges, as block_hashes passes them
+            hashes = NameChain((block_names(PREFIX, prefix, 0, shared), block_names(OWN, rid, shared, shared + own)))
         tokens = len(hashes) * b + extra
         hits = self.both("match_prefix", hashes)
         if hits * b >= tokens and hits:

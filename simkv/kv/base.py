@@ -14,7 +14,7 @@ split held-but-empty slots into reserved and internal fragmentation; placement n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 
 class OutOfKVMemory(Exception):
@@ -203,16 +203,16 @@ class PrefixKV(PagedKV, Protocol):
     """Paged blocks shared between requests by content hash (vLLM's automatic prefix caching,
     SGLang's radix cache)."""
 
-    def match_prefix(self, hashes: list) -> int:
+    def match_prefix(self, hashes: Sequence[int]) -> int:
         """Leading blocks of `hashes` already cached."""
 
-    def can_allocate_cached(self, hashes: list, hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool: ...
+    def can_allocate_cached(self, hashes: Sequence[int], hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool: ...
 
-    def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int,
+    def allocate_cached(self, req_id: int, hashes: Sequence[int], hits: int, num_tokens: int, final_tokens: int,
                         *args, **kwargs) -> None:
         """Allocate reusing the first `hits` cached blocks of `hashes`."""
 
-    def register(self, req_id: int, hashes: list, num_tokens: int) -> None:
+    def register(self, req_id: int, hashes: Sequence[int], num_tokens: int) -> None:
         """Name `req_id`'s full blocks by their hashes, so later requests can share them."""
 
     def fork_into(self, child: int, parent: int) -> bool:

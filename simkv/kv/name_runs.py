@@ -16,6 +16,7 @@ array grows past 32 MiB.
 from __future__ import annotations
 
 from array import array
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -79,6 +80,21 @@ class NameRuns:
     # ------------------------------------------------------------ many names
     def leading(self, names: Sequence[int]) -> int:
         """How many leading names of `names` are held."""
+        parts = _run_parts(names)
+        if parts is not None and not self._sparse:   # a slice of each content's run
+            runs, n = self._runs, 0
+            for key, i0, m in parts:
+                r = runs.get(key)
+                if r is None:
+                    return n
+                got = r[1][i0:i0 + m]
+                miss = (got < 0).nonzero()[0]
+                if len(miss):
+                    return n + int(miss[0])
+                if len(got) < m:
+                    return n + len(got)
+                n += m
+            return n
         n = 0
         for h in names[:2 * _SMALL]:
             if self.block(h) < 0:
@@ -92,14 +108,16 @@ class NameRuns:
     def blocks(self, names: Sequence[int]) -> np.ndarray:
         """The block holding each name, -1 where none."""
         n = len(names)
-        run = _one_run(names)
-        if run is not None and not self._sparse:   # consecutive blocks of one content: a slice
-            key, i0 = run
+        parts = _run_parts(names)
+        if parts is not None and not self._sparse:   # consecutive blocks of a few contents: slices
             out = np.full(n, -1, _I64)
-            r = self._runs.get(key)
-            if r is not None:
-                got = r[1][i0:i0 + n]
-                out[:len(got)] = got
+            pos = 0
+            for key, i0, m in parts:
+                r = self._runs.get(key)
+                if r is not None:
+                    got = r[1][i0:i0 + m]
+                    out[pos:pos + len(got)] = got
+                pos += m
             return out
         if self._sparse:
             return np.array([self.block(h) for h in names], dtype=_I64)
@@ -137,21 +155,23 @@ class NameRuns:
         """If no name of `names` (a list, a range or an int64 array) is held and they are distinct,
         block j holds name j for every j and True; else nothing changes and False."""
         runs = self._runs
-        run = _one_run(names)
-        if run is not None and not self._sparse:   # consecutive blocks of one content: distinct, a slice
-            key, i0 = run
-            n = len(names)
-            if i0 + n <= _DENSE:
+        parts = _run_parts(names)
+        if (parts is not None and not self._sparse and len({key for key, _, _ in parts}) == len(parts)
+                and all(i0 + m <= _DENSE for _, i0, m in parts)):   # consecutive blocks of distinct contents: slices
+            for key, i0, m in parts:
                 r = runs.get(key)
                 if r is not None:
-                    held = r[1][i0:i0 + n]
+                    held = r[1][i0:i0 + m]
                     if len(held) and _max_reduce(held) >= 0:
                         return False
-                r = self._run(key, i0 + n)
-                r[1][i0:i0 + n] = blocks
-                r[2] += n
-                self._n += n
-                return True
+            pos = 0
+            for key, i0, m in parts:
+                r = self._run(key, i0 + m)
+                r[1][i0:i0 + m] = blocks[pos:pos + m]
+                r[2] += m
+                pos += m
+            self._n += pos
+            return True
         if not isinstance(names, np.ndarray):
             names = np.fromiter(names, _I64, len(names))
         segs = _segments(names)
@@ -216,14 +236,67 @@ class NameRuns:
         self._sparse, self._n = state["sparse"], state["n"]
 
 
-def _one_run(names) -> tuple[int, int] | None:
-    """(content key, first i) when `names` is a range of consecutive blocks of one content."""
-    if type(names) is not range or names.step != 8 or not len(names):
+class NameChain(Sequence[int]):
+    """Names of consecutive blocks of a few contents, one range each (a shared prefix, then the
+    request's group, then its own blocks: simkv.sched.chunked.block_hashes): a sequence of ints, whose
+    parts the prefix cache names and finds as slices of their runs."""
+
+    __slots__ = ("parts", "_len")
+
+    def __init__(self, parts) -> None:
+        self.parts: tuple[range, ...] = tuple(p for p in parts if len(p))
+        self._len = sum(len(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self):
+        return chain.from_iterable(self.parts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self._len)
+            if step != 1:
+                return list(self)[i]
+            out, pos = [], 0
+            for p in self.parts:
+                lo, hi = max(start - pos, 0), min(stop - pos, len(p))
+                if lo < hi:
+                    out.append(p[lo:hi])
+                pos += len(p)
+            return NameChain(out)
+        if i < 0:
+            i += self._len
+        for p in self.parts:
+            if 0 <= i < len(p):
+                return p[i]
+            i -= len(p)
+        raise IndexError("name index out of range")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"NameChain({list(self.parts)!r})"
+
+
+def _run_parts(names) -> list[tuple[int, int, int]] | None:
+    """(content key, first i, count) of each part when `names` is a range or a NameChain of
+    consecutive blocks, one content per part; None otherwise."""
+    parts = names.parts if type(names) is NameChain else (names,) if type(names) is range else None
+    if parts is None:
         return None
-    key = names.start & _KEY
-    if names[-1] & _KEY != key:
-        return None
-    return key, (names.start >> 3) & _IDX
+    out = []
+    for p in parts:
+        if not len(p):
+            continue
+        if p.step != 8:
+            return None
+        key = p.start & _KEY
+        if p[-1] & _KEY != key:
+            return None
+        out.append((key, (p.start >> 3) & _IDX, len(p)))
+    return out
 
 
 def _segments(names: np.ndarray) -> list[tuple[int, np.ndarray, int, int]]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Hashable, Sequence
 
 import numpy as np
 
@@ -161,7 +161,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
     def _held(self, h: Hashable) -> bool:
         return self._blocks.block(h) >= 0 or self.offload.locate(h) is not None
 
-    def match_prefix(self, hashes: list) -> int:
+    def match_prefix(self, hashes: Sequence[int]) -> int:
         """Leading blocks of `hashes` held on the GPU or in a tier below (pure)."""
         n = 0
         for h in hashes:
@@ -170,7 +170,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
             n += 1
         return n
 
-    def _need(self, hashes: list, hits: int) -> int:
+    def _need(self, hashes: Sequence[int], hits: int) -> int:
         """Free GPU blocks the first `hits` blocks take: cached free ones, and one per block loaded."""
         need = 0
         for h in hashes[:hits]:
@@ -179,7 +179,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
                 need += 1
         return need
 
-    def can_allocate_cached(self, hashes: list, hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
+    def can_allocate_cached(self, hashes: Sequence[int], hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
         need = max(0, self.blocks_for(num_tokens) - hits) + self._need(hashes, hits)
         return need + self.blocks_for(watermark_tokens) <= self._nfree
 
@@ -194,7 +194,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
                 runs.drop(old)
                 self.offload.on_gpu_evict(old)
 
-    def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int,
+    def allocate_cached(self, req_id: int, hashes: Sequence[int], hits: int, num_tokens: int, final_tokens: int,
                         reserve_tokens: int = 0) -> None:
         if req_id in self._tables:
             raise ValueError(f"request {req_id} already holds KV memory")
@@ -231,7 +231,7 @@ class OffloadingPrefixCache(PrefixCachingAllocator):
         self._final[req_id] = max(num_tokens, final_tokens)
         self._registered[req_id] = hits
 
-    def register(self, req_id: int, hashes: list, num_tokens: int) -> None:
+    def register(self, req_id: int, hashes: Sequence[int], num_tokens: int) -> None:
         start = self._registered.get(req_id, 0)
         super().register(req_id, hashes, num_tokens)
         if self.offload.policy == WRITE_THROUGH:

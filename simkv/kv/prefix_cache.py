@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
+from typing import Sequence
+
 import numpy as np
 
 from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
@@ -98,11 +100,11 @@ class PrefixCachingAllocator(PagedAllocator):
         h = self._name_a[block]
         return h if h >= 0 else None
 
-    def match_prefix(self, hashes: list) -> int:
+    def match_prefix(self, hashes: Sequence[int]) -> int:
         """How many leading blocks of `hashes` are cached (pure)."""
         return self._blocks.leading(hashes)
 
-    def _free_hits(self, hashes: list, hits: int) -> int:
+    def _free_hits(self, hashes: Sequence[int], hits: int) -> int:
         """Of the first `hits` (cached) blocks of `hashes`, how many are free."""
         if not hits:
             return 0
@@ -111,7 +113,7 @@ class PrefixCachingAllocator(PagedAllocator):
             return sum(1 for h in hashes[:hits] if ref[block(h)] == 0)
         return int(np.count_nonzero(self._ref[self._blocks.blocks(hashes[:hits])] == 0))
 
-    def can_allocate_cached(self, hashes: list, hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
+    def can_allocate_cached(self, hashes: Sequence[int], hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
         """Would `allocate_cached` succeed with `hits` cached leading blocks for `num_tokens` slots?"""
         need = max(0, self.blocks_for(num_tokens) - hits) + self._free_hits(hashes, hits)
         return need + self.blocks_for(watermark_tokens) <= self._nfree
@@ -248,7 +250,7 @@ class PrefixCachingAllocator(PagedAllocator):
         self._nfree -= freed
         self.shared_excess += len(blocks) - freed
 
-    def allocate_cached(self, req_id: int, hashes: list, hits: int, num_tokens: int, final_tokens: int,
+    def allocate_cached(self, req_id: int, hashes: Sequence[int], hits: int, num_tokens: int, final_tokens: int,
                         reserve_tokens: int = 0) -> None:
         """Reuse the first `hits` cached blocks of `hashes`, then take new blocks up to `num_tokens`
         written slots (up to `reserve_tokens` slots when more: TGI reserves at admission)."""
@@ -289,7 +291,7 @@ class PrefixCachingAllocator(PagedAllocator):
             tables[rid].extend(taken[pos:pos + m])
             pos += m
 
-    def register(self, req_id: int, hashes: list, num_tokens: int) -> None:
+    def register(self, req_id: int, hashes: Sequence[int], num_tokens: int) -> None:
         """Name the full blocks among the first `num_tokens` computed slots of `req_id` by `hashes`
         (first come keeps a hash: a block with the same content computed later stays private)."""
         table = self._tables[req_id]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from simkv.kv.name_runs import NameChain
 from simkv.request import RequestTable
 
 from simkv.sched.base import StepOutcome, StepPlan
@@ -125,8 +126,8 @@ class ChunkedPrefillScheduler(QueuedScheduler):
         g_end = max(p_end, min(prompt, n))
         if not p_end and g_end == n:   # one content: no shared prefix, no own blocks yet
             return block_names(GROUP, group, 0, n)
-        return [*block_names(PREFIX, pid, 0, p_end), *block_names(GROUP, group, p_end, g_end),
-                *block_names(OWN, rid, g_end, n)]
+        return NameChain((block_names(PREFIX, pid, 0, p_end), block_names(GROUP, group, p_end, g_end),
+                          block_names(OWN, rid, g_end, n)))
 
     # ------------------------------------------------------------ schedule
     def schedule(self) -> StepPlan | None:

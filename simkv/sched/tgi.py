@@ -28,7 +28,7 @@ no max_batch_total_tokens cap beyond the cache itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import dataclasses
 
@@ -196,7 +196,7 @@ class TgiScheduler(QueuedScheduler):
             hits -= 1
         return hashes, hits
 
-    def _free_hits(self, hashes: list, hits: int) -> int:
+    def _free_hits(self, hashes: Sequence[int], hits: int) -> int:
         return self.kv._free_hits(hashes, hits) if self.prefix_caching else 0
 
     def _admit_head(self, budget: int) -> tuple[int, int] | None:
