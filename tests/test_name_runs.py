@@ -98,7 +98,7 @@ class NameRunsAgainstDict(RuleBasedStateMachine):
             assert len(self.runs._runs) == len(dense)   # no empty run kept, no run for a name kept sparse
 
 
-NameRunsAgainstDict.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+NameRunsAgainstDict.TestCase.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
 TestNameRunsEqualsDict = NameRunsAgainstDict.TestCase
 
 
