@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -106,15 +107,22 @@ def test_ray_executor_gives_the_same_points_as_local(tmp_path):
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}   # a private test cluster
     temp = Path("/tmp") / f"simkv-ray-{os.getpid()}"   # Ray's socket paths must stay short
-    start = subprocess.run([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                            f"--temp-dir={temp}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"], capture_output=True, text=True, env=env)
-    assert start.returncode == 0, start.stdout + start.stderr
+    # in a session of its own, so that this cluster's processes (and only them: `ray stop` would also
+    # stop a Ray another test worker started) are one process group, killed at the end at once
+    start = subprocess.Popen([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                              f"--temp-dir={temp}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    started = start.communicate()[0]
     try:
+        assert start.returncode == 0, started
         proc = _cli("sweep", str(sweep), "-o", str(tmp_path / "ray"), "--executor", "ray",
                     "--address", f"127.0.0.1:{port}", env=env)
         assert proc.returncode == 0, proc.stderr
     finally:
-        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env)
+        try:
+            os.killpg(start.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         shutil.rmtree(temp, ignore_errors=True)
     proc = _cli("sweep", str(sweep), "-o", str(tmp_path / "local"), "--executor", "local", "--workers", "2")
     assert proc.returncode == 0, proc.stderr
