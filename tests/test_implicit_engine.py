@@ -128,7 +128,7 @@ def test_the_batch_kind_each_policy_gets():
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(preset=st.sampled_from(["simkv", "vllm-v1", "vllm-v0", "tgi", "sarathi-serve", "orca-pow2", "trtllm"]),
+@given(preset=st.sampled_from(sorted(PRESETS)),
        memory=st.floats(0.22, 0.5), rate=st.floats(2.0, 80.0), prompt=st.integers(50, 1500),
        output=st.integers(2, 400), block=st.sampled_from([1, 4, 16, 32]), seqs=st.integers(2, 64),
        seed=st.integers(0, 1000))
