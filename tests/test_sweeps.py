@@ -112,8 +112,8 @@ def test_ray_executor_gives_the_same_points_as_local(tmp_path):
     start = subprocess.Popen([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                               f"--temp-dir={temp}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    started = start.communicate()[0]
     try:
+        started = start.communicate(timeout=120)[0]   # its daemons log to files: the pipe closes when it returns
         assert start.returncode == 0, started
         proc = _cli("sweep", str(sweep), "-o", str(tmp_path / "ray"), "--executor", "ray",
                     "--address", f"127.0.0.1:{port}", env=env)
