@@ -8,8 +8,13 @@ run only when asked for (`make test-slow`, or `pytest -m slow`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 TORCH_THREADS = 2
@@ -37,6 +42,54 @@ def _cap_torch_threads():
     if torch is not None and torch.get_num_threads() > TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
     yield
+
+
+class CliTimeout(AssertionError):
+    """`run_cli` ran past its timeout: the command hangs (or is far too slow)."""
+
+
+def run_cli(*args, cwd: Path | str | None = ROOT, env: dict | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+    """`python -m simkv.cli ARGS`, run in this process: the same `simkv.cli.main`, its stdout and
+    stderr captured and its exit status returned as a CompletedProcess, without a new interpreter
+    importing simkv (~0.5 s a call, most of the suite's CLI tests' time). `env` replaces the
+    environment and `cwd` the working directory for the call; both are restored after. `timeout`
+    (seconds) fails the test with CliTimeout if the command runs longer (where this is the main
+    thread: SIGALRM). An exception `main` does not turn into an error message propagates, so a
+    traceback fails the test. Tests of the real entry point (a separate process: determinism across
+    processes, sweeps' workers, torch and Triton settings read at import) call subprocess.run."""
+    from simkv import cli
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved_cwd, saved_env = os.getcwd(), dict(os.environ) if env is not None else None
+    alarm = timeout is not None and threading.current_thread() is threading.main_thread()
+
+    def _expired(signum, frame):
+        raise CliTimeout(f"simkv {' '.join(argv)} ran longer than {timeout} s")
+
+    previous = signal.signal(signal.SIGALRM, _expired) if alarm else None
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, float(timeout))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exc:   # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        os.chdir(saved_cwd)
+        if saved_env is not None:
+            os.environ.clear()
+            os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["simkv", *argv], code, out.getvalue(), err.getvalue())
 
 
 def small_scenario(**over) -> Scenario:

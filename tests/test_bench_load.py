@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -17,6 +14,7 @@ from simkv.metrics import Recorder
 from simkv.request import DONE, RequestTable
 from simkv.scenario import Scenario
 from simkv.simulate import simulate
+from conftest import run_cli
 
 
 def _raw(arrival, num_requests=240, engine=None, **extra):
@@ -252,8 +250,7 @@ def test_bad_concurrency_through_the_cli(tmp_path):
           output_tokens: {dist: fixed, value: 10}
         run: {num_requests: 10}
         """))
-    out = subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(path), "-o", str(tmp_path / "o")],
-                         capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    out = run_cli("run", path, "-o", tmp_path / "o", timeout=120)
     assert out.returncode == 2
     assert out.stderr.startswith("simkv: error: ") and "concurrency" in out.stderr and "fix:" in out.stderr
     assert "Traceback" not in out.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 
@@ -11,7 +9,7 @@ import simkv
 from simkv.studies.capacity import find_capacity, parse_slo
 from simkv.errors import SimkvError
 
-from conftest import ROOT, small_scenario
+from conftest import ROOT, run_cli, small_scenario
 
 
 def test_parse_slo_units_and_errors():
@@ -22,7 +20,7 @@ def test_parse_slo_units_and_errors():
 
 def test_capacity_on_paged_vs_contiguous_meets_and_10_percent_more_misses():
     sc = simkv.load_scenario(ROOT / "scenarios" / "paged-vs-contiguous-h100.yaml",
-                             ["run.duration_s=150", "run.warmup_s=20"])
+                             ["run.duration_s=100", "run.warmup_s=20"])
     slo = parse_slo("ttft_p99=2s,tbt_p99=200ms")
     res = find_capacity(sc, slo, simulate_fn=lambda s, v: simkv.simulate(s, v), variant="paged",
                         target_rate=100, price_per_gpu_hour=2.5, seeds=3)
@@ -40,8 +38,7 @@ def test_capacity_on_paged_vs_contiguous_meets_and_10_percent_more_misses():
 
 
 def test_capacity_cli_errors_cleanly():
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "capacity", "scenarios/quickstart.yaml", "--slo", "fast"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("capacity", "scenarios/quickstart.yaml", "--slo", "fast")
     assert proc.returncode == 2 and "--slo" in proc.stderr and "Traceback" not in proc.stderr
 
 

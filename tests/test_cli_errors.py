@@ -10,7 +10,7 @@ import pytest
 
 from simkv.cli import main
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 GOOD = textwrap.dedent("""\
     name: t
@@ -29,8 +29,7 @@ def _run(tmp_path, text: str | None, *extra, name="s.yaml"):
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(path), "-q", "--no-figures",
-                           "-o", str(tmp_path / "out"), *extra], capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("run", path, "-q", "--no-figures", "-o", tmp_path / "out", *extra)
     return proc
 
 
@@ -111,6 +110,8 @@ def test_both_or_neither_run_length(tmp_path):
 
 
 def test_bad_override(tmp_path):
+    """In a process of its own (the other tests here call simkv.cli.main in this one): the real
+    entry point prints the one-line error and exits 2."""
     path = tmp_path / "s.yaml"
     path.write_text(GOOD)
     proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(path), "--set", "engine.block_sise=32"],

@@ -3,8 +3,6 @@ its fast paths, and sensible behaviour on shapes that were never measured."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from simkv.cost.calibrated import layer_step_features
 from simkv.report.cost_validation import error_stats, validate
 from simkv.sched import StepPlan
 
-from conftest import ROOT, small_scenario
+from conftest import run_cli, small_scenario
 
 
 @pytest.fixture(scope="module", params=["h100", "h200"])
@@ -141,14 +139,12 @@ def test_step_time_cli(tmp_path):
     f = tmp_path / "b.csv"
     f.write_text("prefill_seqs,prefill_len,decode_batch,decode_ctx,layers\n1,2048,0,0,1\n0,0,256,1024,\n")
     out = tmp_path / "o.csv"
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "step-time", "--gpu", "h100", "--model", "llama3-8b",
-                           "--batches", str(f), "-o", str(out)], capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("step-time", "--gpu", "h100", "--model", "llama3-8b", "--batches", f, "-o", out)
     assert proc.returncode == 0, proc.stderr
     lines = out.read_text().splitlines()
     assert lines[0].endswith("predicted_layer_ms,predicted_ms")
     layer_ms = float(lines[1].split(",")[-2])
     assert layer_ms == pytest.approx(1.581, rel=0.05)  # measured 1.581 ms for this layer step on H100
     f.write_text("prefill_seqs,prefill_len\n1,2\n")
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "step-time", "--batches", str(f)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("step-time", "--batches", f)
     assert proc.returncode == 2 and "missing column" in proc.stderr and "Traceback" not in proc.stderr

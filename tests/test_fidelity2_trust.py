@@ -15,6 +15,7 @@ import yaml
 
 from simkv.studies.step_time import plan_from_shape
 from simkv.sched.base import StepPlan
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "prefill_seqs,prefill_len,decode_batch,decode_ctx,tokens_per_seq,ms\n"
@@ -33,9 +34,7 @@ def _scenario(tmp_path: Path, cost, n: int = 200, **engine) -> Path:
 
 
 def _cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "simkv.cli", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=120)
+    return run_cli(*args, cwd=cwd, timeout=120)
 
 
 # ------------------------------------------------------------------ (1) user step tables

@@ -3,8 +3,6 @@ nothing, GPU-hours are the replicas' lifetimes, a cold start delays a new replic
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ import pytest
 import simkv
 from simkv.files.scenario_file import validate_scenario
 from simkv.request import DONE, FAILED_NO_REPLICA, REJECTED
+from conftest import run_cli
 
 COLD = 20.0
 
@@ -141,7 +140,7 @@ def test_bad_autoscale_is_a_clean_error(tmp_path, auto, problem):
     sc["fleet"]["autoscale"] = {k: v for k, v in sc["fleet"]["autoscale"].items() if v is not None}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(sc))
-    out = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", str(path)], capture_output=True, text=True)
+    out = run_cli("validate", path, cwd=None)
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(f"simkv: error: {path}:") and "fix:" in out.stderr and problem in out.stderr
     assert "Traceback" not in out.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from simkv.files.scenario_file import validate_scenario
 from simkv.simulate import stream_for
 from simkv.studies.capacity import parse_slo
 from simkv.studies.fleet_capacity import HOURS_PER_MONTH, find_fleet_capacity, parse_prices, price_fleet
+from conftest import run_cli
 
 BASE = dict(name="fleet-cap-test", model="llama3-8b", hardware={"gpu": "h100"},
             engine={"preset": "vllm-v1", "max_model_len": 8192},
@@ -119,8 +118,7 @@ def test_prices_are_read_or_refused():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "simkv.cli", "capacity", *args], capture_output=True, text=True,
-                          timeout=120)
+    return run_cli("capacity", *args, cwd=None, timeout=120)
 
 
 @pytest.mark.parametrize("args, field", [

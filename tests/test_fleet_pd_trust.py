@@ -4,8 +4,6 @@ slower links give longer TTFT, every request served exactly once, decode memory 
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from simkv.fleet.disagg import INFINIBAND, NVLINK_FIT
 from simkv.request import DONE
 from simkv.simulate import prepared, run_simulation
 from tests.test_fleet_trust import scenario
+from conftest import run_cli
 
 NETWORK = Path(__file__).resolve().parents[1] / "simkv/cost/data/vidur/network"
 
@@ -106,7 +105,7 @@ def test_cli_runs_the_shipped_pd_scenario_variant_and_rejects_bad_input(tmp_path
     bad = tmp_path / "bad.yaml"
     src = Path(__file__).resolve().parents[1] / "scenarios/fleet-pd-h100.yaml"
     bad.write_text(src.read_text().replace("link: nvlink", "link: carrier-pigeon"))
-    p = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", str(bad)], capture_output=True, text=True)
+    p = run_cli("validate", bad, cwd=None)
     assert p.returncode == 2 and p.stderr.startswith("simkv: error:") and "Traceback" not in p.stderr
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from simkv.files.scenario_file import validate_scenario
 from simkv.request import DONE, REJECTED
 from simkv.files.traces import trace_for
 from simkv.workload.stream import generate_stream
+from conftest import run_cli
 
 BASE = dict(name="fleet-test", model="llama3-8b", hardware={"gpu": "h100"},
             engine={"preset": "vllm-v1", "max_model_len": 4096},
@@ -169,8 +168,7 @@ def test_bad_fleet_sections_are_clean_errors(tmp_path, fleet, needle):
     raw["fleet"] = fleet
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(path), "-q", "--no-figures", "-o",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = run_cli("run", path, "-q", "--no-figures", "-o", tmp_path / "out", timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("simkv: error: ") and needle in proc.stderr and "; fix: " in proc.stderr
     assert "Traceback" not in proc.stderr

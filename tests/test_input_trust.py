@@ -5,8 +5,6 @@ never end, ignored overrides. Each through the CLI: exit 2, one line
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from hypothesis import strategies as st
 from simkv.errors import SimkvError
 from simkv.files.scenario_file import load_scenario
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 GOOD = textwrap.dedent("""\
     name: t
@@ -39,9 +37,7 @@ def _cli(tmp_path, text, *extra, name="s.yaml", out=None, timeout=60):
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
-    return subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(path), "-q", "--no-figures",
-                           "-o", str(out or tmp_path / "out"), *extra], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+    return run_cli("run", path, "-q", "--no-figures", "-o", out or tmp_path / "out", *extra, timeout=timeout)
 
 
 def _error(proc, *needles) -> str:

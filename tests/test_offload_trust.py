@@ -6,8 +6,6 @@ invariants every preset passes, and clear errors for configurations that are not
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import hypothesis.strategies as st
 import numpy as np
@@ -26,7 +24,7 @@ from simkv.sched.chunked import ChunkedPrefillScheduler
 from simkv.simulate import run_simulation
 from simkv.workload.stream import generate_stream
 
-from conftest import ROOT, small_scenario
+from conftest import ROOT, run_cli, small_scenario
 
 A, B, C = 1, 2, 3   # block content names (ints, as simkv.sched.chunked.block_name gives)
 
@@ -268,8 +266,7 @@ def test_cli_reports_a_bad_offload_setting_cleanly(tmp_path):
                     "engine: {preset: vllm-v1, max_model_len: 2048, kv_offload: {ssd_gib: 10}}\n"
                     "workload: {arrival: {process: poisson, rate: 1}, prompt_tokens: {dist: fixed, value: 10}, "
                     "output_tokens: {dist: fixed, value: 5}}\nrun: {num_requests: 3}\n")
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(path), "-q", "--no-figures", "-o",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = run_cli("run", path, "-q", "--no-figures", "-o", tmp_path / "out", timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith(f"simkv: error: {path}: engine.kv_offload.host_gib:")
     assert "; fix: " in proc.stderr and "Traceback" not in proc.stderr

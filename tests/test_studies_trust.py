@@ -13,7 +13,7 @@ import pytest
 import simkv
 from simkv.presets import PRESETS
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 TINY = """\
 name: tiny
@@ -32,7 +32,7 @@ variants:
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "simkv.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return run_cli(*args, cwd=cwd)
 
 
 def _tiny(tmp_path: Path, text: str = TINY) -> Path:
@@ -311,9 +311,11 @@ def test_validate_runs_the_named_variant(tmp_path):
     """`simkv validate --variant narrow` ran into a KeyError (the variants were dropped first)."""
     path = _tiny(tmp_path)
     out = tmp_path / "v"
-    proc = _cli("validate", str(path), "--device", "cpu", "--variant", "narrow", "--layers", "1", "--requests", "3",
-                "--set", "workload.output_tokens={dist: fixed, value: 3}", "--set", "workload.prompt_tokens={dist: fixed, value: 16}",
-                "-o", str(out))
+    # its own process: validation imports torch with the thread cap the environment sets
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", str(path), "--device", "cpu", "--variant", "narrow",
+                           "--layers", "1", "--requests", "3", "--set", "workload.output_tokens={dist: fixed, value: 3}",
+                           "--set", "workload.prompt_tokens={dist: fixed, value: 16}", "-o", str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["variant"] == "narrow" and summary["requests"] == 3

@@ -3,8 +3,6 @@ Mooncake prefix ids on the prefix cache, and bad traces."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from simkv.simulate import run_simulation
 from simkv.files.traces import read_trace, trace_stats, trace_for
 from simkv.workload.stream import generate_stream
 
-from conftest import ROOT
+from conftest import run_cli
 
 # the traces README's table (../shared/traces/README.md, copied to simkv/workload/traces/)
 README = {
@@ -126,8 +124,7 @@ BAD = {
 def test_bad_traces_give_clear_errors(tmp_path, case):
     text, needle = BAD[case]
     (tmp_path / "t.csv").write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "trace", "stats", str(tmp_path / "t.csv"),
-                           "--arrival", "t", "--prompt", "p", "--output", "o"], capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("trace", "stats", tmp_path / "t.csv", "--arrival", "t", "--prompt", "p", "--output", "o")
     assert proc.returncode == 2, proc.stdout
     assert needle in proc.stderr and "t.csv" in proc.stderr and "Traceback" not in proc.stderr
 

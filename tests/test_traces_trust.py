@@ -9,8 +9,6 @@ import json
 import os
 import random
 import re
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -23,7 +21,7 @@ from simkv.files.traces import read_trace
 from simkv.simulate import simulate_all
 from simkv.workload.stream import generate_stream
 
-from conftest import ROOT
+from conftest import run_cli
 
 CSV_COLS = {"arrival": "t", "prompt": "p", "output": "o"}
 SCENARIO = """\
@@ -46,8 +44,7 @@ def _run(tmp_path, name: str, content: bytes | str | None, columns=CSV_COLS, ext
     spec = {"path": name, "columns": columns, **trace}
     (tmp_path / "s.yaml").write_text(SCENARIO.format(trace=json.dumps(spec), extra=extra))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(tmp_path / "s.yaml"), "-q", "--no-figures",
-                           "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    proc = run_cli("run", tmp_path / "s.yaml", "-q", "--no-figures", "-o", tmp_path / "out", timeout=30)
     proc.wall_s = time.perf_counter() - start
     return proc
 

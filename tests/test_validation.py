@@ -323,7 +323,7 @@ for bs in (1, 16, 32):
             store.ensure(rid, n)
             store.write(0, store.slots(rid, torch.arange(n)), k, v)
         kv[rid] = (k, v)
-    q = torch.randn(len(lengths), 8, 32, generator=g)
+    q = torch.randn(len(lengths), 4, 32, generator=g)   # 4 query heads on 2 KV heads (GQA)
     rids, ctx = list(range(len(lengths))), torch.tensor(lengths)
     outs = [paged_decode_attention_triton(q, *store.decode_view(0, rids), ctx, 32 ** -0.5) for store in (paged, contiguous)]
     worst = 0.0
@@ -331,19 +331,14 @@ for bs in (1, 16, 32):
         ref = dense_attention(q[rid:rid + 1], *kv[rid], torch.tensor([n - 1]), 32 ** -0.5)
         worst = max(worst, *(float((o[rid:rid + 1] - ref).abs().max() / ref.abs().max()) for o in outs))
     errors[bs] = worst
-print(json.dumps(errors))
+print(json.dumps({'errors': errors}))
 '''
 
 
-def test_triton_paged_kernel_equals_dense_attention_in_the_interpreter():
+def test_triton_paged_kernel_equals_dense_attention_in_the_interpreter(triton_interpreted):
     """The GPU kernel itself, run by Triton's CPU interpreter: paged blocks and a contiguous
     region read in place, ragged contexts, block sizes 1, 16, 32."""
-    pytest.importorskip("triton")
-    import os
-    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "TRITON_INTERPRET": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = triton_interpreted["errors"]
     assert set(errors) == {"1", "16", "32"} and max(errors.values()) < 1e-5, errors
 
 
@@ -367,18 +362,26 @@ a = replay(trace, model, PagedKVStore(2, 40, 16, 2, 16, torch.float32, "cpu"))
 b = replay(trace, model, ContiguousKVStore(2, 6 * 256, 256, 2, 16, torch.float32, "cpu"))
 gather = replay(trace, MiniModel(TINY, decode_kernel="gather"),
                 PagedKVStore(2, 40, 16, 2, 16, torch.float32, "cpu"))
-print(json.dumps({"kernel": model.decode_kernel, "same": a.outputs == b.outputs, "as_gather": a.outputs == gather.outputs,
+print(json.dumps({"engine": True, "kernel": model.decode_kernel, "same": a.outputs == b.outputs, "as_gather": a.outputs == gather.outputs,
                   "tokens": sum(map(len, a.outputs.values())), "expected": int(trace.output_tokens.sum())}))
 '''
 
 
-def test_mini_engine_with_the_triton_kernel_in_the_interpreter():
+@pytest.fixture(scope="module")
+def triton_interpreted() -> dict:
+    """Both Triton scripts above in one process with TRITON_INTERPRET=1 (read when triton is
+    imported, hence a process of its own; one process, not two: torch and triton import once)."""
     pytest.importorskip("triton")
     import os
-    proc = subprocess.run([sys.executable, "-c", TRITON_ENGINE], capture_output=True, text=True, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK + TRITON_ENGINE], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "TRITON_INTERPRET": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    return {key: value for line in lines for key, value in line.items()}
+
+
+def test_mini_engine_with_the_triton_kernel_in_the_interpreter(triton_interpreted):
+    r = triton_interpreted
     assert r["kernel"] == "triton" and r["same"] and r["tokens"] == r["expected"] > 0
     assert r["as_gather"]              # float32, a few dozen tokens: the two kernels pick the same tokens
 

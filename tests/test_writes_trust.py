@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,13 @@ from simkv.errors import SimkvError
 from simkv.files.results import redraw, write_results, write_sweep
 from simkv.result import Result
 
-from conftest import ROOT, small_scenario
+from conftest import ROOT, run_cli, small_scenario
 
 VICTIM_TEXT = "precious data\n"
 
 
 def _cli(*args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "simkv.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    return run_cli(*args, cwd=cwd)
 
 
 def _files(folder: Path) -> set[Path]:
