@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from simkv.report.reference import scenario_reference
 from simkv.studies.reproduce import MANIFEST
 
@@ -50,8 +50,7 @@ def test_reproduce_is_deterministic(tmp_path):
     assert len(files) == 4
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--only", "nothing"], capture_output=True,
-                          text=True, cwd=ROOT)
+    proc = run_cli("reproduce", "--only", "nothing")
     assert proc.returncode == 2 and "quickstart" in proc.stderr
 
 
