@@ -1,4 +1,5 @@
-"""Shared test helpers: small scenarios built in code, and hypothesis profiles sized for CI.
+"""Shared test helpers: small scenarios built in code, the CLI run in this process (`run_cli`),
+and hypothesis profiles sized for CI.
 
 The default suite must finish in minutes on a small CPU-only machine: torch (validation and
 calibration run on the CPU with tiny shapes) gets at most two threads, here and in every `simkv`

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -311,11 +310,9 @@ def test_validate_runs_the_named_variant(tmp_path):
     """`simkv validate --variant narrow` ran into a KeyError (the variants were dropped first)."""
     path = _tiny(tmp_path)
     out = tmp_path / "v"
-    # its own process: validation imports torch with the thread cap the environment sets
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", str(path), "--device", "cpu", "--variant", "narrow",
-                           "--layers", "1", "--requests", "3", "--set", "workload.output_tokens={dist: fixed, value: 3}",
-                           "--set", "workload.prompt_tokens={dist: fixed, value: 16}", "-o", str(out)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = _cli("validate", str(path), "--device", "cpu", "--variant", "narrow", "--layers", "1", "--requests", "3",
+                "--set", "workload.output_tokens={dist: fixed, value: 3}", "--set", "workload.prompt_tokens={dist: fixed, value: 16}",
+                "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["variant"] == "narrow" and summary["requests"] == 3

@@ -15,7 +15,7 @@ import yaml
 torch = pytest.importorskip("torch", reason="validation needs the gpu extra (CPU torch is enough)")
 
 import simkv  # noqa: E402
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, run_cli  # noqa: E402
 from simkv.gpu.kernels import dense_attention, paged_decode_attention  # noqa: E402
 from simkv.gpu.kv_store import ContiguousKVStore, PagedKVStore  # noqa: E402
 from simkv.gpu.mini_model import MiniModel  # noqa: E402
@@ -121,14 +121,13 @@ def test_timeline_with_simulated_durations_reproduces_the_simulation():
 
 
 def test_validate_cli_on_cpu(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", "scenarios/validation-small.yaml", "--device", "cpu",
-                           "--requests", "16", "--set", "engine.num_gpu_blocks=40", "--set", "engine.max_model_len=512",
-                           "--set", "engine.max_num_batched_tokens=256",      # short sequences: seconds on any CPU
-                           "--set", "workload.prompt_tokens={dist: lognormal, mean: 120, p99: 400, max: 400}",
-                           "--set", "workload.output_tokens={dist: exponential, mean: 40, max: 120}",
-                           "--set", "workload.arrival.rate=20000",   # a tiny model's steps are microseconds: a burst
-                           "-o", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("validate", "scenarios/validation-small.yaml", "--device", "cpu",
+                   "--requests", "16", "--set", "engine.num_gpu_blocks=40", "--set", "engine.max_model_len=512",
+                   "--set", "engine.max_num_batched_tokens=256",      # short sequences: seconds on any CPU
+                   "--set", "workload.prompt_tokens={dist: lognormal, mean: 120, p99: 400, max: 400}",
+                   "--set", "workload.output_tokens={dist: exponential, mean: 40, max: 120}",
+                   "--set", "workload.arrival.rate=20000",   # a tiny model's steps are microseconds: a burst
+                   "-o", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["outputs_identical_paged_vs_contiguous"] and s["tokens_generated"] == s["tokens_expected"] > 0
@@ -155,9 +154,8 @@ def test_step_progress_reports_every_few_seconds_and_at_the_end(monkeypatch):
 
 @pytest.mark.slow
 def test_validate_cli_on_cpu_with_the_models_real_shapes(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", "scenarios/validation-small.yaml", "--device", "cpu",
-                           "--shapes", "model", "--layers", "1", "--requests", "4", "-o", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("validate", "scenarios/validation-small.yaml", "--device", "cpu",
+                   "--shapes", "model", "--layers", "1", "--requests", "4", "-o", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["model"]["hidden_size"] == 4096 and s["model"]["num_layers"] == 1
@@ -165,12 +163,11 @@ def test_validate_cli_on_cpu_with_the_models_real_shapes(tmp_path):
 
 
 def test_validate_errors_are_clear(tmp_path, monkeypatch):
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", "scenarios/validation-small.yaml", "--device", "cpu",
-                           "--set", "hardware.tensor_parallel=2"], capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("validate", "scenarios/validation-small.yaml", "--device", "cpu",
+                   "--set", "hardware.tensor_parallel=2")
     assert proc.returncode == 2 and "tensor_parallel" in proc.stderr and "Traceback" not in proc.stderr
     if not torch.cuda.is_available():
-        proc = subprocess.run([sys.executable, "-m", "simkv.cli", "validate", "scenarios/validation-small.yaml", "--gpu"],
-                              capture_output=True, text=True, cwd=ROOT)
+        proc = run_cli("validate", "scenarios/validation-small.yaml", "--gpu")
         assert proc.returncode == 2 and "--device cpu" in proc.stderr
     from simkv.errors import SimkvError
     from simkv.gpu import validate as v
@@ -214,8 +211,8 @@ def test_calibrate_on_cpu_defaults_to_a_tiny_float32_shape_with_progress(tmp_pat
     emulated bf16 matmuls), writes the reference formats, reports each phase on stderr, and its
     gpu.yaml is an honest target: the measured ceilings (roofline), no calibration of real models."""
     out = tmp_path / "calib"
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "calibrate", "--device", "cpu", "--name", "this-cpu",
-                           "-o", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_cli("calibrate", "--device", "cpu", "--name", "this-cpu",
+                   "-o", str(out), timeout=300)
     assert proc.returncode == 0, proc.stderr
     device = _check_reference_formats(out)
     gemm = (out / "gemm.csv").read_text().splitlines()[1:]
@@ -253,8 +250,8 @@ def test_a_calibration_folder_is_a_cost_model_target_through_its_catalog_entry(t
 def test_calibrate_on_cpu_real_shapes_writes_the_reference_formats_and_makes_a_cost_target(tmp_path):
     """Real llama3-8b shapes in bf16 on the CPU: hours where bf16 matmuls are emulated (no AVX-512 BF16 / AMX)."""
     out = tmp_path / "calib"
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "calibrate", "--device", "cpu", "--shapes", "real",
-                           "--name", "this-cpu", "-o", str(out)], capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("calibrate", "--device", "cpu", "--shapes", "real",
+                   "--name", "this-cpu", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     shipped = ROOT / "simkv" / "cost" / "data" / "h100"
     for table in ("gemm.csv", "elementwise.csv", "attention.csv", "layer_steps.csv"):
@@ -277,9 +274,8 @@ def test_calibrate_on_cpu_real_shapes_writes_the_reference_formats_and_makes_a_c
     assert result.summary["setup"]["cost_model"] == "calibrated (this-cpu, calib/ measurements)"
     assert result.summary["requests"]["completed"] == 10
     (tmp_path / "steps.csv").write_text("prefill_seqs,prefill_len,decode_batch,decode_ctx\n1,64,0,0\n0,0,4,512\n")
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "step-time", "--gpu", "this-cpu", "--catalog",
-                           str(out / "gpu.yaml"), "--batches", str(tmp_path / "steps.csv")],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("step-time", "--gpu", "this-cpu", "--catalog",
+                   str(out / "gpu.yaml"), "--batches", str(tmp_path / "steps.csv"))
     assert proc.returncode == 0, proc.stderr
     predicted = [float(line.split(",")[-1]) for line in proc.stdout.splitlines()[1:]]
     assert len(predicted) == 2 and min(predicted) > 0
@@ -299,8 +295,7 @@ def test_bad_calibration_folder_is_a_clear_error(tmp_path):
                                        " host_link_gbps: 55, calibration: nowhere}\n")
     (tmp_path / "s.yaml").write_text((ROOT / "scenarios" / "quickstart.yaml").read_text().replace("gpu: h100", "gpu: mine")
                                      + "catalog_files: [gpu.yaml]\n")
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "o")],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "o"))
     assert proc.returncode == 2 and "simkv calibrate" in proc.stderr and "Traceback" not in proc.stderr
 
 
