@@ -54,7 +54,8 @@ def run_cli(*args, cwd: Path | str | None = ROOT, env: dict | None = None,
     """`python -m simkv.cli ARGS`, run in this process: the same `simkv.cli.main`, its stdout and
     stderr captured and its exit status returned as a CompletedProcess, without a new interpreter
     importing simkv (~0.5 s a call, most of the suite's CLI tests' time). `env` replaces the
-    environment and `cwd` the working directory for the call; both are restored after. `timeout`
+    environment and `cwd` the working directory for the call; both are restored after (the
+    environment always, so nothing a command sets leaks into later tests). `timeout`
     (seconds) fails the test with CliTimeout if the command runs longer (where this is the main
     thread: SIGALRM). An exception `main` does not turn into an error message propagates, so a
     traceback fails the test. Tests of the real entry point (a separate process: determinism across
@@ -62,7 +63,7 @@ def run_cli(*args, cwd: Path | str | None = ROOT, env: dict | None = None,
     from simkv import cli
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
-    saved_cwd, saved_env = os.getcwd(), dict(os.environ) if env is not None else None
+    saved_cwd, saved_env = os.getcwd(), dict(os.environ)
     alarm = timeout is not None and threading.current_thread() is threading.main_thread()
 
     def _expired(signum, frame):
@@ -87,7 +88,7 @@ def run_cli(*args, cwd: Path | str | None = ROOT, env: dict | None = None,
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
         os.chdir(saved_cwd)
-        if saved_env is not None:
+        if os.environ != saved_env:
             os.environ.clear()
             os.environ.update(saved_env)
     return subprocess.CompletedProcess(["simkv", *argv], code, out.getvalue(), err.getvalue())
