@@ -3,7 +3,6 @@ Mooncake prefix ids on the prefix cache, and bad traces."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
