@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 TORCH_THREADS = 2
@@ -58,7 +59,9 @@ def run_cli(*args, cwd: Path | str | None = ROOT, env: dict | None = None,
     environment always, so nothing a command sets leaks into later tests). `timeout`
     (seconds) fails the test with CliTimeout if the command runs longer (where this is the main
     thread: SIGALRM). An exception `main` does not turn into an error message propagates, so a
-    traceback fails the test. Tests of the real entry point (a separate process: determinism across
+    traceback fails the test. Python warnings go to the captured stderr where they are raised, with
+    the filters a new interpreter starts with, as a real process would print them (pytest would
+    otherwise collect them, and a warning before an error line would go unseen). Tests of the real entry point (a separate process: determinism across
     processes, sweeps' workers, torch and Triton settings read at import) call subprocess.run."""
     from simkv import cli
     argv = [str(a) for a in args]
@@ -78,7 +81,8 @@ def run_cli(*args, cwd: Path | str | None = ROOT, env: dict | None = None,
             os.chdir(cwd)
         if alarm:
             signal.setitimer(signal.ITIMER_REAL, float(timeout))
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            _process_warning_filters(err)
             try:
                 code = cli.main(argv)
             except SystemExit as exc:   # argparse's usage errors
@@ -92,6 +96,20 @@ def run_cli(*args, cwd: Path | str | None = ROOT, env: dict | None = None,
             os.environ.clear()
             os.environ.update(saved_env)
     return subprocess.CompletedProcess(["simkv", *argv], code, out.getvalue(), err.getvalue())
+
+
+def _process_warning_filters(err: io.StringIO) -> None:
+    """Inside catch_warnings: the warning filters of `python -m` without -W options, each warning
+    written to `err` at once, formatted as Python prints it."""
+    warnings.resetwarnings()
+    warnings.simplefilter("default")
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.simplefilter("ignore", category)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        err.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show
 
 
 def small_scenario(**over) -> Scenario:
