@@ -307,7 +307,7 @@ from simkv.gpu.triton_kernels import paged_decode_attention_triton
 errors = {}
 for bs in (1, 16, 32):
     g = torch.Generator().manual_seed(bs)
-    lengths = [1, 7, bs, bs + 1, 70, 45]
+    lengths = [1, 7, bs, bs + 1, min(70, 3 * bs + 6), min(45, 2 * bs + 5)]   # ragged, several blocks each (the interpreter walks them one by one)
     paged = PagedKVStore(1, sum(-(-n // bs) for n in lengths) + 8, bs, 2, 32, torch.float32, "cpu")
     paged.free_blocks = [int(i) for i in torch.randperm(len(paged.free_blocks), generator=g)]
     contiguous = ContiguousKVStore(1, 128 * len(lengths), 128, 2, 32, torch.float32, "cpu")
