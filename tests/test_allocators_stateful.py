@@ -13,13 +13,16 @@ from simkv.sched.chunked import OWN, PREFIX, block_names
 
 
 class PagedMachine(RuleBasedStateMachine):
-    """Allocate / append / bulk-grow / free on a small block pool."""
+    """Allocate / append / bulk-grow / free on a small block pool. `queue` is the free queue as a
+    plain list (every block in order at first; takes from the front, frees append the table
+    reversed): the allocator's blocks and free order must be exactly these."""
 
     live = Bundle("live")
 
     @initialize(num_blocks=st.integers(1, 40), block_size=st.sampled_from([1, 2, 16]))
     def setup(self, num_blocks, block_size):
         self.a = PagedAllocator(num_blocks, block_size)
+        self.queue = list(range(num_blocks))
         self.tokens: dict[int, int] = {}
         self.final: dict[int, int] = {}
         self.next_id = 0
@@ -32,6 +35,7 @@ class PagedMachine(RuleBasedStateMachine):
         if self.a.can_allocate(num_tokens):
             self.a.allocate(rid, num_tokens, None, num_tokens + extra)
             self.tokens[rid], self.final[rid] = num_tokens, num_tokens + extra
+            self._took([rid], {rid: 0})
             return rid
         try:
             self.a.allocate(rid, num_tokens, None, num_tokens + extra)
@@ -46,8 +50,10 @@ class PagedMachine(RuleBasedStateMachine):
     def append(self, rid, n):
         before = self.a.usage()
         if self.a.can_append(rid, n):
+            held = {rid: self.a.num_blocks_of(rid)}
             self.a.append(rid, n)
             self.tokens[rid] += n
+            self._took([rid], held)
         else:
             try:
                 self.a.append(rid, n)
@@ -65,7 +71,9 @@ class PagedMachine(RuleBasedStateMachine):
         need = [-(-(self.tokens[r] + steps) // b) - -(-self.tokens[r] // b) for r in rids]
         if sum(need) > self.a.num_free_blocks:
             return
+        held = {r: self.a.num_blocks_of(r) for r in rids}
         self.a.take_blocks(rids, need)
+        self._took(rids, held)
         import numpy as np
         self.a.set_tokens(np.array(rids), np.array([self.tokens[r] + steps for r in rids]))
         for r in rids:
@@ -73,8 +81,20 @@ class PagedMachine(RuleBasedStateMachine):
 
     @rule(rid=consumes(live))
     def free(self, rid):
+        self.queue.extend(reversed(self.a.block_table(rid)))
         self.a.free(rid)
         del self.tokens[rid], self.final[rid]
+
+    def _took(self, rids, held):
+        """The blocks `rids` gained (beyond `held`), in request order, are the front of the queue."""
+        new = [b for r in rids for b in self.a.block_table(r)[held[r]:]]
+        assert new == self.queue[:len(new)], "blocks taken out of the free queue's order"
+        del self.queue[:len(new)]
+
+    @invariant()
+    def free_queue_in_order(self):
+        assert self.a.free_block_ids() == self.queue
+        assert self.a.num_free_blocks == len(self.queue)
 
     @invariant()
     def no_block_owned_twice(self):
@@ -329,6 +349,44 @@ PagedMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=4
 ContiguousMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestPagedAllocator = PagedMachine.TestCase
 TestContiguousAllocator = ContiguousMachine.TestCase
+
+
+def test_paged_free_queue_order_over_a_large_pool():
+    """Past the never-used blocks and the queue's compaction (its front dropped after 1,024
+    takes): blocks come in the order of a plain list queue."""
+    import random
+    rng = random.Random(7)
+    a, queue, held = PagedAllocator(3000, 4), list(range(3000)), {}
+    for rid in range(4000):
+        if held and (rng.random() < 0.5 or a.num_free_blocks < 40):
+            victim = rng.choice(sorted(held))
+            queue.extend(reversed(a.block_table(victim)))
+            a.free(victim)
+            del held[victim]
+        tokens = rng.randint(1, 150)
+        if a.can_allocate(tokens):
+            a.allocate(rid, tokens)
+            held[rid] = tokens
+            table = a.block_table(rid)
+            assert table == queue[:len(table)]
+            del queue[:len(table)]
+        assert a.free_block_ids() == queue
+    assert a._head < 3000   # the taken front was dropped along the way
+
+
+def test_a_pool_of_tens_of_millions_of_blocks_starts_at_once():
+    """A tiny model on a large GPU (simkv validate on the CPU): no list of every block."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        a = PagedAllocator(50_000_000, 16)
+        a.allocate(0, 100)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20   # under 1 MiB (a list of them: ~1.8 GB)
+    finally:
+        tracemalloc.stop()
+    assert a.block_table(0) == list(range(7)) and a.num_free_blocks == 50_000_000 - 7
+    a.free(0)
+    assert a.free_block_ids()[-7:] == list(reversed(range(7))) and a.num_free_blocks == 50_000_000
 
 
 def test_paged_frees_tail_first():

@@ -27,8 +27,12 @@ class PagedAllocator(LazyTokens):
         self.block_size = block_size
         self.capacity_tokens = num_blocks * block_size
         self.reserve_upfront = reserve_upfront  # take blocks for reserve_tokens at admission (TGI)
-        # the free queue: self._free[self._head:] (taking from the front is a slice, not one pop per block)
-        self._free: list[int] = list(range(num_blocks))
+        # the free queue, in order: the never-used blocks range(self._fresh, num_blocks), then the
+        # freed ones, self._free[self._head:] (freed blocks join the end, so the never-used ones,
+        # in block order, stay at the front; taking from the front is a slice, not one pop per
+        # block). No list of every block: a tiny model on a large GPU has tens of millions.
+        self._fresh = 0
+        self._free: list[int] = []
         self._head = 0
         self._tables: dict[int, list[int]] = {}
         self._tok: dict[int, int] = {}
@@ -37,7 +41,7 @@ class PagedAllocator(LazyTokens):
     # ------------------------------------------------------------ queries
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free) - self._head
+        return self.num_blocks - self._fresh + len(self._free) - self._head
 
     def blocks_for(self, num_tokens: int) -> int:
         """Blocks needed to hold `num_tokens` slots."""
@@ -61,7 +65,7 @@ class PagedAllocator(LazyTokens):
         return {r: list(t) for r, t in self._tables.items()}
 
     def free_block_ids(self) -> list[int]:
-        return self._free[self._head:]
+        return [*range(self._fresh, self.num_blocks), *self._free[self._head:]]
 
     # ------------------------------------------------------------ allocation
     def _admission_tokens(self, num_tokens: int, reserve_tokens: int | None) -> int:
@@ -90,6 +94,17 @@ class PagedAllocator(LazyTokens):
 
     def _take_blocks(self, n: int) -> list[int]:
         """`n` free blocks for new content (subclasses decide which, and what they forget)."""
+        f = self._fresh
+        if f < self.num_blocks:   # never-used blocks first (they are the front of the queue)
+            k = min(n, self.num_blocks - f)
+            self._fresh = f + k
+            if k == n:
+                return list(range(f, f + n))
+            taken = list(range(f, f + k))
+            h, rest = self._head, n - k
+            taken += self._free[h:h + rest]
+            self._head = h + rest
+            return taken
         h = self._head
         taken = self._free[h:h + n]
         self._head = h + n
