@@ -61,8 +61,8 @@ def run_cli(*args, cwd: Path | str | None = ROOT, env: dict | None = None,
     thread: SIGALRM). An exception `main` does not turn into an error message propagates, so a
     traceback fails the test. Python warnings go to the captured stderr where they are raised, with
     the filters a new interpreter starts with, as a real process would print them (pytest would
-    otherwise collect them, and a warning before an error line would go unseen). Tests of the real entry point (a separate process: determinism across
-    processes, sweeps' workers, torch and Triton settings read at import) call subprocess.run."""
+    otherwise collect them, and a warning before an error line would go unseen). Tests of the real
+    entry point (determinism across processes, Ray, settings read at import) use `cli_process`."""
     from simkv import cli
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
@@ -96,6 +96,12 @@ def run_cli(*args, cwd: Path | str | None = ROOT, env: dict | None = None,
             os.environ.clear()
             os.environ.update(saved_env)
     return subprocess.CompletedProcess(["simkv", *argv], code, out.getvalue(), err.getvalue())
+
+
+def cli_process(*args, cwd: Path | str | None = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m simkv.cli ARGS` in a new interpreter (nothing carried over from earlier tests)."""
+    return subprocess.run([sys.executable, "-m", "simkv.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env)
 
 
 def _process_warning_filters(err: io.StringIO) -> None:

@@ -371,7 +371,7 @@ def test_paged_free_queue_order_over_a_large_pool():
             assert table == queue[:len(table)]
             del queue[:len(table)]
         assert a.free_block_ids() == queue
-    assert a._head < 3000   # the taken front was dropped along the way
+    assert a._head < 3000   # tens of thousands of blocks were taken from the freed list: its front was dropped
 
 
 def test_a_pool_of_tens_of_millions_of_blocks_starts_at_once():

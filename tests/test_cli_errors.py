@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from simkv.cli import main
 
-from conftest import ROOT, run_cli
+from conftest import cli_process, run_cli
 
 GOOD = textwrap.dedent("""\
     name: t
@@ -114,8 +112,7 @@ def test_bad_override(tmp_path):
     entry point prints the one-line error and exits 2."""
     path = tmp_path / "s.yaml"
     path.write_text(GOOD)
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", str(path), "--set", "engine.block_sise=32"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = cli_process("run", path, "--set", "engine.block_sise=32")
     _assert_clean_error(proc, "engine.block_sise", "did you mean 'block_size'")
     here = run_cli("run", path, "--set", "engine.block_sise=32")   # the in-process runner is a faithful stand-in
     assert (here.returncode, here.stdout, here.stderr) == (proc.returncode, proc.stdout, proc.stderr)
@@ -124,8 +121,7 @@ def test_bad_override(tmp_path):
 def test_the_in_process_runner_reports_usage_errors_as_a_process_does(tmp_path):
     """argparse's errors exit through SystemExit: run_cli returns its status and message as a process would."""
     args = ["run", str(tmp_path / "s.yaml"), "--no-such-flag"]
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", *args], capture_output=True, text=True, cwd=ROOT)
-    here = run_cli(*args)
+    proc, here = cli_process(*args), run_cli(*args)
     assert proc.returncode == 2 and "unrecognized arguments: --no-such-flag" in proc.stderr
     assert (here.returncode, here.stdout, here.stderr) == (proc.returncode, proc.stdout, proc.stderr)
 

@@ -13,21 +13,16 @@ import pytest
 import simkv
 from simkv.result import Result
 
-from conftest import ROOT, run_cli, small_scenario
+from conftest import ROOT, cli_process, run_cli, small_scenario
 
 
 def _cli(*args):
     return run_cli(*args)
 
 
-def _process(*args):
-    """`python -m simkv.cli` in a new process (a fresh interpreter: nothing carried over from earlier tests)."""
-    return subprocess.run([sys.executable, "-m", "simkv.cli", *args], capture_output=True, text=True, cwd=ROOT)
-
-
 def test_same_seed_gives_byte_identical_summary(tmp_path):
     for out in ("a", "b"):
-        proc = _process("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / out), "--set", "run.num_requests=400")
+        proc = cli_process("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / out), "--set", "run.num_requests=400")
         assert proc.returncode == 0, proc.stderr
     a, b = (tmp_path / "a" / "summary.json").read_bytes(), (tmp_path / "b" / "summary.json").read_bytes()
     assert a == b

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_process, run_cli
 
 QUICK = ROOT / "scenarios" / "quickstart.yaml"
 
@@ -20,11 +20,6 @@ QUICK = ROOT / "scenarios" / "quickstart.yaml"
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return run_cli(*args)
 
-
-def _process(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m simkv.cli` in a new process: Ray reads its settings when it is first imported."""
-    return subprocess.run([sys.executable, "-m", "simkv.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env)
 
 
 def _sweep_file(tmp_path: Path, extra: str = "", zipped: str = "") -> Path:
@@ -120,7 +115,7 @@ def test_ray_executor_gives_the_same_points_as_local(tmp_path):
     try:
         started = start.communicate(timeout=120)[0]   # its daemons log to files: the pipe closes when it returns
         assert start.returncode == 0, started
-        proc = _process("sweep", str(sweep), "-o", str(tmp_path / "ray"), "--executor", "ray",
+        proc = cli_process("sweep", str(sweep), "-o", str(tmp_path / "ray"), "--executor", "ray",
                     "--address", f"127.0.0.1:{port}", env=env)
         assert proc.returncode == 0, proc.stderr
     finally:
@@ -148,7 +143,7 @@ def test_ray_errors_are_clear(tmp_path):
     sweep = _sweep_file(tmp_path)
     proc = _cli("sweep", str(sweep), "--address", "127.0.0.1:1")
     assert proc.returncode == 2 and "--executor ray" in proc.stderr
-    proc = _process("sweep", str(sweep), "-o", str(tmp_path / "o"), "--executor", "ray", "--address", f"127.0.0.1:{_free_port()}")
+    proc = cli_process("sweep", str(sweep), "-o", str(tmp_path / "o"), "--executor", "ray", "--address", f"127.0.0.1:{_free_port()}")
     assert proc.returncode == 2 and "ray start --head" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -357,7 +357,7 @@ a = replay(trace, model, PagedKVStore(2, 40, 16, 2, 16, torch.float32, "cpu"))
 b = replay(trace, model, ContiguousKVStore(2, 6 * 256, 256, 2, 16, torch.float32, "cpu"))
 gather = replay(trace, MiniModel(TINY, decode_kernel="gather"),
                 PagedKVStore(2, 40, 16, 2, 16, torch.float32, "cpu"))
-print(json.dumps({"engine": True, "kernel": model.decode_kernel, "same": a.outputs == b.outputs, "as_gather": a.outputs == gather.outputs,
+print(json.dumps({"kernel": model.decode_kernel, "same": a.outputs == b.outputs, "as_gather": a.outputs == gather.outputs,
                   "tokens": sum(map(len, a.outputs.values())), "expected": int(trace.output_tokens.sum())}))
 '''
 

@@ -94,21 +94,17 @@ class PagedAllocator(LazyTokens):
 
     def _take_blocks(self, n: int) -> list[int]:
         """`n` free blocks for new content (subclasses decide which, and what they forget)."""
-        f = self._fresh
+        f, h = self._fresh, self._head
         if f < self.num_blocks:   # never-used blocks first (they are the front of the queue)
             k = min(n, self.num_blocks - f)
             self._fresh = f + k
+            fresh = list(range(f, f + k))
             if k == n:
-                return list(range(f, f + n))
-            taken = list(range(f, f + k))
-            h, rest = self._head, n - k
-            taken += self._free[h:h + rest]
-            self._head = h + rest
-            return taken
-        h = self._head
-        taken = self._free[h:h + n]
+                return fresh
+            self._head = h + n - k
+            return fresh + self._free[h:h + n - k]
         self._head = h + n
-        return taken
+        return self._free[h:h + n]
 
     def can_append(self, req_id: int, num_tokens: int = 1) -> bool:
         need = self.blocks_for(self._tok_of(req_id) + num_tokens) - len(self._tables[req_id])
