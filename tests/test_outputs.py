@@ -4,8 +4,6 @@ scenarios load; the simulation core does no I/O."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +20,8 @@ def _cli(*args):
 
 def test_same_seed_gives_byte_identical_summary(tmp_path):
     for out in ("a", "b"):
-        proc = cli_process("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / out), "--set", "run.num_requests=400")
+        proc = cli_process("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / out), "--no-figures",
+                           "--set", "run.num_requests=400")   # two interpreters (hash seeds differ); figures: test_reproduce
         assert proc.returncode == 0, proc.stderr
     a, b = (tmp_path / "a" / "summary.json").read_bytes(), (tmp_path / "b" / "summary.json").read_bytes()
     assert a == b
@@ -125,9 +124,8 @@ def test_plot_redraws_figures_from_saved_results(tmp_path):
     proc = _cli("run", "scenarios/paged-vs-contiguous-h100.yaml", "-q", "--no-figures", "-o", str(tmp_path),
                 "--set", "run.duration_s=60", "--set", "run.warmup_s=5")
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "run", "scenarios/quickstart.yaml", "-q", "-o",
-                           str(tmp_path / "single"), "--no-figures", "--set", "run.num_requests=100", "--set", "run.warmup_s=0"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = _cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "single"), "--no-figures",
+                "--set", "run.num_requests=100", "--set", "run.warmup_s=0")
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "kv_breakdown.png").exists()   # written without figures
     for folder in (tmp_path, tmp_path / "single"):

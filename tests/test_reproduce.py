@@ -56,12 +56,10 @@ def test_reproduce_is_deterministic(tmp_path):
 
 
 def test_reproduce_check_compares_with_the_docs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--check", "--only", "scenario-reference"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("reproduce", "--check", "--only", "scenario-reference")
     assert proc.returncode == 0 and "1 of 1 file(s) identical" in proc.stdout, proc.stdout + proc.stderr
     (tmp_path / "scenario-reference.md").write_text("stale\n")
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--check", "--only", "scenario-reference",
-                           "-o", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("reproduce", "--check", "--only", "scenario-reference", "-o", str(tmp_path))
     assert proc.returncode == 1 and "differs" in proc.stdout
 
 
@@ -69,8 +67,7 @@ def test_reproduce_check_compares_with_the_docs(tmp_path):
 def test_committed_docs_are_what_the_code_regenerates(job):
     """A fast slice of `simkv reproduce --check`: the cost-model page is byte for byte what the
     code gives now (the whole check takes minutes; the quickstart figures are compared above)."""
-    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "reproduce", "--check", "--only", job],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = run_cli("reproduce", "--check", "--only", job)
     assert proc.returncode == 0 and "identical to docs/" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -94,14 +91,14 @@ def test_log_axis_figures_have_the_same_bytes_on_cpus_without_avx512(tmp_path):
     disable = _avx512_features()
     if not disable:
         pytest.skip("this CPU has no AVX-512: numpy takes the AVX2 path anyway")
-    run = subprocess.run([sys.executable, "-m", "simkv.cli", "run", "scenarios/quickstart.yaml", "-q", "-o",
-                          str(tmp_path / "native")], capture_output=True, text=True, cwd=ROOT)
+    run = run_cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "native"))
     assert run.returncode == 0, run.stderr
     shutil.copytree(tmp_path / "native", tmp_path / "avx2")
-    for name, env in (("native", {}), ("avx2", {"NPY_DISABLE_CPU_FEATURES": " ".join(disable)})):
-        proc = subprocess.run([sys.executable, "-m", "simkv.cli", "plot", str(tmp_path / name)], capture_output=True,
-                              text=True, cwd=ROOT, env={**os.environ, **env})    # both drawn from the same files
-        assert proc.returncode == 0, proc.stderr
+    proc = run_cli("plot", str(tmp_path / "native"))   # this process's numpy: AVX-512 on
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "simkv.cli", "plot", str(tmp_path / "avx2")], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(disable)})
+    assert proc.returncode == 0, proc.stderr   # both drawn from the same files
     for name in ("latency_cdf.png", "latency_cdf.svg", "kv_utilization.png"):
         assert (tmp_path / "native" / name).read_bytes() == (tmp_path / "avx2" / name).read_bytes(), name
 
