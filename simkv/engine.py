@@ -50,6 +50,8 @@ class Replica:
         self.t = table
         self.scheduler = scheduler
         self.cost = cost
+        self._decode_run_ran = getattr(cost, "decode_run_ran", None)
+        self._decode_step_s = 0.0   # the last decode step's length: how many steps of a run fit before an arrival
         self.recorder = recorder
         self.progress = progress
         # rows that arrive on their own (a session's later turns arrive after earlier answers)
@@ -195,13 +197,35 @@ class Replica:
     def _durations(self, plan) -> np.ndarray:
         if plan.max_steps == 1:
             return np.array([self.cost.seconds(plan)])
-        d = self.cost.decode_run_seconds(plan.decode_ctx, plan.max_steps)
         if plan.arrival_sensitive:
-            # steps that start before the next arrival are unaffected by it
-            offsets = d[:-1].cumsum()   # methods, not np.* wrappers (the same functions)
-            keep = 1 + int(offsets.searchsorted(self._next_arrival_s() - self.env.now, side="left"))
-            d = d[:keep]
+            d = self._steps_before_arrival(plan.decode_ctx, plan.max_steps, self._next_arrival_s() - self.env.now)
+        else:
+            d = self.cost.decode_run_seconds(plan.decode_ctx, plan.max_steps)
+        self._decode_step_s = float(d[-1])
+        if self._decode_run_ran is not None:   # a cost model that counts the steps it timed (step tables)
+            self._decode_run_ran(plan.decode_ctx, len(d))
         return d
+
+    def _steps_before_arrival(self, ctx: np.ndarray, max_steps: int, gap_s: float) -> np.ndarray:
+        """The times of a decode run's steps that start before the next arrival, `gap_s` from now
+        (the first step always: it starts now), of at most `max_steps`.
+
+        Only those steps are timed, not all `max_steps` (a replica in a least-loaded fleet cuts its
+        runs at every fleet arrival and keeps ~2 of ~14 steps). A first call covers the steps the
+        last decode step's length says will fit, with two to spare; if they all start before the
+        arrival, one more call times the rest of the run. The result is the same as timing all
+        `max_steps` and cutting: a run's step k depends only on the contexts plus k (the
+        `decode_run_seconds` contract), and the cumulative sums of a prefix are the prefix of the
+        cumulative sums."""
+        first = max_steps
+        if self._decode_step_s > 0 and gap_s < max_steps * self._decode_step_s:
+            first = min(max_steps, 2 + int(max(gap_s, 0.0) / self._decode_step_s))
+        d = self.cost.decode_run_seconds(ctx, first)
+        keep = 1 + int(d[:-1].cumsum().searchsorted(gap_s, side="left"))   # methods, not np.* wrappers
+        if keep == first < max_steps:   # every step timed starts before the arrival: time the rest too
+            d = np.concatenate((d, self.cost.decode_run_seconds(ctx + first, max_steps - first)))
+            keep = 1 + int(d[:-1].cumsum().searchsorted(gap_s, side="left"))
+        return d[:keep]
 
     def _step_loop(self):
         env, sched, rec = self.env, self.scheduler, self.recorder

@@ -17,4 +17,10 @@ class StepCost(Protocol):
 
     def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
         """Times of `num_steps` consecutive decode-only steps of the same sequences, the first at
-        contexts `decode_ctx`, each later step one token longer per sequence."""
+        contexts `decode_ctx`, each later step one token longer per sequence.
+
+        Step k's time depends only on `decode_ctx + k`, bit for bit: the first a + b steps are
+        the first a steps followed by the first b from `decode_ctx + a` (the engine times a run in
+        two such pieces when an arrival may cut it; tests/test_cost_runs.py checks every model).
+        A model that counts the steps it prices does so in an optional `decode_run_ran(decode_ctx,
+        num_steps)`, which the engine calls with the steps it simulated (see StepTableCost)."""

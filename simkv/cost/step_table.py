@@ -180,12 +180,22 @@ class StepTableCost:
         self._count(1, np.array([out]), _shape(plan))
         return t + self._host_s(plan.num_seqs) + swap
 
-    def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
+    def _decode_run(self, decode_ctx: np.ndarray, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
         b = len(decode_ctx)
         K = float(decode_ctx.sum()) + b * np.arange(num_steps, dtype=float)
-        t, out = self.decode(np.full(num_steps, b, dtype=float), K)
-        self._count(num_steps, out, f"{b} decodes at mean context {float(decode_ctx.mean()):.0f}" if b else "empty")
-        return t + self._host_s(b)
+        return self.decode(np.full(num_steps, b, dtype=float), K)
+
+    def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
+        """The run's step times; not counted in `use` (the engine may time steps it then cuts at an
+        arrival): the engine counts the steps it simulates through `decode_run_ran`."""
+        return self._decode_run(decode_ctx, num_steps)[0] + self._host_s(len(decode_ctx))
+
+    def decode_run_ran(self, decode_ctx: np.ndarray, num_steps: int) -> None:
+        """The first `num_steps` steps of a decode run from `decode_ctx` were simulated: count them
+        (and, under extrapolate: reject, refuse one outside the table)."""
+        b = len(decode_ctx)
+        self._count(num_steps, self._decode_run(decode_ctx, num_steps)[1],
+                    f"{b} decodes at mean context {float(decode_ctx.mean()):.0f}" if b else "empty")
 
     def swap_seconds(self, num_tokens: int, to_host: bool) -> float:
         return self.base.swap_seconds(num_tokens, to_host)

@@ -174,10 +174,11 @@ class Recorder:
     def _sample(self, ends, kv, running: int, waiting: int) -> None:
         """Append the state at every grid time t = s * dt up to ends[-1] (the caller's steps
         cover every grid time since the previous call)."""
+        last = len(ends) - 1
         while self._next_sample * self.dt <= ends[-1]:
             t = self._next_sample * self.dt
-            j = min(int(np.searchsorted(ends, t)), len(ends) - 1)
-            row = tuple(int(v) for v in kv[:, j])
+            j = min(int(ends.searchsorted(t)), last) if last else 0   # the method: np.searchsorted's own function
+            row = tuple(map(int, kv[:, j].tolist()))   # Python ints, without a numpy scalar per value
             self._rows.append((self._next_sample, t) + row + (row[TOKEN] / self.capacity, running, waiting))
             self._next_sample += 1
             if len(self._rows) > self.max_points:
