@@ -40,9 +40,9 @@ def scenario(replicas: int, per_replica: int, policy: str):
 
 def _point(replicas: int, per_replica: int, policy: str, min_s: float = 5.0) -> dict:
     """(wall, CPU) seconds per request of the simulation, after a warm-up run of the same one (this
-    process: imports, calibration tables, cost curves of every batch size met): the median run of
-    as many as take `min_s` (at least one; a lone replica's run is short, and one short run varies
-    by +-25% on a shared machine)."""
+    process: imports, calibration tables, cost curves of every batch size met): the medians of as
+    many runs as take `min_s` (at least one; a lone replica's run is short, and one short run varies
+    by +-25% on a shared machine; a fleet's point is usually one run)."""
     sc = scenario(replicas, per_replica, policy)
     simkv.simulate(sc)
     n, runs, start = per_replica * replicas, [], time.perf_counter()
@@ -50,15 +50,17 @@ def _point(replicas: int, per_replica: int, policy: str, min_s: float = 5.0) -> 
         wall, cpu = time.perf_counter(), time.process_time()
         simkv.simulate(sc)
         runs.append(((time.perf_counter() - wall) / n, (time.process_time() - cpu) / n))
-    wall_s, cpu_s = sorted(runs)[len(runs) // 2]
-    return {"wall_s": wall_s, "cpu_s": cpu_s, "runs": len(runs)}
+    mid = (len(runs) - 1) // 2   # the median, the lower one of an even count
+    return {"wall_s": sorted(r[0] for r in runs)[mid], "cpu_s": sorted(r[1] for r in runs)[mid], "runs": len(runs)}
 
 
 def per_request_s(replicas: int, per_replica: int, policy: str) -> dict:
     """_point in a new process (single-threaded numpy), so no point inherits another's heap."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = subprocess.run([sys.executable, __file__, "--point", str(replicas), str(per_replica), policy],
-                         capture_output=True, text=True, check=True, env=env, cwd=ROOT)
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"bench_fleet point {replicas} x {per_replica} {policy} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

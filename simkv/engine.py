@@ -51,6 +51,7 @@ class Replica:
         self.scheduler = scheduler
         self.cost = cost
         self._decode_run_ran = getattr(cost, "decode_run_ran", None)
+        self._run_in_pieces = getattr(cost, "decode_runs_split_exactly", True)   # see StepCost.decode_run_seconds
         self._decode_step_s = 0.0   # the last decode step's length: how many steps of a run fit before an arrival
         self.recorder = recorder
         self.progress = progress
@@ -197,13 +198,14 @@ class Replica:
     def _durations(self, plan) -> np.ndarray:
         if plan.max_steps == 1:
             return np.array([self.cost.seconds(plan)])
-        if plan.arrival_sensitive:
-            d = self._steps_before_arrival(plan.decode_ctx, plan.max_steps, self._next_arrival_s() - self.env.now)
-        else:
+        if not plan.arrival_sensitive:
             d = self.cost.decode_run_seconds(plan.decode_ctx, plan.max_steps)
+        elif self._run_in_pieces:
+            d = self._steps_before_arrival(plan.decode_ctx, plan.max_steps, self._next_arrival_s() - self.env.now)
+        else:   # time the whole run, keep the steps that start before the next arrival
+            d = self.cost.decode_run_seconds(plan.decode_ctx, plan.max_steps)
+            d = d[:1 + int(d[:-1].cumsum().searchsorted(self._next_arrival_s() - self.env.now, side="left"))]
         self._decode_step_s = float(d[-1])
-        if self._decode_run_ran is not None:   # a cost model that counts the steps it timed (step tables)
-            self._decode_run_ran(plan.decode_ctx, len(d))
         return d
 
     def _steps_before_arrival(self, ctx: np.ndarray, max_steps: int, gap_s: float) -> np.ndarray:
@@ -253,6 +255,8 @@ class Replica:
             yield env.timeout(float(durations[0] if len(durations) == 1 else durations.cumsum()[-1]))
             if self.failed:  # the replica died during these steps: nothing of them happened
                 return
+            if self._decode_run_ran is not None and plan.max_steps > 1:   # a cost model that counts them (step tables)
+                self._decode_run_ran(plan.decode_ctx, len(durations))
             outcome = sched.commit(plan, start, durations)
             if self.on_finished is not None:
                 if outcome.finished_ids:

@@ -27,8 +27,13 @@ from pathlib import Path
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))   # set by xdist before this file loads
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 TORCH_THREADS = max(1, min(2, _CORES // _WORKERS))
+# a value set here in pytest's controlling process (which loads this file first, without a worker
+# count) is inherited by the workers: they replace it; a value the user set is kept
+_INHERITED = os.environ.get("_SIMKV_TEST_THREADS")
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, str(TORCH_THREADS))
+    if _var not in os.environ or os.environ[_var] == _INHERITED:
+        os.environ[_var] = str(TORCH_THREADS)
+os.environ["_SIMKV_TEST_THREADS"] = str(TORCH_THREADS)
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

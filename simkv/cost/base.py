@@ -20,7 +20,10 @@ class StepCost(Protocol):
         contexts `decode_ctx`, each later step one token longer per sequence.
 
         Step k's time depends only on `decode_ctx + k`, bit for bit: the first a + b steps are
-        the first a steps followed by the first b from `decode_ctx + a` (the engine times a run in
-        two such pieces when an arrival may cut it; tests/test_cost_runs.py checks every model).
-        A model that counts the steps it prices does so in an optional `decode_run_ran(decode_ctx,
-        num_steps)`, which the engine calls with the steps it simulated (see StepTableCost)."""
+        the first a steps followed by the first b from `decode_ctx + a`. The engine then times a
+        run that an arrival may cut in two such pieces (tests/test_cost_runs.py checks the
+        calibrated and roofline models and the interval study's scaling). A model that cannot
+        promise it sets `decode_runs_split_exactly = False`, and the engine times its runs whole
+        (StepTableCost). A model that counts the steps it prices does so in an optional
+        `decode_run_ran(decode_ctx, num_steps)`, which the engine calls with the steps it
+        simulated."""

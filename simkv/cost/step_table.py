@@ -110,6 +110,10 @@ class StepTableCost:
     """StepCost from a user's measured step table (see module docstring)."""
 
     decode_attention_scale = 1.0   # set by the builder; the user's kernels are what they measured
+    # scipy's interpolator walks from the previous point's triangle, so a point on a shared edge can
+    # take the other triangle's value (last bit) when timed in another call: the engine times a
+    # run whole (StepCost.decode_run_seconds)
+    decode_runs_split_exactly = False
 
     def __init__(self, rows: StepRows, base, *, host_overhead_s: float = 0.0, host_per_seq_s: float = 0.0,
                  extrapolate: str = "linear", host_in_table: bool = False) -> None:
