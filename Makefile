@@ -35,10 +35,10 @@ test: $(VENV)/.installed-test
 test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
 
-# speed and memory of four workloads against the previous release, built in the same run (~5 minutes;
-# benchmarks/bench_engine.py --million --fleet adds a million requests and a 16-replica fleet)
+# speed and memory of four workloads against the previous release, built in the same run, and a
+# 16-replica fleet's cost per request against one replica's (~8 minutes; --million adds a million requests)
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_engine.py --fleet
 
 # step-by-step parity with vLLM's own V1 scheduler (optional; never needed by run or test): a separate
 # venv with vllm --no-deps and a CPU torch (scripts/parity-env.sh, ~3 minutes), then results/parity/summary.json
