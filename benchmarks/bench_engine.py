@@ -63,14 +63,19 @@ print(json.dumps({"wall_s": wall, "cpu_s": cpu, "steps": res.summary["batch"]["s
 """
 
 
+def run_child(argv: list[str], tree: Path, what: str) -> dict:
+    """`python argv` in a new single-threaded process with `tree` on the path (no point inherits
+    another's heap); its last line of output, read as JSON."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(tree))
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=tree)
+    if proc.returncode:
+        raise RuntimeError(f"{what} failed in {tree}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_point(tree: Path, workload: str, n: int) -> dict:
     path, variant, _ = WORKLOADS[workload]
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(tree))
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / path), variant, str(n)], capture_output=True,
-                          text=True, env=env, cwd=tree)
-    if proc.returncode:
-        raise RuntimeError(f"{workload} at {n} requests failed in {tree}:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(["-c", CHILD, str(ROOT / path), variant, str(n)], tree, f"{workload} at {n} requests")
 
 
 def previous_tree(ref: str, into: Path) -> Path | None:

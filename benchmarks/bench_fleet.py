@@ -6,7 +6,7 @@ same number of requests, so each replica of the fleet simulates what the lone re
 
 Each point runs in a process of its own, after a warm-up run of the same simulation: the first
 simulation in a process also pays for imports, calibration tables and the cost curves of each batch
-size (~0.5 s here), and charging that to the lone replica, as this benchmark did until 2026-12-04,
+size (0.5-0.9 s here), and charging that to the lone replica, as this benchmark did until 2026-12-04,
 made fleets look up to ~2x cheaper against it than they are. The lone replica's point is the median
 of several runs (one is ~0.5 s).
 """
@@ -14,16 +14,13 @@ of several runs (one is ~0.5 s).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import simkv
 from simkv.files.scenario_file import validate_scenario
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_engine import ROOT, median_run, run_child
 
 
 def scenario(replicas: int, per_replica: int, policy: str):
@@ -40,28 +37,24 @@ def scenario(replicas: int, per_replica: int, policy: str):
 
 def _point(replicas: int, per_replica: int, policy: str, min_s: float = 5.0) -> dict:
     """(wall, CPU) seconds per request of the simulation, after a warm-up run of the same one (this
-    process: imports, calibration tables, cost curves of every batch size met): the medians of as
-    many runs as take `min_s` (at least one; a lone replica's run is short, and one short run varies
-    by +-25% on a shared machine; a fleet's point is usually one run)."""
+    process: imports, calibration tables, cost curves of every batch size met), of as
+    many runs as take `min_s`, the one with the median CPU time (at least one; a lone replica's run
+    is short, and one short run varies by +-25% on a shared machine; a fleet's point is usually one
+    run)."""
     sc = scenario(replicas, per_replica, policy)
     simkv.simulate(sc)
     n, runs, start = per_replica * replicas, [], time.perf_counter()
     while not runs or time.perf_counter() - start < min_s:
         wall, cpu = time.perf_counter(), time.process_time()
         simkv.simulate(sc)
-        runs.append(((time.perf_counter() - wall) / n, (time.process_time() - cpu) / n))
-    mid = (len(runs) - 1) // 2   # the median, the lower one of an even count
-    return {"wall_s": sorted(r[0] for r in runs)[mid], "cpu_s": sorted(r[1] for r in runs)[mid], "runs": len(runs)}
+        runs.append({"wall_s": (time.perf_counter() - wall) / n, "cpu_s": (time.process_time() - cpu) / n})
+    return {**median_run(runs), "runs": len(runs)}
 
 
 def per_request_s(replicas: int, per_replica: int, policy: str) -> dict:
-    """_point in a new process (single-threaded numpy), so no point inherits another's heap."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, __file__, "--point", str(replicas), str(per_replica), policy],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"bench_fleet point {replicas} x {per_replica} {policy} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """_point in a new single-threaded process (bench_engine's, as for its own points)."""
+    return run_child([__file__, "--point", str(replicas), str(per_replica), policy], ROOT,
+                     f"fleet point {replicas} x {per_replica} {policy}")
 
 
 if __name__ == "__main__":

@@ -198,13 +198,12 @@ class Replica:
     def _durations(self, plan) -> np.ndarray:
         if plan.max_steps == 1:
             return np.array([self.cost.seconds(plan)])
-        if not plan.arrival_sensitive:
-            d = self.cost.decode_run_seconds(plan.decode_ctx, plan.max_steps)
-        elif self._run_in_pieces:
+        if plan.arrival_sensitive and self._run_in_pieces:
             d = self._steps_before_arrival(plan.decode_ctx, plan.max_steps, self._next_arrival_s() - self.env.now)
-        else:   # time the whole run, keep the steps that start before the next arrival
+        else:
             d = self.cost.decode_run_seconds(plan.decode_ctx, plan.max_steps)
-            d = d[:1 + int(d[:-1].cumsum().searchsorted(self._next_arrival_s() - self.env.now, side="left"))]
+            if plan.arrival_sensitive:   # timed whole: keep the steps that start before the next arrival
+                d = d[:_steps_starting_before(d, self._next_arrival_s() - self.env.now)]
         self._decode_step_s = float(d[-1])
         return d
 
@@ -223,10 +222,10 @@ class Replica:
         if self._decode_step_s > 0 and gap_s < max_steps * self._decode_step_s:
             first = min(max_steps, 2 + int(max(gap_s, 0.0) / self._decode_step_s))
         d = self.cost.decode_run_seconds(ctx, first)
-        keep = 1 + int(d[:-1].cumsum().searchsorted(gap_s, side="left"))   # methods, not np.* wrappers
+        keep = _steps_starting_before(d, gap_s)
         if keep == first < max_steps:   # every step timed starts before the arrival: time the rest too
             d = np.concatenate((d, self.cost.decode_run_seconds(ctx + first, max_steps - first)))
-            keep = 1 + int(d[:-1].cumsum().searchsorted(gap_s, side="left"))
+            keep = _steps_starting_before(d, gap_s)
         return d[:keep]
 
     def _step_loop(self):
@@ -269,6 +268,12 @@ class Replica:
             iterations += 1
             if self.progress is not None and iterations % 512 == 0:
                 self.progress(self._next_arrival, self.t.num_requests, env.now)
+
+
+def _steps_starting_before(d: np.ndarray, gap_s: float) -> int:
+    """How many of consecutive steps of lengths `d` start less than `gap_s` from the first's start
+    (the first always counts)."""
+    return 1 + int(d[:-1].cumsum().searchsorted(gap_s, side="left"))   # methods, not np.* wrappers
 
 
 def _check_step_times(durations: np.ndarray) -> None:

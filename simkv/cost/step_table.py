@@ -139,6 +139,7 @@ class StepTableCost:
             composed = self._mixed(ps[mix] * n[mix], ps[mix] * causal_pairs(n[mix], L[mix]), b[mix], (b * c)[mix])[0]
             self.mixed_factor = float(np.median(s[mix] / np.maximum(composed, 1e-12)))
         self.use = TableUse()
+        self._last_run: tuple[np.ndarray, np.ndarray] | None = None   # (contexts, outside mask) of the last run timed
 
     # ------------------------------------------------------------ the table's surfaces
     def _mixed(self, T, W, b, K):
@@ -192,14 +193,21 @@ class StepTableCost:
     def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
         """The run's step times; not counted in `use` (the engine may time steps it then cuts at an
         arrival): the engine counts the steps it simulates through `decode_run_ran`."""
-        return self._decode_run(decode_ctx, num_steps)[0] + self._host_s(len(decode_ctx))
+        t, out = self._decode_run(decode_ctx, num_steps)
+        self._last_run = (decode_ctx, out)   # which of these steps lay outside: for decode_run_ran
+        return t + self._host_s(len(decode_ctx))
 
     def decode_run_ran(self, decode_ctx: np.ndarray, num_steps: int) -> None:
         """The first `num_steps` steps of a decode run from `decode_ctx` were simulated: count them
-        (and, under extrapolate: reject, refuse one outside the table)."""
+        (and, under extrapolate: reject, refuse one outside the table), with the outside mask of
+        the call that timed them (the engine times a step table's run in one call, just before)."""
+        last = self._last_run
+        if last is not None and last[0] is decode_ctx and len(last[1]) >= num_steps:
+            out = last[1][:num_steps]
+        else:
+            out = self._decode_run(decode_ctx, num_steps)[1]
         b = len(decode_ctx)
-        self._count(num_steps, self._decode_run(decode_ctx, num_steps)[1],
-                    f"{b} decodes at mean context {float(decode_ctx.mean()):.0f}" if b else "empty")
+        self._count(num_steps, out, f"{b} decodes at mean context {float(decode_ctx.mean()):.0f}" if b else "empty")
 
     def swap_seconds(self, num_tokens: int, to_host: bool) -> float:
         return self.base.swap_seconds(num_tokens, to_host)
