@@ -14,10 +14,6 @@ from simkv.result import Result
 from conftest import ROOT, cli_process, run_cli, small_scenario
 
 
-def _cli(*args):
-    return run_cli(*args)
-
-
 def test_same_seed_gives_byte_identical_summary(tmp_path):
     for out in ("a", "b"):
         proc = cli_process("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / out), "--no-figures",
@@ -26,13 +22,13 @@ def test_same_seed_gives_byte_identical_summary(tmp_path):
     a, b = (tmp_path / "a" / "summary.json").read_bytes(), (tmp_path / "b" / "summary.json").read_bytes()
     assert a == b
     assert (tmp_path / "a" / "requests.csv").read_bytes() == (tmp_path / "b" / "requests.csv").read_bytes()
-    proc = _cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "c"), "--no-figures",
+    proc = run_cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "c"), "--no-figures",
                 "--set", "run.num_requests=400", "--set", "run.seed=1")
     assert (tmp_path / "c" / "summary.json").read_bytes() != a
 
 
 def test_results_folder_has_everything(tmp_path):
-    proc = _cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path), "--set", "run.num_requests=300")
+    proc = run_cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path), "--set", "run.num_requests=300")
     assert proc.returncode == 0, proc.stderr
     for name in ("summary.json", "requests.csv", "timeseries.csv", "report.md", "kv_breakdown.png",
                  "latency_cdf.png", "batch_queue.png", "kv_utilization.png", "scenario.json"):
@@ -98,7 +94,7 @@ def test_sweep_runs_every_variant_at_every_value(tmp_path):
              "variants:\n  - {name: paged, set: {engine.allocator: paged}}\n"
              "  - {name: tgi, set: {engine.preset: tgi}}\n")
     (tmp_path / "s.yaml").write_text(text)
-    proc = _cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"), "--set", "run.num_requests=150",
+    proc = run_cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"), "--set", "run.num_requests=150",
                 "--set", "run.warmup_s=0")
     assert proc.returncode == 0, proc.stderr
     import csv
@@ -115,23 +111,23 @@ def test_sweep_runs_every_variant_at_every_value(tmp_path):
 def test_bad_sweep_value_names_the_sweep(tmp_path):
     text = (ROOT / "scenarios" / "quickstart.yaml").read_text() + "sweep: {field: workload.arrival.rate, values: [2, -1]}\n"
     (tmp_path / "s.yaml").write_text(text)
-    proc = _cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"))
+    proc = run_cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr
     assert "sweep" in proc.stderr and "rate=-1" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_plot_redraws_figures_from_saved_results(tmp_path):
-    proc = _cli("run", "scenarios/paged-vs-contiguous-h100.yaml", "-q", "--no-figures", "-o", str(tmp_path),
+    proc = run_cli("run", "scenarios/paged-vs-contiguous-h100.yaml", "-q", "--no-figures", "-o", str(tmp_path),
                 "--set", "run.duration_s=60", "--set", "run.warmup_s=5")
     assert proc.returncode == 0, proc.stderr
-    proc = _cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "single"), "--no-figures",
+    proc = run_cli("run", "scenarios/quickstart.yaml", "-q", "-o", str(tmp_path / "single"), "--no-figures",
                 "--set", "run.num_requests=100", "--set", "run.warmup_s=0")
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "kv_breakdown.png").exists()   # written without figures
     for folder in (tmp_path, tmp_path / "single"):
-        proc = _cli("plot", str(folder))
+        proc = run_cli("plot", str(folder))
         assert proc.returncode == 0, proc.stderr
         assert (folder / "kv_breakdown.png").stat().st_size > 0 and (folder / "report.md").exists()
     assert "contiguous-pow2" in (tmp_path / "report.md").read_text()
-    proc = _cli("plot", str(tmp_path / "nothing"))
+    proc = run_cli("plot", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and "summary.json" in proc.stderr

@@ -4,7 +4,6 @@ and Ray), capacity answers that say how far they hold, bounded searches, and CLI
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 import simkv
 from simkv.presets import PRESETS
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 TINY = """\
 name: tiny
@@ -28,10 +27,6 @@ variants:
   - {name: plain, set: {}}
   - {name: narrow, set: {engine.max_num_seqs: 8}}
 """
-
-
-def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return run_cli(*args, cwd=cwd)
 
 
 def _tiny(tmp_path: Path, text: str = TINY) -> Path:
@@ -189,13 +184,13 @@ def test_capacity_cli_reports_unservable_requests(tmp_path):
     text = CAP.replace("{dist: uniform, low: 50, high: 400}", "{dist: lognormal, mean: 300, p99: 4000}")
     assert text != CAP
     (tmp_path / "cap.yaml").write_text(text)
-    proc = _cli("capacity", str(tmp_path / "cap.yaml"), "--slo", "ttft_p99=0.5s", "--seeds", "1", "--tolerance", "0.1",
+    proc = run_cli("capacity", str(tmp_path / "cap.yaml"), "--slo", "ttft_p99=0.5s", "--seeds", "1", "--tolerance", "0.1",
                 "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["unservable_requests"] > 0 and out["unservable"]["prompt longer than max_model_len"] > 0
     assert out["capacity_rate"] > 0 and out["failing_rate"] > out["capacity_rate"]
-    proc = _cli("capacity", str(tmp_path / "cap.yaml"), "--slo", "ttft_p99=0.5s", "--seeds", "1", "--tolerance", "0.1")
+    proc = run_cli("capacity", str(tmp_path / "cap.yaml"), "--slo", "ttft_p99=0.5s", "--seeds", "1", "--tolerance", "0.1")
     assert proc.returncode == 0 and "unservable:" in proc.stdout and "prompt longer than max_model_len" in proc.stdout
 
 
@@ -258,7 +253,7 @@ def test_capacity_search_is_bounded(tmp_path):
     assert max(calls) <= 4 * 1024 * 1.1 and len(calls) <= 2 * 12 + 2
     res = find_capacity(sc, {("ttft", "p99"): 1.0}, simulate_fn=always, max_probes=5, max_rate=1e9)
     assert "max probes" in res.stopped and len(res.probes) == 5
-    proc = _cli("capacity", str(tmp_path / "cap.yaml"), "--slo", "e2e_max=1000s", "--seeds", "1", "--max-rate", "20",
+    proc = run_cli("capacity", str(tmp_path / "cap.yaml"), "--slo", "e2e_max=1000s", "--seeds", "1", "--max-rate", "20",
                 "--set", "run.num_requests=30")
     assert proc.returncode == 0, proc.stderr
     assert "capacity: at least 20.000 req/s" in proc.stdout and "search stopped: max rate reached" in proc.stdout
@@ -278,7 +273,7 @@ def test_capacity_search_is_bounded(tmp_path):
 def test_capacity_cli_rejects_out_of_range_numbers(tmp_path, args, field):
     _cap_scenario(tmp_path)
     full = ["capacity", str(tmp_path / "cap.yaml"), "--slo", "ttft_p99=1s", *args]
-    proc = _cli(*full)
+    proc = run_cli(*full)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stderr.startswith("simkv: error: ") and field in proc.stderr and "fix:" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -288,9 +283,9 @@ def test_capacity_cli_rejects_out_of_range_numbers(tmp_path, args, field):
 
 def test_variant_typo_names_the_known_variants(tmp_path):
     path = _tiny(tmp_path)
-    proc = _cli("capacity", str(path), "--slo", "ttft_p99=1s", "--variant", "wide")
+    proc = run_cli("capacity", str(path), "--slo", "ttft_p99=1s", "--variant", "wide")
     assert proc.returncode == 2 and "plain, narrow" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _cli("validate", str(path), "--device", "cpu", "--variant", "wide", "-o", str(tmp_path / "v"))
+    proc = run_cli("validate", str(path), "--device", "cpu", "--variant", "wide", "-o", str(tmp_path / "v"))
     assert proc.returncode == 2 and "--variant" in proc.stderr and "plain, narrow" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -298,7 +293,7 @@ def test_variant_typo_names_the_known_variants(tmp_path):
 @pytest.mark.parametrize("tp, ok", [(0, False), (-1, False), (3, False), (1, True), (2, True)])
 def test_step_time_tensor_parallel_is_checked(tmp_path, tp, ok):
     (tmp_path / "b.csv").write_text("prefill_seqs,prefill_len,decode_batch,decode_ctx\n1,128,0,0\n")
-    proc = _cli("step-time", "--batches", str(tmp_path / "b.csv"), "--tp", str(tp))
+    proc = run_cli("step-time", "--batches", str(tmp_path / "b.csv"), "--tp", str(tp))
     if ok:
         assert proc.returncode == 0 and "predicted_ms" in proc.stdout, proc.stderr
     else:
@@ -310,7 +305,7 @@ def test_validate_runs_the_named_variant(tmp_path):
     """`simkv validate --variant narrow` ran into a KeyError (the variants were dropped first)."""
     path = _tiny(tmp_path)
     out = tmp_path / "v"
-    proc = _cli("validate", str(path), "--device", "cpu", "--variant", "narrow", "--layers", "1", "--requests", "3",
+    proc = run_cli("validate", str(path), "--device", "cpu", "--variant", "narrow", "--layers", "1", "--requests", "3",
                 "--set", "workload.output_tokens={dist: fixed, value: 3}", "--set", "workload.prompt_tokens={dist: fixed, value: 16}",
                 "-o", str(out))
     assert proc.returncode == 0, proc.stderr

@@ -17,10 +17,6 @@ from conftest import ROOT, cli_process, run_cli
 QUICK = ROOT / "scenarios" / "quickstart.yaml"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return run_cli(*args)
-
-
 
 def _sweep_file(tmp_path: Path, extra: str = "", zipped: str = "") -> Path:
     (tmp_path / "s.yaml").write_text(
@@ -40,7 +36,7 @@ def test_sweep_grid_zip_cache_and_errors(tmp_path):
     again = run_sweep(base, points, variants, tmp_path / "out", workers=2)
     assert all(r["cached"] for r in again)
     assert [r["summary"] for r in again] == [r["summary"] for r in rows]      # read back from the cache
-    proc = _cli("sweep", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "out"))
+    proc = run_cli("sweep", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "out"))
     assert proc.returncode == 0 and "(4 cached)" in proc.stdout, proc.stderr
     table = list(csv.DictReader((tmp_path / "out" / "points.csv").open()))
     assert len(table) == 4 and {r["engine.block_size"] for r in table} == {"16", "32"}
@@ -48,7 +44,7 @@ def test_sweep_grid_zip_cache_and_errors(tmp_path):
     for name in ("curves.png", "curves.svg", "report.md", "sweep.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     (tmp_path / "bad.yaml").write_text(f"base: {QUICK}\ngrid: {{engine.block_sise: [8]}}\n")
-    proc = _cli("sweep", str(tmp_path / "bad.yaml"))
+    proc = run_cli("sweep", str(tmp_path / "bad.yaml"))
     assert proc.returncode == 2 and "block_sise" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -69,7 +65,7 @@ def test_crashed_point_is_reported_and_interrupted_sweep_resumes(tmp_path):
     again = run_sweep(base, points, variants, tmp_path / "out", workers=1)
     assert sum(not r["cached"] for r in again) == 3          # the lost point and the two failures rerun
     assert next(r for r in again if r["key"] == done["key"])["summary"] == done["summary"]
-    proc = _cli("sweep", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "out"))
+    proc = run_cli("sweep", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "out"))
     assert proc.returncode == 0 and proc.stderr.count("failed:") == 2
     table = list(csv.DictReader((tmp_path / "out" / "points.csv").open()))
     assert sum(bool(r["error"]) for r in table) == 2
@@ -78,15 +74,15 @@ def test_crashed_point_is_reported_and_interrupted_sweep_resumes(tmp_path):
 def test_cached_rerun_skips_plotting_and_plot_redraws(tmp_path):
     sweep = _sweep_file(tmp_path)
     out = tmp_path / "out"
-    assert _cli("sweep", str(sweep), "-o", str(out)).returncode == 0
+    assert run_cli("sweep", str(sweep), "-o", str(out)).returncode == 0
     stamp = (out / "curves.png").stat().st_mtime_ns
-    proc = _cli("sweep", str(sweep), "-o", str(out))
+    proc = run_cli("sweep", str(sweep), "-o", str(out))
     assert proc.returncode == 0 and "curves.png" not in proc.stdout
     assert (out / "curves.png").stat().st_mtime_ns == stamp
     report = (out / "report.md").read_text()
     (out / "curves.png").unlink()
     (out / "report.md").unlink()
-    proc = _cli("plot", str(out))
+    proc = run_cli("plot", str(out))
     assert proc.returncode == 0, proc.stderr
     assert (out / "curves.png").stat().st_size > 0 and (out / "report.md").read_text() == report
     assert "workload.arrival.rate" in report and "block_size=32" in report
@@ -124,7 +120,7 @@ def test_ray_executor_gives_the_same_points_as_local(tmp_path):
         except ProcessLookupError:
             pass
         shutil.rmtree(temp, ignore_errors=True)
-    proc = _cli("sweep", str(sweep), "-o", str(tmp_path / "local"), "--executor", "local", "--workers", "2")
+    proc = run_cli("sweep", str(sweep), "-o", str(tmp_path / "local"), "--executor", "local", "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "ray" / "points.csv").read_bytes() == (tmp_path / "local" / "points.csv").read_bytes()
     assert len((tmp_path / "ray" / "points.csv").read_text().splitlines()) == 5
@@ -141,7 +137,7 @@ def test_ray_executor_gives_the_same_points_as_local(tmp_path):
 
 def test_ray_errors_are_clear(tmp_path):
     sweep = _sweep_file(tmp_path)
-    proc = _cli("sweep", str(sweep), "--address", "127.0.0.1:1")
+    proc = run_cli("sweep", str(sweep), "--address", "127.0.0.1:1")
     assert proc.returncode == 2 and "--executor ray" in proc.stderr
     proc = cli_process("sweep", str(sweep), "-o", str(tmp_path / "o"), "--executor", "ray", "--address", f"127.0.0.1:{_free_port()}")
     assert proc.returncode == 2 and "ray start --head" in proc.stderr and "Traceback" not in proc.stderr
@@ -151,7 +147,7 @@ def test_sweep_over_a_categorical_field_draws(tmp_path):
     """`sweep:` over engine presets: the curves put the presets on the x axis."""
     text = QUICK.read_text().replace("  allocator: paged\n", "")
     (tmp_path / "s.yaml").write_text(text + "sweep: {field: engine.preset, values: [vllm-v1, tgi]}\n")
-    proc = _cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"), "--set", "run.num_requests=60",
+    proc = run_cli("run", str(tmp_path / "s.yaml"), "-q", "-o", str(tmp_path / "out"), "--set", "run.num_requests=60",
                 "--set", "run.warmup_s=0")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((tmp_path / "out" / "sweep.csv").open()))

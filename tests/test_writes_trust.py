@@ -21,10 +21,6 @@ from conftest import ROOT, run_cli, small_scenario
 VICTIM_TEXT = "precious data\n"
 
 
-def _cli(*args, cwd=ROOT):
-    return run_cli(*args, cwd=cwd)
-
-
 def _files(folder: Path) -> set[Path]:
     return {p.relative_to(folder) for p in folder.rglob("*")}
 
@@ -63,7 +59,7 @@ def test_symlinked_summary_is_refused_and_victim_untouched(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "summary.json").symlink_to(victim)
-    proc = _cli("run", "scenarios/quickstart.yaml", "-q", "--no-figures", "-o", str(out),
+    proc = run_cli("run", "scenarios/quickstart.yaml", "-q", "--no-figures", "-o", str(out),
                 "--set", "run.num_requests=50", "--set", "run.warmup_s=0")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"simkv: error: {out / 'summary.json'}: output file: is a symbolic link")
@@ -162,7 +158,7 @@ def test_colliding_variant_names_are_an_error(tmp_path):
     extra = ("variants:\n  - {name: a/b, set: {engine.block_size: 16}}\n"
              "  - {name: a_b, set: {engine.block_size: 32}}\n")
     path = _scenario_file(tmp_path, extra)
-    proc = _cli("run", str(path), "-q", "--no-figures", "-o", str(tmp_path / "out"), "--set", "run.num_requests=50",
+    proc = run_cli("run", str(path), "-q", "--no-figures", "-o", str(tmp_path / "out"), "--set", "run.num_requests=50",
                 "--set", "run.warmup_s=0")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"simkv: error: {path}: variants[1].name: variants 'a/b' and 'a_b' would both be "
@@ -205,14 +201,14 @@ def test_scenario_name_with_path_separators_for_the_default_folder(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     path = _scenario_file(tmp_path, name="../../escape")
-    proc = _cli("run", str(path), "-q", "--no-figures", "--set", "run.num_requests=50", "--set", "run.warmup_s=0",
+    proc = run_cli("run", str(path), "-q", "--no-figures", "--set", "run.num_requests=50", "--set", "run.warmup_s=0",
                 cwd=work)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"simkv: error: {path}: name: '../../escape' is used as a file or folder name")
     assert _files(tmp_path) == {Path("s.yaml"), Path("work")}
     # an ordinary name still gets results/<name>/, results/ created when missing
     path = _scenario_file(tmp_path, name="my run")
-    proc = _cli("run", str(path), "-q", "--no-figures", "--set", "run.num_requests=50", "--set", "run.warmup_s=0",
+    proc = run_cli("run", str(path), "-q", "--no-figures", "--set", "run.num_requests=50", "--set", "run.warmup_s=0",
                 cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert (work / "results" / "my run" / "summary.json").exists()
@@ -226,7 +222,7 @@ def test_sweep_json_names_are_used_only_when_plain(tmp_path, two_variants):
     for key, bad in (("figure", "../evil"), ("figure", "/tmp/evil"), ("table", "../../etc/passwd"), ("figure", "..")):
         (out / "sweep.json").write_text(json.dumps({**meta, key: bad}))
         before = _files(tmp_path)
-        proc = _cli("plot", str(out))
+        proc = run_cli("plot", str(out))
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith(f"simkv: error: {out / 'sweep.json'}: {key}: ") and "Traceback" not in proc.stderr
         assert _files(tmp_path) == before and not (tmp_path / "evil.png").exists()
@@ -237,7 +233,7 @@ def test_sweep_json_names_are_used_only_when_plain(tmp_path, two_variants):
 
 def test_output_folder_parent_must_exist(tmp_path):
     out = tmp_path / "missing" / "out"
-    proc = _cli("run", "scenarios/quickstart.yaml", "-q", "--no-figures", "-o", str(out), "--set", "run.num_requests=50",
+    proc = run_cli("run", "scenarios/quickstart.yaml", "-q", "--no-figures", "-o", str(out), "--set", "run.num_requests=50",
                 "--set", "run.warmup_s=0")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"simkv: error: {out}: output folder: the folder it would be created in, "
@@ -301,11 +297,11 @@ def test_simkv_sweep_refuses_a_symlinked_points_folder(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "points").symlink_to(elsewhere, target_is_directory=True)
-    proc = _cli("sweep", str(tmp_path / "s.yaml"), "-o", str(out), "--workers", "1")
+    proc = run_cli("sweep", str(tmp_path / "s.yaml"), "-o", str(out), "--workers", "1")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"simkv: error: {out / 'points'}: output folder: is a symbolic link")
     assert list(elsewhere.iterdir()) == []
-    proc = _cli("sweep", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "no" / "out"))
+    proc = run_cli("sweep", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "no" / "out"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr and not (tmp_path / "no").exists()
 
 
