@@ -121,7 +121,7 @@ def test_step_table_runs_are_timed_whole(tmp_path):
 
     rep = Replica.__new__(Replica)   # only what _durations reads; _run_in_pieces as __init__ sets it for this cost
     rep.cost, rep._run_in_pieces, rep._decode_step_s = Spy(), getattr(cost, "decode_runs_split_exactly", True), 0.1
-    rep._next_arrival_s = lambda: 0.25
+    rep._next_arrival_s, rep.next_sync_hint = (lambda: 0.25), None
     rep.env = type("Env", (), {"now": 0.0})()
     d = rep._durations(Plan())
     assert calls == [17]                         # one call for the whole run

@@ -56,7 +56,7 @@ class Fleet:
                     sched = ReceivingScheduler(sched)
                 rep = Replica(env, pool.sim.table, sched, pool.sim.cost, rec, routed=True)
                 rep.on_finished = self._finished
-                rep.next_arrival_hint = (lambda g=len(self.replicas): self._next_event_s(g))
+                rep.next_sync_hint = self._next_sync_s
                 rep.index = len(self.replicas)
                 self.replicas.append(rep)
                 self.pool_index.append(pool.index)
@@ -130,8 +130,8 @@ class Fleet:
 
     def _static_plan(self) -> np.ndarray | None:
         """round_robin and random decide without looking at load, so without follow-up turns or a
-        decision delay every arrival's replica is known in advance; each replica then knows when its
-        own next request comes, and fast-forwards as far as a lone replica would (until a fault)."""
+        decision delay every arrival's replica is known in advance: drawn here at once (until a
+        fault, after which the router decides each request as it comes)."""
         t, spec = self.t, self.spec.router
         if (spec.policy not in ("round_robin", "random") or t.next_turn is not None or spec.decision_delay_s > 0
                 or getattr(t, "clients", None) is not None
@@ -142,24 +142,18 @@ class Fleet:
         picks = (np.arange(int(starts.sum())) % k if spec.policy == "round_robin"
                  else self.router.rng.integers(k, size=int(starts.sum())))
         plan = picks[np.cumsum(starts) - 1] if n else np.zeros(0, dtype=np.int64)
-        self._own = [np.sort(t.arrival_s[plan == g]) for g in range(k)]
-        self._own_next = [0] * k
         return plan
 
     # ------------------------------------------------------------ events
-    def _next_event_s(self, g: int | None = None) -> float:
-        """The earliest time a request could next reach replica g (bounds its fast-forward)."""
-        if self._plan is not None and g is not None:
-            own, i = self._own[g], self._own_next[g]
-            nxt = float(own[i]) if i < len(own) else np.inf
-            if self._fault_times:   # a fault re-routes requests at once
-                nxt = min(nxt, self._fault_times[0])
-        else:
-            i = self._next_initial
-            nxt = float(self.t.arrival_s[self._initial[i]]) if i < len(self._initial) else np.inf
-        if self.autoscaler is not None:   # the policy reads the replicas' state at its ticks
+    def _next_sync_s(self) -> float:
+        """The next time the replicas' state must be up to date (bounds their fast-forward): a fault
+        (the steps in flight are lost, those before it are not) or an autoscaler tick (the policy
+        reads the replicas' state). Requests need no bound: a replica ends its run when one reaches
+        it (Replica._end_run_now)."""
+        nxt = self._fault_times[0] if self._fault_times else np.inf
+        if self.autoscaler is not None:
             nxt = min(nxt, self.autoscaler.next_tick)
-        return min(nxt, self._pending[0]) if self._pending else nxt
+        return nxt
 
     def _arrivals(self):
         env, arrival = self.env, self.t.arrival_s
@@ -169,9 +163,7 @@ class Fleet:
                 yield env.timeout(delay)
             self._next_initial = i + 1
             if self._plan is not None:
-                g = int(self._plan[rid])
-                self._own_next[g] += 1
-                self._deliver(rid, g)
+                self._deliver(rid, int(self._plan[rid]))
                 continue
             self._route(rid)
         self._arrivals_done = True

@@ -36,14 +36,19 @@ _GAP_LO, _GAP_DECADES, _GAP_PER_DECADE = -6.0, 10, 1000
 _GAP_BINS = _GAP_DECADES * _GAP_PER_DECADE
 _add_reduce = np.add.reduce   # ndarray.sum without its Python wrapper
 _max_reduce = np.maximum.reduce   # ndarray.max likewise
+_log10 = np.log10
 # reject reasons: no engine of this configuration could ever serve the request (excluded from SLO
 # attainment, reported by cause) vs. the engine refused a servable request (a missed SLO)
 UNSERVABLE_REASONS = (1, 2, PROMPT_OVER_PREFILL_BUDGET)
 REFUSED_REASONS = (REFUSED_BY_ENGINE, SESSION_ENDED)
+_SHORT_RUN = 16   # runs of at most this many steps are integrated with Python floats (fewer numpy calls)
 
 
 def _gap_bin(gap: float) -> int:
-    pos = (math.log10(max(gap, 1e-12)) - _GAP_LO) * _GAP_PER_DECADE
+    """`_gap_bins` of one gap. numpy's log10, not math.log10: numpy computes it with its own SIMD code
+    on some CPUs (AVX-512), and a gap must fall in the same bin whether its step was committed
+    alone or in a run (`_gap_bins`)."""
+    pos = (float(_log10(max(gap, 1e-12))) - _GAP_LO) * _GAP_PER_DECADE
     return min(max(int(pos), 0), _GAP_BINS - 1)
 
 
@@ -109,20 +114,35 @@ class Recorder:
                     integ[i] += span * v
                     if v > peak[i]:
                         peak[i] = v
-        else:
-            starts = ends - durations_s
-            overlap = np.maximum(np.minimum(ends, self.w1) - np.maximum(starts, self.w0), 0.0)   # clip at 0
-            span = float(_add_reduce(overlap))
+                self.running_integral += span * o.num_running
+                self.waiting_integral += span * o.num_waiting
+                self.max_running = max(self.max_running, o.num_running)
+                self.max_waiting = max(self.max_waiting, o.num_waiting)
+        else:   # step by step: each step starts where the one before ends, and every total
+            # takes the steps' terms one at a time, left to right, as k single-step calls would: the
+            # totals do not depend on how steps are grouped, and no BLAS kernel (whose summation
+            # order varies with the CPU) is involved
+            w0, w1 = self.w0, self.w1
+            if w0 <= start_s and last <= w1:   # inside the window: a step's overlap is its span
+                overlap = ends.copy()
+                overlap[1:] -= ends[:-1]
+                overlap[0] -= start_s
+            else:
+                starts = np.concatenate(((start_s,), ends[:-1]))
+                overlap = np.maximum(np.minimum(ends, w1) - np.maximum(starts, w0), 0.0)   # clip at 0
+            span = float(_max_reduce(overlap))   # > 0 when any step overlaps the window
             if span > 0:
-                for i, (v, m) in enumerate(zip((kv @ overlap).tolist(), _max_reduce(kv[:, overlap > 0], axis=1).tolist())):
-                    integ[i] += v
+                waiting = o.num_waiting if o.waiting_by_step is None else o.waiting_by_step
+                if k <= _SHORT_RUN:
+                    self._accumulate_short(overlap.tolist(), kv, o.num_running, waiting)
+                else:
+                    self._accumulate(overlap, kv, o.num_running, waiting)
+                for i, m in enumerate(_max_reduce(kv[:, overlap > 0], axis=1).tolist()):
                     if m > peak[i]:
                         peak[i] = m
-        if span > 0:
-            self.running_integral += span * o.num_running
-            self.waiting_integral += span * o.num_waiting
-            self.max_running = max(self.max_running, o.num_running)
-            self.max_waiting = max(self.max_waiting, o.num_waiting)
+                self.max_running = max(self.max_running, o.num_running)
+                self.max_waiting = max(self.max_waiting, o.num_waiting if o.waiting_by_step is None
+                                       else int(_max_reduce(o.waiting_by_step[overlap > 0])))
         self.num_steps += k
         self.total_tokens += k * o.tokens_per_step
         if self.w0 <= start_s and last <= self.w1:
@@ -141,7 +161,41 @@ class Recorder:
                     hist[b] += m
                 self.gap_max_s = max(self.gap_max_s, float(_max_reduce(gaps)))
         if self._next_sample * self.dt <= last:
-            self._sample(ends, kv, o.num_running, o.num_waiting)
+            self._sample(ends, kv, o.num_running, o.num_waiting if o.waiting_by_step is None else o.waiting_by_step)
+
+    def _accumulate_short(self, overlap: list[float], kv: np.ndarray, running: int, waiting) -> None:
+        """Add each step's overlap x value to the KV, running and queue integrals, step after step
+        (a few steps: Python floats, the same IEEE arithmetic as `_accumulate`)."""
+        integ = self._kv_integral
+        for i, row in enumerate(kv.tolist()):
+            acc = integ[i]
+            for x, v in zip(overlap, row):
+                acc += x * v
+            integ[i] = acc
+        acc = self.running_integral
+        for x in overlap:
+            acc += x * running
+        self.running_integral = acc
+        acc = self.waiting_integral
+        for x, w in zip(overlap, waiting.tolist() if isinstance(waiting, np.ndarray) else [waiting] * len(overlap)):
+            acc += x * w
+        self.waiting_integral = acc
+
+    def _accumulate(self, overlap: np.ndarray, kv: np.ndarray, running: int, waiting) -> None:
+        """`_accumulate_short` for many steps: one sequential cumulative sum per integral, each
+        starting from the integral so far (numpy's accumulate adds left to right)."""
+        integ, rows, k = self._kv_integral, len(self._kv_integral), len(overlap)
+        terms = np.empty((rows + 2, k + 1))
+        terms[:, 0] = integ + [self.running_integral, self.waiting_integral]
+        np.multiply(kv, overlap, out=terms[:rows, 1:])
+        if isinstance(waiting, np.ndarray):
+            np.multiply(overlap, running, out=terms[rows, 1:])
+            np.multiply(overlap, waiting, out=terms[rows + 1, 1:])
+        else:
+            np.multiply(np.array([[running], [waiting]]), overlap, out=terms[rows:, 1:])
+        totals = terms.cumsum(axis=1)[:, -1].tolist()
+        integ[:] = totals[:rows]
+        self.running_integral, self.waiting_integral = totals[rows], totals[rows + 1]
 
     def on_extra_gaps(self, gaps_s: np.ndarray, value_s: float = 0.0, count: int = 0) -> None:
         """Token gaps that are not a step's length (a preempted request's first token back), and
@@ -171,15 +225,16 @@ class Recorder:
             self.on_idle(now_s, self.w1)
 
     # ------------------------------------------------------------ time series
-    def _sample(self, ends, kv, running: int, waiting: int) -> None:
+    def _sample(self, ends, kv, running: int, waiting) -> None:
         """Append the state at every grid time t = s * dt up to ends[-1] (the caller's steps
-        cover every grid time since the previous call)."""
+        cover every grid time since the previous call); `waiting`: one queue depth, or one per step."""
         last = len(ends) - 1
         while self._next_sample * self.dt <= ends[-1]:
             t = self._next_sample * self.dt
             j = min(int(ends.searchsorted(t)), last) if last else 0   # the method: np.searchsorted's own function
             row = tuple(map(int, kv[:, j].tolist()))   # Python ints, without a numpy scalar per value
-            self._rows.append((self._next_sample, t) + row + (row[TOKEN] / self.capacity, running, waiting))
+            queued = int(waiting[j]) if isinstance(waiting, np.ndarray) else waiting
+            self._rows.append((self._next_sample, t) + row + (row[TOKEN] / self.capacity, running, queued))
             self._next_sample += 1
             if len(self._rows) > self.max_points:
                 self._decimate()

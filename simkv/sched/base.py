@@ -12,6 +12,18 @@ _NO_FLAGS = np.zeros(0, dtype=bool)
 _add_reduce = np.add.reduce   # ndarray.sum without its Python wrapper
 
 
+def step_ends(start_s: float, durations_s: np.ndarray) -> np.ndarray:
+    """The end time of each of consecutive steps that start at `start_s`: the start plus the
+    durations added one at a time, left to right. So a step's end is the same float whichever steps
+    it is committed with (a run in one piece, in pieces, or step by step), and results do not
+    depend on how the engine groups steps (tests/test_step_grouping.py)."""
+    if len(durations_s) == 1:
+        return start_s + durations_s
+    d = durations_s.copy()
+    d[0] += start_s
+    return d.cumsum()   # a sequential sum (numpy's accumulate), unlike a pairwise add.reduce
+
+
 # Plans and outcomes are made once per engine step and never changed after (a changed copy is made
 # with dataclasses.replace); they are not frozen=True because a frozen dataclass sets each field through
 # object.__setattr__, which was a few percent of a step's time. The shared empty defaults are not to be
@@ -76,6 +88,9 @@ class StepOutcome:
     gap_steps_from: int = 0         # the durations before this index are covered by extra_gaps_s
     extra_gap_value: float = 0.0    # and `extra_gap_count` more token gaps of this one value
     extra_gap_count: int = 0
+    # the queue depth at each step's end, where requests arrived during the steps (set by the
+    # engine, simkv.engine.Replica._queue_by_step); None: `num_waiting` during every step
+    waiting_by_step: np.ndarray | None = None
 
 
 class Scheduler(Protocol):

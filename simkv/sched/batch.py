@@ -16,7 +16,7 @@ import numpy as np
 from simkv.kv.base import KVAllocator
 from simkv.kv.usage import held_by, held_slots_paged, prefilling_breakdown, window_breakdown
 from simkv.request import DONE, RequestTable
-from simkv.sched.base import StepOutcome, StepPlan
+from simkv.sched.base import StepOutcome, StepPlan, step_ends
 
 _I64 = np.int64
 _NO_GAPS = np.zeros(0)
@@ -256,7 +256,7 @@ class RunningBatch(BatchBase):
                next_reservation: int | None) -> StepOutcome:
         """Apply len(durations_s) repetitions of `plan` (k > 1 only for decode-only plans)."""
         t, k = self.t, len(durations_s)
-        ends = start_s + durations_s.cumsum() if k > 1 else start_s + durations_s
+        ends = step_ends(start_s, durations_s)
         for rid in plan.preempted_ids:
             t.num_preemptions[rid] += 1
         n_dec = len(plan.decode_ids)

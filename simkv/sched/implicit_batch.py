@@ -34,7 +34,7 @@ import numpy as np
 from simkv.kv.base import KVAllocator
 from simkv.kv.usage import breakdown_from_sums
 from simkv.request import DONE, RequestTable
-from simkv.sched.base import StepOutcome, StepPlan
+from simkv.sched.base import StepOutcome, StepPlan, step_ends
 from simkv.sched.batch import BatchBase
 
 _I64 = np.int64
@@ -312,7 +312,7 @@ class ImplicitBatch(BatchBase):
     def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray, num_waiting: int,
                next_reservation: int | None) -> StepOutcome:
         t, k = self.t, len(durations_s)
-        ends = start_s + durations_s.cumsum() if k > 1 else start_s + durations_s
+        ends = step_ends(start_s, durations_s)
         for rid in plan.preempted_ids:
             t.num_preemptions[rid] += 1
         n_dec = len(plan.decode_ids)

@@ -37,7 +37,8 @@ class LoraScheduler:
         self.loads = self.hits = self.waited = 0
         self.wait_s = 0.0
         self.load_seconds = 0.0
-        self.distinct_sum = self.steps = 0
+        self.distinct_sum = self.steps = 0   # distinct adapters summed over the steps run, and the steps
+        self._plan_distinct = 0
 
     def __getattr__(self, name):
         if name.startswith("__") or name == "inner":  # copies and pickles: not the wrapped object's
@@ -109,11 +110,10 @@ class LoraScheduler:
     def schedule(self) -> StepPlan | None:
         self._drain()
         plan = self.inner.schedule()
-        if plan is not None:
-            self.steps += 1
+        if plan is not None:   # counted per step when committed (a plan may run as many steps)
             ids = np.concatenate([plan.decode_ids, plan.prefill_ids]).astype(np.int64)
             ad = self.adapter_of[ids] if len(ids) else ids
-            self.distinct_sum += len(np.unique(ad[ad >= 0]))
+            self._plan_distinct = len(np.unique(ad[ad >= 0]))
         return plan
 
     def take_pending_load_s(self) -> float:
@@ -122,6 +122,8 @@ class LoraScheduler:
 
     def commit(self, plan: StepPlan, start_s: float, durations_s: np.ndarray) -> StepOutcome:
         out = self.inner.commit(plan, start_s, durations_s)
+        self.steps += len(durations_s)
+        self.distinct_sum += self._plan_distinct * len(durations_s)
         self.now = float(out.step_end_s[-1])
         for rid in out.finished_ids:
             self._release(int(self.adapter_of[rid]))
