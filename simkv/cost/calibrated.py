@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy._core.multiarray import interp as _interp
 
+from simkv.cost import exact_fit
 from simkv.cost.tables import CalibrationTables
 from simkv.cost.layer import (ACT_BYTES, FEATURES, LayerCosts, OperatorSet, calibration_shapes,  # noqa: F401
                               elementwise_widths, layer_features, per_token_bytes)
@@ -55,10 +56,9 @@ def layer_step_features(tables: CalibrationTables, ops: OperatorSet, rows: np.nd
 
 
 def fit_correction(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative coefficients minimising the relative error of x @ coef against y."""
-    from scipy.optimize import nnls  # imported here: scipy.optimize costs 0.3 s at start-up
-    coef, _ = nnls(x / y[:, None], np.ones(len(y)))
-    return coef
+    """Non-negative coefficients minimising the relative error of x @ coef against y (exactly,
+    so the same on every CPU: simkv.cost.exact_fit)."""
+    return exact_fit.nnls(x / y[:, None], np.ones(len(y)))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simkv.cost import exact_fit
 from simkv.errors import SimkvError
 from simkv.sched.base import StepPlan
 
@@ -66,7 +67,7 @@ class Surface:
         self.scale = np.maximum(pts.max(axis=0), 1.0)
         self.pts, self.t = pts / self.scale, t
         design = np.column_stack([np.ones(len(pts)), self.pts])
-        self.plane = np.linalg.lstsq(design, self.t, rcond=None)[0]
+        self.plane = exact_fit.lstsq(design, self.t)   # the same on every CPU (simkv.cost.exact_fit)
         self.interp = None
         if len(pts) >= 3:
             try:
@@ -89,7 +90,7 @@ class Surface:
             dist = ((far[:, None, :] - self.pts[None, :, :]) ** 2).sum(axis=2)
             near = np.argmin(dist, axis=1)
             exact = dist[np.arange(len(missing)), near] <= 1e-24
-            out[missing] = self.t[near] + np.where(exact, 0.0, (far - self.pts[near]) @ self.plane[1:])
+            out[missing] = self.t[near] + np.where(exact, 0.0, exact_fit.matvec(far - self.pts[near], self.plane[1:]))
             outside = np.zeros(len(q), bool)
             outside[missing[~exact]] = True
         else:

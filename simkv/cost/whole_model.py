@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from simkv.cost import exact_fit
 from simkv.cost.tables import CalibrationTables
 from simkv.cost.layer import LayerCosts, OperatorSet, calibration_shapes, layer_features, per_token_bytes
 
@@ -42,7 +43,7 @@ def composed_and_features(tables: CalibrationTables, ops: OperatorSet, coef: np.
         att = ps * float(lc.prefill_attention(pl, 0)) if ps else 0.0
         att += lc.decode_attention(np.full(b, c)) if b else 0.0
         m = ps * pl + b
-        layer = float(layer_features(lc, bytes_per_s, m, att) @ coef)
+        layer = exact_fit.dot(layer_features(lc, bytes_per_s, m, att), coef)
         composed.append(layers * layer + coef[0] * float(lc.lm_head(ps + b)))
         feats.append(whole_features(layers, m, per_token_bytes(d)[1], bytes_per_s))
     return np.array(composed), np.array(feats)
@@ -53,10 +54,10 @@ def whole_features(layers: int, m: float, ew_bytes_per_token: float, bytes_per_s
 
 
 def fit_whole_model(composed: np.ndarray, features: np.ndarray, measured: np.ndarray, c0: float) -> np.ndarray:
-    """(g, a): bounded least squares, in relative error, of measured - composed on the features."""
-    from scipy.optimize import lsq_linear  # imported here: scipy.optimize costs 0.3 s at start-up
-    res = lsq_linear(features / measured[:, None], 1 - composed / measured, bounds=([0.0, 0.0], [max(c0, 1e-12), np.inf]))
-    return res.x
+    """(g, a): bounded least squares, in relative error, of measured - composed on the features
+    (exactly, so the same on every CPU: simkv.cost.exact_fit)."""
+    return exact_fit.bounded_lstsq(features / measured[:, None], 1 - composed / measured,
+                                   [0.0, 0.0], [max(c0, 1e-12), np.inf])
 
 
 def whole_model_coef(tables: CalibrationTables, ops: OperatorSet, coef: np.ndarray, bytes_per_s: float,

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
+from simkv.cost import exact_fit
 from simkv.specs import ModelSpec, Strict
 
 
@@ -59,7 +60,7 @@ class Speculative(Strict):
 
     def expected_tokens(self) -> float:
         """Tokens a sequence keeps per speculative step, accepted + 1 (the analytic mean)."""
-        return float(np.arange(self.num_tokens + 1) @ self.distribution()) + 1.0
+        return exact_fit.dot(np.arange(self.num_tokens + 1), self.distribution()) + 1.0
 
     def sample_accepted(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.choice(self.num_tokens + 1, size=n, p=self.distribution()).astype(np.int64)

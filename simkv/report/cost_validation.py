@@ -23,6 +23,7 @@ from simkv.catalog import builtin_gpus, builtin_models  # noqa: E402
 from simkv.studies.step_time import plan_from_shape  # noqa: E402
 from simkv.files.figures import save_figure  # noqa: E402
 from simkv.cost.calibrated import Calibration, fit_correction, layer_step_features  # noqa: E402
+from simkv.cost.exact_fit import dot, matvec  # noqa: E402
 from simkv.cost.layer import CALIBRATION_MODELS, OperatorSet  # noqa: E402
 from simkv.cost.roofline import RooflineCost  # noqa: E402
 
@@ -67,10 +68,10 @@ def validate_whole(tables, ops, coef, bytes_per_s) -> WholeModelValidation | Non
     loo, loko = np.empty_like(y), np.empty_like(y)
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        loo[i] = composed[i] + x[i] @ fit_whole_model(composed[keep], x[keep], y[keep], float(coef[4]))
+        loo[i] = composed[i] + dot(x[i], fit_whole_model(composed[keep], x[keep], y[keep], float(coef[4])))
     for kind in np.unique(M["kind"]):
         sel = M["kind"] == kind
-        loko[sel] = composed[sel] + x[sel] @ fit_whole_model(composed[~sel], x[~sel], y[~sel], float(coef[4]))
+        loko[sel] = composed[sel] + matvec(x[sel], fit_whole_model(composed[~sel], x[~sel], y[~sel], float(coef[4])))
     shape = [f"{int(M['prefill_seqs'][i])}x{int(M['prefill_len'][i])} + {int(M['decode_batch'][i])}@{int(M['decode_ctx'][i])}"
              for i in range(len(y))]
     return WholeModelValidation(y, M["kind"], shape, composed, loo, loko, full)
@@ -85,13 +86,13 @@ def validate(gpu: str) -> GpuValidation:
     loo = np.empty_like(y)
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        loo[i] = x[i] @ fit_correction(x[keep], y[keep])
+        loo[i] = dot(x[i], fit_correction(x[keep], y[keep]))
     lomo = np.empty_like(y)
     for name in CALIBRATION_MODELS:
         sel = L["model"] == name
         cal = Calibration.fit(tables, (name,))
-        lomo[sel] = layer_step_features(tables, cal.ops, sel) @ cal.coef
-    op_sum = x[:, :4] @ np.array([1.0, 1.0, 0.0, 0.0]) + _isolated_elementwise(tables, ops)
+        lomo[sel] = matvec(layer_step_features(tables, cal.ops, sel), cal.coef)
+    op_sum = x[:, 0] + x[:, 1] + _isolated_elementwise(tables, ops)
     coef = fit_correction(x, y)
     whole = validate_whole(tables, ops, coef, tables.device["d2d_copy_GBps_read_plus_write"] * 1e9)
     return GpuValidation(gpu, y, L["model"], L["kind"], loo, lomo, op_sum, _roofline(tables), coef, whole)

@@ -58,6 +58,7 @@ def calibration_residuals(gpu: str) -> tuple[dict, str] | None:
     """({kind: measured/predicted held-out ratios}, description) of a GPU's shipped calibration."""
     from simkv.files.calibration import available_gpus, load_tables
     from simkv.cost.calibrated import fit_correction, layer_step_features
+    from simkv.cost.exact_fit import dot
     from simkv.cost.layer import OperatorSet
     if gpu not in available_gpus():
         return None
@@ -74,14 +75,14 @@ def calibration_residuals(gpu: str) -> tuple[dict, str] | None:
         ym, pred = M["s"], np.empty(len(M["s"]))
         for i in range(len(ym)):
             keep = np.arange(len(ym)) != i
-            pred[i] = composed[i] + feats[i] @ fit_whole_model(composed[keep], feats[keep], ym[keep], float(coef[4]))
+            pred[i] = composed[i] + dot(feats[i], fit_whole_model(composed[keep], feats[keep], ym[keep], float(coef[4])))
         ratios, kinds = ym / pred, M["kind"]
         what = f"leave-one-out errors of the {gpu} whole-model steps (model_steps.csv, {len(ym)} rows)"
     else:
         pred = np.empty(len(y))
         for i in range(len(y)):
             keep = np.arange(len(y)) != i
-            pred[i] = x[i] @ fit_correction(x[keep], y[keep])
+            pred[i] = dot(x[i], fit_correction(x[keep], y[keep]))
         ratios, kinds = y / pred, L["kind"]
         what = f"leave-one-out errors of the {gpu} graph-replayed layers (layer_steps.csv, {len(y)} rows)"
     return _by_kind(ratios, np.asarray(kinds).astype(str)), what
