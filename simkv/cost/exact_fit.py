@@ -116,7 +116,7 @@ class NormalEquations:
             f = _objective(g, h, x)
             if best_f is None or f < best_f:
                 best, best_f = x, f
-        if best is None:   # only when bounds are infinite on one side and every candidate failed: no constraint met
+        if best is None:   # not when every variable has a bound (all at bounds is feasible); a free variable of a singular system may leave none
             raise ValueError("a bounded least-squares fit found no feasible solution")
         return np.array([float(v) for v in best])
 
