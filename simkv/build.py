@@ -21,7 +21,7 @@ from simkv.kv.base import KVAllocator
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
 from simkv.kv.paged import PagedAllocator
-from simkv.kv.prefix_cache import PrefixCachingAllocator
+from simkv.kv.compiled_prefix_cache import prefix_cache_allocator
 from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.kv.memory import MemoryPlan, plan_memory
 from simkv.features.offload_setup import check_offload, configure_cost, offload_allocator, resolve_offload
@@ -128,7 +128,7 @@ def build(scenario: Scenario, stream: RequestStream, inputs: CostInputs) -> Simu
                          "GUARANTEED_NO_EVICT)",
                          field="workload.sampling.beam_width", fix="use another preset, or parallel sampling (n)")
     if e.allocator == "paged" and (e.prefix_caching or beams):  # reference-counted blocks
-        allocator = PrefixCachingAllocator(mem.num_blocks, e.block_size)
+        allocator = prefix_cache_allocator(mem.num_blocks, e.block_size, table.num_requests)
         if e.kv_offload is not None:   # host / SSD tiers below the prefix cache (simkv.kv.offload)
             e = resolve_offload(e, mem.kv_bytes)
             allocator = offload_allocator(e, mem, gpu, model.kv_bytes_per_token(e.kv_cache_dtype, tp), table.num_requests)

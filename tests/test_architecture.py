@@ -195,8 +195,10 @@ def test_every_allocator_offers_what_its_protocol_lists():
     from simkv.kv.offload import OffloadingPrefixCache, OffloadTiers
     from simkv.kv.paged import PagedAllocator
     from simkv.kv.prefix_cache import PrefixCachingAllocator
+    from simkv.kv.compiled_prefix_cache import CompiledPrefixCache, compiled_kernels
     cases = [(ContiguousAllocator(64), RegionKV), (BuddyAllocator(64), RegionKV), (PagedAllocator(4, 16), PagedKV),
              (PrefixCachingAllocator(4, 16), PrefixKV),
+             *([(CompiledPrefixCache(4, 16), PrefixKV)] if compiled_kernels() is not None else []),
              (OffloadingPrefixCache(4, 16, OffloadTiers([], "write_through", 1024)), OffloadKV)]
     for alloc, proto in cases:
         missing = sorted(m for m in _protocol_members(proto) if not hasattr(alloc, m))

@@ -16,7 +16,7 @@ from simkv.errors import SimkvError
 from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
 from simkv.kv.paged import PagedAllocator
-from simkv.kv.prefix_cache import PrefixCachingAllocator
+from simkv.kv.compiled_prefix_cache import prefix_cache_allocator
 from simkv.metrics import Recorder
 from simkv.workload.stream import RequestStream
 
@@ -72,7 +72,7 @@ def _scheduler(sim: Simulation, r: int):
     beams = s.workload.sampling.beam_width > 1
     reserving = reserves_upfront(e)
     if e.allocator == "paged" and (e.prefix_caching or beams):
-        allocator = PrefixCachingAllocator(mem.num_blocks, e.block_size)
+        allocator = prefix_cache_allocator(mem.num_blocks, e.block_size, sim.table.num_requests)
         if reserving:
             allocator.reserve_upfront = True
     elif e.allocator == "paged":

@@ -241,11 +241,19 @@ class NameChain(Sequence[int]):
     request's group, then its own blocks: simkv.sched.chunked.block_hashes): a sequence of ints, whose
     parts the prefix cache names and finds as slices of their runs."""
 
-    __slots__ = ("parts", "_len")
+    __slots__ = ("parts", "_len", "_arr")
 
     def __init__(self, parts) -> None:
         self.parts: tuple[range, ...] = tuple(p for p in parts if len(p))
         self._len = sum(len(p) for p in self.parts)
+        self._arr: np.ndarray | None = None
+
+    def as_array(self) -> np.ndarray:
+        """The names as an int64 array, made once (a chain is immutable)."""
+        if self._arr is None:
+            self._arr = np.concatenate([np.arange(p.start, p.stop, p.step, dtype=_I64) for p in self.parts]) \
+                if self.parts else np.zeros(0, _I64)
+        return self._arr
 
     def __len__(self) -> int:
         return self._len

@@ -1,0 +1,302 @@
+"""The prefix-caching block pool on compiled kernels (simkv.kv.pool_kernels): result for result the
+pure-Python pool (simkv.kv.prefix_cache, kept as the reference), used for runs long enough to pay
+for numba's start-up (`prefix_cache_allocator`).
+
+What it models is the pure pool's (vLLM's block pool: reference counts, content names registered
+once computed, an LRU free queue whose front is evicted when taken); only the representation
+differs. The free queue is a linked list through every block instead of a FIFO of chunks with
+stale entries, and the name -> block map a hash table in arrays instead of runs of arrays, so a
+take, pin, free, lookup or registration is one kernel call over the blocks it concerns. Block
+tables are `array.array('q')`, not lists: a kernel reads one through a numpy view of its memory
+(~0.7 µs), where turning a TGI reservation's list of ~190 blocks into an array costs ~7 µs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from array import array
+from typing import Sequence
+
+import numpy as np
+
+from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
+from simkv.kv.name_runs import NameChain
+from simkv.kv.paged import PagedAllocator
+from simkv.kv.prefix_cache import PrefixCachingAllocator
+
+_I64 = np.int64
+_MIN_TABLE = 1024   # slots of the name table at first (it doubles before it is half full)
+_last_range: tuple[range | None, np.ndarray] = (None, np.zeros(0, _I64))
+
+
+# the compiled pool pays from about this many requests: numba's import and loading the cached kernels
+# cost ~0.8 s a process, and the pool saves ~70 µs a request on TGI and ~440 µs on multi-turn vLLM V1
+# (docs/performance.md, 2026-12-07); results are the same either way
+COMPILED_FROM_REQUESTS = 5000
+
+
+def compiled_kernels():
+    """simkv.kv.pool_kernels, or None where numba is missing or `SIMKV_COMPILED=0` (imported on first
+    use, so runs without prefix caching do not pay numba's import)."""
+    if os.environ.get("SIMKV_COMPILED") == "0":
+        return None
+    try:
+        from simkv.kv import pool_kernels
+    except ImportError:
+        return None
+    return pool_kernels
+
+
+def prefix_cache_allocator(num_blocks: int, block_size: int, num_requests: int):
+    """The prefix-caching block pool for a run of `num_requests`: the compiled one from
+    COMPILED_FROM_REQUESTS requests on or once this process has loaded the kernels (always with
+    `SIMKV_COMPILED=1`; never with `=0` or without numba), else the pure-Python one. The two give
+    the same results (tests/test_compiled_prefix_cache.py)."""
+    switch = os.environ.get("SIMKV_COMPILED")
+    loaded = "simkv.kv.pool_kernels" in sys.modules   # paid for already (an earlier run of a sweep)
+    wanted = switch == "1" or (switch != "0" and (loaded or num_requests >= COMPILED_FROM_REQUESTS))
+    kernels = compiled_kernels() if wanted else None
+    if kernels is None:
+        return PrefixCachingAllocator(num_blocks, block_size)
+    return CompiledPrefixCache(num_blocks, block_size, kernels)
+
+
+def names_array(hashes: Sequence[int]) -> np.ndarray:
+    """Block names as an int64 array (a NameChain keeps its array, since the scheduler passes the
+    same chain to the lookup, the admission and every registration of a prompt)."""
+    if type(hashes) is NameChain:
+        return hashes.as_array()
+    if type(hashes) is range:   # the last range's array is kept (ranges are immutable, and the cache holds it)
+        global _last_range
+        if _last_range[0] is not hashes:
+            _last_range = (hashes, np.arange(hashes.start, hashes.stop, hashes.step, dtype=_I64))
+        return _last_range[1]
+    if isinstance(hashes, np.ndarray):
+        return hashes.astype(_I64, copy=False)
+    return np.fromiter(hashes, _I64, len(hashes))
+
+
+class CompiledPrefixCache(PagedAllocator):
+    """Block pool with reference counts, content names and an LRU free queue, on kernels."""
+
+    prefix_caching = True
+
+    def __init__(self, num_blocks: int, block_size: int, kernels=None) -> None:
+        super().__init__(num_blocks, block_size)
+        self._k = kernels if kernels is not None else compiled_kernels()
+        if self._k is None:
+            raise RuntimeError("the compiled prefix cache needs numba")
+        self._free, self._head = [], 0   # replaced by the linked queue
+        self._tables: dict[int, array[int]] = {}   # type: ignore[assignment]   # block tables as arrays (module docstring)
+        n = num_blocks
+        k = self._k
+        # counts, queue links and names of every block (pool_kernels): the queue 0, 1, ..., n-1
+        # through the sentinel column n, no block named
+        st = self._st = np.zeros((4, n + 1), _I64)
+        st[k.NXT] = np.arange(1, n + 2)
+        st[k.NXT, n] = 0
+        st[k.PRV] = np.arange(-1, n)
+        st[k.PRV, 0] = n
+        st[k.NAME] = -1
+        self._ref = st[k.REF, :n]                 # views, for the queries
+        self._name = st[k.NAME, :n]
+        self._tab = np.full(2 * _MIN_TABLE, -1, _I64)   # name -> block (slots of name, block)
+        self._named = 0                           # names in the table
+        self._out = np.empty(n, _I64)             # the kernels' results
+        self._nfree = n
+        self._registered: dict[int, int] = {}    # req_id -> leading blocks already named
+        self.shared_excess = 0                    # sum over blocks of (references - 1)
+
+    def __getstate__(self) -> dict:   # copies and pickles: the kernels module and the views are found again
+        return {k: v for k, v in self.__dict__.items() if k not in ("_k", "_ref", "_name")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        k = self._k = compiled_kernels()
+        n = self.num_blocks
+        self._ref, self._name = self._st[k.REF, :n], self._st[k.NAME, :n]
+
+    # ------------------------------------------------------------ queries
+    @property
+    def num_free_blocks(self) -> int:
+        return self._nfree
+
+    def free_block_ids(self) -> list[int]:
+        return self._out[:self._k.queue_order(self._st, self._out)].tolist()
+
+    def ref_count(self, block: int) -> int:
+        return int(self._ref[block])
+
+    def cached_blocks(self) -> dict:
+        keys, vals = self._tab[0::2], self._tab[1::2]
+        used = (keys >= 0).nonzero()[0]
+        return dict(zip(keys[used].tolist(), vals[used].tolist()))
+
+    def name_of(self, block: int) -> int | None:
+        """The content name `block` holds, None if it holds none."""
+        h = int(self._name[block])
+        return h if h >= 0 else None
+
+    def block_of(self, h: int) -> int:
+        """The block holding name `h`, -1 if none."""
+        return int(self._k.lookup(self._tab, h))
+
+    def match_prefix(self, hashes: Sequence[int]) -> int:
+        """How many leading blocks of `hashes` are cached (pure)."""
+        if not len(hashes):
+            return 0
+        return int(self._k.leading(names_array(hashes), self._tab))
+
+    def _free_hits(self, hashes: Sequence[int], hits: int) -> int:
+        """Of the first `hits` (cached) blocks of `hashes`, how many are free."""
+        if not hits:
+            return 0
+        return int(self._k.free_among(names_array(hashes)[:hits], self._st, self._tab))
+
+    def can_allocate_cached(self, hashes: Sequence[int], hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
+        """Would `allocate_cached` succeed with `hits` cached leading blocks for `num_tokens` slots?"""
+        need = max(0, self.blocks_for(num_tokens) - hits) + self._free_hits(hashes, hits)
+        return need + self.blocks_for(watermark_tokens) <= self._nfree
+
+    # ------------------------------------------------------------ allocation
+    def _take(self, n: int) -> np.ndarray:
+        """`n` (> 0) blocks for new content: the least recently used free ones, their old names
+        evicted (a view of the scratch array: copy it before the next kernel call)."""
+        if n > self._nfree:
+            raise OutOfKVMemory(f"{n} blocks needed, {self._nfree} free")
+        self._named -= self._k.take(n, self._st, self._tab, self._out)
+        self._nfree -= n
+        return self._out[:n]
+
+    def _take_blocks(self, n: int) -> list[int]:
+        return self._take(n).tolist() if n > 0 else []
+
+    def _pin(self, blocks: np.ndarray) -> None:
+        """One more reference to each of `blocks` (cache hits; distinct blocks): free ones leave the queue."""
+        freed = int(self._k.pin(blocks, self._st))
+        self._nfree -= freed
+        self.shared_excess += len(blocks) - freed
+
+    def _release(self, table: np.ndarray) -> None:
+        """One reference fewer to each block of `table`; those left free join the queue, tail blocks first."""
+        shared = int(self._k.release(table, self._st))
+        self.shared_excess -= shared
+        self._nfree += len(table) - shared
+
+    def allocate_cached(self, req_id: int, hashes: Sequence[int], hits: int, num_tokens: int, final_tokens: int,
+                        reserve_tokens: int = 0) -> None:
+        """Reuse the first `hits` cached blocks of `hashes`, then take new blocks up to `num_tokens`
+        written slots (up to `reserve_tokens` slots when more: TGI reserves at admission)."""
+        if req_id in self._tables:
+            raise ValueError(f"request {req_id} already holds KV memory")
+        held = max(num_tokens, reserve_tokens)
+        if not self.can_allocate_cached(hashes, hits, held):
+            raise OutOfKVMemory(f"request {req_id} does not fit ({self._nfree} free blocks)")
+        table = array("q")
+        if hits:
+            cached = self._out[:self._k.blocks_of(names_array(hashes)[:hits], self._tab, self._out)]
+            self._pin(cached)
+            table.frombytes(cached.tobytes())
+        need = self.blocks_for(held) - hits
+        if need > 0:
+            table.frombytes(self._take(need).tobytes())
+        self._tables[req_id] = table
+        self._tok[req_id] = num_tokens
+        self._final[req_id] = max(num_tokens, final_tokens)
+        self._registered[req_id] = hits
+
+    def allocate(self, req_id: int, num_tokens: int, reserve_tokens: int | None = None,
+                 final_tokens: int | None = None) -> None:
+        self.allocate_cached(req_id, [], 0, num_tokens, final_tokens if final_tokens is not None else num_tokens)
+
+    def append(self, req_id: int, num_tokens: int = 1) -> None:
+        table = self._tables[req_id]
+        new_tokens = self._tok_of(req_id) + num_tokens
+        need = self.blocks_for(new_tokens) - len(table)
+        if need > self._nfree:
+            raise OutOfKVMemory(f"request {req_id} needs {need} more blocks, {self._nfree} free")
+        if need > 0:
+            table.frombytes(self._take(need).tobytes())
+        self._tok[req_id] = new_tokens
+
+    def take_blocks(self, req_ids: list[int], counts: list[int]) -> None:
+        """Append counts[i] free blocks to req_ids[i]'s table, in request order (as one take per
+        request would)."""
+        total = sum(counts)
+        if total > self._nfree:
+            raise OutOfKVMemory(f"bulk growth needs {total} blocks, {self._nfree} free")
+        if total <= 0:
+            return
+        taken, tables = self._take(total), self._tables
+        if total == len(req_ids) and 0 not in counts:   # one block each (a decode step)
+            for rid, block in zip(req_ids, taken.tolist()):
+                tables[rid].append(block)
+            return
+        pos = 0
+        for rid, m in zip(req_ids, counts):
+            if m > 0:
+                tables[rid].frombytes(taken[pos:pos + m].tobytes())
+                pos += m
+
+    def register(self, req_id: int, hashes: Sequence[int], num_tokens: int) -> None:
+        """Name the full blocks among the first `num_tokens` computed slots of `req_id` by `hashes`
+        (first come keeps a name: a block with the same content computed later stays private)."""
+        table = self._tables[req_id]
+        full = min(num_tokens // self.block_size, len(hashes), len(table))
+        done = self._registered.get(req_id, 0)
+        if full > done:
+            if 4 * (self._named + full - done) > len(self._tab):
+                self._grow_table(self._named + full - done)
+            names = names_array(hashes)[done:full]
+            blocks = np.frombuffer(table, _I64)[done:full]
+            self._named += int(self._k.name_blocks(names, blocks, self._st, self._tab))
+        self._registered[req_id] = max(full, done)
+
+    def _grow_table(self, names: int) -> None:
+        """A name table with room for `names` names at under half load."""
+        slots = len(self._tab) // 2
+        while 2 * names > slots:
+            slots *= 2
+        tab = np.full(2 * slots, -1, _I64)
+        self._k.rehash(self._tab, tab)
+        self._tab = tab
+
+    def fork_into(self, child: int, parent: int) -> bool:
+        """Beam search: `child` drops its blocks and continues `parent`'s hypothesis, sharing its
+        full blocks (reference counts) and copying its partial last block (copy-on-write done at
+        once, since the child writes into it next). Returns False, changing nothing, if no block
+        is free for the copy."""
+        tokens = self._tokens[parent]
+        if self._tokens[child] != tokens:
+            raise ValueError("beams fork only between sequences of the same length")
+        full = tokens // self.block_size
+        copy = 1 if tokens % self.block_size else 0
+        mine = np.frombuffer(self._tables[child], _I64)
+        freed = int(np.count_nonzero(self._ref[mine] == 1))
+        if copy > self._nfree + freed:
+            return False
+        self._release(mine)
+        table = self._tables[parent][:full]   # a copy
+        self._ref[np.frombuffer(table, _I64)] += 1   # held by the parent: none of them is free
+        self.shared_excess += len(table)
+        if copy:
+            table.frombytes(self._take(copy).tobytes())
+        self._tables[child] = table
+        self._registered[child] = 0
+        return True
+
+    def free(self, req_id: int) -> None:
+        table = self._tables.pop(req_id)
+        del self._tok[req_id], self._final[req_id]
+        self._registered.pop(req_id, None)
+        if table:
+            self._release(np.frombuffer(table, _I64))
+
+    # ------------------------------------------------------------ accounting
+    def usage(self, next_reservation: int | None = None) -> KVUsage:
+        tokens, reserved, internal = sum_breakdown(
+            (len(table) * self.block_size, self._tokens[r], self._final[r]) for r, table in self._tables.items())
+        tokens -= self.shared_excess * self.block_size  # a shared (full) block holds its tokens once
+        free = self._nfree * self.block_size
+        return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)
