@@ -12,6 +12,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
+from simkv import compiled
 from simkv.cost.select import CostInputs, make_cost
 from simkv.features.model_checks import (check_lora, check_moe_engine, check_speculative, draft_memory, lora_gpu_bytes, lora_parts,
                                 speculative_parts)
@@ -158,6 +159,9 @@ def build(scenario: Scenario, stream: RequestStream, inputs: CostInputs) -> Simu
     if e.allocator == "paged":   # the paged kernel's block-size term (1.0 at block 16 and above)
         cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
     configure_cost(cost, e, gpu)
+    if hasattr(cost, "use_compiled_attention") and compiled.wanted(table.num_requests, pays_alone_from=None):
+        # the same numbers, sooner, where numba is loaded anyway (simkv.compiled)
+        cost.use_compiled_attention(compiled.kernels("simkv.cost.attention_kernels"))
     if e.speculative is not None:
         scheduler, cost = speculative_parts(scenario, e, scheduler, cost, draft, max(step_tokens, 16384), inputs)
     if e.lora is not None and scenario.workload.lora is not None:

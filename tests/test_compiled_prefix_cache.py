@@ -61,15 +61,16 @@ def test_names_array_of_each_kind():
 
 
 def test_the_factory_follows_the_run_length_and_the_switch(monkeypatch):
-    """Compiled from COMPILED_FROM_REQUESTS requests on (numba's start-up then pays), or when forced."""
-    from simkv.kv.compiled_prefix_cache import COMPILED_FROM_REQUESTS
+    """Compiled from COMPILED_FROM_REQUESTS requests on (numba's start-up then pays), in any run once
+    numba is loaded, or when forced (simkv.compiled)."""
     import sys
+    from simkv.compiled import COMPILED_FROM_REQUESTS
     monkeypatch.delenv("SIMKV_COMPILED", raising=False)
     assert type(prefix_cache_allocator(8, 4, COMPILED_FROM_REQUESTS)) is CompiledPrefixCache
-    monkeypatch.delitem(sys.modules, "simkv.kv.pool_kernels")   # as in a new process
-    assert type(prefix_cache_allocator(8, 4, COMPILED_FROM_REQUESTS - 1)) is PrefixCachingAllocator
-    monkeypatch.undo()
-    assert type(prefix_cache_allocator(8, 4, 10)) is CompiledPrefixCache   # loaded: a short run uses it too
+    assert type(prefix_cache_allocator(8, 4, 10)) is CompiledPrefixCache   # numba loaded: a short run uses it too
+    with monkeypatch.context() as m:
+        m.delitem(sys.modules, "numba")   # as in a new process (no numba code runs meanwhile)
+        assert type(prefix_cache_allocator(8, 4, COMPILED_FROM_REQUESTS - 1)) is PrefixCachingAllocator
     monkeypatch.setenv("SIMKV_COMPILED", "1")
     assert type(prefix_cache_allocator(8, 4, 10)) is CompiledPrefixCache
     monkeypatch.setenv("SIMKV_COMPILED", "0")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy._core.multiarray import interp as _interp
 
+from simkv import compiled
 from simkv.cost import exact_fit
 from simkv.cost.tables import CalibrationTables
 from simkv.cost.layer import (ACT_BYTES, FEATURES, LayerCosts, OperatorSet, calibration_shapes,  # noqa: F401
@@ -235,11 +236,29 @@ class CalibratedCost(OffloadPricing):
             curve = self._decode_curves[batch] = (knots * 128 / (self.d.head_dim * self.kv_scale), secs / batch)
         return curve
 
+    def use_compiled_attention(self, kernels) -> None:
+        """Sum decode attention with simkv.cost.attention_kernels (`kernels`; None: with numpy). The
+        same numbers either way (simkv.compiled)."""
+        self._att_kernels = kernels
+
+    _att_kernels = None
+
+    def __getstate__(self) -> dict:   # copies and pickles: the kernel module is found again
+        state = dict(self.__dict__)
+        state["_att_kernels"] = state.get("_att_kernels") is not None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._att_kernels = compiled.kernels("simkv.cost.attention_kernels") if state["_att_kernels"] else None
+
     def decode_attention_s(self, contexts: np.ndarray) -> float:
         """One decode-attention kernel: the sum over sequences of each one's share."""
         if not len(contexts):
             return 0.0
         knots, share = self._decode_curve(len(contexts))
+        if self._att_kernels is not None:
+            return self.decode_attention_scale * float(self._att_kernels.step_sum(contexts, knots, share))
         # np.interp's and ndarray.sum's own functions, without their Python wrappers (the same numbers)
         return self.decode_attention_scale * float(_add_reduce(_interp(contexts, knots, share)))
 
@@ -286,8 +305,13 @@ class CalibratedCost(OffloadPricing):
     def decode_run_seconds(self, decode_ctx: np.ndarray, num_steps: int) -> np.ndarray:
         n = len(decode_ctx)
         knots, share = self._decode_curve(n)
-        ctx = decode_ctx[None, :] + np.arange(num_steps)[:, None]
-        att = self.decode_attention_scale * _add_reduce(_interp(ctx, knots, share), axis=1)   # np.interp(...).sum(axis=1)
+        if self._att_kernels is not None and n:
+            sums = np.empty(num_steps)
+            self._att_kernels.run_sums(decode_ctx, num_steps, knots, share, sums)
+            att = self.decode_attention_scale * sums
+        else:
+            ctx = decode_ctx[None, :] + np.arange(num_steps)[:, None]
+            att = self.decode_attention_scale * _add_reduce(_interp(ctx, knots, share), axis=1)   # np.interp(...).sum(axis=1)
         fixed = self.layer_fixed_s(n)
         return (self.layers * (fixed + self.c_att * att) + self.whole_model_s(n) + self.lm_head_s(n) + self.host_overhead_s
                 + self.host_per_seq_s * n)

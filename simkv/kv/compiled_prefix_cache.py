@@ -1,6 +1,6 @@
 """The prefix-caching block pool on compiled kernels (simkv.kv.pool_kernels): result for result the
 pure-Python pool (simkv.kv.prefix_cache, kept as the reference), used for runs long enough to pay
-for numba's start-up (`prefix_cache_allocator`).
+for numba's start-up (`prefix_cache_allocator`, simkv.compiled).
 
 What it models is the pure pool's (vLLM's block pool: reference counts, content names registered
 once computed, an LRU free queue whose front is evicted when taken); only the representation
@@ -13,13 +13,12 @@ tables are `array.array('q')`, not lists: a kernel reads one through a numpy vie
 
 from __future__ import annotations
 
-import os
-import sys
 from array import array
 from typing import Sequence
 
 import numpy as np
 
+from simkv import compiled
 from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
 from simkv.kv.name_runs import NameChain
 from simkv.kv.paged import PagedAllocator
@@ -30,33 +29,16 @@ _MIN_TABLE = 1024   # slots of the name table at first (it doubles before it is 
 _last_range: tuple[range | None, np.ndarray] = (None, np.zeros(0, _I64))
 
 
-# the compiled pool pays from about this many requests: numba's import and loading the cached kernels
-# cost ~0.8 s a process, and the pool saves ~70 µs a request on TGI and ~440 µs on multi-turn vLLM V1
-# (docs/performance.md, 2026-12-07); results are the same either way
-COMPILED_FROM_REQUESTS = 5000
-
-
 def compiled_kernels():
-    """simkv.kv.pool_kernels, or None where numba is missing or `SIMKV_COMPILED=0` (imported on first
-    use, so runs without prefix caching do not pay numba's import)."""
-    if os.environ.get("SIMKV_COMPILED") == "0":
-        return None
-    try:
-        from simkv.kv import pool_kernels
-    except ImportError:
-        return None
-    return pool_kernels
+    """simkv.kv.pool_kernels, or None where numba is missing or `SIMKV_COMPILED=0`."""
+    return compiled.kernels("simkv.kv.pool_kernels")
 
 
 def prefix_cache_allocator(num_blocks: int, block_size: int, num_requests: int):
-    """The prefix-caching block pool for a run of `num_requests`: the compiled one from
-    COMPILED_FROM_REQUESTS requests on or once this process has loaded the kernels (always with
-    `SIMKV_COMPILED=1`; never with `=0` or without numba), else the pure-Python one. The two give
+    """The prefix-caching block pool for a run of `num_requests`: the compiled one where
+    simkv.compiled says it pays (and numba is installed), else the pure-Python one. The two give
     the same results (tests/test_compiled_prefix_cache.py)."""
-    switch = os.environ.get("SIMKV_COMPILED")
-    loaded = "simkv.kv.pool_kernels" in sys.modules   # paid for already (an earlier run of a sweep)
-    wanted = switch == "1" or (switch != "0" and (loaded or num_requests >= COMPILED_FROM_REQUESTS))
-    kernels = compiled_kernels() if wanted else None
+    kernels = compiled_kernels() if compiled.wanted(num_requests) else None
     if kernels is None:
         return PrefixCachingAllocator(num_blocks, block_size)
     return CompiledPrefixCache(num_blocks, block_size, kernels)

@@ -1,0 +1,45 @@
+"""Whether a run uses simkv's compiled kernels (numba), and finding them.
+
+Two parts of a run have a compiled twin that gives the same numbers as its pure-Python (numpy)
+reference, which stays the default for short runs and is what the tests compare against: the prefix
+cache's block pool (simkv.kv.pool_kernels) and the calibrated cost model's decode-attention sums
+(simkv.cost.attention_kernels). numba costs a process ~0.35 s to import and ~0.45 s for its first
+call (a few ms more per kernel loaded from its on-disk cache), so they are used only where that
+pays. The pool pays for it from COMPILED_FROM_REQUESTS requests on; the attention sums save too
+little (~2.5 µs a request on chat traffic, 5-12% on TGI and multi-turn runs) to pay for it alone,
+so they run only where numba is loaded already (with the pool; in the later runs of a sweep). `SIMKV_COMPILED=1` always uses them, `SIMKV_COMPILED=0` never
+does; without numba installed they are never used. Results are the same either way
+(tests/test_compiled_prefix_cache.py, tests/test_compiled_attention.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+
+# the kernels pay from about this many requests: they save ~70 µs a request on TGI and ~440 µs on
+# multi-turn vLLM V1 against ~0.8 s of numba start-up (docs/performance.md, 2026-12-07)
+COMPILED_FROM_REQUESTS = 5000
+
+
+def wanted(num_requests: int, pays_alone_from: int | None = COMPILED_FROM_REQUESTS) -> bool:
+    """Should a run of `num_requests` use a set of compiled kernels (the rule in the module
+    docstring)? `pays_alone_from`: the run length from which that set pays for numba's start-up
+    by itself; None if it never does, so it runs only where numba is loaded already."""
+    switch = os.environ.get("SIMKV_COMPILED")
+    if switch in ("0", "1"):
+        return switch == "1"
+    return "numba" in sys.modules or (pays_alone_from is not None and num_requests >= pays_alone_from)
+
+
+def kernels(module: str) -> ModuleType | None:
+    """The kernel module `module` (imported, so compiled or loaded from numba's cache on first use),
+    or None where numba is missing or `SIMKV_COMPILED=0`."""
+    if os.environ.get("SIMKV_COMPILED") == "0":
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
