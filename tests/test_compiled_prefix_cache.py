@@ -33,7 +33,7 @@ class CompiledTwin(TwinCaches):
         self.next_id = 0
 
 
-CompiledTwin.TestCase.settings = settings(max_examples=80, stateful_step_count=50, deadline=None,
+CompiledTwin.TestCase.settings = settings(max_examples=50, stateful_step_count=50, deadline=None,
                                           suppress_health_check=[HealthCheck.filter_too_much])
 TestCompiledEqualsPure = CompiledTwin.TestCase
 
@@ -161,10 +161,10 @@ def test_parallel_sampling_and_beams_run_the_same(sampling):
 def test_shipped_scenarios_and_a_fleet_run_the_same():
     for path, variant in [("scenarios/vllm-vs-tgi-h100.yaml", "tgi"), ("scenarios/kv-offload-multiturn-h100.yaml", "no-offload"),
                           ("scenarios/fleet-routing-h100.yaml", "kv_aware")]:
-        _same_both_ways(simkv.load_scenario(path, ["run.num_requests=150", "run.duration_s=null", "run.warmup_s=1"]), variant)
+        _same_both_ways(simkv.load_scenario(path, ["run.num_requests=100", "run.duration_s=null", "run.warmup_s=1"]), variant)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(preset=st.sampled_from(CACHING), memory=st.floats(0.22, 0.5), rate=st.floats(2.0, 80.0),
        prompt=st.integers(50, 1500), output=st.integers(2, 300), seqs=st.integers(2, 64),
        sessions=st.booleans(), seed=st.integers(0, 1000))
