@@ -36,10 +36,12 @@ def wanted(num_requests: int, pays_alone_from: int | None = COMPILED_FROM_REQUES
 
 def kernels(module: str) -> ModuleType | None:
     """The kernel module `module` (imported, so compiled or loaded from numba's cache on first use),
-    or None where numba is missing or `SIMKV_COMPILED=0`."""
+    or None where numba is missing or `SIMKV_COMPILED=0`. A numba that cannot set the kernels up (no
+    writable cache location raises RuntimeError at import, for one) also gives None: the pure-Python
+    paths give the same results, only slower."""
     if os.environ.get("SIMKV_COMPILED") == "0":
         return None
     try:
         return importlib.import_module(module)
-    except ImportError:
+    except Exception:   # (see the docstring)
         return None

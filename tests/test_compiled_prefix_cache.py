@@ -176,3 +176,17 @@ def test_generated_scenarios_run_the_same(preset, memory, rate, prompt, output, 
     _same_both_ways(_scenario(engine={"preset": preset, "prefix_caching": True, "gpu_memory_utilization": memory,
                                       "max_num_seqs": seqs},
                               workload=workload, run={"seed": seed, "num_requests": 40, "warmup_s": 0.2}))
+
+
+def test_kernels_that_cannot_be_set_up_leave_the_pure_pool(monkeypatch):
+    """numba raises RuntimeError at import where it has no writable cache location: the run goes on
+    on the pure pool (the same results), it does not fail."""
+    from simkv import compiled
+
+    def broken(name):
+        raise RuntimeError("cannot cache function: no locator available")
+    import types
+    monkeypatch.setattr(compiled, "importlib", types.SimpleNamespace(import_module=broken))
+    monkeypatch.setenv("SIMKV_COMPILED", "1")
+    assert compiled.kernels("simkv.kv.pool_kernels") is None
+    assert type(prefix_cache_allocator(8, 4, 10**6)) is PrefixCachingAllocator
