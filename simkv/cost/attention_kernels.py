@@ -5,7 +5,8 @@ bit to the numpy expressions they replace:
     np.add.reduce(np.interp(ctx[None, :] + np.arange(k)[:, None], knots, share), axis=1)   # k steps
 
 Why compiled: a decode run of k steps over a batch of n interpolates k x n contexts (a TGI run:
-~100 x ~20), ~4x faster in a loop than through numpy's calls and temporaries (measured in
+~100 x ~20), 3-5x faster in a loop than through numpy's calls and temporaries (a microbenchmark on
+the development VM, batches of 32-256; 1.07-1.12x on whole TGI and multi-turn runs,
 docs/performance.md). Why equal: each interpolated value is computed as numpy's `interp` computes it
 (the interval j with knots[j] <= x < knots[j+1], slope (share[j+1] - share[j]) / (knots[j+1] -
 knots[j]), value slope * (x - knots[j]) + share[j]; the ends and exact knots take the knot's value),
