@@ -19,10 +19,9 @@ from typing import Sequence
 import numpy as np
 
 from simkv import compiled
-from simkv.kv.base import KVUsage, OutOfKVMemory, sum_breakdown
+from simkv.kv.base import OutOfKVMemory
 from simkv.kv.name_runs import NameChain
-from simkv.kv.paged import PagedAllocator
-from simkv.kv.prefix_cache import PrefixCachingAllocator
+from simkv.kv.prefix_cache import PrefixCacheBase, PrefixCachingAllocator
 
 _I64 = np.int64
 _MIN_TABLE = 1024   # slots of the name table at first (it doubles before it is half full)
@@ -59,10 +58,8 @@ def names_array(hashes: Sequence[int]) -> np.ndarray:
     return np.fromiter(hashes, _I64, len(hashes))
 
 
-class CompiledPrefixCache(PagedAllocator):
+class CompiledPrefixCache(PrefixCacheBase):
     """Block pool with reference counts, content names and an LRU free queue, on kernels."""
-
-    prefix_caching = True
 
     def __init__(self, num_blocks: int, block_size: int, kernels=None) -> None:
         super().__init__(num_blocks, block_size)
@@ -100,15 +97,8 @@ class CompiledPrefixCache(PagedAllocator):
         self._ref, self._name = self._st[k.REF, :n], self._st[k.NAME, :n]
 
     # ------------------------------------------------------------ queries
-    @property
-    def num_free_blocks(self) -> int:
-        return self._nfree
-
     def free_block_ids(self) -> list[int]:
         return self._out[:self._k.queue_order(self._st, self._out)].tolist()
-
-    def ref_count(self, block: int) -> int:
-        return int(self._ref[block])
 
     def cached_blocks(self) -> dict:
         keys, vals = self._tab[0::2], self._tab[1::2]
@@ -131,17 +121,11 @@ class CompiledPrefixCache(PagedAllocator):
         return int(self._k.leading(names_array(hashes), self._tab))
 
     def _free_hits(self, hashes: Sequence[int], hits: int) -> int:
-        """Of the first `hits` (cached) blocks of `hashes`, how many are free."""
         if not hits:
             return 0
         return int(self._k.free_among(names_array(hashes)[:hits], self._st, self._tab))
 
-    def can_allocate_cached(self, hashes: Sequence[int], hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
-        """Would `allocate_cached` succeed with `hits` cached leading blocks for `num_tokens` slots?"""
-        need = max(0, self.blocks_for(num_tokens) - hits) + self._free_hits(hashes, hits)
-        return need + self.blocks_for(watermark_tokens) <= self._nfree
-
-    # ------------------------------------------------------------ allocation
+    # ------------------------------------------------------------ allocation (PrefixCacheBase's parts)
     def _take(self, n: int) -> np.ndarray:
         """`n` (> 0) blocks for new content: the least recently used free ones, their old names
         evicted (a view of the scratch array: copy it before the next kernel call)."""
@@ -154,86 +138,31 @@ class CompiledPrefixCache(PagedAllocator):
     def _take_blocks(self, n: int) -> list[int]:
         return self._take(n).tolist() if n > 0 else []
 
-    def _pin(self, blocks: np.ndarray) -> None:
-        """One more reference to each of `blocks` (cache hits; distinct blocks): free ones leave the queue."""
-        freed = int(self._k.pin(blocks, self._st))
-        self._nfree -= freed
-        self.shared_excess += len(blocks) - freed
+    def _add_new(self, table: array, n: int) -> None:
+        if n > 0:   # bytes into the table: no list of the blocks in between
+            table.frombytes(self._take(n).tobytes())
 
-    def _release(self, table: np.ndarray) -> None:
-        """One reference fewer to each block of `table`; those left free join the queue, tail blocks first."""
-        shared = int(self._k.release(table, self._st))
-        self.shared_excess -= shared
-        self._nfree += len(table) - shared
-
-    def allocate_cached(self, req_id: int, hashes: Sequence[int], hits: int, num_tokens: int, final_tokens: int,
-                        reserve_tokens: int = 0) -> None:
-        """Reuse the first `hits` cached blocks of `hashes`, then take new blocks up to `num_tokens`
-        written slots (up to `reserve_tokens` slots when more: TGI reserves at admission)."""
-        if req_id in self._tables:
-            raise ValueError(f"request {req_id} already holds KV memory")
-        held = max(num_tokens, reserve_tokens)
-        if not self.can_allocate_cached(hashes, hits, held):
-            raise OutOfKVMemory(f"request {req_id} does not fit ({self._nfree} free blocks)")
+    def _cached_table(self, hashes: Sequence[int], hits: int) -> array:
         table = array("q")
         if hits:
             cached = self._out[:self._k.blocks_of(names_array(hashes)[:hits], self._tab, self._out)]
-            self._pin(cached)
+            freed = int(self._k.pin(cached, self._st))
+            self._nfree -= freed
+            self.shared_excess += hits - freed
             table.frombytes(cached.tobytes())
-        need = self.blocks_for(held) - hits
-        if need > 0:
-            table.frombytes(self._take(need).tobytes())
-        self._tables[req_id] = table
-        self._tok[req_id] = num_tokens
-        self._final[req_id] = max(num_tokens, final_tokens)
-        self._registered[req_id] = hits
+        return table
 
-    def allocate(self, req_id: int, num_tokens: int, reserve_tokens: int | None = None,
-                 final_tokens: int | None = None) -> None:
-        self.allocate_cached(req_id, [], 0, num_tokens, final_tokens if final_tokens is not None else num_tokens)
+    def _release_table(self, table) -> None:
+        shared = int(self._k.release(np.frombuffer(table, _I64), self._st))
+        self.shared_excess -= shared
+        self._nfree += len(table) - shared
 
-    def append(self, req_id: int, num_tokens: int = 1) -> None:
-        table = self._tables[req_id]
-        new_tokens = self._tok_of(req_id) + num_tokens
-        need = self.blocks_for(new_tokens) - len(table)
-        if need > self._nfree:
-            raise OutOfKVMemory(f"request {req_id} needs {need} more blocks, {self._nfree} free")
-        if need > 0:
-            table.frombytes(self._take(need).tobytes())
-        self._tok[req_id] = new_tokens
-
-    def take_blocks(self, req_ids: list[int], counts: list[int]) -> None:
-        """Append counts[i] free blocks to req_ids[i]'s table, in request order (as one take per
-        request would)."""
-        total = sum(counts)
-        if total > self._nfree:
-            raise OutOfKVMemory(f"bulk growth needs {total} blocks, {self._nfree} free")
-        if total <= 0:
-            return
-        taken, tables = self._take(total), self._tables
-        if total == len(req_ids) and 0 not in counts:   # one block each (a decode step)
-            for rid, block in zip(req_ids, taken.tolist()):
-                tables[rid].append(block)
-            return
-        pos = 0
-        for rid, m in zip(req_ids, counts):
-            if m > 0:
-                tables[rid].frombytes(taken[pos:pos + m].tobytes())
-                pos += m
-
-    def register(self, req_id: int, hashes: Sequence[int], num_tokens: int) -> None:
-        """Name the full blocks among the first `num_tokens` computed slots of `req_id` by `hashes`
-        (first come keeps a name: a block with the same content computed later stays private)."""
-        table = self._tables[req_id]
-        full = min(num_tokens // self.block_size, len(hashes), len(table))
-        done = self._registered.get(req_id, 0)
-        if full > done:
-            if 4 * (self._named + full - done) > len(self._tab):
-                self._grow_table(self._named + full - done)
-            names = names_array(hashes)[done:full]
-            blocks = np.frombuffer(table, _I64)[done:full]
-            self._named += int(self._k.name_blocks(names, blocks, self._st, self._tab))
-        self._registered[req_id] = max(full, done)
+    def _name_blocks(self, table: array, hashes: Sequence[int], done: int, full: int) -> None:
+        if 4 * (self._named + full - done) > len(self._tab):
+            self._grow_table(self._named + full - done)
+        names = names_array(hashes)[done:full]
+        blocks = np.frombuffer(table, _I64)[done:full]
+        self._named += int(self._k.name_blocks(names, blocks, self._st, self._tab))
 
     def _grow_table(self, names: int) -> None:
         """A name table with room for `names` names at under half load."""
@@ -244,41 +173,15 @@ class CompiledPrefixCache(PagedAllocator):
         self._k.rehash(self._tab, tab)
         self._tab = tab
 
-    def fork_into(self, child: int, parent: int) -> bool:
-        """Beam search: `child` drops its blocks and continues `parent`'s hypothesis, sharing its
-        full blocks (reference counts) and copying its partial last block (copy-on-write done at
-        once, since the child writes into it next). Returns False, changing nothing, if no block
-        is free for the copy."""
-        tokens = self._tokens[parent]
-        if self._tokens[child] != tokens:
-            raise ValueError("beams fork only between sequences of the same length")
-        full = tokens // self.block_size
-        copy = 1 if tokens % self.block_size else 0
-        mine = np.frombuffer(self._tables[child], _I64)
-        freed = int(np.count_nonzero(self._ref[mine] == 1))
+    def _fork(self, child: int, parent: int, full: int, copy: int) -> bool:
+        mine = self._tables[child]
+        freed = int(np.count_nonzero(self._ref[np.frombuffer(mine, _I64)] == 1))
         if copy > self._nfree + freed:
             return False
-        self._release(mine)
+        self._release_table(mine)
         table = self._tables[parent][:full]   # a copy
         self._ref[np.frombuffer(table, _I64)] += 1   # held by the parent: none of them is free
         self.shared_excess += len(table)
-        if copy:
-            table.frombytes(self._take(copy).tobytes())
+        self._add_new(table, copy)
         self._tables[child] = table
-        self._registered[child] = 0
         return True
-
-    def free(self, req_id: int) -> None:
-        table = self._tables.pop(req_id)
-        del self._tok[req_id], self._final[req_id]
-        self._registered.pop(req_id, None)
-        if table:
-            self._release(np.frombuffer(table, _I64))
-
-    # ------------------------------------------------------------ accounting
-    def usage(self, next_reservation: int | None = None) -> KVUsage:
-        tokens, reserved, internal = sum_breakdown(
-            (len(table) * self.block_size, self._tokens[r], self._final[r]) for r, table in self._tables.items())
-        tokens -= self.shared_excess * self.block_size  # a shared (full) block holds its tokens once
-        free = self._nfree * self.block_size
-        return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)

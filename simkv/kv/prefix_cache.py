@@ -42,10 +42,120 @@ _NONE = np.zeros(0, dtype=_I64)
 _SMALL = 8   # takes of at most this many blocks walk the queue in Python (fewer numpy calls)
 
 
-class PrefixCachingAllocator(PagedAllocator):
-    """Block pool with reference counts, content hashes and an LRU free queue."""
+class PrefixCacheBase(PagedAllocator):
+    """What a prefix-caching block pool does whatever its representation: the bookkeeping of block
+    tables, written and final slots and registered blocks, the breakdown, and the order of each
+    operation's steps. Subclasses keep the counts, the free queue and the names: the pure-Python
+    PrefixCachingAllocator below (the reference) and the compiled
+    simkv.kv.compiled_prefix_cache.CompiledPrefixCache."""
 
     prefix_caching = True
+    _nfree = 0
+    _ref: np.ndarray
+    _registered: dict[int, int]
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self._nfree
+
+    def ref_count(self, block: int) -> int:
+        return int(self._ref[block])
+
+    def can_allocate_cached(self, hashes: Sequence[int], hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
+        """Would `allocate_cached` succeed with `hits` cached leading blocks for `num_tokens` slots?"""
+        need = max(0, self.blocks_for(num_tokens) - hits) + self._free_hits(hashes, hits)
+        return need + self.blocks_for(watermark_tokens) <= self._nfree
+
+    def allocate_cached(self, req_id: int, hashes: Sequence[int], hits: int, num_tokens: int, final_tokens: int,
+                        reserve_tokens: int = 0) -> None:
+        """Reuse the first `hits` cached blocks of `hashes`, then take new blocks up to `num_tokens`
+        written slots (up to `reserve_tokens` slots when more: TGI reserves at admission)."""
+        if req_id in self._tables:
+            raise ValueError(f"request {req_id} already holds KV memory")
+        held = max(num_tokens, reserve_tokens)
+        if not self.can_allocate_cached(hashes, hits, held):
+            raise OutOfKVMemory(f"request {req_id} does not fit ({self._nfree} free blocks)")
+        table = self._cached_table(hashes, hits)   # pinned first: taking new blocks must not evict them
+        self._add_new(table, self.blocks_for(held) - hits)
+        self._tables[req_id] = table
+        self._tok[req_id] = num_tokens
+        self._final[req_id] = max(num_tokens, final_tokens)
+        self._registered[req_id] = hits
+
+    def allocate(self, req_id: int, num_tokens: int, reserve_tokens: int | None = None,
+                 final_tokens: int | None = None) -> None:
+        self.allocate_cached(req_id, [], 0, num_tokens, final_tokens if final_tokens is not None else num_tokens)
+
+    def register(self, req_id: int, hashes: Sequence[int], num_tokens: int) -> None:
+        """Name the full blocks among the first `num_tokens` computed slots of `req_id` by `hashes`
+        (first come keeps a hash: a block with the same content computed later stays private)."""
+        table = self._tables[req_id]
+        full = min(num_tokens // self.block_size, len(hashes), len(table))
+        done = self._registered.get(req_id, 0)
+        if full > done:
+            self._name_blocks(table, hashes, done, full)
+        self._registered[req_id] = max(full, done)
+
+    def fork_into(self, child: int, parent: int) -> bool:
+        """Beam search: `child` drops its blocks and continues `parent`'s hypothesis, sharing its
+        full blocks (reference counts) and copying its partial last block (copy-on-write done at
+        once, since the child writes into it next). Returns False, changing nothing, if no block
+        is free for the copy."""
+        tokens = self._tokens[parent]
+        if self._tokens[child] != tokens:
+            raise ValueError("beams fork only between sequences of the same length")
+        if not self._fork(child, parent, tokens // self.block_size, 1 if tokens % self.block_size else 0):
+            return False
+        self._registered[child] = 0
+        return True
+
+    def free(self, req_id: int) -> None:
+        table = self._tables.pop(req_id)
+        del self._tok[req_id], self._final[req_id]
+        self._registered.pop(req_id, None)
+        if table:
+            self._release_table(table)
+
+    # ------------------------------------------------------------ accounting
+    def usage(self, next_reservation: int | None = None) -> KVUsage:
+        tokens, reserved, internal = sum_breakdown(
+            (len(table) * self.block_size, self._tokens[r], self._final[r]) for r, table in self._tables.items())
+        tokens -= self.shared_excess * self.block_size  # a shared (full) block holds its tokens once
+        free = self._nfree * self.block_size
+        return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)
+
+    # ------------------------------------------------------------ the representation's part
+    def _free_hits(self, hashes: Sequence[int], hits: int) -> int:
+        """Of the first `hits` (cached) blocks of `hashes`, how many are free."""
+        raise NotImplementedError
+
+    def _cached_table(self, hashes: Sequence[int], hits: int):
+        """A new block table of the blocks holding the first `hits` names of `hashes`, each with one
+        more reference (a free one leaves the queue)."""
+        raise NotImplementedError
+
+    def _add_new(self, table, n: int) -> None:
+        """`n` blocks for new content (none if n <= 0) appended to `table`."""
+        table.extend(self._take_blocks(n))
+
+    def _name_blocks(self, table, hashes: Sequence[int], done: int, full: int) -> None:
+        """Block i of `table` takes name i of `hashes`, for done <= i < full, where neither is taken yet."""
+        raise NotImplementedError
+
+    def _fork(self, child: int, parent: int, full: int, copy: int) -> bool:
+        """fork_into's blocks: the child's released, the parent's `full` shared, `copy` taken; False,
+        changing nothing, if no block is free for the copy."""
+        raise NotImplementedError
+
+    def _release_table(self, table) -> None:
+        """One reference fewer to each block of a (non-empty) `table`; the blocks left free join the
+        queue tail blocks first."""
+        raise NotImplementedError
+
+
+class PrefixCachingAllocator(PrefixCacheBase):
+    """Block pool with reference counts, content hashes and an LRU free queue."""
+
     compact_slack = 1024   # stale queue entries allowed beyond the blocks before compacting (tests set 0)
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
@@ -82,15 +192,8 @@ class PrefixCachingAllocator(PagedAllocator):
             setattr(self, view, np.frombuffer(getattr(self, buf), dtype=dtype))
 
     # ------------------------------------------------------------ queries
-    @property
-    def num_free_blocks(self) -> int:
-        return self._nfree
-
     def free_block_ids(self) -> list[int]:
         return self._live_entries().tolist()
-
-    def ref_count(self, block: int) -> int:
-        return int(self._ref[block])
 
     def cached_blocks(self) -> dict:
         return self._blocks.items()
@@ -105,18 +208,12 @@ class PrefixCachingAllocator(PagedAllocator):
         return self._blocks.leading(hashes)
 
     def _free_hits(self, hashes: Sequence[int], hits: int) -> int:
-        """Of the first `hits` (cached) blocks of `hashes`, how many are free."""
         if not hits:
             return 0
         if hits <= _SMALL:
             ref, block = self._ref_a, self._blocks.block
             return sum(1 for h in hashes[:hits] if ref[block(h)] == 0)
         return int(np.count_nonzero(self._ref[self._blocks.blocks(hashes[:hits])] == 0))
-
-    def can_allocate_cached(self, hashes: Sequence[int], hits: int, num_tokens: int, watermark_tokens: int = 0) -> bool:
-        """Would `allocate_cached` succeed with `hits` cached leading blocks for `num_tokens` slots?"""
-        need = max(0, self.blocks_for(num_tokens) - hits) + self._free_hits(hashes, hits)
-        return need + self.blocks_for(watermark_tokens) <= self._nfree
 
     # ------------------------------------------------------------ the free queue
     def _queue_blocks(self, blocks: np.ndarray) -> None:
@@ -250,83 +347,36 @@ class PrefixCachingAllocator(PagedAllocator):
         self._nfree -= freed
         self.shared_excess += len(blocks) - freed
 
-    def allocate_cached(self, req_id: int, hashes: Sequence[int], hits: int, num_tokens: int, final_tokens: int,
-                        reserve_tokens: int = 0) -> None:
-        """Reuse the first `hits` cached blocks of `hashes`, then take new blocks up to `num_tokens`
-        written slots (up to `reserve_tokens` slots when more: TGI reserves at admission)."""
-        if req_id in self._tables:
-            raise ValueError(f"request {req_id} already holds KV memory")
-        held = max(num_tokens, reserve_tokens)
-        if not self.can_allocate_cached(hashes, hits, held):
-            raise OutOfKVMemory(f"request {req_id} does not fit ({self._nfree} free blocks)")
-        table = []
-        if hits:
-            if hits <= _SMALL:
-                table = [self._blocks.block(h) for h in hashes[:hits]]
-            else:
-                table = self._blocks.blocks(hashes[:hits]).tolist()
-            self._pin(table)
-        table.extend(self._take_blocks(self.blocks_for(held) - len(table)))
-        self._tables[req_id] = table
-        self._tok[req_id] = num_tokens
-        self._final[req_id] = max(num_tokens, final_tokens)
-        self._registered[req_id] = hits
+    def _cached_table(self, hashes: Sequence[int], hits: int) -> list[int]:
+        if not hits:
+            return []
+        if hits <= _SMALL:
+            table = [self._blocks.block(h) for h in hashes[:hits]]
+        else:
+            table = self._blocks.blocks(hashes[:hits]).tolist()
+        self._pin(table)
+        return table
 
-    def allocate(self, req_id: int, num_tokens: int, reserve_tokens: int | None = None,
-                 final_tokens: int | None = None) -> None:
-        self.allocate_cached(req_id, [], 0, num_tokens, final_tokens if final_tokens is not None else num_tokens)
+    def _name_blocks(self, table: list[int], hashes: Sequence[int], done: int, full: int) -> None:
+        runs, name_a = self._blocks, self._name_a
+        names, blocks = hashes[done:full], table[done:full]
+        fast = False
+        if full - done > _SMALL:
+            # the common case in numpy: no block named yet, no name taken, the names distinct (else
+            # the loop below gives each repeated name to its first block)
+            barr = np.fromiter(blocks, _I64, len(blocks))
+            if _max_reduce(self._name[barr]) < 0:
+                fast = runs.try_set_many(names, barr)
+                if fast:
+                    self._name[barr] = (np.arange(names.start, names.stop, names.step, dtype=_I64)
+                                        if type(names) is range else np.fromiter(names, _I64, len(names)))
+        if not fast:
+            for h, block in zip(names, blocks):
+                if name_a[block] < 0 and runs.block(h) < 0:
+                    runs.set(h, block)
+                    name_a[block] = h
 
-    def take_blocks(self, req_ids: list[int], counts: list[int]) -> None:
-        total = sum(counts)
-        if total > self._nfree:
-            raise OutOfKVMemory(f"bulk growth needs {total} blocks, {self._nfree} free")
-        taken = self._take_blocks(total)   # in request order, as one take per request would
-        tables = self._tables
-        if total == len(req_ids) and 0 not in counts:
-            for rid, block in zip(req_ids, taken):
-                tables[rid].append(block)
-            return
-        pos = 0
-        for rid, m in zip(req_ids, counts):
-            tables[rid].extend(taken[pos:pos + m])
-            pos += m
-
-    def register(self, req_id: int, hashes: Sequence[int], num_tokens: int) -> None:
-        """Name the full blocks among the first `num_tokens` computed slots of `req_id` by `hashes`
-        (first come keeps a hash: a block with the same content computed later stays private)."""
-        table = self._tables[req_id]
-        full = min(num_tokens // self.block_size, len(hashes), len(table))
-        done = self._registered.get(req_id, 0)
-        if full > done:
-            runs, name_a = self._blocks, self._name_a
-            names, blocks = hashes[done:full], table[done:full]
-            fast = False
-            if full - done > _SMALL:
-                # the common case in numpy: no block named yet, no name taken, the names distinct (else
-                # the loop below gives each repeated name to its first block)
-                barr = np.fromiter(blocks, _I64, len(blocks))
-                if _max_reduce(self._name[barr]) < 0:
-                    fast = runs.try_set_many(names, barr)
-                    if fast:
-                        self._name[barr] = (np.arange(names.start, names.stop, names.step, dtype=_I64)
-                                            if type(names) is range else np.fromiter(names, _I64, len(names)))
-            if not fast:
-                for h, block in zip(names, blocks):
-                    if name_a[block] < 0 and runs.block(h) < 0:
-                        runs.set(h, block)
-                        name_a[block] = h
-        self._registered[req_id] = max(full, done)
-
-    def fork_into(self, child: int, parent: int) -> bool:
-        """Beam search: `child` drops its blocks and continues `parent`'s hypothesis, sharing its
-        full blocks (reference counts) and copying its partial last block (copy-on-write done at
-        once, since the child writes into it next). Returns False, changing nothing, if no block
-        is free for the copy."""
-        tokens = self._tokens[parent]
-        if self._tokens[child] != tokens:
-            raise ValueError("beams fork only between sequences of the same length")
-        full = tokens // self.block_size
-        copy = 1 if tokens % self.block_size else 0
+    def _fork(self, child: int, parent: int, full: int, copy: int) -> bool:
         ref = self._ref_a
         freed = sum(1 for b in self._tables[child] if ref[b] == 1)
         if copy > self._nfree + freed:
@@ -345,15 +395,9 @@ class PrefixCachingAllocator(PagedAllocator):
             self.shared_excess += 1
         table.extend(self._take_blocks(copy))
         self._tables[child] = table
-        self._registered[child] = 0
         return True
 
-    def free(self, req_id: int) -> None:
-        table = self._tables.pop(req_id)
-        del self._tok[req_id], self._final[req_id]
-        self._registered.pop(req_id, None)
-        if not table:
-            return
+    def _release_table(self, table: list[int]) -> None:
         if len(table) <= _SMALL:
             ref_a, released_l, shared = self._ref_a, [], 0
             for b in reversed(table):   # tail blocks first
@@ -373,11 +417,3 @@ class PrefixCachingAllocator(PagedAllocator):
         released = back[r == 0]
         self.shared_excess -= len(back) - len(released)
         self._queue_blocks(released)
-
-    # ------------------------------------------------------------ accounting
-    def usage(self, next_reservation: int | None = None) -> KVUsage:
-        tokens, reserved, internal = sum_breakdown(
-            (len(table) * self.block_size, self._tokens[r], self._final[r]) for r, table in self._tables.items())
-        tokens -= self.shared_excess * self.block_size  # a shared (full) block holds its tokens once
-        free = self._nfree * self.block_size
-        return KVUsage(self.capacity_tokens, tokens, reserved, internal, 0, free)
