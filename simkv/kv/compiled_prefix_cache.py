@@ -66,7 +66,6 @@ class CompiledPrefixCache(PrefixCacheBase):
         self._k = kernels if kernels is not None else compiled_kernels()
         if self._k is None:
             raise RuntimeError("the compiled prefix cache needs numba")
-        self._free, self._head = [], 0   # replaced by the linked queue
         self._tables: dict[int, array[int]] = {}   # type: ignore[assignment]   # block tables as arrays (module docstring)
         n = num_blocks
         k = self._k
