@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from simkv import compiled
@@ -23,6 +24,7 @@ from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
 from simkv.kv.paged import PagedAllocator
 from simkv.kv.compiled_prefix_cache import prefix_cache_allocator
+from simkv.metrics.compiled_recorder import recorder_kernels
 from simkv.kv.reservation import largest_reservation, reservation_tokens
 from simkv.kv.memory import MemoryPlan, plan_memory
 from simkv.features.offload_setup import check_offload, configure_cost, offload_allocator, resolve_offload
@@ -62,6 +64,7 @@ class Simulation:
     num_outputs_truncated: int
     cost_name: str = "roofline"
     engine: Engine | None = None   # the engine with its preset applied
+    recorder_kernels: ModuleType | None = None   # the recorder's compiled kernel, where it pays (simkv.compiled)
 
 
 WHOLE_PROMPT_SCHEDULERS = ("fcfs", "prefill-first", "static")
@@ -159,6 +162,9 @@ def build(scenario: Scenario, stream: RequestStream, inputs: CostInputs) -> Simu
     if e.allocator == "paged":   # the paged kernel's block-size term (1.0 at block 16 and above)
         cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
     configure_cost(cost, e, gpu)
+    # decided before the attention sums: a run long enough for the recorder's kernel has numba loaded
+    rec_kernels = (recorder_kernels() if compiled.wanted(table.num_requests, compiled.RECORDER_FROM_REQUESTS)
+                   else None)
     if hasattr(cost, "use_compiled_attention") and compiled.wanted(table.num_requests, pays_alone_from=None):
         # the same numbers, sooner, where numba is loaded anyway (simkv.compiled)
         cost.use_compiled_attention(compiled.kernels("simkv.cost.attention_kernels"))
@@ -167,7 +173,8 @@ def build(scenario: Scenario, stream: RequestStream, inputs: CostInputs) -> Simu
     if e.lora is not None and scenario.workload.lora is not None:
         scheduler, cost = lora_parts(scenario, model, gpu, e, tp, table, scheduler, cost)
     start, end = _measured_window(scenario, stream)
-    return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e)
+    return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e,
+                      rec_kernels)
 
 
 def reserves_upfront(e: Engine) -> bool:

@@ -1,15 +1,16 @@
 """Whether a run uses simkv's compiled kernels (numba), and finding them.
 
-Two parts of a run have a compiled twin that gives the same numbers as its pure-Python (numpy)
+Three parts of a run have a compiled twin that gives the same numbers as its pure-Python (numpy)
 reference, which stays the default for short runs and is what the tests compare against: the prefix
-cache's block pool (simkv.kv.pool_kernels) and the calibrated cost model's decode-attention sums
-(simkv.cost.attention_kernels). numba costs a process ~0.35 s to import and ~0.45 s for its first
-call (a few ms more per kernel loaded from its on-disk cache), so they are used only where that
-pays. The pool pays for it from COMPILED_FROM_REQUESTS requests on; the attention sums save too
+cache's block pool (simkv.kv.pool_kernels), the recorder's accumulation (simkv.metrics.recorder_kernels)
+and the calibrated cost model's decode-attention sums (simkv.cost.attention_kernels). numba costs a
+process ~0.35 s to import and ~0.45 s for its first call (a few ms more per kernel loaded from its
+on-disk cache), so they are used only where that pays. The pool pays for it from
+COMPILED_FROM_REQUESTS requests on, the recorder from RECORDER_FROM_REQUESTS; the attention sums save too
 little (~2.5 µs a request on chat traffic, 5-12% on TGI and multi-turn runs) to pay for it alone,
 so they run only where numba is loaded already (with the pool; in the later runs of a sweep). `SIMKV_COMPILED=1` always uses them, `SIMKV_COMPILED=0` never
 does; without numba installed they are never used. Results are the same either way
-(tests/test_compiled_prefix_cache.py, tests/test_compiled_attention.py).
+(tests/test_compiled_prefix_cache.py, tests/test_compiled_recorder.py, tests/test_compiled_attention.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from types import ModuleType
 # the kernels pay from about this many requests: they save ~70 µs a request on TGI and ~440 µs on
 # multi-turn vLLM V1 against ~0.8 s of numba start-up (docs/performance.md, 2026-12-07)
 COMPILED_FROM_REQUESTS = 5000
+# the recorder's kernel saves ~9 µs an iteration (~12 µs a request on paged chat, ~20 on TGI), so
+# alone it pays for numba's start-up from ~50,000 requests (docs/performance.md, 2026-12-07)
+RECORDER_FROM_REQUESTS = 50_000
 
 
 def wanted(num_requests: int, pays_alone_from: int | None = COMPILED_FROM_REQUESTS) -> bool:

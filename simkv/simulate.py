@@ -16,7 +16,8 @@ from simkv.cost.calibrated import Calibration
 from simkv.engine import ProgressFn, Replica
 from simkv.errors import SimkvError
 from simkv.files.scenario_file import expand_sweep, expand_variants
-from simkv.metrics import Recorder, request_latencies, summarize
+from simkv.metrics import request_latencies, summarize
+from simkv.metrics.compiled_recorder import new_recorder
 from simkv.features.offload_setup import offload_summary
 from simkv.result import Result
 from simkv.scenario import Scenario
@@ -160,9 +161,10 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
         return Result(name=name, scenario=sim.scenario, summary=summary, requests=cols, timeseries=series)
     env = simpy.Environment()
     run = sim.scenario.run
-    recorder = Recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s, run.time_series_points)
-    if not np.isfinite(sim.measure_end_s):  # closed loop / offline: the engine closes the window at run time
-        recorder = Recorder(sim.memory.capacity_tokens, sim.measure_start_s, 1.0, run.time_series_points)
+    closed = not np.isfinite(sim.measure_end_s)   # closed loop / offline: the engine closes the window at run time
+    recorder = new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, 1.0 if closed else sim.measure_end_s,
+                            run.time_series_points, sim.recorder_kernels)
+    if closed:
         recorder.w1 = np.inf
     replica = Replica(env, sim.table, sim.scheduler, sim.cost, recorder, progress)
     env.run(until=replica.done)

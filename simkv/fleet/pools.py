@@ -17,7 +17,7 @@ from simkv.kv.buddy import BuddyAllocator
 from simkv.kv.contiguous import ContiguousAllocator
 from simkv.kv.paged import PagedAllocator
 from simkv.kv.compiled_prefix_cache import prefix_cache_allocator
-from simkv.metrics import Recorder
+from simkv.metrics.compiled_recorder import new_recorder
 from simkv.workload.stream import RequestStream
 
 if TYPE_CHECKING:  # the schema is an input: the core never imports it at run time
@@ -60,8 +60,8 @@ def build_pools(scenario: Scenario, stream: RequestStream, subs: list[tuple[str,
         for r in range(count):
             sched = sim.scheduler if r == 0 else _scheduler(sim, r)
             pool.schedulers.append(sched)
-            pool.recorders.append(Recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s,
-                                           sub.run.time_series_points))
+            pool.recorders.append(new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s,
+                                               sub.run.time_series_points, sim.recorder_kernels))
         pools.append(pool)
     return pools
 
