@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 from simkv import compiled
@@ -64,7 +63,7 @@ class Simulation:
     num_outputs_truncated: int
     cost_name: str = "roofline"
     engine: Engine | None = None   # the engine with its preset applied
-    recorder_kernels: ModuleType | None = None   # the recorder's compiled kernel, where it pays (simkv.compiled)
+    compiled_recorder: bool = False   # the recorder on its compiled kernel, where it pays (simkv.compiled)
 
 
 WHOLE_PROMPT_SCHEDULERS = ("fcfs", "prefill-first", "static")
@@ -163,8 +162,8 @@ def build(scenario: Scenario, stream: RequestStream, inputs: CostInputs) -> Simu
         cost.decode_attention_scale = decode_attention_factor(e.block_size, e.scheduler in PER_TOKEN_GATHER_SCHEDULERS)
     configure_cost(cost, e, gpu)
     # decided before the attention sums: a run long enough for the recorder's kernel has numba loaded
-    rec_kernels = (recorder_kernels() if compiled.wanted(table.num_requests, compiled.RECORDER_FROM_REQUESTS)
-                   else None)
+    rec_compiled = (compiled.wanted(table.num_requests, compiled.RECORDER_FROM_REQUESTS)
+                    and recorder_kernels() is not None)
     if hasattr(cost, "use_compiled_attention") and compiled.wanted(table.num_requests, pays_alone_from=None):
         # the same numbers, sooner, where numba is loaded anyway (simkv.compiled)
         cost.use_compiled_attention(compiled.kernels("simkv.cost.attention_kernels"))
@@ -174,7 +173,7 @@ def build(scenario: Scenario, stream: RequestStream, inputs: CostInputs) -> Simu
         scheduler, cost = lora_parts(scenario, model, gpu, e, tp, table, scheduler, cost)
     start, end = _measured_window(scenario, stream)
     return Simulation(scenario, table, allocator, scheduler, cost, mem, limits, start, end, truncated, cost_name, e,
-                      rec_kernels)
+                      rec_compiled)
 
 
 def reserves_upfront(e: Engine) -> bool:

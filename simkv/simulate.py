@@ -163,7 +163,7 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
     run = sim.scenario.run
     closed = not np.isfinite(sim.measure_end_s)   # closed loop / offline: the engine closes the window at run time
     recorder = new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, 1.0 if closed else sim.measure_end_s,
-                            run.time_series_points, sim.recorder_kernels)
+                            run.time_series_points, sim.compiled_recorder)
     if closed:
         recorder.w1 = np.inf
     replica = Replica(env, sim.table, sim.scheduler, sim.cost, recorder, progress)

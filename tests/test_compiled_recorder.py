@@ -61,7 +61,7 @@ def test_sequences_of_events_give_the_same_totals(data, w0, span, points):
     closed-loop run's until its clients stop): every total, peak, bin and time-series row the same."""
     w1 = w0 + span
     pure = Recorder(1000, w0, 1.0 if span == np.inf else w1, points)
-    comp = new_recorder(1000, w0, 1.0 if span == np.inf else w1, points, kernels)
+    comp = new_recorder(1000, w0, 1.0 if span == np.inf else w1, points, True)
     assert type(comp) is CompiledRecorder
     if span == np.inf:
         pure.w1 = comp.w1 = np.inf
@@ -133,18 +133,39 @@ def test_the_builder_follows_the_run_length_and_the_switch(monkeypatch):
         sc = simkv.load_scenario("scenarios/paged-vs-contiguous-h100.yaml", [f"run.num_requests={n}",
                                                                              "run.duration_s=null", "run.warmup_s=0"])
         paged = dict(expand_variants(sc))["paged"]
-        return build_simulation(paged, generate_stream(paged.workload, paged.run)).recorder_kernels
+        return build_simulation(paged, generate_stream(paged.workload, paged.run)).compiled_recorder
 
     monkeypatch.delenv("SIMKV_COMPILED", raising=False)
     with monkeypatch.context() as m:
         m.delitem(sys.modules, "numba")
-        assert built(50) is None   # a short run in a process without numba stays pure
+        assert built(50) is False   # a short run in a process without numba stays pure
         m.setattr(compiled, "RECORDER_FROM_REQUESTS", 60)
-        assert built(60) is kernels
-    assert built(50) is kernels    # numba loaded: it costs nothing more
+        assert built(60) is True
+    assert built(50) is True    # numba loaded: it costs nothing more
     monkeypatch.setenv("SIMKV_COMPILED", "0")
-    assert built(50) is None
-    assert type(new_recorder(10, 0.0, 1.0, 100, None)) is Recorder
+    assert built(50) is False
+    assert type(new_recorder(10, 0.0, 1.0, 100, True)) is Recorder   # the switch wins
+    monkeypatch.delenv("SIMKV_COMPILED")
+    assert type(new_recorder(10, 0.0, 1.0, 100, False)) is Recorder
+
+
+def test_a_copied_or_pickled_recorder_goes_on_the_same():
+    """Its kernels are found again and its views remade on the copied arrays."""
+    import copy
+    import pickle
+    d = np.array([0.01, 0.02, 0.03])
+    o = StepOutcome(step_ends(0.0, d), np.arange(15, dtype=np.int64).reshape(5, 3), 2, 1, 2, 2)
+    rec = CompiledRecorder(100, 0.0, 10.0, kernels=kernels)
+    rec.on_steps(0.0, o, d)
+    before = rec.kv_integral
+    for other in (copy.deepcopy(rec), pickle.loads(pickle.dumps(rec))):
+        pure = Recorder(100, 0.0, 10.0)
+        pure.on_steps(0.0, o, d)
+        for r in (other, pure):
+            r.on_steps(0.06, StepOutcome(step_ends(0.06, d), o.kv, 2, 1, 2, 2), d)
+            r.on_idle(0.12, 0.5)
+        _assert_same(pure, other)
+    assert rec.kv_integral.tobytes() == before.tobytes() and rec.num_steps == 3   # the copies are its own
 
 
 def test_closed_loop_and_warm_up_runs_are_the_same():

@@ -61,7 +61,7 @@ def build_pools(scenario: Scenario, stream: RequestStream, subs: list[tuple[str,
             sched = sim.scheduler if r == 0 else _scheduler(sim, r)
             pool.schedulers.append(sched)
             pool.recorders.append(new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s,
-                                               sub.run.time_series_points, sim.recorder_kernels))
+                                               sub.run.time_series_points, sim.compiled_recorder))
         pools.append(pool)
     return pools
 

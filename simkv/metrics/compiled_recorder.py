@@ -27,9 +27,10 @@ def recorder_kernels() -> ModuleType | None:
 
 
 def new_recorder(capacity_tokens: int, measure_start_s: float, measure_end_s: float, max_points: int,
-                 kernels: ModuleType | None) -> Recorder:
-    """A recorder: on `kernels` (simkv.metrics.recorder_kernels) if given, else the pure one. The
-    two give the same totals (tests/test_compiled_recorder.py)."""
+                 use_kernel: bool) -> Recorder:
+    """A recorder: on its compiled kernel if `use_kernel` (and the kernel can be set up), else the
+    pure one. The two give the same totals (tests/test_compiled_recorder.py)."""
+    kernels = recorder_kernels() if use_kernel else None
     if kernels is None:
         return Recorder(capacity_tokens, measure_start_s, measure_end_s, max_points)
     return CompiledRecorder(capacity_tokens, measure_start_s, measure_end_s, max_points, kernels=kernels)
@@ -83,6 +84,19 @@ class CompiledRecorder(Recorder):
         rows = len(KV_FIELDS)
         self._kv_integral, self._kv_peak = self._f[:rows], self._i[:rows]   # views: on_idle adds to them
         self._gap_hist = np.zeros(_GAP_BINS, dtype=np.int64)
+        self._kernel, self._near_edge_gaps = k.on_steps, k.near_edge_gaps
+
+    def __getstate__(self) -> dict:   # copies and pickles: the kernels are found again, the views remade
+        return {k: v for k, v in self.__dict__.items() if k not in ("_kernel", "_near_edge_gaps", "_kv_integral",
+                                                                   "_kv_peak")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        k = recorder_kernels()
+        if k is None:
+            raise RuntimeError("a compiled recorder needs numba (simkv.metrics.recorder_kernels)")
+        rows = len(KV_FIELDS)
+        self._kv_integral, self._kv_peak = self._f[:rows], self._i[:rows]
         self._kernel, self._near_edge_gaps = k.on_steps, k.near_edge_gaps
 
     def on_steps(self, start_s: float, o: StepOutcome, durations_s: np.ndarray) -> None:
