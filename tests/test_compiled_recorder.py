@@ -53,7 +53,7 @@ def commit(draw, now: float):
     return o, d
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), w0=st.floats(0.0, 3.0), span=st.one_of(st.floats(0.5, 20.0), st.just(np.inf)),
        points=st.integers(2, 50))
 def test_sequences_of_events_give_the_same_totals(data, w0, span, points):
