@@ -81,9 +81,13 @@ class CompiledRecorder(Recorder):
         self._f = np.zeros(k.STATE_LEN)
         self._i = np.zeros(k.STATE_LEN, dtype=np.int64)
         super().__init__(capacity_tokens, measure_start_s, measure_end_s, max_points)
-        rows = len(KV_FIELDS)
-        self._kv_integral, self._kv_peak = self._f[:rows], self._i[:rows]   # views: on_idle adds to them
         self._gap_hist = np.zeros(_GAP_BINS, dtype=np.int64)
+        self._attach(k)
+
+    def _attach(self, k: ModuleType) -> None:
+        """The kernels, and the KV rows' totals as views of the state arrays (on_idle adds to them)."""
+        rows = len(KV_FIELDS)
+        self._kv_integral, self._kv_peak = self._f[:rows], self._i[:rows]
         self._kernel, self._near_edge_gaps = k.on_steps, k.near_edge_gaps
 
     def __getstate__(self) -> dict:   # copies and pickles: the kernels are found again, the views remade
@@ -95,9 +99,7 @@ class CompiledRecorder(Recorder):
         k = recorder_kernels()
         if k is None:
             raise RuntimeError("a compiled recorder needs numba (simkv.metrics.recorder_kernels)")
-        rows = len(KV_FIELDS)
-        self._kv_integral, self._kv_peak = self._f[:rows], self._i[:rows]
-        self._kernel, self._near_edge_gaps = k.on_steps, k.near_edge_gaps
+        self._attach(k)
 
     def on_steps(self, start_s: float, o: StepOutcome, durations_s: np.ndarray) -> None:
         ends, wbs = o.step_end_s, o.waiting_by_step

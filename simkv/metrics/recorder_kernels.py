@@ -56,61 +56,49 @@ def on_steps(start_s, ends, durations, kv, running, waiting, waiting_by_step, to
     rows = kv.shape[0]
     last = ends[k - 1]
     w0, w1 = f[F_W0], f[F_W1]
-    if k == 1:
-        span = max(0.0, min(last, w1) - max(start_s, w0))
-        if span > 0:
-            for r in range(rows):
-                v = kv[r, 0]
-                f[r] += span * v
-                if v > i[r]:
-                    i[r] = v
-            f[F_RUNNING] += span * running
-            f[F_WAITING] += span * waiting
-            i[I_MAX_RUNNING] = max(i[I_MAX_RUNNING], running)
-            i[I_MAX_WAITING] = max(i[I_MAX_WAITING], waiting)
-    else:
-        overlap = np.empty(k)
-        inside = w0 <= start_s and last <= w1
-        prev = start_s
-        span = 0.0
+    inside = w0 <= start_s and last <= w1   # the whole commit in the measured window
+    # each step's overlap with the window (a step starts where the one before ends)
+    overlap = np.empty(k)
+    prev = start_s
+    span = 0.0
+    for j in range(k):
+        e = ends[j]
+        x = e - prev if inside else min(e, w1) - max(prev, w0)
+        if not inside and not x > 0.0:
+            x = 0.0
+        overlap[j] = x
+        if x > span:
+            span = x
+        prev = e
+    if span > 0:
+        by_step = waiting_by_step.shape[0] > 0
+        for r in range(rows):
+            acc = f[r]
+            top = i[r]
+            for j in range(k):
+                x = overlap[j]
+                acc += x * kv[r, j]
+                if x > 0 and kv[r, j] > top:
+                    top = kv[r, j]
+            f[r] = acc
+            i[r] = top
+        acc = f[F_RUNNING]
         for j in range(k):
-            e = ends[j]
-            x = e - prev if inside else min(e, w1) - max(prev, w0)
-            if not inside and not x > 0.0:
-                x = 0.0
-            overlap[j] = x
-            if x > span:
-                span = x
-            prev = e
-        if span > 0:
-            by_step = waiting_by_step.shape[0] > 0
-            for r in range(rows):
-                acc = f[r]
-                top = i[r]
-                for j in range(k):
-                    x = overlap[j]
-                    acc += x * kv[r, j]
-                    if x > 0 and kv[r, j] > top:
-                        top = kv[r, j]
-                f[r] = acc
-                i[r] = top
-            acc = f[F_RUNNING]
-            for j in range(k):
-                acc += overlap[j] * running
-            f[F_RUNNING] = acc
-            acc = f[F_WAITING]
-            top = i[I_MAX_WAITING]
-            for j in range(k):
-                w = waiting_by_step[j] if by_step else waiting
-                acc += overlap[j] * w
-                if by_step and overlap[j] > 0 and w > top:
-                    top = w
-            f[F_WAITING] = acc
-            i[I_MAX_RUNNING] = max(i[I_MAX_RUNNING], running)
-            i[I_MAX_WAITING] = top if by_step else max(top, waiting)
+            acc += overlap[j] * running
+        f[F_RUNNING] = acc
+        acc = f[F_WAITING]
+        top = i[I_MAX_WAITING]
+        for j in range(k):
+            w = waiting_by_step[j] if by_step else waiting
+            acc += overlap[j] * w
+            if by_step and overlap[j] > 0 and w > top:
+                top = w
+        f[F_WAITING] = acc
+        i[I_MAX_RUNNING] = max(i[I_MAX_RUNNING], running)
+        i[I_MAX_WAITING] = top if by_step else max(top, waiting)
     i[I_STEPS] += k
     i[I_TOTAL_TOKENS] += k * tokens_per_step
-    if w0 <= start_s and last <= w1:
+    if inside:
         i[I_WINDOW_TOKENS] += k * tokens_per_step
     elif last >= w0 and start_s <= w1:
         n = 0
