@@ -1,7 +1,7 @@
 """Whether a run uses simkv's compiled kernels (numba), and finding them.
 
 Three parts of a run have a compiled twin that gives the same numbers as its pure-Python (numpy)
-reference, which stays the default for short runs and is what the tests compare against: the prefix
+reference (and one run shape has a whole fused engine, simkv.fused, used from COMPILED_FROM_REQUESTS on), which stays the default for short runs and is what the tests compare against: the prefix
 cache's block pool (simkv.kv.pool_kernels), the recorder's accumulation (simkv.metrics.recorder_kernels)
 and the calibrated cost model's decode-attention sums (simkv.cost.attention_kernels). numba costs a
 process ~0.35 s to import and ~0.45 s for its first call (a few ms more per kernel loaded from its

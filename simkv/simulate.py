@@ -16,7 +16,8 @@ from simkv.cost.calibrated import Calibration
 from simkv.engine import ProgressFn, Replica
 from simkv.errors import SimkvError
 from simkv.files.scenario_file import expand_sweep, expand_variants
-from simkv.metrics import request_latencies, summarize
+from simkv.fused import paged_fcfs
+from simkv.metrics import Recorder, request_latencies, summarize
 from simkv.metrics.compiled_recorder import new_recorder
 from simkv.features.offload_setup import offload_summary
 from simkv.result import Result
@@ -159,17 +160,13 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
         sim.run(progress)
         summary, cols, series = fleet_result(sim, name, overrides or {}, _request_columns, _setup)
         return Result(name=name, scenario=sim.scenario, summary=summary, requests=cols, timeseries=series)
-    env = simpy.Environment()
-    run = sim.scenario.run
-    closed = not np.isfinite(sim.measure_end_s)   # closed loop / offline: the engine closes the window at run time
-    recorder = new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, 1.0 if closed else sim.measure_end_s,
-                            run.time_series_points, sim.compiled_recorder)
-    if closed:
-        recorder.w1 = np.inf
-    replica = Replica(env, sim.table, sim.scheduler, sim.cost, recorder, progress)
-    env.run(until=replica.done)
+    fused = paged_fcfs.run_fused(sim, progress)
+    if fused is not None:   # the same numbers in one compiled loop (simkv.fused)
+        recorder, now = fused
+    else:
+        recorder, now = _run_replica(sim, progress)
     if progress is not None:
-        progress(sim.table.num_requests, sim.table.num_requests, env.now)
+        progress(sim.table.num_requests, sim.table.num_requests, now)
     extra = {"scenario": sim.scenario.name, "variant": name, "overrides": overrides or {}, "setup": _setup(sim),
              "workload_effects": {"outputs_truncated_at_max_model_len": sim.num_outputs_truncated}}
     spec_stats = getattr(sim.scheduler, "speculative_stats", None)
@@ -182,11 +179,25 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
     classes = [(c.name, c.slo) for c in sim.scenario.workload.classes] if sim.scenario.workload.classes else None
     extra["bench"] = bench_summary(sim.table, recorder, frontend.resolve(sim.scenario.frontend, sim.engine.preset))
     summary = summarize(sim.table, recorder, slo=sim.scenario.slo, extra=extra, classes=classes)
-    offload = offload_summary(sim, recorder.w0, env.now)
+    offload = offload_summary(sim, recorder.w0, now)
     if offload is not None:   # host / SSD tiers (simkv.kv.offload)
         summary["kv_cache"]["offload"] = offload
     return Result(name=name, scenario=sim.scenario, summary=summary, requests=_request_columns(sim),
                   timeseries=recorder.time_series())
+
+
+def _run_replica(sim: Simulation, progress: ProgressFn | None) -> tuple[Recorder, float]:
+    """The reference engine (simkv.engine.Replica on simpy): the recorder, and the clock at the end."""
+    env = simpy.Environment()
+    run = sim.scenario.run
+    closed = not np.isfinite(sim.measure_end_s)   # closed loop / offline: the engine closes the window at run time
+    recorder = new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, 1.0 if closed else sim.measure_end_s,
+                            run.time_series_points, sim.compiled_recorder)
+    if closed:
+        recorder.w1 = np.inf
+    replica = Replica(env, sim.table, sim.scheduler, sim.cost, recorder, progress)
+    env.run(until=replica.done)
+    return recorder, env.now
 
 
 def _setup(sim: Simulation) -> dict:

@@ -1,0 +1,476 @@
+"""The fused engine's compiled loop (simkv.fused.paged_fcfs): arrivals, FCFS continuous batching on
+paged blocks, the calibrated step time and the recorder's accumulation of one replica, in one
+numba function. Equal, number for number, to simkv.engine.Replica running
+simkv.sched.continuous.ContinuousBatchingScheduler on simkv.kv.paged.PagedAllocator with
+simkv.cost.calibrated.CalibratedCost and the compiled recorder (the reference it is tested against,
+tests/test_fused_engine.py).
+
+Why one loop: the reference spends ~150 µs of Python per engine iteration in many small calls
+(plan, step time, commit, record); here an iteration is a few microseconds of compiled code whose
+work is a pass over the running batch.
+
+What it mirrors, and where (each piece keeps the reference's order of float operations):
+
+- the clock (simkv.engine.Replica._step_loop, _arrivals): an idle engine wakes at the first
+  arrival it admits, after every arrival of that instant; an arrival during a step joins the queue
+  at its time; a decode run is cut after the step in flight at the next arrival when nobody waits
+  (`arrival_sensitive`); the queue depth of each step of a run follows the arrivals in it
+  (Replica._queue_by_step);
+- the policy (ContinuousBatchingScheduler.schedule): make room for the decodes by preempting the
+  newest request (recompute), admit from the head of the queue within max_num_seqs, the token budget
+  and the free blocks (watermark included), else repeat the decodes up to the first completion, the
+  free blocks and max_repeat;
+- the batch (simkv.sched.implicit_batch.ImplicitBatch.commit): token times, longest gaps, the
+  recompute gaps, the KV breakdown after each step, completions in join order;
+- the step time (CalibratedCost.seconds, decode_run_seconds) from the cost model's own tables;
+- the recorder (simkv.metrics.recorder_kernels.on_steps, Recorder._sample, on_idle, on_end).
+
+What it does not model it does not guess: the loop stops with BAIL (and a reason code) and the
+caller runs the reference engine instead. That covers an arrival at exactly a step's end (simpy
+orders such ties by event creation), a step time the engine would reject, a request that can never
+be admitted, a table lookup outside the cost model's precomputed range, and decoders whose last
+tokens differ (which this policy never produces).
+
+State lives in the arrays passed in (the loop can stop and resume): `st_i` / `st_f` the scalars
+(S_* / SF_* below), `dec_i` / `dec_f` the running decoders in join order (D_* rows), `waiting` the
+queue as a ring buffer, the recorder's arrays as simkv.metrics.compiled_recorder lays them out,
+`rows_i` / `rows_f` the time series, `gap_v` / `gap_m` the token gaps left for numpy to bin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from simkv.cost.attention_kernels import _interp_into, _pairwise
+from simkv.metrics.recorder_kernels import F_GAP_MAX, _bin_position, _near_edge, on_steps
+from simkv.request import DONE as DONE_STATUS
+
+# return codes
+DONE, PAUSE, BAIL = 0, 1, 2
+# bail reasons (st_i[S_BAIL]); the caller names them
+BAIL_TIE, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_NONUNIFORM = 1, 2, 3, 4, 5
+# cfg_i
+C_MAX_SEQS, C_MAX_BATCHED, C_WATERMARK, C_MAX_REPEAT, C_BLOCK, C_LAYERS, C_MAX_POINTS, C_CAPACITY, C_CHUNK = range(9)
+CFG_I_LEN = 9
+# cfg_f
+CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ, CF_WARMUP, CF_MAX_STEP = range(6)
+CFG_F_LEN = 6
+# st_i
+S_NEXT, S_NDEC, S_WHEAD, S_WCOUNT, S_ORDER, S_FREE, S_ITER, S_SAMPLE, S_NROWS, S_NGAPS, S_UNIFORM, S_BAIL = range(12)
+ST_I_LEN = 12
+# st_f
+SF_NOW, SF_UNIFORM, SF_DT = range(3)
+ST_F_LEN = 3
+# dec_i rows / dec_f rows
+D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_BLOCKS, D_MEAS, D_ORDER = range(8)
+DEC_I_ROWS = 8
+DF_TBT, DF_LAST = range(2)
+DEC_F_ROWS = 2
+# the recorder's KV rows and state slots (simkv.kv.base, simkv.metrics.recorder_kernels)
+TOKEN, RESERVED, INTERNAL, EXTERNAL, FREE = range(5)
+F_W0, F_W1 = 8, 9
+
+
+@njit(cache=True)
+def _sample(ends, k, kv, running, waiting, by_step, wbs, capacity, max_points, st_i, st_f, rows_i, rows_f):
+    """Recorder._sample: the state at every grid time up to ends[k - 1], decimating past max_points."""
+    last = k - 1
+    while st_i[S_SAMPLE] * st_f[SF_DT] <= ends[last]:
+        s = st_i[S_SAMPLE]
+        t = s * st_f[SF_DT]
+        j = 0
+        if last:
+            j = np.searchsorted(ends[:k], t)   # side="left", as ndarray.searchsorted
+            if j > last:
+                j = last
+        r = st_i[S_NROWS]
+        rows_i[r, 0] = s
+        for q in range(5):
+            rows_i[r, 1 + q] = kv[q, j]
+        rows_i[r, 6] = running
+        rows_i[r, 7] = wbs[j] if by_step else waiting
+        rows_f[r, 0] = t
+        rows_f[r, 1] = kv[TOKEN, j] / capacity
+        st_i[S_NROWS] = r + 1
+        st_i[S_SAMPLE] = s + 1
+        if r + 1 > max_points:   # Recorder._decimate
+            keep = 0
+            for q in range(r + 1):
+                if rows_i[q, 0] % 2 == 0:
+                    rows_i[keep] = rows_i[q]
+                    rows_i[keep, 0] = rows_i[q, 0] // 2
+                    rows_f[keep] = rows_f[q]
+                    keep += 1
+            st_i[S_NROWS] = keep
+            st_f[SF_DT] *= 2
+            st_i[S_SAMPLE] = (st_i[S_SAMPLE] + 1) // 2
+
+
+@njit(cache=True)
+def _on_idle(start, end, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs):
+    """Recorder.on_idle: the whole cache free from `start` to `end`."""
+    overlap = max(0.0, min(end, rec_f[F_W1]) - max(start, rec_f[F_W0]))
+    rec_f[FREE] += overlap * capacity
+    if st_i[S_SAMPLE] * st_f[SF_DT] <= end:
+        ends[0] = end
+        for q in range(5):
+            kvb[q, 0] = 0
+        kvb[FREE, 0] = capacity
+        _sample(ends, 1, kvb, 0, 0, False, wbs, capacity, max_points, st_i, st_f, rows_i, rows_f)
+
+
+@njit(cache=True)
+def _push_gap(gap, mult, gap_v, gap_m, st_i):
+    g = st_i[S_NGAPS]
+    gap_v[g] = gap
+    gap_m[g] = mult
+    st_i[S_NGAPS] = g + 1
+
+
+@njit(cache=True)
+def run(arrival, prompt, output, final, rejected,
+        status, generated, first_sched, first_tok, finish, last_tok, npre, tbt_max,
+        cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
+        st_i, st_f, dec_i, dec_f, waiting,
+        rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
+        dur, ends, kvb, wbs, vals):
+    """Run the replica from the state in `st_*` until it has nothing left to do (DONE), for
+    cfg_i[C_CHUNK] iterations or until the gap buffers fill (PAUSE), or until it meets what it
+    does not model (BAIL, reason in st_i[S_BAIL]). The rows of `knots`, `share` and `slopes` (one
+    per batch size) are the decode-attention curves; `*_tab` the cost model's per-size tables."""
+    n_req = arrival.shape[0]
+    max_seqs, max_batched = cfg_i[C_MAX_SEQS], cfg_i[C_MAX_BATCHED]
+    watermark, max_repeat, b = cfg_i[C_WATERMARK], cfg_i[C_MAX_REPEAT], cfg_i[C_BLOCK]
+    layers, max_points, capacity = cfg_i[C_LAYERS], cfg_i[C_MAX_POINTS], cfg_i[C_CAPACITY]
+    c_att, scale, host, hps = cfg_f[CF_C_ATT], cfg_f[CF_SCALE], cfg_f[CF_HOST], cfg_f[CF_HOST_PER_SEQ]
+    warm, max_step = cfg_f[CF_WARMUP], cfg_f[CF_MAX_STEP]
+    wsize = waiting.shape[0]
+    gap_cap = gap_v.shape[0]
+    gap_room = max_seqs + max_repeat + 2   # the most gaps one iteration leaves (its recompute gaps and steps)
+    admitted = np.empty(max_seqs, np.int64)
+    new_tok = np.empty(max_seqs, np.int64)
+    victims = np.empty(max_seqs, np.int64)
+    done_at = 0
+    while True:
+        if done_at >= cfg_i[C_CHUNK] or st_i[S_NGAPS] + gap_room > gap_cap:
+            return PAUSE
+        done_at += 1
+        now = st_f[SF_NOW]
+        n = st_i[S_NDEC]
+        # ---------------------------------------------------------------- idle (Replica._step_loop)
+        if st_i[S_WCOUNT] == 0 and n == 0:
+            nxt = st_i[S_NEXT]
+            if nxt == n_req:   # rec.on_end
+                if now < rec_f[F_W1]:
+                    _on_idle(now, rec_f[F_W1], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
+                return DONE
+            idle_from = now
+            woke = False
+            while nxt < n_req:   # the arrival process: every arrival of one instant, then the wake-up
+                a = arrival[nxt]
+                if woke and a > now:
+                    break
+                now = a
+                if not rejected[nxt]:
+                    waiting[(st_i[S_WHEAD] + st_i[S_WCOUNT]) % wsize] = nxt
+                    st_i[S_WCOUNT] += 1
+                    woke = True
+                nxt += 1
+            st_i[S_NEXT] = nxt
+            st_f[SF_NOW] = now
+            _on_idle(idle_from, now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
+            continue
+        # ---------------------------------------------------------------- schedule (continuous.py)
+        # make room: preempt the newest decoder (the last column) until the decodes' blocks fit
+        nv = 0
+        free = st_i[S_FREE]
+        need = 0
+        for i in range(n):
+            if dec_i[D_KV, i] % b == 0:
+                need += 1
+        while need > free:
+            i = n - 1
+            rid = dec_i[D_RID, i]
+            generated[rid] = dec_i[D_GEN, i]
+            tbt_max[rid] = dec_f[DF_TBT, i]
+            last_tok[rid] = dec_f[DF_LAST, i]
+            free += dec_i[D_BLOCKS, i]
+            if dec_i[D_KV, i] % b == 0:
+                need -= 1
+            victims[nv] = rid
+            nv += 1
+            n -= 1
+        for v in range(nv):   # newest first, so the oldest victim ends at the front
+            st_i[S_WHEAD] = (st_i[S_WHEAD] - 1) % wsize
+            waiting[st_i[S_WHEAD]] = victims[v]
+            st_i[S_WCOUNT] += 1
+        n_adm = 0
+        new_sum = 0
+        if nv == 0:   # admit from the head of the queue
+            budget = max_batched - n
+            running = n
+            keep_free = watermark + need
+            while st_i[S_WCOUNT] > 0 and running < max_seqs:
+                rid = waiting[st_i[S_WHEAD]]
+                new = prompt[rid] + generated[rid]
+                if new > budget:
+                    break
+                blocks = -(-new // b)
+                if blocks + keep_free > free:
+                    break
+                st_i[S_WHEAD] = (st_i[S_WHEAD] + 1) % wsize
+                st_i[S_WCOUNT] -= 1
+                free -= blocks
+                admitted[n_adm] = rid
+                new_tok[n_adm] = new
+                n_adm += 1
+                new_sum += new
+                budget -= new
+                running += 1
+        if n == 0 and n_adm == 0:   # nothing can run though requests wait (the reference raises)
+            st_i[S_BAIL] = BAIL_STUCK
+            return BAIL
+        # ---------------------------------------------------------------- step times (calibrated.py)
+        nxt = st_i[S_NEXT]
+        next_at = arrival[nxt] if nxt < n_req else np.inf
+        sensitive = False
+        if n_adm or nv:
+            k = 1
+            m = n + new_sum
+            n_seqs = n + n_adm
+            if m >= fixed.shape[0] or n_seqs >= lm_tab.shape[0] or m >= whole_tab.shape[0]:
+                st_i[S_BAIL] = BAIL_TABLE
+                return BAIL
+            pre = 0.0
+            if n_adm == 1:
+                if new_tok[0] >= prefill_tab.shape[0]:
+                    st_i[S_BAIL] = BAIL_TABLE
+                    return BAIL
+                pre = prefill_tab[new_tok[0]]
+            elif n_adm > 1:
+                for q in range(n_adm):
+                    if new_tok[q] >= prefill_tab.shape[0]:
+                        st_i[S_BAIL] = BAIL_TABLE
+                        return BAIL
+                    vals[q] = prefill_tab[new_tok[q]]
+                pre = 0.0 + _pairwise(vals, n_adm)   # float(self._prefill[new].sum())
+            dec = 0.0
+            if n:
+                _interp_into(dec_i[D_KV, :n], 1, knots[n], share[n], slopes[n], vals)
+                dec = scale * (0.0 + _pairwise(vals, n))
+            dur[0] = (layers * (fixed[m] + c_att * (pre + dec)) + whole_tab[m] + lm_tab[n_seqs] + host
+                      + hps * n_seqs + 0.0)
+        else:   # repeated decodes: up to the first completion, max_repeat and the free blocks
+            if n >= fixed.shape[0] or n >= lm_tab.shape[0] or n >= whole_tab.shape[0]:
+                st_i[S_BAIL] = BAIL_TABLE
+                return BAIL
+            steps = max_repeat
+            for i in range(n):
+                r = dec_i[D_OUT, i] - dec_i[D_GEN, i]
+                if r < steps:
+                    steps = r
+            limit = max(1, steps)
+            if limit > 1 and _blocks_needed(dec_i, n, limit, b) > free:   # BatchBase.max_decode_steps
+                lo, hi = 1, limit
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if _blocks_needed(dec_i, n, mid, b) <= free:
+                        lo = mid
+                    else:
+                        hi = mid
+                limit = lo
+            sensitive = st_i[S_WCOUNT] == 0   # nobody waits: an arrival can change the plan
+            fixed_n, whole_n, lm_n = fixed[n], whole_tab[n], lm_tab[n]
+            k = 0
+            prev = now   # the end of the step before (step_ends)
+            for s in range(limit):
+                if sensitive and s > 0 and not prev < next_at:   # Replica._steps_to_keep
+                    break
+                _interp_into(dec_i[D_KV, :n], 1 + s, knots[n], share[n], slopes[n], vals)
+                att = scale * (0.0 + _pairwise(vals, n))
+                d = layers * (fixed_n + c_att * att) + whole_n + lm_n + host + hps * n   # decode_run_seconds
+                dur[s] = d
+                prev = prev + d
+                k += 1
+        # _check_step_times
+        for s in range(k):
+            d = dur[s]
+            if not (0 <= d <= max_step):
+                st_i[S_BAIL] = BAIL_STEP_TIME
+                return BAIL
+        start = now
+        e = start
+        for s in range(k):   # simkv.sched.base.step_ends
+            e = e + dur[s]
+            ends[s] = e
+        end = ends[k - 1]
+        # ---------------------------------------------------------------- arrivals during the steps
+        wc0 = st_i[S_WCOUNT]
+        by_step = False
+        while nxt < n_req and arrival[nxt] < end:
+            rid = nxt
+            nxt += 1
+            if rejected[rid]:
+                continue
+            waiting[(st_i[S_WHEAD] + st_i[S_WCOUNT]) % wsize] = rid
+            st_i[S_WCOUNT] += 1
+            if k > 1:
+                if not by_step:
+                    by_step = True
+                    for s in range(k):
+                        wbs[s] = wc0
+                j = np.searchsorted(ends[:k], arrival[rid])
+                for s in range(j, k):
+                    wbs[s] = st_i[S_WCOUNT]
+        if nxt < n_req and arrival[nxt] == end:   # a tie with the step's end: simpy's event order decides
+            st_i[S_BAIL] = BAIL_TIE
+            return BAIL
+        st_i[S_NEXT] = nxt
+        st_f[SF_NOW] = end
+        num_waiting = st_i[S_WCOUNT]
+        if by_step:
+            wbs[k - 1] = num_waiting
+        # ---------------------------------------------------------------- commit (implicit_batch.py)
+        for v in range(nv):
+            npre[victims[v]] += 1
+        measured = 0
+        if n:
+            if st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != start:
+                st_i[S_BAIL] = BAIL_NONUNIFORM
+                return BAIL
+            gap = dur[0]
+            for s in range(1, k):
+                if dur[s] > gap:
+                    gap = dur[s]
+            for i in range(n):
+                measured += dec_i[D_MEAS, i]
+                if gap > dec_f[DF_TBT, i]:
+                    dec_f[DF_TBT, i] = gap
+                dec_f[DF_LAST, i] = end
+            st_i[S_UNIFORM] = 1
+            st_f[SF_UNIFORM] = end
+        # the steps' KV breakdown, after each step's writes (the joins count from the first step)
+        tok = 0
+        held = 0
+        res = 0
+        for i in range(n):
+            kv = dec_i[D_KV, i]
+            tok += kv
+            held += dec_i[D_BLOCKS, i]
+        for s in range(k):
+            for i in range(n):
+                kv = dec_i[D_KV, i]
+                if kv % b == 0:
+                    dec_i[D_BLOCKS, i] += 1
+                    free -= 1
+                    held += 1
+                dec_i[D_KV, i] = kv + 1
+                dec_i[D_GEN, i] += 1
+            tok += n
+            if s < k - 1:
+                res = 0
+                for i in range(n):
+                    kv = dec_i[D_KV, i]
+                    empty = dec_i[D_BLOCKS, i] * b - kv
+                    left = dec_i[D_FINAL, i] - kv
+                    res += min(empty, max(left, 0))
+                kvb[TOKEN, s] = tok
+                kvb[RESERVED, s] = res
+                kvb[INTERNAL, s] = held * b - tok - res
+                kvb[EXTERNAL, s] = 0
+                kvb[FREE, s] = capacity - held * b
+        # prefills complete and join (ImplicitBatch._advance_prefills)
+        end0 = ends[0]
+        n_join = 0
+        for q in range(n_adm):
+            rid = admitted[q]
+            if math.isnan(first_sched[rid]):
+                first_sched[rid] = start
+            g = generated[rid]
+            meas = arrival[rid] >= warm
+            t_max = tbt_max[rid]
+            if g == 0:
+                first_tok[rid] = end0
+            else:   # back after a recompute: the gap since its last token
+                gap = end0 - last_tok[rid]
+                t_max = max(t_max, gap)
+                if meas:
+                    _push_gap(gap, 1, gap_v, gap_m, st_i)
+                    if gap > rec_f[F_GAP_MAX]:   # Recorder.on_extra_gaps
+                        rec_f[F_GAP_MAX] = gap
+            i = n
+            dec_i[D_RID, i] = rid
+            dec_i[D_KV, i] = new_tok[q]
+            dec_i[D_GEN, i] = g + 1
+            dec_i[D_OUT, i] = output[rid]
+            dec_i[D_FINAL, i] = final[rid]
+            dec_i[D_BLOCKS, i] = -(-new_tok[q] // b)
+            dec_i[D_MEAS, i] = 1 if meas else 0
+            dec_i[D_ORDER, i] = st_i[S_ORDER]
+            st_i[S_ORDER] += 1
+            dec_f[DF_TBT, i] = t_max
+            dec_f[DF_LAST, i] = end0
+            held += dec_i[D_BLOCKS, i]
+            tok += new_tok[q]
+            n += 1
+            n_join += 1
+        if n_join and (st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != end0):
+            if n == n_join:
+                st_i[S_UNIFORM] = 1
+                st_f[SF_UNIFORM] = end0
+            else:
+                st_i[S_UNIFORM] = 0
+        res = 0
+        for i in range(n):
+            kv = dec_i[D_KV, i]
+            res += min(dec_i[D_BLOCKS, i] * b - kv, max(dec_i[D_FINAL, i] - kv, 0))
+        kvb[TOKEN, k - 1] = tok
+        kvb[RESERVED, k - 1] = res
+        kvb[INTERNAL, k - 1] = held * b - tok - res
+        kvb[EXTERNAL, k - 1] = 0
+        kvb[FREE, k - 1] = capacity - held * b
+        running = n - n_join + n_adm   # the step's batch: decodes and prefills
+        tokens = n   # decodes + the prefills' first tokens
+        # completions, in join order (ImplicitBatch._finish)
+        w = 0
+        for i in range(n):
+            if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
+                rid = dec_i[D_RID, i]
+                finish[rid] = end
+                last_tok[rid] = end
+                generated[rid] = dec_i[D_GEN, i]
+                tbt_max[rid] = dec_f[DF_TBT, i]
+                status[rid] = DONE_STATUS
+                free += dec_i[D_BLOCKS, i]
+            else:
+                if w != i:
+                    for q in range(DEC_I_ROWS):
+                        dec_i[q, w] = dec_i[q, i]
+                    for q in range(DEC_F_ROWS):
+                        dec_f[q, w] = dec_f[q, i]
+                w += 1
+        st_i[S_NDEC] = w
+        st_i[S_FREE] = free
+        # ---------------------------------------------------------------- record (Recorder.on_steps)
+        left = on_steps(start, ends[:k], dur[:k], kvb[:, :k], running, num_waiting, wbs[:k] if by_step else wbs[:0],
+                        tokens, measured, 0, rec_f, rec_i, hist)
+        if left:   # gaps near a bin edge: binned by numpy afterwards, as the pure recorder bins them
+            for s in range(k):
+                if _near_edge(_bin_position(dur[s])):
+                    _push_gap(dur[s], measured, gap_v, gap_m, st_i)
+        if st_i[S_SAMPLE] * st_f[SF_DT] <= end:
+            _sample(ends, k, kvb, running, num_waiting, by_step, wbs, capacity, max_points, st_i, st_f, rows_i, rows_f)
+        st_i[S_ITER] += 1
+
+
+@njit(cache=True)
+def _blocks_needed(dec_i, n, steps, b):
+    """ImplicitBatch.decode_blocks_needed(steps): blocks the decoders take in `steps` more steps."""
+    total = 0
+    for i in range(n):
+        kv = dec_i[D_KV, i]
+        total += (kv + steps + b - 1) // b - (kv + b - 1) // b
+    return total

@@ -1,0 +1,137 @@
+"""Issue 17 (speed): the fused engine (simkv.fused.paged_fcfs: FCFS continuous batching on paged
+blocks, the calibrated cost model and the recorder in one compiled loop) gives exactly what the
+engine it replaces gives: the same summary, request table and time series, bit for bit, against
+both the default engine (simkv.engine.Replica with the implicit batch) and the step-by-step
+reference batch, on generated scenarios (preemption by recompute, watermarks, warm-up, rejected
+requests, decimated time series) and on the shipped scenarios it runs. Where it meets what it does
+not model it hands the run to the reference engine, with the same results."""
+
+from __future__ import annotations
+
+import json
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import simkv
+from simkv import fused
+from simkv.files.scenario_file import validate_scenario
+from simkv.fused import paged_fcfs
+from simkv.sched.queue import reference_engine
+from simkv.simulate import build_simulation, run_simulation, stream_for
+
+pytest.importorskip("numba")
+
+BASE = dict(name="fused", model="llama3-8b", hardware={"gpu": "h100"},
+            engine={"gpu_memory_utilization": 0.24, "max_model_len": 4096},
+            workload={"arrival": {"process": "poisson", "rate": 40.0},
+                      "prompt_tokens": {"dist": "lognormal", "mean": 700, "p99": 3000, "max": 3500},
+                      "output_tokens": {"dist": "exponential", "mean": 150, "max": 500}},
+            run={"seed": 3, "num_requests": 300, "warmup_s": 0.5})
+
+
+@pytest.fixture(autouse=True)
+def _compiled(monkeypatch):
+    monkeypatch.setenv("SIMKV_COMPILED", "1")   # short runs too (simkv.compiled)
+
+
+def _scenario(engine=None, workload=None, run=None):
+    raw = json.loads(json.dumps(BASE))
+    raw["engine"].update(engine or {})
+    raw["workload"].update(workload or {})
+    raw["run"].update(run or {})
+    return validate_scenario(raw, "test")
+
+
+def _assert_same(a, b) -> None:
+    assert json.dumps(a.summary, sort_keys=True, default=str) == json.dumps(b.summary, sort_keys=True, default=str)
+    assert a.requests.keys() == b.requests.keys()
+    for col in a.requests:
+        x, y = np.asarray(a.requests[col]), np.asarray(b.requests[col])
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), col
+    assert a.timeseries.keys() == b.timeseries.keys()
+    for col in a.timeseries:
+        assert np.array_equal(a.timeseries[col], b.timeseries[col], equal_nan=True), col
+
+
+def _three_ways(scenario, variant: str = "base", expect: str = "fused"):
+    """The run fused, with the fused engine off, and on the reference batch; the fused outcome."""
+    sc = dict(simkv.files.scenario_file.expand_variants(scenario))[variant]
+    stream = stream_for(sc)
+    got = run_simulation(build_simulation(sc, stream), variant)
+    outcome = paged_fcfs.last_outcome[0]
+    assert outcome.startswith(expect), outcome
+    with fused.disabled():
+        default = run_simulation(build_simulation(sc, stream), variant)
+        with reference_engine():
+            ref = run_simulation(build_simulation(sc, stream), variant)
+    _assert_same(got, default)
+    _assert_same(got, ref)
+    return got
+
+
+def test_preemption_by_recompute_and_rejected_requests_equal_the_reference():
+    got = _three_ways(_scenario(workload={"prompt_tokens": {"dist": "lognormal", "mean": 900, "p99": 5000,
+                                                              "max": 9000}}))
+    assert got.summary["requests"]["preemptions"] > 0
+    assert (np.asarray(got.requests["status"]) == 2).any()   # prompts over max_model_len: refused at arrival
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rate=st.sampled_from([2.0, 15.0, 40.0, 120.0]), mem=st.sampled_from([0.24, 0.3, 0.5]),
+       block=st.sampled_from([1, 8, 16, 32]), seqs=st.sampled_from([4, 32, 256]),
+       watermark=st.sampled_from([0.0, 0.01]), batched=st.sampled_from([None, 4096, 12000]),
+       warmup=st.sampled_from([0.0, 0.1, 0.5]), points=st.sampled_from([2000, 40]),
+       out_mean=st.sampled_from([1, 20, 150]), seed=st.integers(0, 5))
+def test_generated_scenarios_equal_the_reference(rate, mem, block, seqs, watermark, batched, warmup, points, out_mean,
+                                                  seed):
+    engine = {"gpu_memory_utilization": mem, "block_size": block, "max_num_seqs": seqs, "watermark": watermark}
+    if batched is not None:
+        engine["max_num_batched_tokens"] = batched
+    output = {"dist": "fixed", "value": 1} if out_mean == 1 else {"dist": "exponential", "mean": out_mean, "max": 500}
+    _three_ways(_scenario(engine=engine, workload={"arrival": {"process": "poisson", "rate": rate}, "output_tokens": output},
+                          run={"seed": seed, "num_requests": 150, "warmup_s": warmup * 150 / rate, "time_series_points": points}))
+
+
+@pytest.mark.parametrize("path, variant", [("scenarios/quickstart.yaml", "base"),
+                                           ("scenarios/paged-vs-contiguous-h100.yaml", "paged")])
+def test_the_shipped_scenarios_it_runs_equal_the_reference(path, variant):
+    _three_ways(simkv.load_scenario(path, ["run.num_requests=700", "run.duration_s=null", "run.warmup_s=5"]), variant)
+
+
+def test_an_arrival_at_a_step_end_goes_to_the_reference_engine():
+    """simpy orders an arrival and a step end at the same instant by when each was scheduled: the
+    fused loop does not guess, it hands the run back (and the results are the reference's)."""
+    sc = _scenario(workload={"arrival": {"process": "poisson", "rate": 2.0}})
+    stream = stream_for(sc)
+    first = build_simulation(sc, stream)
+    run_simulation(first, "base")
+    step_end = float(first.table.first_token_s[0])   # the end of the first step (request 0's prefill)
+    assert first.table.arrival_s[1] > step_end
+
+    def tied():
+        sim = build_simulation(sc, stream)
+        sim.table.arrival_s[1] = step_end
+        return sim
+    got = run_simulation(tied(), "base")
+    assert paged_fcfs.last_outcome[0] == "bailed: an arrival at exactly a step's end"
+    with fused.disabled():
+        _assert_same(got, run_simulation(tied(), "base"))
+
+
+def test_which_runs_it_takes(monkeypatch):
+    def why(cost="calibrated", **engine):
+        sc = _scenario(engine=engine).model_copy(update={"cost": cost})
+        return paged_fcfs.why_not(build_simulation(sc, stream_for(sc)))
+    assert why() is None
+    assert why(preset="vllm-v1") == "not one replica under the fcfs policy"
+    assert why(allocator="contiguous") == "not the paged allocator taking blocks on demand"
+    assert why(cost="roofline") == "not the calibrated cost model"
+    with reference_engine():
+        assert why() == "the reference batch was asked for"
+    sc = _scenario()
+    monkeypatch.setenv("SIMKV_COMPILED", "0")   # no compiled kernels: the default engine
+    run_simulation(build_simulation(sc, stream_for(sc)), "base")
+    assert paged_fcfs.last_outcome[0] == ""
