@@ -16,7 +16,7 @@ from simkv.cost.calibrated import Calibration
 from simkv.engine import ProgressFn, Replica
 from simkv.errors import SimkvError
 from simkv.files.scenario_file import expand_sweep, expand_variants
-from simkv.fused import paged_fcfs
+from simkv.fused import dispatch as fused_engines
 from simkv.metrics import Recorder, request_latencies, summarize
 from simkv.metrics.compiled_recorder import new_recorder
 from simkv.features.offload_setup import offload_summary
@@ -160,7 +160,7 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
         sim.run(progress)
         summary, cols, series = fleet_result(sim, name, overrides or {}, _request_columns, _setup)
         return Result(name=name, scenario=sim.scenario, summary=summary, requests=cols, timeseries=series)
-    fused = paged_fcfs.run_fused(sim, progress)
+    fused = fused_engines.run_fused(sim, progress)
     if fused is not None:   # the same numbers in one compiled loop (simkv.fused)
         recorder, now = fused
     else:

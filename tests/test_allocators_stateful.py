@@ -127,6 +127,58 @@ class PagedMachine(RuleBasedStateMachine):
             assert self.a.num_free_blocks == self.a.num_blocks, "blocks leaked after every request finished"
 
 
+class ReservingPagedMachine(RuleBasedStateMachine):
+    """TGI's use of the block pool: blocks for the whole reservation taken at admission, prompts
+    then written into them chunk by chunk (grow_to inside what is held takes nothing, and must
+    not hand blocks back to the free queue: it once moved the queue backwards, so blocks were
+    counted free twice and later tables came up short)."""
+
+    live = Bundle("live")
+
+    @initialize(num_blocks=st.integers(1, 40), block_size=st.sampled_from([1, 2, 16]))
+    def setup(self, num_blocks, block_size):
+        self.a = PagedAllocator(num_blocks, block_size, reserve_upfront=True)
+        self.held: dict[int, int] = {}   # blocks each request holds
+        self.tokens: dict[int, int] = {}
+        self.next_id = 0
+
+    @rule(target=live, num_tokens=st.integers(0, 60), extra=st.integers(0, 100))
+    def allocate(self, num_tokens, extra):
+        rid, reserve = self.next_id, num_tokens + extra
+        self.next_id += 1
+        if not self.a.can_allocate(num_tokens, reserve):
+            return multiple()
+        self.a.allocate(rid, num_tokens, reserve, reserve)
+        self.held[rid], self.tokens[rid] = self.a.blocks_for(reserve), num_tokens
+        return rid
+
+    @rule(rid=live, n=st.integers(0, 100))
+    def grow_inside(self, rid, n):
+        tokens = min(self.tokens[rid] + n, self.held[rid] * self.a.block_size)
+        self.a.grow_to(rid, tokens)
+        self.tokens[rid] = tokens
+
+    @rule(rid=consumes(live))
+    def free(self, rid):
+        self.a.free(rid)
+        del self.held[rid], self.tokens[rid]
+
+    @invariant()
+    def every_block_counted_once(self):
+        owned = [b for table in self.a.owners().values() for b in table]
+        free = self.a.free_block_ids()
+        assert {r: len(t) for r, t in self.a.owners().items()} == self.held, "a table changed size inside its reservation"
+        assert len(owned) == len(set(owned)) and not set(owned) & set(free), "a block owned twice, or owned and free"
+        assert sorted(owned + free) == list(range(self.a.num_blocks)), "a block leaked or was invented"
+        assert self.a.num_free_blocks == len(free) == self.a.num_blocks - sum(self.held.values())
+
+    def teardown(self):
+        if hasattr(self, "a"):
+            for rid in list(self.held):
+                self.a.free(rid)
+            assert self.a.num_free_blocks == self.a.num_blocks, "blocks leaked after every request finished"
+
+
 class ContiguousMachine(RuleBasedStateMachine):
     """Reserve / append / free regions in a small linear address space."""
 
@@ -419,3 +471,5 @@ def test_best_fit_picks_smallest_hole():
     a.free(2)   # hole of 10 at 35
     a.allocate(7, 0, 8, 8)
     assert a.regions()[7] == (35, 8)
+ReservingPagedMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestReservingPagedAllocator = ReservingPagedMachine.TestCase

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 import simkv
 from simkv import fused
 from simkv.files.scenario_file import validate_scenario
-from simkv.fused import paged_fcfs
+from simkv.fused import paged_fcfs, tgi
 from simkv.sched.queue import reference_engine
 from simkv.simulate import build_simulation, run_simulation, stream_for
 
@@ -61,7 +61,7 @@ def _three_ways(scenario, variant: str = "base", expect: str = "fused"):
     sc = dict(simkv.files.scenario_file.expand_variants(scenario))[variant]
     stream = stream_for(sc)
     got = run_simulation(build_simulation(sc, stream), variant)
-    outcome = paged_fcfs.last_outcome[0]
+    outcome = fused.last_outcome[0]
     assert outcome.startswith(expect), outcome
     with fused.disabled():
         default = run_simulation(build_simulation(sc, stream), variant)
@@ -101,6 +101,32 @@ def test_the_shipped_scenarios_it_runs_equal_the_reference(path, variant):
     _three_ways(simkv.load_scenario(path, ["run.num_requests=700", "run.duration_s=null", "run.warmup_s=5"]), variant)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rate=st.sampled_from([2.0, 15.0, 40.0, 120.0]), mem=st.sampled_from([0.24, 0.3, 0.5]),
+       block=st.sampled_from([1, 16, 32]), budget=st.sampled_from([600, 2048, 8192]),
+       concurrent=st.sampled_from([8, 128]), prefix=st.booleans(), warmup=st.sampled_from([0.0, 0.1, 0.5]),
+       points=st.sampled_from([2000, 40]), out_mean=st.sampled_from([1, 20, 150]), seed=st.integers(0, 5))
+def test_generated_tgi_scenarios_equal_the_reference(rate, mem, block, budget, concurrent, prefix, warmup, points,
+                                                      out_mean, seed):
+    """TGI's chunked batching: refusals beyond max_concurrent_requests, prompts split over steps
+    (their attention priced by the cost model through the loop's CALL), the radix allocator
+    without hits or the plain reserving pool."""
+    engine = {"preset": "tgi", "gpu_memory_utilization": mem, "block_size": block, "max_batch_prefill_tokens": budget,
+              "max_concurrent_requests": concurrent, "prefix_caching": prefix}
+    output = {"dist": "fixed", "value": 1} if out_mean == 1 else {"dist": "exponential", "mean": out_mean, "max": 500}
+    _three_ways(_scenario(engine=engine, workload={"arrival": {"process": "poisson", "rate": rate}, "output_tokens": output,
+                                                   "max_new_tokens": {"policy": "cap", "tokens": 600}},
+                          run={"seed": seed, "num_requests": 150, "warmup_s": warmup * 150 / rate, "time_series_points": points}))
+
+
+def test_the_shipped_tgi_scenario_equals_the_reference():
+    """(engines-2026-h100.yaml's TGI has shared prefixes: the default engine runs it.)"""
+    got = _three_ways(simkv.load_scenario("scenarios/vllm-vs-tgi-h100.yaml", [
+        "run.num_requests=700", "run.duration_s=null", "run.warmup_s=5", "workload.arrival.rate=30"]), "tgi")
+    assert (np.asarray(got.requests["reject_reason"]) == 3).any()   # refused beyond max_concurrent_requests
+    assert got.summary["kv_cache"]["prefix_cache"]["query_tokens"] > 0
+
+
 def test_an_arrival_at_a_step_end_goes_to_the_reference_engine():
     """simpy orders an arrival and a step end at the same instant by when each was scheduled: the
     fused loop does not guess, it hands the run back (and the results are the reference's)."""
@@ -116,22 +142,28 @@ def test_an_arrival_at_a_step_end_goes_to_the_reference_engine():
         sim.table.arrival_s[1] = step_end
         return sim
     got = run_simulation(tied(), "base")
-    assert paged_fcfs.last_outcome[0] == "bailed: an arrival at exactly a step's end"
+    assert fused.last_outcome[0] == "bailed: an arrival at exactly a step's end"
     with fused.disabled():
         _assert_same(got, run_simulation(tied(), "base"))
 
 
-def test_which_runs_it_takes(monkeypatch):
-    def why(cost="calibrated", **engine):
-        sc = _scenario(engine=engine).model_copy(update={"cost": cost})
-        return paged_fcfs.why_not(build_simulation(sc, stream_for(sc)))
+def test_which_runs_each_takes(monkeypatch):
+    def why(engine_module=paged_fcfs, cost="calibrated", workload=None, **engine):
+        sc = _scenario(engine=engine, workload=workload).model_copy(update={"cost": cost})
+        return engine_module.why_not(build_simulation(sc, stream_for(sc)))
     assert why() is None
     assert why(preset="vllm-v1") == "not one replica under the fcfs policy"
     assert why(allocator="contiguous") == "not the paged allocator taking blocks on demand"
     assert why(cost="roofline") == "not the calibrated cost model"
+    assert why(tgi, preset="tgi") is None and why(tgi, preset="tgi", prefix_caching=False) is None
+    assert why(tgi) == why(tgi, preset="tgi", prefill_chunking=False) == "not one replica under TGI's chunked batching"
+    shared = {"shared_prefix": {"fraction": 0.5, "tokens": 512, "num_prefixes": 2}}
+    assert why(tgi, preset="tgi", workload=shared) == "prefix-cache hits are possible (shared content)"
+    assert why(tgi, preset="tgi", workload={"sampling": {"n": 2}}) == "prefix-cache hits are possible (shared content)"
+    assert why(tgi, preset="tgi", prefix_caching=False, workload=shared) is None   # no cache, no hits
     with reference_engine():
-        assert why() == "the reference batch was asked for"
+        assert why() == why(tgi, preset="tgi") == "the reference batch was asked for"
     sc = _scenario()
     monkeypatch.setenv("SIMKV_COMPILED", "0")   # no compiled kernels: the default engine
     run_simulation(build_simulation(sc, stream_for(sc)), "base")
-    assert paged_fcfs.last_outcome[0] == ""
+    assert fused.last_outcome[0] == ""

@@ -1,8 +1,10 @@
 """Fused engines: a whole replica (arrivals, policy, allocator, batch, step time, recorder) in one
-compiled loop, for the run shapes common enough to pay for it. Each equals the reference engine
+compiled loop, for the run shapes common enough to pay for it. Each equals the engine it replaces
 (simkv.engine.Replica on the pure-Python policies) number for number and hands a run back to it
 whenever it meets what it does not model. simkv.fused.paged_fcfs: FCFS continuous batching on paged
-blocks with the calibrated cost model."""
+blocks; simkv.fused.tgi: TGI v3's chunked batching over reserved blocks; both with the calibrated
+cost model. simkv.fused.dispatch picks the one a run fits; simkv.fused.driver and loop_parts are
+what they share."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 _OFF = [False]
+# what the last fused engine tried did: "fused", "bailed: <reason>" (the default engine ran it), or ""
+# (not tried: the run is not of its kind, or not long enough for compiled kernels to pay)
+last_outcome = [""]
 
 
 @contextmanager

@@ -45,94 +45,34 @@ import numpy as np
 from numba import njit
 
 from simkv.cost.attention_kernels import _interp_into, _pairwise
-from simkv.metrics.recorder_kernels import F_GAP_MAX, _bin_position, _near_edge, on_steps
+from simkv.fused.loop_parts import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, DONE,
+                                    EXTERNAL, F_W1, FREE, INTERNAL, NO_LIMIT, PAUSE, RESERVED, S_BAIL, S_ITER, S_NEXT,
+                                    S_NGAPS, S_WCOUNT, S_WHEAD, SF_NOW, TOKEN, arrivals_during, check_step_times,
+                                    on_idle, push_gap, record, step_ends, wait_for_arrival)
+from simkv.metrics.recorder_kernels import F_GAP_MAX
 from simkv.request import DONE as DONE_STATUS
 
-# return codes
-DONE, PAUSE, BAIL = 0, 1, 2
-# bail reasons (st_i[S_BAIL]); the caller names them
-BAIL_TIE, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_NONUNIFORM = 1, 2, 3, 4, 5
 # cfg_i
 C_MAX_SEQS, C_MAX_BATCHED, C_WATERMARK, C_MAX_REPEAT, C_BLOCK, C_LAYERS, C_MAX_POINTS, C_CAPACITY, C_CHUNK = range(9)
 CFG_I_LEN = 9
 # cfg_f
 CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ, CF_WARMUP, CF_MAX_STEP = range(6)
 CFG_F_LEN = 6
-# st_i
-S_NEXT, S_NDEC, S_WHEAD, S_WCOUNT, S_ORDER, S_FREE, S_ITER, S_SAMPLE, S_NROWS, S_NGAPS, S_UNIFORM, S_BAIL = range(12)
+# st_i / st_f: the shared slots (simkv.fused.loop_parts), then these
+S_NDEC, S_ORDER, S_FREE, S_UNIFORM = range(8, 12)
 ST_I_LEN = 12
-# st_f
-SF_NOW, SF_UNIFORM, SF_DT = range(3)
+SF_UNIFORM = 2
 ST_F_LEN = 3
 # dec_i rows / dec_f rows
 D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_BLOCKS, D_MEAS, D_ORDER = range(8)
 DEC_I_ROWS = 8
 DF_TBT, DF_LAST = range(2)
 DEC_F_ROWS = 2
-# the recorder's KV rows and state slots (simkv.kv.base, simkv.metrics.recorder_kernels)
-TOKEN, RESERVED, INTERNAL, EXTERNAL, FREE = range(5)
-F_W0, F_W1 = 8, 9
 
 
 @njit(cache=True)
-def _sample(ends, k, kv, running, waiting, by_step, wbs, capacity, max_points, st_i, st_f, rows_i, rows_f):
-    """Recorder._sample: the state at every grid time up to ends[k - 1], decimating past max_points."""
-    last = k - 1
-    while st_i[S_SAMPLE] * st_f[SF_DT] <= ends[last]:
-        s = st_i[S_SAMPLE]
-        t = s * st_f[SF_DT]
-        j = 0
-        if last:
-            j = np.searchsorted(ends[:k], t)   # side="left", as ndarray.searchsorted
-            if j > last:
-                j = last
-        r = st_i[S_NROWS]
-        rows_i[r, 0] = s
-        for q in range(5):
-            rows_i[r, 1 + q] = kv[q, j]
-        rows_i[r, 6] = running
-        rows_i[r, 7] = wbs[j] if by_step else waiting
-        rows_f[r, 0] = t
-        rows_f[r, 1] = kv[TOKEN, j] / capacity
-        st_i[S_NROWS] = r + 1
-        st_i[S_SAMPLE] = s + 1
-        if r + 1 > max_points:   # Recorder._decimate
-            keep = 0
-            for q in range(r + 1):
-                if rows_i[q, 0] % 2 == 0:
-                    rows_i[keep] = rows_i[q]
-                    rows_i[keep, 0] = rows_i[q, 0] // 2
-                    rows_f[keep] = rows_f[q]
-                    keep += 1
-            st_i[S_NROWS] = keep
-            st_f[SF_DT] *= 2
-            st_i[S_SAMPLE] = (st_i[S_SAMPLE] + 1) // 2
-
-
-@njit(cache=True)
-def _on_idle(start, end, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs):
-    """Recorder.on_idle: the whole cache free from `start` to `end`."""
-    overlap = max(0.0, min(end, rec_f[F_W1]) - max(start, rec_f[F_W0]))
-    rec_f[FREE] += overlap * capacity
-    if st_i[S_SAMPLE] * st_f[SF_DT] <= end:
-        ends[0] = end
-        for q in range(5):
-            kvb[q, 0] = 0
-        kvb[FREE, 0] = capacity
-        _sample(ends, 1, kvb, 0, 0, False, wbs, capacity, max_points, st_i, st_f, rows_i, rows_f)
-
-
-@njit(cache=True)
-def _push_gap(gap, mult, gap_v, gap_m, st_i):
-    g = st_i[S_NGAPS]
-    gap_v[g] = gap
-    gap_m[g] = mult
-    st_i[S_NGAPS] = g + 1
-
-
-@njit(cache=True)
-def run(arrival, prompt, output, final, rejected,
-        status, generated, first_sched, first_tok, finish, last_tok, npre, tbt_max,
+def run(arrival, prompt, output, final,
+        status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, npre,
         cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
         st_i, st_f, dec_i, dec_f, waiting,
         rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
@@ -162,26 +102,12 @@ def run(arrival, prompt, output, final, rejected,
         n = st_i[S_NDEC]
         # ---------------------------------------------------------------- idle (Replica._step_loop)
         if st_i[S_WCOUNT] == 0 and n == 0:
-            nxt = st_i[S_NEXT]
-            if nxt == n_req:   # rec.on_end
+            if st_i[S_NEXT] == n_req:   # rec.on_end
                 if now < rec_f[F_W1]:
-                    _on_idle(now, rec_f[F_W1], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
+                    on_idle(now, rec_f[F_W1], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
                 return DONE
-            idle_from = now
-            woke = False
-            while nxt < n_req:   # the arrival process: every arrival of one instant, then the wake-up
-                a = arrival[nxt]
-                if woke and a > now:
-                    break
-                now = a
-                if not rejected[nxt]:
-                    waiting[(st_i[S_WHEAD] + st_i[S_WCOUNT]) % wsize] = nxt
-                    st_i[S_WCOUNT] += 1
-                    woke = True
-                nxt += 1
-            st_i[S_NEXT] = nxt
-            st_f[SF_NOW] = now
-            _on_idle(idle_from, now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
+            idle_from = wait_for_arrival(arrival, status, reason, waiting, NO_LIMIT, st_i, st_f)
+            on_idle(idle_from, st_f[SF_NOW], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
             continue
         # ---------------------------------------------------------------- schedule (continuous.py)
         # make room: preempt the newest decoder (the last column) until the decodes' blocks fit
@@ -295,44 +221,19 @@ def run(arrival, prompt, output, final, rejected,
                 dur[s] = d
                 prev = prev + d
                 k += 1
-        # _check_step_times
-        for s in range(k):
-            d = dur[s]
-            if not (0 <= d <= max_step):
-                st_i[S_BAIL] = BAIL_STEP_TIME
-                return BAIL
+        if not check_step_times(dur, k, max_step):
+            st_i[S_BAIL] = BAIL_STEP_TIME
+            return BAIL
         start = now
-        e = start
-        for s in range(k):   # simkv.sched.base.step_ends
-            e = e + dur[s]
-            ends[s] = e
+        step_ends(start, dur, k, ends)
         end = ends[k - 1]
         # ---------------------------------------------------------------- arrivals during the steps
-        wc0 = st_i[S_WCOUNT]
-        by_step = False
-        while nxt < n_req and arrival[nxt] < end:
-            rid = nxt
-            nxt += 1
-            if rejected[rid]:
-                continue
-            waiting[(st_i[S_WHEAD] + st_i[S_WCOUNT]) % wsize] = rid
-            st_i[S_WCOUNT] += 1
-            if k > 1:
-                if not by_step:
-                    by_step = True
-                    for s in range(k):
-                        wbs[s] = wc0
-                j = np.searchsorted(ends[:k], arrival[rid])
-                for s in range(j, k):
-                    wbs[s] = st_i[S_WCOUNT]
-        if nxt < n_req and arrival[nxt] == end:   # a tie with the step's end: simpy's event order decides
+        by_step = arrivals_during(arrival, status, reason, waiting, NO_LIMIT, n + n_adm, ends, k, wbs, st_i)
+        if by_step < 0:
             st_i[S_BAIL] = BAIL_TIE
             return BAIL
-        st_i[S_NEXT] = nxt
         st_f[SF_NOW] = end
         num_waiting = st_i[S_WCOUNT]
-        if by_step:
-            wbs[k - 1] = num_waiting
         # ---------------------------------------------------------------- commit (implicit_batch.py)
         for v in range(nv):
             npre[victims[v]] += 1
@@ -398,7 +299,7 @@ def run(arrival, prompt, output, final, rejected,
                 gap = end0 - last_tok[rid]
                 t_max = max(t_max, gap)
                 if meas:
-                    _push_gap(gap, 1, gap_v, gap_m, st_i)
+                    push_gap(gap, 1, gap_v, gap_m, st_i)
                     if gap > rec_f[F_GAP_MAX]:   # Recorder.on_extra_gaps
                         rec_f[F_GAP_MAX] = gap
             i = n
@@ -454,15 +355,8 @@ def run(arrival, prompt, output, final, rejected,
                 w += 1
         st_i[S_NDEC] = w
         st_i[S_FREE] = free
-        # ---------------------------------------------------------------- record (Recorder.on_steps)
-        left = on_steps(start, ends[:k], dur[:k], kvb[:, :k], running, num_waiting, wbs[:k] if by_step else wbs[:0],
-                        tokens, measured, 0, rec_f, rec_i, hist)
-        if left:   # gaps near a bin edge: binned by numpy afterwards, as the pure recorder bins them
-            for s in range(k):
-                if _near_edge(_bin_position(dur[s])):
-                    _push_gap(dur[s], measured, gap_v, gap_m, st_i)
-        if st_i[S_SAMPLE] * st_f[SF_DT] <= end:
-            _sample(ends, k, kvb, running, num_waiting, by_step, wbs, capacity, max_points, st_i, st_f, rows_i, rows_f)
+        record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
+               rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)
         st_i[S_ITER] += 1
 
 

@@ -94,6 +94,8 @@ class PagedAllocator(LazyTokens):
 
     def _take_blocks(self, n: int) -> list[int]:
         """`n` free blocks for new content (subclasses decide which, and what they forget)."""
+        if n <= 0:   # a negative count would move the queue backwards (blocks counted free twice)
+            return []
         f, h = self._fresh, self._head
         if f < self.num_blocks:   # never-used blocks first (they are the front of the queue)
             k = min(n, self.num_blocks - f)
@@ -113,10 +115,11 @@ class PagedAllocator(LazyTokens):
     def append(self, req_id: int, num_tokens: int = 1) -> None:
         table = self._tables[req_id]
         new_tokens = self._tok_of(req_id) + num_tokens
-        need = self.blocks_for(new_tokens) - len(table)
+        need = self.blocks_for(new_tokens) - len(table)   # < 0 inside a reservation (TGI): nothing to take
         if need > self.num_free_blocks:
             raise OutOfKVMemory(f"request {req_id} needs {need} more blocks, {self.num_free_blocks} free")
-        table.extend(self._take_blocks(need))
+        if need > 0:
+            table.extend(self._take_blocks(need))
         self._tok[req_id] = new_tokens
 
     def grow_to(self, req_id: int, new_tokens: int) -> None:

@@ -1,0 +1,154 @@
+"""What every fused engine's Python side shares (simkv.fused): the checks every run must pass, the
+cost model's tables as the loops read them, and `FusedRun`, which packs a run's state into arrays,
+drives a compiled loop to its end and unpacks the request table and the recorder, or leaves both
+untouched when the loop hands the run back (BAIL)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Callable
+
+import numpy as np
+
+from simkv import compiled, fused
+from simkv.build import Simulation
+from simkv.cost.calibrated import CalibratedCost
+from simkv.engine import MAX_STEP_S
+from simkv.fused import loop_parts as lp
+from simkv.metrics import _gap_bins
+from simkv.metrics.compiled_recorder import CompiledRecorder, new_recorder
+
+ProgressFn = Callable[[int, int, float], None]
+CHUNK_ITERATIONS = 20_000   # iterations between progress reports (~0.1 s)
+GAP_BUFFER = 1 << 15        # token gaps a loop hands back for numpy to bin, per pause at most
+BAIL_REASONS = {1: "an arrival at exactly a step's end", 2: "a step time the engine rejects",
+                3: "a request that can never be admitted", 4: "a size outside the cost model's tables",
+                5: "decoders whose last tokens differ"}
+# the request table's columns the loops write (each works on copies, written back when it is done)
+COLUMNS = ("status", "reject_reason", "generated", "first_scheduled_s", "first_token_s", "finish_s", "last_token_s",
+           "tbt_max_s")
+
+
+def why_not_any(sim) -> str | None:
+    """Why no fused engine can run `sim`, whatever its policy (None: the policy decides)."""
+    if not isinstance(sim, Simulation):
+        return "a fleet"
+    s, c, t, kv = sim.scheduler, sim.cost, sim.table, sim.scheduler.kv
+    if len(s.batch) or s.waiting or kv.num_free_blocks != kv.num_blocks:
+        return "the scheduler has run already"
+    if type(c) is not CalibratedCost or {"seconds", "decode_run_seconds"} & set(vars(c)):
+        return "not the calibrated cost model"
+    if t.next_turn is not None or t.clients is not None or t.beam_reselect:
+        return "sessions, closed-loop clients or beam search"
+    if not np.isfinite(sim.measure_end_s) or t.num_requests == 0:
+        return "no finite measured window"
+    a = t.arrival_s
+    if not np.all(np.isfinite(a)) or (len(a) > 1 and np.any(a[1:] < a[:-1])):
+        return "arrival times not finite and sorted"
+    return None
+
+
+def wanted(sim) -> bool:
+    """Fused engines are on and compiled kernels pay for a run this long (simkv.compiled)."""
+    return fused.allowed() and compiled.wanted(sim.table.num_requests)
+
+
+def cost_tables(c: CalibratedCost, max_seqs: int, max_tokens: int) -> dict[str, np.ndarray] | None:
+    """The cost model's numbers a loop reads, taken from the model's own tables and methods (so the
+    same floats): per-size tables up to `max_tokens` tokens and one decode-attention curve per
+    batch size up to `max_seqs`. None where the model's tables would have to grow for it."""
+    from simkv.cost.attention_kernels import _slopes
+    if max(max_tokens, max_seqs) >= len(c._fixed):
+        return None
+    curves = [c._decode_curve(b) for b in range(1, max_seqs + 1)]
+    width = len(curves[0][0])
+    if any(len(k) != width for k, _ in curves):
+        return None
+    knots = np.full((max_seqs + 1, width), np.inf)
+    share = np.zeros((max_seqs + 1, width))
+    slopes = np.zeros((max_seqs + 1, max(width - 1, 1)))
+    for b, (k, v) in enumerate(curves, start=1):
+        knots[b], share[b] = k, v
+        slopes[b, :width - 1] = _slopes(np.ascontiguousarray(k, float), np.ascontiguousarray(v, float))
+    return {"fixed": c._fixed, "prefill": c._prefill,
+            "lm": np.array([c.lm_head_s(i) for i in range(max_seqs + 1)]),
+            "whole": np.array([c.whole_model_s(m) for m in range(max(max_tokens, max_seqs) + 1)]),
+            "knots": knots, "share": share, "slopes": slopes}
+
+
+class FusedRun:
+    """One run of a compiled loop (`kernel`, a module with `run` and the simkv.fused.loop_parts
+    slots): the copies of the table's columns it writes, its state arrays, the recorder's."""
+
+    def __init__(self, sim: Simulation, kernel: ModuleType, columns: tuple[str, ...] = COLUMNS) -> None:
+        self.sim, self.k = sim, kernel
+        t, run = sim.table, sim.scenario.run
+        self.rec = new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s,
+                                run.time_series_points, True)
+        self.out = {name: getattr(t, name).copy() for name in columns}
+        self.st_i, self.st_f = np.zeros(kernel.ST_I_LEN, np.int64), np.zeros(kernel.ST_F_LEN)
+        self.st_i[lp.S_SAMPLE] = self.rec._next_sample
+        self.st_f[lp.SF_DT] = self.rec.dt
+        self._rows_i = np.zeros((self.rec.max_points + 2, 8), np.int64)
+        self._rows_f = np.zeros((self.rec.max_points + 2, 2))
+
+    @property
+    def usable(self) -> bool:
+        """The recorder is the compiled one (numba set it up) and the cache's size agrees."""
+        return isinstance(self.rec, CompiledRecorder) and self.rec.capacity == self.sim.scheduler.kv.capacity_tokens
+
+    def requests(self) -> tuple[np.ndarray, ...]:
+        """The table's inputs every loop reads: arrival, prompt, output and final KV lengths."""
+        t, i64 = self.sim.table, np.int64
+        return (np.ascontiguousarray(t.arrival_s, float), np.ascontiguousarray(t.prompt_tokens, i64),
+                np.ascontiguousarray(t.output_tokens, i64), np.ascontiguousarray(t.final_kv_tokens, i64))
+
+    def recorder_and_scratch(self, max_seqs: int, max_repeat: int) -> tuple[np.ndarray, ...]:
+        """The recorder's arrays, the time series and the gap buffer, then the loop's scratch
+        arrays (step times, ends, KV breakdown, queue depths per step, per-sequence values)."""
+        steps = max_repeat + 1
+        room = max(GAP_BUFFER, 4 * (max_seqs + steps + 1))   # the loop pauses to have them binned before they fill
+        self._gap_v, self._gap_m = np.zeros(room), np.zeros(room, np.int64)
+        r = self.rec
+        return (r._f, r._i, r._gap_hist, self._rows_i, self._rows_f, self._gap_v, self._gap_m,
+                np.zeros(steps), np.zeros(steps), np.zeros((5, steps), np.int64), np.zeros(steps, np.int64),
+                np.zeros(max_seqs + 1))
+
+    def drive(self, args: tuple, progress: ProgressFn | None = None,
+              on_call: Callable[[], None] | None = None) -> tuple[CompiledRecorder, float] | None:
+        """Call the loop until it is done: (the recorder, the clock at the end), the table written;
+        None, the table untouched, if it hands the run back. `on_call` answers a loop's CALL."""
+        k, st_i, st_f, n = self.k, self.st_i, self.st_f, self.sim.table.num_requests
+        while True:
+            code = k.run(*args)
+            g = int(st_i[lp.S_NGAPS])
+            if g:   # gaps numpy bins (a recompute's gap; a step time near a bin edge), as the pure recorder does
+                np.add.at(self.rec._gap_hist, _gap_bins(self._gap_v[:g]), self._gap_m[:g])
+                st_i[lp.S_NGAPS] = 0
+            if code == lp.BAIL:
+                fused.last_outcome[0] = "bailed: " + BAIL_REASONS.get(int(st_i[lp.S_BAIL]), "unknown")
+                return None
+            if code == lp.DONE:
+                break
+            if code == getattr(k, "CALL", -1) and on_call is not None:
+                on_call()
+            elif progress is not None:
+                progress(int(st_i[lp.S_NEXT]), n, float(st_f[lp.SF_NOW]))
+        t = self.sim.table
+        for name, values in self.out.items():
+            getattr(t, name)[:] = values
+        rows = int(st_i[lp.S_NROWS])
+        self.rec._rows = [(int(ri[0]), float(rf[0]), *map(int, ri[1:6]), float(rf[1]), int(ri[6]), int(ri[7]))
+                          for ri, rf in zip(self._rows_i[:rows].tolist(), self._rows_f[:rows].tolist())]
+        self.rec._next_sample, self.rec.dt = int(st_i[lp.S_SAMPLE]), float(st_f[lp.SF_DT])
+        fused.last_outcome[0] = "fused"
+        return self.rec, float(st_f[lp.SF_NOW])
+
+
+def limits_f(kernel: ModuleType, c: CalibratedCost, warmup_s: float) -> np.ndarray:
+    """cfg_f of a loop: the cost model's scalars, the warm-up and the longest plausible step."""
+    cfg_f = np.zeros(kernel.CFG_F_LEN)
+    cfg_f[[kernel.CF_C_ATT, kernel.CF_SCALE, kernel.CF_HOST, kernel.CF_HOST_PER_SEQ, kernel.CF_WARMUP,
+           kernel.CF_MAX_STEP]] = (c.c_att, c.decode_attention_scale, c.host_overhead_s, c.host_per_seq_s, warmup_s,
+                                   MAX_STEP_S)
+    return cfg_f

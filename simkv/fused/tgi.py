@@ -1,0 +1,85 @@
+"""The fused engine for TGI (simkv.sched.tgi.TgiScheduler with prefill chunking, v3's default) on
+blocks reserved at admission, timed by the calibrated cost model, for one replica under open-loop
+arrivals: `run_fused(sim)` runs it in simkv.fused.tgi_kernel's compiled loop, with the request table
+and recorder left exactly as simkv.engine.Replica would leave them (tests/test_fused_engine.py), or
+returns None, changing nothing, where the default engine must run it (`why_not`; simkv.fused.driver).
+
+With prefix caching (the preset's default) the loop runs only where no block can ever be found
+cached. Block names are content: a shared prefix, a conversation, a trace's block ids, or the
+request's own group, and TGI never preempts. So without the first three and with one sequence a
+group, a lookup finds nothing, and the radix allocator is a reserving block pool that counts
+queries.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+from simkv import compiled, fused
+from simkv.fused.driver import (CHUNK_ITERATIONS, COLUMNS, FusedRun, ProgressFn, cost_tables, limits_f, wanted,
+                                why_not_any)
+from simkv.metrics.compiled_recorder import CompiledRecorder
+from simkv.sched.implicit_batch import ImplicitBatch
+from simkv.sched.tgi import TgiScheduler
+
+
+def kernel_module() -> ModuleType | None:
+    """simkv.fused.tgi_kernel, or None where numba is missing or `SIMKV_COMPILED=0`."""
+    return compiled.kernels("simkv.fused.tgi_kernel")
+
+
+def why_not(sim) -> str | None:
+    """Why this fused engine cannot run `sim` (a simkv.build.Simulation), or None if it can."""
+    s = getattr(sim, "scheduler", None)
+    if type(s) is not TgiScheduler or not s.chunking:
+        return "not one replica under TGI's chunked batching"
+    if type(s.batch) is not ImplicitBatch or s.batch.defer_free:
+        return "the reference batch was asked for"
+    kv, t = s.kv, sim.table
+    if not (kv.paged and kv.reserve_upfront) or kv.offloads or kv.prefix_caching != s.prefix_caching:
+        return "not a reserving block pool"
+    if s.prefix_caching:
+        b = kv.block_size
+        if (t.session is not None or t.trace_blocks is not None or np.any(t.prefix_tokens >= b)
+                or len(np.unique(t.group)) != t.num_requests):
+            return "prefix-cache hits are possible (shared content)"
+    return why_not_any(sim)
+
+
+def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder, float] | None:
+    """Run `sim` in the fused loop: (its recorder, the clock at its end), the request table filled
+    in; None (nothing changed) where the default engine must run it (the module docstring)."""
+    fused.last_outcome[0] = ""
+    if why_not(sim) is not None or not wanted(sim):
+        return None
+    k = kernel_module()
+    if k is None:
+        return None
+    s, c, kv, t = sim.scheduler, sim.cost, sim.scheduler.kv, sim.table
+    seqs = s.max_num_seqs
+    tables = cost_tables(c, seqs, s.max_batch_prefill_tokens + seqs)
+    if tables is None:
+        fused.last_outcome[0] = "bailed: the cost model's tables would grow"
+        return None
+    run = FusedRun(sim, k, COLUMNS + ("prefix_query_tokens", "prefix_query_blocks"))
+    if not run.usable:
+        return None
+    cfg_i = np.zeros(k.CFG_I_LEN, np.int64)
+    cfg_i[[k.C_MAX_SEQS, k.C_PREFILL_BUDGET, k.C_MAX_REPEAT, k.C_BLOCK, k.C_LAYERS, k.C_MAX_POINTS, k.C_CAPACITY,
+           k.C_CHUNK, k.C_MAX_IN_SYSTEM, k.C_PREFIX_CACHING]] = (
+        seqs, s.max_batch_prefill_tokens, s.max_repeat, kv.block_size, c.layers, run.rec.max_points,
+        kv.capacity_tokens, CHUNK_ITERATIONS, s.max_concurrent_requests, int(s.prefix_caching))
+    run.st_i[k.S_FREE] = kv.num_blocks
+    pre_i = np.zeros((k.PRE_I_ROWS, seqs + 1), np.int64)
+    args = (*run.requests(), np.ascontiguousarray(t.max_new_tokens, np.int64), *run.out.values(), cfg_i,
+            limits_f(k, c, s.batch.warmup_s), *tables.values(), run.st_i, run.st_f,
+            np.zeros((k.DEC_I_ROWS, seqs + 1), np.int64), np.zeros((k.DEC_F_ROWS, seqs + 1)), pre_i,
+            np.zeros(t.num_requests + 1, np.int64), *run.recorder_and_scratch(seqs, s.max_repeat))
+
+    def prefill_attention() -> None:   # the step's chunks, priced by the cost model itself
+        n = int(run.st_i[k.S_NPRE])
+        new = pre_i[k.P_NEW, :n].copy()
+        run.st_f[k.SF_PRE] = c.prefill_attention_s(new, pre_i[k.P_COMPUTED, :n] + new)
+    return run.drive(args, progress, prefill_attention)

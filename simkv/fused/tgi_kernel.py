@@ -1,0 +1,358 @@
+"""The fused engine's compiled loop for TGI (simkv.fused.tgi): arrivals, TGI v3's chunked batching
+over blocks reserved at admission, the calibrated step time and the recorder's accumulation of
+one replica, in one numba function. Equal, number for number, to simkv.engine.Replica running
+simkv.sched.tgi.TgiScheduler with prefill chunking (the v3 default) and the compiled recorder
+(tests/test_fused_engine.py compares them).
+
+What it mirrors (each piece keeps the reference's order of float operations):
+
+- the clock and the arrivals (simkv.fused.loop_parts), with TGI's refusal beyond
+  max_concurrent_requests in the system (TgiScheduler.add_request);
+- the policy (TgiScheduler._schedule_chunked): each prefilling request's next chunk, oldest first,
+  of at most what is left of max_batch_prefill_tokens (one token at least); then requests from the
+  head of the queue while the budget lasts, max_num_seqs allows and the free blocks hold each one's
+  prompt + max_new_tokens - 1 (the one that overflows the budget gets exactly the rest and ends the
+  batch); with no chunk, the decodes repeated up to the first completion or max_repeat, cut at the
+  next arrival;
+- the allocator: a request holds the blocks of max(its first chunk, its reservation) from admission
+  to its end. With prefix caching (TGI's radix allocator) this loop runs only where no block can
+  ever be found cached (no shared prefix, session, trace or sampling group, and TGI never
+  preempts), so a lookup finds nothing and each admission only counts its query
+  (prefix_query_tokens, prefix_query_blocks);
+- the batch (simkv.sched.implicit_batch.ImplicitBatch.commit, reserved allocator): completed
+  prefills join as decoders in plan order, the KV breakdown counts each request's reservation, and
+  prefilling requests as simkv.kv.usage.prefilling_breakdown does;
+- the step time (CalibratedCost.seconds, decode_run_seconds), except the prefill attention of a
+  step whose chunks are not all whole prompts in the measured table. For that step the loop stops
+  with CALL, the plan in its arrays; the caller computes it with the cost model's own
+  `prefill_attention_s` (numpy's log-space curves), stores it in st_f[SF_PRE] and calls again.
+
+It stops with BAIL (simkv.fused.loop_parts) where it does not model a case, and the caller then
+runs the reference engine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from simkv.cost.attention_kernels import _interp_into, _pairwise
+from simkv.fused.loop_parts import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, DONE,
+                                    EXTERNAL, F_W1, FREE, INTERNAL, PAUSE, RESERVED, S_BAIL, S_ITER, S_NEXT, S_NGAPS,
+                                    S_WCOUNT, S_WHEAD, SF_NOW, TOKEN, arrivals_during, check_step_times, on_idle,
+                                    push_gap, record, step_ends, wait_for_arrival)
+from simkv.metrics.recorder_kernels import F_GAP_MAX
+from simkv.request import DONE as DONE_STATUS
+
+CALL = 3   # the step's prefill attention is wanted from the caller
+# cfg_i
+(C_MAX_SEQS, C_PREFILL_BUDGET, C_MAX_REPEAT, C_BLOCK, C_LAYERS, C_MAX_POINTS, C_CAPACITY, C_CHUNK, C_MAX_IN_SYSTEM,
+ C_PREFIX_CACHING) = range(10)
+CFG_I_LEN = 10
+# cfg_f
+CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ, CF_WARMUP, CF_MAX_STEP = range(6)
+CFG_F_LEN = 6
+# st_i / st_f: the shared slots (simkv.fused.loop_parts), then these
+S_NDEC, S_NPRE, S_ORDER, S_FREE, S_UNIFORM, S_PHASE = range(8, 14)
+ST_I_LEN = 14
+SF_UNIFORM, SF_PRE = 2, 3
+ST_F_LEN = 4
+# dec_i rows (decoders, in join order) / dec_f rows
+D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_HELD, D_MEAS, D_ORDER = range(8)
+DEC_I_ROWS = 8
+DF_TBT, DF_LAST = range(2)
+DEC_F_ROWS = 2
+# pre_i rows (prefilling requests, in admission order; P_NEW: this step's chunk)
+P_RID, P_COMPUTED, P_TARGET, P_HELD, P_ORDER, P_NEW = range(6)
+PRE_I_ROWS = 6
+WANTS_PRE = 1   # st_i[S_PHASE]: the plan is made and its prefill attention asked for
+
+
+@njit(cache=True)
+def _table_prefill(pre_i, n_pre, prefill_tab, vals):
+    """CalibratedCost.prefill_attention_s where it reads its table (every chunk a whole prompt
+    shorter than the table); -1.0 where it does not (the caller computes it)."""
+    for q in range(n_pre):
+        if pre_i[P_COMPUTED, q] != 0 or pre_i[P_NEW, q] >= prefill_tab.shape[0]:
+            return -1.0
+    if n_pre == 1:
+        return prefill_tab[pre_i[P_NEW, 0]]
+    for q in range(n_pre):
+        vals[q] = prefill_tab[pre_i[P_NEW, q]]
+    return 0.0 + _pairwise(vals, n_pre)   # float(self._prefill[new].sum())
+
+
+@njit(cache=True)
+def run(arrival, prompt, output, final, max_new,
+        status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, query_tokens, query_blocks,
+        cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
+        st_i, st_f, dec_i, dec_f, pre_i, waiting,
+        rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
+        dur, ends, kvb, wbs, vals):
+    """Run the replica from the state in `st_*` until it has nothing left to do (DONE), for
+    cfg_i[C_CHUNK] iterations or until the gap buffers fill (PAUSE), until a step's prefill
+    attention is wanted (CALL), or until it meets what it does not model (BAIL)."""
+    n_req = arrival.shape[0]
+    max_seqs, budget0, max_repeat, b = cfg_i[C_MAX_SEQS], cfg_i[C_PREFILL_BUDGET], cfg_i[C_MAX_REPEAT], cfg_i[C_BLOCK]
+    layers, max_points, capacity = cfg_i[C_LAYERS], cfg_i[C_MAX_POINTS], cfg_i[C_CAPACITY]
+    max_in_system, prefix_caching = cfg_i[C_MAX_IN_SYSTEM], cfg_i[C_PREFIX_CACHING]
+    c_att, scale, host, hps = cfg_f[CF_C_ATT], cfg_f[CF_SCALE], cfg_f[CF_HOST], cfg_f[CF_HOST_PER_SEQ]
+    warm, max_step = cfg_f[CF_WARMUP], cfg_f[CF_MAX_STEP]
+    wsize = waiting.shape[0]
+    gap_room = max_seqs + max_repeat + 2
+    done_at = 0
+    while True:
+        n = st_i[S_NDEC]
+        n_pre = st_i[S_NPRE]
+        now = st_f[SF_NOW]
+        pre = 0.0
+        if st_i[S_PHASE] == WANTS_PRE:   # back with the plan's prefill attention
+            st_i[S_PHASE] = 0
+            pre = st_f[SF_PRE]
+            chunks = True
+        else:
+            if done_at >= cfg_i[C_CHUNK] or st_i[S_NGAPS] + gap_room > gap_v.shape[0]:
+                return PAUSE
+            done_at += 1
+            # ------------------------------------------------------------ idle (Replica._step_loop)
+            if st_i[S_WCOUNT] == 0 and n == 0 and n_pre == 0:
+                if st_i[S_NEXT] == n_req:   # rec.on_end
+                    if now < rec_f[F_W1]:
+                        on_idle(now, rec_f[F_W1], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb,
+                                wbs)
+                    return DONE
+                idle_from = wait_for_arrival(arrival, status, reason, waiting, max_in_system, st_i, st_f)
+                on_idle(idle_from, st_f[SF_NOW], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb,
+                        wbs)
+                continue
+            # ------------------------------------------------------------ schedule (tgi.py, chunked)
+            budget = budget0 - n
+            for q in range(n_pre):   # the batch's next chunks, oldest first
+                c = max(1, min(pre_i[P_TARGET, q] - pre_i[P_COMPUTED, q], budget))
+                pre_i[P_NEW, q] = c
+                budget -= c
+            free = st_i[S_FREE]
+            while st_i[S_WCOUNT] > 0 and budget > 0 and n + n_pre < max_seqs:   # next_batch, concatenated
+                rid = waiting[st_i[S_WHEAD]]
+                reserve = prompt[rid] + max(max_new[rid] - 1, 0)
+                target = prompt[rid] + generated[rid]
+                if -(-max(target, reserve) // b) > free:   # can_allocate(target, reserve) / _cached(.., reserve)
+                    break
+                c = min(target, budget)
+                blocks = -(-max(c, reserve) // b)
+                free -= blocks
+                st_i[S_WHEAD] = (st_i[S_WHEAD] + 1) % wsize
+                st_i[S_WCOUNT] -= 1
+                q = n_pre
+                pre_i[P_RID, q] = rid
+                pre_i[P_COMPUTED, q] = 0
+                pre_i[P_TARGET, q] = target
+                pre_i[P_HELD, q] = blocks * b
+                pre_i[P_ORDER, q] = st_i[S_ORDER]
+                pre_i[P_NEW, q] = c
+                st_i[S_ORDER] += 1
+                n_pre += 1
+                if prefix_caching:   # the lookup finds nothing: only the query counts
+                    query_tokens[rid] += target
+                    query_blocks[rid] += target // b
+                budget -= c
+                if target != c:   # it overflows the budget: it takes the rest and ends the batch
+                    break
+            st_i[S_FREE] = free
+            st_i[S_NPRE] = n_pre
+            chunks = n_pre > 0
+            if not chunks and n == 0:   # nothing can run though requests wait (the reference raises)
+                st_i[S_BAIL] = BAIL_STUCK
+                return BAIL
+            if chunks:
+                pre = _table_prefill(pre_i, n_pre, prefill_tab, vals)
+                if pre < 0:
+                    st_i[S_PHASE] = WANTS_PRE
+                    return CALL
+        # ---------------------------------------------------------------- step times (calibrated.py)
+        nxt = st_i[S_NEXT]
+        next_at = arrival[nxt] if nxt < n_req else np.inf
+        if chunks:
+            k = 1
+            m = n
+            n_sampled = n
+            for q in range(n_pre):
+                m += pre_i[P_NEW, q]
+                if pre_i[P_COMPUTED, q] + pre_i[P_NEW, q] == pre_i[P_TARGET, q]:
+                    n_sampled += 1
+            n_seqs = n + n_pre
+            if m >= fixed.shape[0] or n_sampled >= lm_tab.shape[0] or m >= whole_tab.shape[0]:
+                st_i[S_BAIL] = BAIL_TABLE
+                return BAIL
+            dec = 0.0
+            if n:
+                _interp_into(dec_i[D_KV, :n], 1, knots[n], share[n], slopes[n], vals)
+                dec = scale * (0.0 + _pairwise(vals, n))
+            dur[0] = (layers * (fixed[m] + c_att * (pre + dec)) + whole_tab[m] + lm_tab[n_sampled] + host
+                      + hps * n_seqs + 0.0)
+        else:   # repeated decodes, cut after the step in flight at the next arrival
+            if n >= fixed.shape[0] or n >= lm_tab.shape[0] or n >= whole_tab.shape[0]:
+                st_i[S_BAIL] = BAIL_TABLE
+                return BAIL
+            steps = max_repeat
+            for i in range(n):
+                r = dec_i[D_OUT, i] - dec_i[D_GEN, i]
+                if r < steps:
+                    steps = r
+            limit = max(1, steps)
+            fixed_n, whole_n, lm_n = fixed[n], whole_tab[n], lm_tab[n]
+            k = 0
+            prev = now
+            for s in range(limit):
+                if s > 0 and not prev < next_at:   # Replica._steps_to_keep
+                    break
+                _interp_into(dec_i[D_KV, :n], 1 + s, knots[n], share[n], slopes[n], vals)
+                att = scale * (0.0 + _pairwise(vals, n))
+                d = layers * (fixed_n + c_att * att) + whole_n + lm_n + host + hps * n   # decode_run_seconds
+                dur[s] = d
+                prev = prev + d
+                k += 1
+        if not check_step_times(dur, k, max_step):
+            st_i[S_BAIL] = BAIL_STEP_TIME
+            return BAIL
+        start = now
+        step_ends(start, dur, k, ends)
+        end = ends[k - 1]
+        # ---------------------------------------------------------------- arrivals during the steps
+        by_step = arrivals_during(arrival, status, reason, waiting, max_in_system, n + n_pre, ends, k, wbs, st_i)
+        if by_step < 0:
+            st_i[S_BAIL] = BAIL_TIE
+            return BAIL
+        st_f[SF_NOW] = end
+        num_waiting = st_i[S_WCOUNT]
+        # ---------------------------------------------------------------- commit (implicit_batch.py)
+        measured = 0
+        if n:
+            if st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != start:
+                st_i[S_BAIL] = BAIL_NONUNIFORM
+                return BAIL
+            gap = dur[0]
+            for s in range(1, k):
+                if dur[s] > gap:
+                    gap = dur[s]
+            for i in range(n):
+                measured += dec_i[D_MEAS, i]
+                if gap > dec_f[DF_TBT, i]:
+                    dec_f[DF_TBT, i] = gap
+                dec_f[DF_LAST, i] = end
+            st_i[S_UNIFORM] = 1
+            st_f[SF_UNIFORM] = end
+        # the decoders' slots: written, held (their reservations), min(held, final)
+        tok = 0
+        held = 0
+        minhf = 0
+        for i in range(n):
+            tok += dec_i[D_KV, i]
+            held += dec_i[D_HELD, i]
+            minhf += min(dec_i[D_HELD, i], dec_i[D_FINAL, i])
+        for s in range(k - 1):   # the steps of a run before its last (no prefill in a run)
+            tok += n
+            kvb[TOKEN, s] = tok
+            kvb[RESERVED, s] = minhf - tok
+            kvb[INTERNAL, s] = held - minhf
+            kvb[EXTERNAL, s] = 0
+            kvb[FREE, s] = capacity - held
+        tok += n
+        for i in range(n):
+            dec_i[D_KV, i] += k
+            dec_i[D_GEN, i] += k
+        # prefill chunks advance; the completed ones join as decoders, in plan order
+        end0 = ends[0]
+        running = n + n_pre
+        n_join = 0
+        keep = 0
+        for q in range(n_pre):
+            rid = pre_i[P_RID, q]
+            if math.isnan(first_sched[rid]):
+                first_sched[rid] = start
+            pre_i[P_COMPUTED, q] += pre_i[P_NEW, q]
+            if pre_i[P_COMPUTED, q] < pre_i[P_TARGET, q]:
+                if keep != q:
+                    for r in range(PRE_I_ROWS):
+                        pre_i[r, keep] = pre_i[r, q]
+                keep += 1
+                continue
+            g = generated[rid]
+            meas = arrival[rid] >= warm
+            t_max = tbt_max[rid]
+            if g == 0:
+                first_tok[rid] = end0
+            else:   # back after a recompute (not in TGI; kept for the reference's sake)
+                gap = end0 - last_tok[rid]
+                t_max = max(t_max, gap)
+                if meas:
+                    push_gap(gap, 1, gap_v, gap_m, st_i)
+                    if gap > rec_f[F_GAP_MAX]:
+                        rec_f[F_GAP_MAX] = gap
+            i = n
+            dec_i[D_RID, i] = rid
+            dec_i[D_KV, i] = pre_i[P_TARGET, q]
+            dec_i[D_GEN, i] = g + 1
+            dec_i[D_OUT, i] = output[rid]
+            dec_i[D_FINAL, i] = final[rid]
+            dec_i[D_HELD, i] = pre_i[P_HELD, q]
+            dec_i[D_MEAS, i] = 1 if meas else 0
+            dec_i[D_ORDER, i] = pre_i[P_ORDER, q]
+            dec_f[DF_TBT, i] = t_max
+            dec_f[DF_LAST, i] = end0
+            tok += pre_i[P_TARGET, q]
+            held += pre_i[P_HELD, q]
+            minhf += min(pre_i[P_HELD, q], final[rid])
+            n += 1
+            n_join += 1
+        n_pre = keep
+        st_i[S_NPRE] = n_pre
+        if n_join and (st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != end0):
+            if n == n_join:
+                st_i[S_UNIFORM] = 1
+                st_f[SF_UNIFORM] = end0
+            else:
+                st_i[S_UNIFORM] = 0
+        # the last step's breakdown: decoders, then the requests still prefilling (prefilling_breakdown)
+        tok_p = 0
+        res_p = 0
+        int_p = 0
+        for q in range(n_pre):
+            computed, h = pre_i[P_COMPUTED, q], pre_i[P_HELD, q]
+            r = min(h - computed, max(0, final[pre_i[P_RID, q]] - computed))
+            tok_p += computed
+            res_p += r
+            int_p += h - computed - r
+        res = minhf - tok
+        kvb[TOKEN, k - 1] = tok + tok_p
+        kvb[RESERVED, k - 1] = res + res_p
+        kvb[INTERNAL, k - 1] = held - tok - res + int_p
+        kvb[EXTERNAL, k - 1] = 0
+        kvb[FREE, k - 1] = capacity - held - (tok_p + res_p + int_p)
+        tokens = n   # tokens each step: every decoder's, and the first of each prefill completed
+        # completions, in join order (ImplicitBatch._finish): their reservations go back
+        free = st_i[S_FREE]
+        w = 0
+        for i in range(n):
+            if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
+                rid = dec_i[D_RID, i]
+                finish[rid] = end
+                last_tok[rid] = end
+                generated[rid] = dec_i[D_GEN, i]
+                tbt_max[rid] = dec_f[DF_TBT, i]
+                status[rid] = DONE_STATUS
+                free += dec_i[D_HELD, i] // b
+            else:
+                if w != i:
+                    for r in range(DEC_I_ROWS):
+                        dec_i[r, w] = dec_i[r, i]
+                    for r in range(DEC_F_ROWS):
+                        dec_f[r, w] = dec_f[r, i]
+                w += 1
+        st_i[S_NDEC] = w
+        st_i[S_FREE] = free
+        record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
+               rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)
+        st_i[S_ITER] += 1
