@@ -39,7 +39,7 @@ def _table(prompts, outputs):
 
 
 POLICIES = ["fcfs-paged", "fcfs-contiguous", "fcfs-buddy", "chunked", "chunked-prefix", "prefill-first-swap", "prefill-first-recompute", "tgi",
-            "static", "sglang-fcfs", "sglang-lpm", "trtllm-no-evict", "trtllm-max-util", "trtllm-no-evict-chunked",
+            "tgi-chunked", "trtllm-no-evict-plain-chunked", "static", "sglang-fcfs", "sglang-lpm", "trtllm-no-evict", "trtllm-max-util", "trtllm-no-evict-chunked",
             # KV offload tiers below the prefix cache (simkv.kv.offload): small host and SSD tiers
             "chunked-prefix-offload", "sglang-offload-fcfs", "trtllm-offload-max-util"]
 
@@ -55,11 +55,13 @@ def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget)
         tiers = [Tier("host", 3, 1e9, 1e9), Tier("ssd", 6, 1e8, 1e8)]
         policy_name = ON_EVICTION if policy.startswith("trtllm") else WRITE_THROUGH
         kv = OffloadingPrefixCache(blocks, block_size, OffloadTiers(tiers, policy_name, block_size, table.num_requests))
+    elif policy == "trtllm-no-evict-plain-chunked":   # blocks reserved on the plain pool, chunks written into them
+        kv = PagedAllocator(blocks, block_size, reserve_upfront=True)
     elif policy == "chunked-prefix" or policy.startswith(("sglang", "trtllm")):
         kv = PrefixCachingAllocator(blocks, block_size)
         kv.reserve_upfront = policy.startswith("trtllm-no-evict")
     else:
-        kv = PagedAllocator(blocks, block_size, reserve_upfront=policy == "tgi")
+        kv = PagedAllocator(blocks, block_size, reserve_upfront=policy.startswith("tgi"))
     if policy.startswith("fcfs"):
         s = ContinuousBatchingScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100,
                                         reservation=reservation, **kw)
@@ -76,9 +78,10 @@ def _scheduler(policy, table, blocks, block_size, max_seqs, reservation, budget)
     elif policy.startswith("trtllm"):
         s = TrtllmScheduler(table, kv, max_num_batched_tokens=max(budget, 100), max_model_len=100,
                             capacity_policy="guaranteed_no_evict" if "no-evict" in policy else "max_utilization",
-                            chunking=policy.endswith("chunked"), prefix_caching=True, **kw)
-    elif policy == "tgi":
-        s = TgiScheduler(table, kv, max_batch_prefill_tokens=120, max_concurrent_requests=10_000, **kw)
+                            chunking=policy.endswith("chunked"), prefix_caching="plain" not in policy, **kw)
+    elif policy.startswith("tgi"):
+        s = TgiScheduler(table, kv, max_batch_prefill_tokens=120, max_concurrent_requests=10_000,
+                         chunking=policy == "tgi-chunked", **kw)
     else:
         s = StaticBatchScheduler(table, kv, max_num_batched_tokens=120, max_model_len=100, reservation=reservation, **kw)
     return s, kv
@@ -115,11 +118,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert not self.s.has_work()
             return
         assert plan.num_seqs <= self.s.max_num_seqs
-        if self.policy != "tgi":
+        if not self.policy.startswith("tgi"):
             assert plan.num_batched_tokens <= self.s.max_num_batched_tokens
         if self.policy in ("tgi", "static") or self.policy.startswith("prefill-first"):
             assert not (len(plan.decode_ids) and len(plan.prefill_ids)), "this policy never mixes prefill and decode"
-        if self.policy == "tgi" or self.policy.startswith("trtllm-no-evict"):
+        if self.policy.startswith(("tgi", "trtllm-no-evict")):
             assert not plan.preempted_ids, "TGI and GUARANTEED_NO_EVICT never preempt"
         if self.policy.startswith("sglang"):
             assert not (len(plan.decode_ids) and len(plan.prefill_ids)), "SGLang runs prefill batches alone"
@@ -151,6 +154,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         held = set(self.kv.owners() if isinstance(self.kv, PagedAllocator) else self.kv.regions())  # noqa: E501
         expected = set(b.ids.tolist()) | set(b.prefilling) | set(b.deferred)
         assert held == expected, "allocator and batch disagree on who holds memory"
+        if isinstance(self.kv, PagedAllocator):   # every block is owned or free, and counted once
+            owned = {blk for table in self.kv.owners().values() for blk in table}
+            assert len(owned) + self.kv.num_free_blocks == self.kv.num_blocks, "blocks counted free twice, or lost"
         assert len(b) <= self.s.max_num_seqs
 
     @invariant()
