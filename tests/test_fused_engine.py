@@ -164,6 +164,10 @@ def test_which_runs_each_takes(monkeypatch):
     with reference_engine():
         assert why() == why(tgi, preset="tgi") == "the reference batch was asked for"
     sc = _scenario()
-    monkeypatch.setenv("SIMKV_COMPILED", "0")   # no compiled kernels: the default engine
+    for switch, value in (("SIMKV_FUSED", "0"), ("SIMKV_COMPILED", "0")):   # the default engine runs it
+        with monkeypatch.context() as m:
+            m.setenv(switch, value)
+            run_simulation(build_simulation(sc, stream_for(sc)), "base")
+            assert fused.last_outcome[0] == "", switch
     run_simulation(build_simulation(sc, stream_for(sc)), "base")
-    assert fused.last_outcome[0] == ""
+    assert fused.last_outcome[0] == "fused"

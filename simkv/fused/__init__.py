@@ -8,6 +8,7 @@ what they share."""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -30,4 +31,6 @@ def disabled(off: bool = True) -> Iterator[None]:
 
 
 def allowed() -> bool:
-    return not _OFF[0]
+    """Fused engines may run: not turned off by `disabled()` or by the environment (`SIMKV_FUSED=0`;
+    `SIMKV_COMPILED=0` turns off every compiled kernel, these included)."""
+    return not _OFF[0] and os.environ.get("SIMKV_FUSED") != "0"
