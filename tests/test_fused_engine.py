@@ -45,6 +45,16 @@ def _scenario(engine=None, workload=None, run=None):
     return validate_scenario(raw, "test")
 
 
+def _arrivals(process: str, rate: float) -> dict:
+    """Poisson, bursts with long idle gaps (the arrival process's clock then rounds: `now + (arrival
+    - now)` is not the arrival time, simkv.fused.loop_parts), or gamma gaps burstier than Poisson."""
+    if process == "onoff":
+        return {"process": "onoff", "rate_on": 2 * rate, "on_s": 40 / rate, "off_s": 40 / rate}
+    if process == "gamma":
+        return {"process": "gamma", "rate": rate, "cv": 3.0}
+    return {"process": "poisson", "rate": rate}
+
+
 def _assert_same(a, b) -> None:
     assert json.dumps(a.summary, sort_keys=True, default=str) == json.dumps(b.summary, sort_keys=True, default=str)
     assert a.requests.keys() == b.requests.keys()
@@ -80,18 +90,18 @@ def test_preemption_by_recompute_and_rejected_requests_equal_the_reference():
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rate=st.sampled_from([2.0, 15.0, 40.0, 120.0]), mem=st.sampled_from([0.24, 0.3, 0.5]),
-       block=st.sampled_from([1, 8, 16, 32]), seqs=st.sampled_from([4, 32, 256]),
+@given(rate=st.sampled_from([2.0, 15.0, 40.0, 120.0]), process=st.sampled_from(["poisson", "onoff", "gamma"]),
+       mem=st.sampled_from([0.24, 0.3, 0.5]), block=st.sampled_from([1, 8, 16, 32]), seqs=st.sampled_from([4, 32, 256]),
        watermark=st.sampled_from([0.0, 0.01]), batched=st.sampled_from([None, 4096, 12000]),
-       warmup=st.sampled_from([0.0, 0.1, 0.5]), points=st.sampled_from([2000, 40]),
+       warmup=st.sampled_from([0.0, 0.1, 0.2]), points=st.sampled_from([2000, 40]),
        out_mean=st.sampled_from([1, 20, 150]), seed=st.integers(0, 5))
-def test_generated_scenarios_equal_the_reference(rate, mem, block, seqs, watermark, batched, warmup, points, out_mean,
-                                                  seed):
+def test_generated_scenarios_equal_the_reference(rate, process, mem, block, seqs, watermark, batched, warmup, points,
+                                                  out_mean, seed):
     engine = {"gpu_memory_utilization": mem, "block_size": block, "max_num_seqs": seqs, "watermark": watermark}
     if batched is not None:
         engine["max_num_batched_tokens"] = batched
     output = {"dist": "fixed", "value": 1} if out_mean == 1 else {"dist": "exponential", "mean": out_mean, "max": 500}
-    _three_ways(_scenario(engine=engine, workload={"arrival": {"process": "poisson", "rate": rate}, "output_tokens": output},
+    _three_ways(_scenario(engine=engine, workload={"arrival": _arrivals(process, rate), "output_tokens": output},
                           run={"seed": seed, "num_requests": 150, "warmup_s": warmup * 150 / rate, "time_series_points": points}))
 
 
@@ -102,19 +112,19 @@ def test_the_shipped_scenarios_it_runs_equal_the_reference(path, variant):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rate=st.sampled_from([2.0, 15.0, 40.0, 120.0]), mem=st.sampled_from([0.24, 0.3, 0.5]),
-       block=st.sampled_from([1, 16, 32]), budget=st.sampled_from([600, 2048, 8192]),
-       concurrent=st.sampled_from([8, 128]), prefix=st.booleans(), warmup=st.sampled_from([0.0, 0.1, 0.5]),
+@given(rate=st.sampled_from([2.0, 15.0, 40.0, 120.0]), process=st.sampled_from(["poisson", "onoff", "gamma"]),
+       mem=st.sampled_from([0.24, 0.3, 0.5]), block=st.sampled_from([1, 16, 32]), budget=st.sampled_from([600, 2048, 8192]),
+       concurrent=st.sampled_from([8, 128]), prefix=st.booleans(), warmup=st.sampled_from([0.0, 0.1, 0.2]),
        points=st.sampled_from([2000, 40]), out_mean=st.sampled_from([1, 20, 150]), seed=st.integers(0, 5))
-def test_generated_tgi_scenarios_equal_the_reference(rate, mem, block, budget, concurrent, prefix, warmup, points,
-                                                      out_mean, seed):
+def test_generated_tgi_scenarios_equal_the_reference(rate, process, mem, block, budget, concurrent, prefix, warmup,
+                                                      points, out_mean, seed):
     """TGI's chunked batching: refusals beyond max_concurrent_requests, prompts split over steps
     (their attention priced by the cost model through the loop's CALL), the radix allocator
     without hits or the plain reserving pool."""
     engine = {"preset": "tgi", "gpu_memory_utilization": mem, "block_size": block, "max_batch_prefill_tokens": budget,
               "max_concurrent_requests": concurrent, "prefix_caching": prefix}
     output = {"dist": "fixed", "value": 1} if out_mean == 1 else {"dist": "exponential", "mean": out_mean, "max": 500}
-    _three_ways(_scenario(engine=engine, workload={"arrival": {"process": "poisson", "rate": rate}, "output_tokens": output,
+    _three_ways(_scenario(engine=engine, workload={"arrival": _arrivals(process, rate), "output_tokens": output,
                                                    "max_new_tokens": {"policy": "cap", "tokens": 600}},
                           run={"seed": seed, "num_requests": 150, "warmup_s": warmup * 150 / rate, "time_series_points": points}))
 
@@ -125,6 +135,20 @@ def test_the_shipped_tgi_scenario_equals_the_reference():
         "run.num_requests=700", "run.duration_s=null", "run.warmup_s=5", "workload.arrival.rate=30"]), "tgi")
     assert (np.asarray(got.requests["reject_reason"]) == 3).any()   # refused beyond max_concurrent_requests
     assert got.summary["kv_cache"]["prefix_cache"]["query_tokens"] > 0
+
+
+def test_arrivals_after_long_idle_gaps_come_when_the_arrival_process_wakes():
+    """After a long idle gap the arrival process wakes at `now + (arrival - now)`, an ulp off the
+    arrival time; the engine starts the request then (found by fuzzing: its first step started one
+    ulp late in the reference, and the fused loop once started it on time)."""
+    sc = _scenario(engine={"max_num_seqs": 64}, workload={
+        "arrival": {"process": "onoff", "rate_on": 10.0, "on_s": 2.0, "off_s": 2.0},
+        "prompt_tokens": {"dist": "fixed", "value": 512}, "output_tokens": {"dist": "fixed", "value": 1}},
+        run={"seed": 288, "num_requests": 200, "warmup_s": 0.0})
+    got = _three_ways(sc)
+    arrival, scheduled = np.asarray(got.requests["arrival_s"]), np.asarray(got.requests["first_scheduled_s"])
+    assert ((scheduled > arrival) & (scheduled - arrival < 1e-12)).any()   # started an ulp after it arrived
+    assert (scheduled >= arrival).all()
 
 
 def test_an_arrival_at_a_step_end_goes_to_the_reference_engine():

@@ -55,11 +55,11 @@ def wanted(sim) -> bool:
 
 def cost_tables(c: CalibratedCost, max_seqs: int, max_tokens: int) -> dict[str, np.ndarray] | None:
     """The cost model's numbers a loop reads, taken from the model's own tables and methods (so the
-    same floats): per-size tables up to `max_tokens` tokens and one decode-attention curve per
-    batch size up to `max_seqs`. None where the model's tables would have to grow for it."""
+    same floats): per-size tables up to `max_tokens` tokens (at most as far as the model's own
+    tables go: a loop hands back a step beyond them, BAIL_TABLE) and one decode-attention curve
+    per batch size up to `max_seqs`. None where the curves differ in length."""
     from simkv.cost.attention_kernels import _slopes
-    if max(max_tokens, max_seqs) >= len(c._fixed):
-        return None
+    top = min(max(max_tokens, max_seqs), len(c._fixed) - 1)
     curves = [c._decode_curve(b) for b in range(1, max_seqs + 1)]
     width = len(curves[0][0])
     if any(len(k) != width for k, _ in curves):
@@ -72,7 +72,7 @@ def cost_tables(c: CalibratedCost, max_seqs: int, max_tokens: int) -> dict[str, 
         slopes[b, :width - 1] = _slopes(np.ascontiguousarray(k, float), np.ascontiguousarray(v, float))
     return {"fixed": c._fixed, "prefill": c._prefill,
             "lm": np.array([c.lm_head_s(i) for i in range(max_seqs + 1)]),
-            "whole": np.array([c.whole_model_s(m) for m in range(max(max_tokens, max_seqs) + 1)]),
+            "whole": np.array([c.whole_model_s(m) for m in range(top + 1)]),
             "knots": knots, "share": share, "slopes": slopes}
 
 

@@ -8,7 +8,11 @@ SF_*; `waiting` is the queue as a ring buffer (head st_i[S_WHEAD], length st_i[S
 utilization); `gap_v` / `gap_m` token gaps (and how many tokens had each) that the caller bins with
 numpy, as the pure recorder bins them (a recompute's gap; a step time near a bin edge).
 
-Arrivals follow Replica._admit: a request refused at build time (status REJECTED) is skipped; one the
+Arrivals follow Replica._arrivals and _admit. The arrival process sleeps `arrival - now` and wakes
+at `now + (arrival - now)`, which is the arrival time only when that subtraction is exact (the
+previous arrival at least half as late): its own clock, st_f[SF_ARRIVALS], gives the times the
+engine sees arrivals at (`fire`), while the table's times decide where a decode run is cut, as in
+Replica._next_arrival_s. A request refused at build time (status REJECTED) is skipped; one the
 policy refuses (TGI's max_concurrent_requests) becomes REJECTED with REFUSED_BY_ENGINE; neither
 wakes an idle engine. During a multi-step run, the first arrival not refused at build time starts
 the per-step queue depths (Replica._queue_by_step), whether the policy then takes it or not.
@@ -24,7 +28,7 @@ from simkv.request import REFUSED_BY_ENGINE, REJECTED
 
 # st_i / st_f slots every loop has
 S_NEXT, S_WHEAD, S_WCOUNT, S_SAMPLE, S_NROWS, S_NGAPS, S_BAIL, S_ITER = range(8)
-SF_NOW, SF_DT = range(2)
+SF_NOW, SF_DT, SF_ARRIVALS = range(3)
 # return codes of a loop; a BAIL's reason is in st_i[S_BAIL]
 DONE, PAUSE, BAIL = 0, 1, 2
 BAIL_TIE, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_NONUNIFORM = 1, 2, 3, 4, 5
@@ -104,41 +108,49 @@ def _offer(rid, in_batch, max_in_system, status, reason, waiting, st_i):
 
 
 @njit(cache=True)
+def fire(a, clock):
+    """When the arrival process, its clock at `clock`, takes an arrival due at `a` (no sleep if due)."""
+    return clock + (a - clock) if a > clock else clock
+
+
+@njit(cache=True)
 def wait_for_arrival(arrival, status, reason, waiting, max_in_system, st_i, st_f):
     """An idle engine (nothing running or waiting) sleeps until an arrival joins the queue: every
     arrival of that instant is offered first. With the arrivals over and none taken, it wakes at
     the last one. Returns when it slept from (the clock is then the wake-up time)."""
     n_req = arrival.shape[0]
     nxt = st_i[S_NEXT]
-    now = st_f[SF_NOW]
-    idle_from = now
+    idle_from = st_f[SF_NOW]
+    clock = st_f[SF_ARRIVALS]
     woke = False
     while nxt < n_req:
-        a = arrival[nxt]
-        if woke and a > now:
+        if woke and arrival[nxt] > clock:   # the process sleeps: the engine wakes first
             break
-        now = a
+        clock = fire(arrival[nxt], clock)
         if status[nxt] != REJECTED and _offer(nxt, 0, max_in_system, status, reason, waiting, st_i):
             woke = True
         nxt += 1
     st_i[S_NEXT] = nxt
-    st_f[SF_NOW] = now
+    st_f[SF_ARRIVALS] = clock
+    st_f[SF_NOW] = clock
     return idle_from
 
 
 @njit(cache=True)
-def arrivals_during(arrival, status, reason, waiting, max_in_system, in_batch, ends, k, wbs, st_i):
-    """The arrivals while steps ending at ends[:k] run (those before the last end), offered at
-    their times. Returns whether the steps get a queue depth each (in `wbs`), or -1 if an arrival
-    falls exactly on the last end (simpy would order the two by when each was scheduled)."""
+def arrivals_during(arrival, status, reason, waiting, max_in_system, in_batch, ends, k, wbs, st_i, st_f):
+    """The arrivals while steps ending at ends[:k] run (those the arrival process takes before the
+    last end), offered then. Returns whether the steps get a queue depth each (in `wbs`), or -1 if
+    an arrival falls exactly on the last end (simpy would order the two by when each was scheduled)."""
     n_req = arrival.shape[0]
     nxt = st_i[S_NEXT]
     end = ends[k - 1]
     wc0 = st_i[S_WCOUNT]
+    clock = st_f[SF_ARRIVALS]
     by_step = False
-    while nxt < n_req and arrival[nxt] < end:
+    while nxt < n_req and fire(arrival[nxt], clock) < end:
         rid = nxt
         nxt += 1
+        clock = fire(arrival[rid], clock)
         if status[rid] == REJECTED:
             continue
         if k > 1 and not by_step:   # the queue as the run began
@@ -146,11 +158,12 @@ def arrivals_during(arrival, status, reason, waiting, max_in_system, in_batch, e
             for s in range(k):
                 wbs[s] = wc0
         if _offer(rid, in_batch, max_in_system, status, reason, waiting, st_i) and k > 1:
-            j = np.searchsorted(ends[:k], arrival[rid])   # the first step ending at or after it
+            j = np.searchsorted(ends[:k], clock)   # the first step ending at or after it
             for s in range(j, k):
                 wbs[s] = st_i[S_WCOUNT]
     st_i[S_NEXT] = nxt
-    if nxt < n_req and arrival[nxt] == end:
+    st_f[SF_ARRIVALS] = clock
+    if nxt < n_req and fire(arrival[nxt], clock) == end:
         return -1
     if by_step:
         wbs[k - 1] = st_i[S_WCOUNT]

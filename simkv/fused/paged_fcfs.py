@@ -54,7 +54,7 @@ def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder
     s, c, kv = sim.scheduler, sim.cost, sim.scheduler.kv
     tables = cost_tables(c, s.max_num_seqs, s.max_num_batched_tokens)
     if tables is None:
-        fused.last_outcome[0] = "bailed: the cost model's tables would grow"
+        fused.last_outcome[0] = "bailed: decode-attention curves of different lengths"
         return None
     run = FusedRun(sim, k, COLUMNS + ("num_preemptions",))
     if not run.usable:

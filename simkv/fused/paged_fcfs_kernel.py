@@ -61,8 +61,8 @@ CFG_F_LEN = 6
 # st_i / st_f: the shared slots (simkv.fused.loop_parts), then these
 S_NDEC, S_ORDER, S_FREE, S_UNIFORM = range(8, 12)
 ST_I_LEN = 12
-SF_UNIFORM = 2
-ST_F_LEN = 3
+SF_UNIFORM = 3
+ST_F_LEN = 4
 # dec_i rows / dec_f rows
 D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_BLOCKS, D_MEAS, D_ORDER = range(8)
 DEC_I_ROWS = 8
@@ -228,7 +228,7 @@ def run(arrival, prompt, output, final,
         step_ends(start, dur, k, ends)
         end = ends[k - 1]
         # ---------------------------------------------------------------- arrivals during the steps
-        by_step = arrivals_during(arrival, status, reason, waiting, NO_LIMIT, n + n_adm, ends, k, wbs, st_i)
+        by_step = arrivals_during(arrival, status, reason, waiting, NO_LIMIT, n + n_adm, ends, k, wbs, st_i, st_f)
         if by_step < 0:
             st_i[S_BAIL] = BAIL_TIE
             return BAIL

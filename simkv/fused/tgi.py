@@ -61,7 +61,7 @@ def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder
     seqs = s.max_num_seqs
     tables = cost_tables(c, seqs, s.max_batch_prefill_tokens + seqs)
     if tables is None:
-        fused.last_outcome[0] = "bailed: the cost model's tables would grow"
+        fused.last_outcome[0] = "bailed: decode-attention curves of different lengths"
         return None
     run = FusedRun(sim, k, COLUMNS + ("prefix_query_tokens", "prefix_query_blocks"))
     if not run.usable:

@@ -57,8 +57,8 @@ CFG_F_LEN = 6
 # st_i / st_f: the shared slots (simkv.fused.loop_parts), then these
 S_NDEC, S_NPRE, S_ORDER, S_FREE, S_UNIFORM, S_PHASE = range(8, 14)
 ST_I_LEN = 14
-SF_UNIFORM, SF_PRE = 2, 3
-ST_F_LEN = 4
+SF_UNIFORM, SF_PRE = 3, 4
+ST_F_LEN = 5
 # dec_i rows (decoders, in join order) / dec_f rows
 D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_HELD, D_MEAS, D_ORDER = range(8)
 DEC_I_ROWS = 8
@@ -221,7 +221,7 @@ def run(arrival, prompt, output, final, max_new,
         step_ends(start, dur, k, ends)
         end = ends[k - 1]
         # ---------------------------------------------------------------- arrivals during the steps
-        by_step = arrivals_during(arrival, status, reason, waiting, max_in_system, n + n_pre, ends, k, wbs, st_i)
+        by_step = arrivals_during(arrival, status, reason, waiting, max_in_system, n + n_pre, ends, k, wbs, st_i, st_f)
         if by_step < 0:
             st_i[S_BAIL] = BAIL_TIE
             return BAIL
