@@ -1,16 +1,22 @@
 """Whether a run uses simkv's compiled kernels (numba), and finding them.
 
 Three parts of a run have a compiled twin that gives the same numbers as its pure-Python (numpy)
-reference (and one run shape has a whole fused engine, simkv.fused, used from COMPILED_FROM_REQUESTS on), which stays the default for short runs and is what the tests compare against: the prefix
-cache's block pool (simkv.kv.pool_kernels), the recorder's accumulation (simkv.metrics.recorder_kernels)
-and the calibrated cost model's decode-attention sums (simkv.cost.attention_kernels). numba costs a
-process ~0.35 s to import and ~0.45 s for its first call (a few ms more per kernel loaded from its
-on-disk cache), so they are used only where that pays. The pool pays for it from
-COMPILED_FROM_REQUESTS requests on, the recorder from RECORDER_FROM_REQUESTS; the attention sums save too
-little (~2.5 µs a request on chat traffic, 5-12% on TGI and multi-turn runs) to pay for it alone,
-so they run only where numba is loaded already (with the pool; in the later runs of a sweep). `SIMKV_COMPILED=1` always uses them, `SIMKV_COMPILED=0` never
-does; without numba installed they are never used. Results are the same either way
-(tests/test_compiled_prefix_cache.py, tests/test_compiled_recorder.py, tests/test_compiled_attention.py).
+reference, which stays the default for short runs and is what the tests compare against: the
+prefix cache's block pool (simkv.kv.pool_kernels), the recorder's accumulation
+(simkv.metrics.recorder_kernels) and the calibrated cost model's decode-attention sums
+(simkv.cost.attention_kernels). Two run shapes also have a whole fused engine (simkv.fused).
+
+numba costs a process ~0.35 s to import and ~0.45 s for its first call (a few ms more per kernel
+loaded from its on-disk cache), so they are used only where that pays:
+- the pool and the fused engines from COMPILED_FROM_REQUESTS requests on;
+- the recorder from RECORDER_FROM_REQUESTS;
+- the attention sums save too little (~2.5 µs a request on chat traffic, 5-12% on TGI and
+  multi-turn runs) to pay for it alone, so they run only where numba is loaded already (with the
+  pool; in the later runs of a sweep).
+
+`SIMKV_COMPILED=1` always uses them, `SIMKV_COMPILED=0` never does; without numba installed they
+are never used. Results are the same either way (tests/test_compiled_prefix_cache.py,
+tests/test_compiled_recorder.py, tests/test_compiled_attention.py, tests/test_fused_engine.py).
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ work is a pass over the running batch.
 
 What it mirrors, and where (each piece keeps the reference's order of float operations):
 
-- the clock (simkv.engine.Replica._step_loop, _arrivals): an idle engine wakes at the first
-  arrival it admits, after every arrival of that instant; an arrival during a step joins the queue
-  at its time; a decode run is cut after the step in flight at the next arrival when nobody waits
-  (`arrival_sensitive`); the queue depth of each step of a run follows the arrivals in it
-  (Replica._queue_by_step);
+- the clock and the arrivals (simkv.fused.loop_parts: Replica._step_loop, _arrivals): an idle
+  engine wakes at the first arrival it admits, after every arrival of that instant; an arrival
+  during a step joins the queue then; a decode run is cut after the step in flight at the next
+  arrival when nobody waits (`arrival_sensitive`); the queue depth of each step of a run follows
+  the arrivals in it (Replica._queue_by_step);
 - the policy (ContinuousBatchingScheduler.schedule): make room for the decodes by preempting the
   newest request (recompute), admit from the head of the queue within max_num_seqs, the token budget
   and the free blocks (watermark included), else repeat the decodes up to the first completion, the
@@ -25,16 +25,17 @@ What it mirrors, and where (each piece keeps the reference's order of float oper
 - the step time (CalibratedCost.seconds, decode_run_seconds) from the cost model's own tables;
 - the recorder (simkv.metrics.recorder_kernels.on_steps, Recorder._sample, on_idle, on_end).
 
-What it does not model it does not guess: the loop stops with BAIL (and a reason code) and the
-caller runs the reference engine instead. That covers an arrival at exactly a step's end (simpy
+What it does not model it does not guess: the loop stops with BAIL (a reason code of
+simkv.fused.loop_parts) and the caller runs the default engine instead. That covers an arrival at exactly a step's end (simpy
 orders such ties by event creation), a step time the engine would reject, a request that can never
 be admitted, a table lookup outside the cost model's precomputed range, and decoders whose last
 tokens differ (which this policy never produces).
 
 State lives in the arrays passed in (the loop can stop and resume): `st_i` / `st_f` the scalars
-(S_* / SF_* below), `dec_i` / `dec_f` the running decoders in join order (D_* rows), `waiting` the
-queue as a ring buffer, the recorder's arrays as simkv.metrics.compiled_recorder lays them out,
-`rows_i` / `rows_f` the time series, `gap_v` / `gap_m` the token gaps left for numpy to bin.
+(simkv.fused.loop_parts' slots, then S_* / SF_* below), `dec_i` / `dec_f` the running decoders in
+join order (D_* rows), `waiting` the queue as a ring buffer, the recorder's arrays as
+simkv.metrics.compiled_recorder lays them out, `rows_i` / `rows_f` the time series, `gap_v` / `gap_m`
+the token gaps left for numpy to bin.
 """
 
 from __future__ import annotations
