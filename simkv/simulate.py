@@ -187,7 +187,7 @@ def run_simulation(sim: Simulation, name: str, progress: ProgressFn | None = Non
 
 
 def _run_replica(sim: Simulation, progress: ProgressFn | None) -> tuple[Recorder, float]:
-    """The reference engine (simkv.engine.Replica on simpy): the recorder, and the clock at the end."""
+    """The default engine (simkv.engine.Replica on simpy): the recorder, and the clock at the end."""
     env = simpy.Environment()
     run = sim.scenario.run
     closed = not np.isfinite(sim.measure_end_s)   # closed loop / offline: the engine closes the window at run time
