@@ -130,7 +130,9 @@ class FusedRun:
                 return None
             if code == lp.DONE:
                 break
-            if code == getattr(k, "CALL", -1) and on_call is not None:
+            if code == getattr(k, "CALL", -1):
+                if on_call is None:   # resuming would price the step with a stale value
+                    raise RuntimeError(f"{k.__name__} asked for a step's cost and nothing answers it")
                 on_call()
             elif progress is not None:
                 progress(int(st_i[lp.S_NEXT]), n, float(st_f[lp.SF_NOW]))
