@@ -21,6 +21,7 @@ from simkv.files.scenario_file import validate_scenario
 from simkv.fused import paged_fcfs, tgi
 from simkv.sched.queue import reference_engine
 from simkv.simulate import build_simulation, run_simulation, stream_for
+from test_step_grouping import _assert_same   # summary, request table and time series, bit for bit
 
 pytest.importorskip("numba")
 
@@ -53,17 +54,6 @@ def _arrivals(process: str, rate: float) -> dict:
     if process == "gamma":
         return {"process": "gamma", "rate": rate, "cv": 3.0}
     return {"process": "poisson", "rate": rate}
-
-
-def _assert_same(a, b) -> None:
-    assert json.dumps(a.summary, sort_keys=True, default=str) == json.dumps(b.summary, sort_keys=True, default=str)
-    assert a.requests.keys() == b.requests.keys()
-    for col in a.requests:
-        x, y = np.asarray(a.requests[col]), np.asarray(b.requests[col])
-        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), col
-    assert a.timeseries.keys() == b.timeseries.keys()
-    for col in a.timeseries:
-        assert np.array_equal(a.timeseries[col], b.timeseries[col], equal_nan=True), col
 
 
 def _three_ways(scenario, variant: str = "base", expect: str = "fused", reference: bool = True):

@@ -70,6 +70,7 @@ def _assert_same(a, b) -> None:
     for col in a.requests:
         x, y = np.asarray(a.requests[col]), np.asarray(b.requests[col])
         assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), col
+    assert a.timeseries.keys() == b.timeseries.keys()
     for col in a.timeseries:
         assert np.array_equal(a.timeseries[col], b.timeseries[col], equal_nan=True), col
 

@@ -87,6 +87,7 @@ class FusedRun:
                                 run.time_series_points, True)
         self.out = {name: getattr(t, name).copy() for name in columns}
         self.st_i, self.st_f = np.zeros(kernel.ST_I_LEN, np.int64), np.zeros(kernel.ST_F_LEN)
+        self.tables: dict[str, np.ndarray] = {}
         self.st_i[lp.S_SAMPLE] = self.rec._next_sample
         self.st_f[lp.SF_DT] = self.rec.dt
         self._rows_i = np.zeros((self.rec.max_points + 2, 8), np.int64)
@@ -102,6 +103,21 @@ class FusedRun:
         t, i64 = self.sim.table, np.int64
         return (np.ascontiguousarray(t.arrival_s, float), np.ascontiguousarray(t.prompt_tokens, i64),
                 np.ascontiguousarray(t.output_tokens, i64), np.ascontiguousarray(t.final_kv_tokens, i64))
+
+    def limits_f(self, warmup_s: float) -> np.ndarray:
+        """cfg_f of the loop: the cost model's scalars, the warm-up and the longest plausible step."""
+        c = self.sim.cost
+        cfg_f = np.zeros(lp.CFG_F_LEN)
+        cfg_f[[lp.CF_C_ATT, lp.CF_SCALE, lp.CF_HOST, lp.CF_HOST_PER_SEQ, lp.CF_WARMUP, lp.CF_MAX_STEP]] = (
+            c.c_att, c.decode_attention_scale, c.host_overhead_s, c.host_per_seq_s, warmup_s, MAX_STEP_S)
+        return cfg_f
+
+    def state(self, max_seqs: int) -> tuple[np.ndarray, ...]:
+        """The loop's scalars, room for `max_seqs` decoders (their rows, simkv.fused.loop_parts) and the
+        queue (a ring of one slot per request and one more)."""
+        seqs = max_seqs + 1
+        return (self.st_i, self.st_f, np.zeros((lp.DEC_I_ROWS, seqs), np.int64), np.zeros((lp.DEC_F_ROWS, seqs)),
+                np.zeros(self.sim.table.num_requests + 1, np.int64))
 
     def recorder_and_scratch(self, max_seqs: int, max_repeat: int) -> tuple[np.ndarray, ...]:
         """The recorder's arrays, the time series and the gap buffer, then the loop's scratch
@@ -147,10 +163,25 @@ class FusedRun:
         return self.rec, float(st_f[lp.SF_NOW])
 
 
-def limits_f(kernel: ModuleType, c: CalibratedCost, warmup_s: float) -> np.ndarray:
-    """cfg_f of a loop: the cost model's scalars, the warm-up and the longest plausible step."""
-    cfg_f = np.zeros(kernel.CFG_F_LEN)
-    cfg_f[[kernel.CF_C_ATT, kernel.CF_SCALE, kernel.CF_HOST, kernel.CF_HOST_PER_SEQ, kernel.CF_WARMUP,
-           kernel.CF_MAX_STEP]] = (c.c_att, c.decode_attention_scale, c.host_overhead_s, c.host_per_seq_s, warmup_s,
-                                   MAX_STEP_S)
-    return cfg_f
+def start(sim, why_not: Callable, kernel_name: str, max_batch: int, max_tokens: int,
+          columns: tuple[str, ...]) -> FusedRun | None:
+    """The start every fused run shares: None, nothing changed, where the run is not the loop's
+    kind (`why_not`), not long enough for compiled kernels to pay, numba is missing, or the cost
+    model's decode curves differ in length; else the run, its state and tables set up for a batch of
+    at most `max_batch` sequences and steps of `max_tokens`."""
+    fused.last_outcome[0] = ""
+    if why_not(sim) is not None or not wanted(sim):
+        return None
+    kernel = compiled.kernels(kernel_name)
+    if kernel is None:
+        return None
+    tables = cost_tables(sim.cost, max_batch, max_tokens)
+    if tables is None:
+        fused.last_outcome[0] = "bailed: decode-attention curves of different lengths"
+        return None
+    run = FusedRun(sim, kernel, columns)
+    if not run.usable:
+        return None
+    run.tables = tables
+    run.st_i[lp.S_FREE] = sim.scheduler.kv.num_blocks
+    return run

@@ -1,6 +1,8 @@
 """What every fused engine's loop shares (simkv.fused): the clock and the arrivals of one replica
-(simkv.engine.Replica), and the recorder's accumulation (simkv.metrics.recorder_kernels.on_steps,
-Recorder._sample, on_idle, on_end), as numba functions over the state arrays a loop is given.
+(simkv.engine.Replica), the running decoders (simkv.sched.implicit_batch.ImplicitBatch: decode
+commits, joins, completions), the calibrated step time (simkv.cost.calibrated.CalibratedCost) and
+the recorder's accumulation (simkv.metrics.recorder_kernels.on_steps, Recorder._sample, on_idle,
+on_end), as numba functions over the state arrays a loop is given.
 
 State layout shared by the loops (a loop's own slots come after these): `st_i` holds S_* and `st_f`
 SF_*; `waiting` is the queue as a ring buffer (head st_i[S_WHEAD], length st_i[S_WCOUNT]); `rows_i`
@@ -23,12 +25,26 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from simkv.metrics.recorder_kernels import _bin_position, _near_edge, on_steps
+from simkv.cost.attention_kernels import _interp_into, _pairwise
+from simkv.metrics.recorder_kernels import F_GAP_MAX, _bin_position, _near_edge, on_steps
+from simkv.request import DONE as DONE_STATUS
 from simkv.request import REFUSED_BY_ENGINE, REJECTED
 
-# st_i / st_f slots every loop has
-S_NEXT, S_WHEAD, S_WCOUNT, S_SAMPLE, S_NROWS, S_NGAPS, S_BAIL, S_ITER = range(8)
-SF_NOW, SF_DT, SF_ARRIVALS = range(3)
+# st_i / st_f slots every loop has (a loop's own come after ST_I_SHARED / ST_F_SHARED)
+(S_NEXT, S_WHEAD, S_WCOUNT, S_SAMPLE, S_NROWS, S_NGAPS, S_BAIL, S_ITER, S_NDEC, S_ORDER, S_FREE,
+ S_UNIFORM) = range(12)
+ST_I_SHARED = 12
+SF_NOW, SF_DT, SF_ARRIVALS, SF_UNIFORM = range(4)   # SF_UNIFORM: every decoder's last token time, if S_UNIFORM
+ST_F_SHARED = 4
+# cfg_f of every loop: the cost model's scalars, the warm-up, the longest plausible step
+CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ, CF_WARMUP, CF_MAX_STEP = range(6)
+CFG_F_LEN = 6
+# the running decoders, in join order: dec_i rows (D_HOLD: the blocks a paged decoder holds, or the
+# slots of a reservation) and dec_f rows
+D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_HOLD, D_MEAS, D_ORDER = range(8)
+DEC_I_ROWS = 8
+DF_TBT, DF_LAST = range(2)
+DEC_F_ROWS = 2
 # return codes of a loop; a BAIL's reason is in st_i[S_BAIL]
 DONE, PAUSE, BAIL = 0, 1, 2
 BAIL_TIE, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_NONUNIFORM = 1, 2, 3, 4, 5
@@ -201,3 +217,149 @@ def step_ends(start, dur, k, ends):
     for s in range(k):
         e = e + dur[s]
         ends[s] = e
+
+
+# ---------------------------------------------------------------- the running decoders (implicit_batch.py)
+@njit(cache=True)
+def commit_decodes(dec_i, dec_f, n, dur, k, start, end, st_i, st_f):
+    """ImplicitBatch._decode for the n decoders of k steps from `start` to `end`: each one's longest
+    gap, its last token. Returns the measured decoders, or -1 where their last tokens were not all
+    at `start` (this loop does not model that: BAIL_NONUNIFORM)."""
+    if n == 0:
+        return 0
+    if st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != start:
+        return -1
+    gap = dur[0]
+    for s in range(1, k):
+        if dur[s] > gap:
+            gap = dur[s]
+    measured = 0
+    for i in range(n):
+        measured += dec_i[D_MEAS, i]
+        if gap > dec_f[DF_TBT, i]:
+            dec_f[DF_TBT, i] = gap
+        dec_f[DF_LAST, i] = end
+    st_i[S_UNIFORM] = 1
+    st_f[SF_UNIFORM] = end
+    return measured
+
+
+@njit(cache=True)
+def join_decoder(i, rid, kv, hold, order, end0, arrival, output, final, generated, tbt_max, first_tok, last_tok, warm,
+                 dec_i, dec_f, rec_f, gap_v, gap_m, st_i):
+    """ImplicitBatch._advance_prefills for one request whose prefill completed at `end0`: its first
+    token (or, back after a recompute, the gap since its last one), and decoder column i."""
+    g = generated[rid]
+    meas = arrival[rid] >= warm
+    t_max = tbt_max[rid]
+    if g == 0:
+        first_tok[rid] = end0
+    else:
+        gap = end0 - last_tok[rid]
+        t_max = max(t_max, gap)
+        if meas:
+            push_gap(gap, 1, gap_v, gap_m, st_i)
+            if gap > rec_f[F_GAP_MAX]:   # Recorder.on_extra_gaps
+                rec_f[F_GAP_MAX] = gap
+    dec_i[D_RID, i] = rid
+    dec_i[D_KV, i] = kv
+    dec_i[D_GEN, i] = g + 1
+    dec_i[D_OUT, i] = output[rid]
+    dec_i[D_FINAL, i] = final[rid]
+    dec_i[D_HOLD, i] = hold
+    dec_i[D_MEAS, i] = 1 if meas else 0
+    dec_i[D_ORDER, i] = order
+    dec_f[DF_TBT, i] = t_max
+    dec_f[DF_LAST, i] = end0
+
+
+@njit(cache=True)
+def settle_uniform(n, n_join, end0, st_i, st_f):
+    """After n_join decoders joined at `end0` (n now): whether every last token is at one time."""
+    if n_join and (st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != end0):
+        if n == n_join:
+            st_i[S_UNIFORM] = 1
+            st_f[SF_UNIFORM] = end0
+        else:
+            st_i[S_UNIFORM] = 0
+
+
+@njit(cache=True)
+def finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i):
+    """ImplicitBatch._finish: the decoders with all their tokens are done at `end` and leave, the
+    rest keep their join order (st_i[S_NDEC]). Returns what those done held (D_HOLD), summed."""
+    freed = 0
+    w = 0
+    for i in range(n):
+        if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
+            rid = dec_i[D_RID, i]
+            finish[rid] = end
+            last_tok[rid] = end
+            generated[rid] = dec_i[D_GEN, i]
+            tbt_max[rid] = dec_f[DF_TBT, i]
+            status[rid] = DONE_STATUS
+            freed += dec_i[D_HOLD, i]
+        else:
+            if w != i:
+                for r in range(DEC_I_ROWS):
+                    dec_i[r, w] = dec_i[r, i]
+                for r in range(DEC_F_ROWS):
+                    dec_f[r, w] = dec_f[r, i]
+            w += 1
+    st_i[S_NDEC] = w
+    return freed
+
+
+@njit(cache=True)
+def remaining_steps(dec_i, n, max_repeat):
+    """QueuedScheduler.repeated_decodes' steps: up to the first completion and max_repeat, one at least."""
+    steps = max_repeat
+    for i in range(n):
+        r = dec_i[D_OUT, i] - dec_i[D_GEN, i]
+        if r < steps:
+            steps = r
+    return max(1, steps)
+
+
+# ---------------------------------------------------------------- the step time (calibrated.py)
+@njit(cache=True)
+def sizes_fit(m, n_sampled, n, fixed, lm_tab, whole_tab, share):
+    """The precomputed tables cover a step of m tokens, n_sampled sampled, n decoding (else BAIL_TABLE)."""
+    return m < fixed.shape[0] and m < whole_tab.shape[0] and n_sampled < lm_tab.shape[0] and n < share.shape[0]
+
+
+@njit(cache=True)
+def decode_attention(dec_i, n, offset, knots, share, slopes, scale, vals):
+    """CalibratedCost's decode attention of the n decoders at contexts kv + offset (0.0 for none)."""
+    if n == 0:
+        return 0.0
+    _interp_into(dec_i[D_KV, :n], offset, knots[n], share[n], slopes[n], vals)
+    return scale * (0.0 + _pairwise(vals, n))
+
+
+@njit(cache=True)
+def mixed_step_seconds(m, n_sampled, n_seqs, pre, dec, fixed, lm_tab, whole_tab, layers, cfg_f):
+    """CalibratedCost.seconds of one step of m tokens with prefill attention `pre` and decode attention `dec`."""
+    return (layers * (fixed[m] + cfg_f[CF_C_ATT] * (pre + dec)) + whole_tab[m] + lm_tab[n_sampled] + cfg_f[CF_HOST]
+            + cfg_f[CF_HOST_PER_SEQ] * n_seqs + 0.0)
+
+
+@njit(cache=True)
+def decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes, layers, cfg_f,
+               vals, dur):
+    """CalibratedCost.decode_run_seconds of up to `limit` steps of the n decoders into `dur`, only those
+    the run keeps: where it is arrival-sensitive, the steps that start before `next_at`
+    (Replica._steps_to_keep). Returns how many."""
+    c_att, scale, host, hps = cfg_f[CF_C_ATT], cfg_f[CF_SCALE], cfg_f[CF_HOST], cfg_f[CF_HOST_PER_SEQ]
+    fixed_n, whole_n, lm_n = fixed[n], whole_tab[n], lm_tab[n]
+    k = 0
+    prev = now   # the end of the step before (step_ends)
+    for s in range(limit):
+        if sensitive and s > 0 and not prev < next_at:
+            break
+        att = decode_attention(dec_i, n, 1 + s, knots, share, slopes, scale, vals)
+        d = layers * (fixed_n + c_att * att) + whole_n + lm_n + host + hps * n
+        dur[s] = d
+        prev = prev + d
+        k += 1
+    return k

@@ -13,21 +13,13 @@ recorder's.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import numpy as np
 
-from simkv import compiled, fused
-from simkv.fused.driver import CHUNK_ITERATIONS, COLUMNS, FusedRun, ProgressFn, cost_tables, limits_f, wanted, why_not_any
+from simkv.fused.driver import CHUNK_ITERATIONS, COLUMNS, ProgressFn, start, why_not_any
 from simkv.kv.paged import PagedAllocator
 from simkv.metrics.compiled_recorder import CompiledRecorder
 from simkv.sched.continuous import ContinuousBatchingScheduler
 from simkv.sched.implicit_batch import ImplicitBatch
-
-
-def kernel_module() -> ModuleType | None:
-    """simkv.fused.paged_fcfs_kernel, or None where numba is missing or `SIMKV_COMPILED=0`."""
-    return compiled.kernels("simkv.fused.paged_fcfs_kernel")
 
 
 def why_not(sim) -> str | None:
@@ -45,28 +37,17 @@ def why_not(sim) -> str | None:
 def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder, float] | None:
     """Run `sim` in the fused loop: (its recorder, the clock at its end), the request table filled
     in; None (nothing changed) where the default engine must run it (the module docstring)."""
-    fused.last_outcome[0] = ""
-    if why_not(sim) is not None or not wanted(sim):
+    s = getattr(sim, "scheduler", None)
+    run = start(sim, why_not, "simkv.fused.paged_fcfs_kernel", getattr(s, "max_num_seqs", 0),
+                getattr(s, "max_num_batched_tokens", 0), COLUMNS + ("num_preemptions",))
+    if run is None:
         return None
-    k = kernel_module()
-    if k is None:
-        return None
-    s, c, kv = sim.scheduler, sim.cost, sim.scheduler.kv
-    tables = cost_tables(c, s.max_num_seqs, s.max_num_batched_tokens)
-    if tables is None:
-        fused.last_outcome[0] = "bailed: decode-attention curves of different lengths"
-        return None
-    run = FusedRun(sim, k, COLUMNS + ("num_preemptions",))
-    if not run.usable:
-        return None
+    k, c, kv = run.k, sim.cost, s.kv
     cfg_i = np.zeros(k.CFG_I_LEN, np.int64)
     cfg_i[[k.C_MAX_SEQS, k.C_MAX_BATCHED, k.C_WATERMARK, k.C_MAX_REPEAT, k.C_BLOCK, k.C_LAYERS, k.C_MAX_POINTS,
            k.C_CAPACITY, k.C_CHUNK]] = (s.max_num_seqs, s.max_num_batched_tokens, s.watermark_blocks, s.max_repeat,
                                         kv.block_size, c.layers, run.rec.max_points, kv.capacity_tokens,
                                         CHUNK_ITERATIONS)
-    run.st_i[k.S_FREE] = kv.num_blocks
-    n, seqs = sim.table.num_requests, s.max_num_seqs + 1
-    args = (*run.requests(), *run.out.values(), cfg_i, limits_f(k, c, s.batch.warmup_s), *tables.values(),
-            run.st_i, run.st_f, np.zeros((k.DEC_I_ROWS, seqs), np.int64), np.zeros((k.DEC_F_ROWS, seqs)),
-            np.zeros(n + 1, np.int64), *run.recorder_and_scratch(s.max_num_seqs, s.max_repeat))
+    args = (*run.requests(), *run.out.values(), cfg_i, run.limits_f(s.batch.warmup_s), *run.tables.values(),
+            *run.state(s.max_num_seqs), *run.recorder_and_scratch(s.max_num_seqs, s.max_repeat))
     return run.drive(args, progress)

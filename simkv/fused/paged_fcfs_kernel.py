@@ -31,9 +31,10 @@ orders such ties by event creation), a step time the engine would reject, a requ
 be admitted, a table lookup outside the cost model's precomputed range, and decoders whose last
 tokens differ (which this policy never produces).
 
-State lives in the arrays passed in (the loop can stop and resume): `st_i` / `st_f` the scalars
-(simkv.fused.loop_parts' slots, then S_* / SF_* below), `dec_i` / `dec_f` the running decoders in
-join order (D_* rows), `waiting` the queue as a ring buffer, the recorder's arrays as
+State lives in the arrays passed in (the loop can stop and resume): `st_i` / `st_f` the scalars,
+`dec_i` / `dec_f` the running decoders in join order (the slots and rows of simkv.fused.loop_parts,
+which also holds the decode commits, joins, completions and step times both loops share), `waiting`
+the queue as a ring buffer, the recorder's arrays as
 simkv.metrics.compiled_recorder lays them out, `rows_i` / `rows_f` the time series, `gap_v` / `gap_m`
 the token gaps left for numpy to bin.
 """
@@ -45,30 +46,22 @@ import math
 import numpy as np
 from numba import njit
 
-from simkv.cost.attention_kernels import _interp_into, _pairwise
-from simkv.fused.loop_parts import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, DONE,
-                                    EXTERNAL, F_W1, FREE, INTERNAL, NO_LIMIT, PAUSE, RESERVED, S_BAIL, S_ITER, S_NEXT,
-                                    S_NGAPS, S_WCOUNT, S_WHEAD, SF_NOW, TOKEN, arrivals_during, check_step_times,
-                                    on_idle, push_gap, record, step_ends, wait_for_arrival)
-from simkv.metrics.recorder_kernels import F_GAP_MAX
-from simkv.request import DONE as DONE_STATUS
+from simkv.cost.attention_kernels import _pairwise
+from simkv.fused.loop_parts import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE,
+                                    CF_MAX_STEP, CF_SCALE, CF_WARMUP, D_GEN, D_HOLD, D_KV, D_FINAL, D_RID, DF_LAST,
+                                    DF_TBT, DONE, EXTERNAL, F_W1, FREE, INTERNAL, NO_LIMIT, PAUSE, RESERVED, S_BAIL,
+                                    S_FREE, S_ITER, S_NDEC, S_NEXT, S_NGAPS, S_ORDER, S_WCOUNT, S_WHEAD, SF_NOW,
+                                    ST_F_SHARED, ST_I_SHARED, TOKEN, arrivals_during, check_step_times,
+                                    commit_decodes, decode_attention, decode_run, finish_decoders, join_decoder,
+                                    mixed_step_seconds, on_idle, record, remaining_steps, settle_uniform, sizes_fit,
+                                    step_ends, wait_for_arrival)
 
 # cfg_i
 C_MAX_SEQS, C_MAX_BATCHED, C_WATERMARK, C_MAX_REPEAT, C_BLOCK, C_LAYERS, C_MAX_POINTS, C_CAPACITY, C_CHUNK = range(9)
 CFG_I_LEN = 9
-# cfg_f
-CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ, CF_WARMUP, CF_MAX_STEP = range(6)
-CFG_F_LEN = 6
-# st_i / st_f: the shared slots (simkv.fused.loop_parts), then these
-S_NDEC, S_ORDER, S_FREE, S_UNIFORM = range(8, 12)
-ST_I_LEN = 12
-SF_UNIFORM = 3
-ST_F_LEN = 4
-# dec_i rows / dec_f rows
-D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_BLOCKS, D_MEAS, D_ORDER = range(8)
-DEC_I_ROWS = 8
-DF_TBT, DF_LAST = range(2)
-DEC_F_ROWS = 2
+# st_i / st_f: only the shared slots (simkv.fused.loop_parts; cfg_f and the decoders' rows too)
+ST_I_LEN, ST_F_LEN = ST_I_SHARED, ST_F_SHARED
+D_BLOCKS = D_HOLD   # a decoder holds blocks
 
 
 @njit(cache=True)
@@ -86,8 +79,7 @@ def run(arrival, prompt, output, final,
     max_seqs, max_batched = cfg_i[C_MAX_SEQS], cfg_i[C_MAX_BATCHED]
     watermark, max_repeat, b = cfg_i[C_WATERMARK], cfg_i[C_MAX_REPEAT], cfg_i[C_BLOCK]
     layers, max_points, capacity = cfg_i[C_LAYERS], cfg_i[C_MAX_POINTS], cfg_i[C_CAPACITY]
-    c_att, scale, host, hps = cfg_f[CF_C_ATT], cfg_f[CF_SCALE], cfg_f[CF_HOST], cfg_f[CF_HOST_PER_SEQ]
-    warm, max_step = cfg_f[CF_WARMUP], cfg_f[CF_MAX_STEP]
+    scale, warm, max_step = cfg_f[CF_SCALE], cfg_f[CF_WARMUP], cfg_f[CF_MAX_STEP]
     wsize = waiting.shape[0]
     gap_cap = gap_v.shape[0]
     gap_room = max_seqs + max_repeat + 2   # the most gaps one iteration leaves (its recompute gaps and steps)
@@ -163,12 +155,11 @@ def run(arrival, prompt, output, final,
         # ---------------------------------------------------------------- step times (calibrated.py)
         nxt = st_i[S_NEXT]
         next_at = arrival[nxt] if nxt < n_req else np.inf
-        sensitive = False
         if n_adm or nv:
             k = 1
             m = n + new_sum
             n_seqs = n + n_adm
-            if m >= fixed.shape[0] or n_seqs >= lm_tab.shape[0] or m >= whole_tab.shape[0]:
+            if not sizes_fit(m, n_seqs, n, fixed, lm_tab, whole_tab, share):
                 st_i[S_BAIL] = BAIL_TABLE
                 return BAIL
             pre = 0.0
@@ -184,22 +175,13 @@ def run(arrival, prompt, output, final,
                         return BAIL
                     vals[q] = prefill_tab[new_tok[q]]
                 pre = 0.0 + _pairwise(vals, n_adm)   # float(self._prefill[new].sum())
-            dec = 0.0
-            if n:
-                _interp_into(dec_i[D_KV, :n], 1, knots[n], share[n], slopes[n], vals)
-                dec = scale * (0.0 + _pairwise(vals, n))
-            dur[0] = (layers * (fixed[m] + c_att * (pre + dec)) + whole_tab[m] + lm_tab[n_seqs] + host
-                      + hps * n_seqs + 0.0)
+            dec = decode_attention(dec_i, n, 1, knots, share, slopes, scale, vals)
+            dur[0] = mixed_step_seconds(m, n_seqs, n_seqs, pre, dec, fixed, lm_tab, whole_tab, layers, cfg_f)
         else:   # repeated decodes: up to the first completion, max_repeat and the free blocks
-            if n >= fixed.shape[0] or n >= lm_tab.shape[0] or n >= whole_tab.shape[0]:
+            if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
                 st_i[S_BAIL] = BAIL_TABLE
                 return BAIL
-            steps = max_repeat
-            for i in range(n):
-                r = dec_i[D_OUT, i] - dec_i[D_GEN, i]
-                if r < steps:
-                    steps = r
-            limit = max(1, steps)
+            limit = remaining_steps(dec_i, n, max_repeat)
             if limit > 1 and _blocks_needed(dec_i, n, limit, b) > free:   # BatchBase.max_decode_steps
                 lo, hi = 1, limit
                 while hi - lo > 1:
@@ -210,18 +192,8 @@ def run(arrival, prompt, output, final,
                         hi = mid
                 limit = lo
             sensitive = st_i[S_WCOUNT] == 0   # nobody waits: an arrival can change the plan
-            fixed_n, whole_n, lm_n = fixed[n], whole_tab[n], lm_tab[n]
-            k = 0
-            prev = now   # the end of the step before (step_ends)
-            for s in range(limit):
-                if sensitive and s > 0 and not prev < next_at:   # Replica._steps_to_keep
-                    break
-                _interp_into(dec_i[D_KV, :n], 1 + s, knots[n], share[n], slopes[n], vals)
-                att = scale * (0.0 + _pairwise(vals, n))
-                d = layers * (fixed_n + c_att * att) + whole_n + lm_n + host + hps * n   # decode_run_seconds
-                dur[s] = d
-                prev = prev + d
-                k += 1
+            k = decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes,
+                           layers, cfg_f, vals, dur)
         if not check_step_times(dur, k, max_step):
             st_i[S_BAIL] = BAIL_STEP_TIME
             return BAIL
@@ -238,22 +210,10 @@ def run(arrival, prompt, output, final,
         # ---------------------------------------------------------------- commit (implicit_batch.py)
         for v in range(nv):
             npre[victims[v]] += 1
-        measured = 0
-        if n:
-            if st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != start:
-                st_i[S_BAIL] = BAIL_NONUNIFORM
-                return BAIL
-            gap = dur[0]
-            for s in range(1, k):
-                if dur[s] > gap:
-                    gap = dur[s]
-            for i in range(n):
-                measured += dec_i[D_MEAS, i]
-                if gap > dec_f[DF_TBT, i]:
-                    dec_f[DF_TBT, i] = gap
-                dec_f[DF_LAST, i] = end
-            st_i[S_UNIFORM] = 1
-            st_f[SF_UNIFORM] = end
+        measured = commit_decodes(dec_i, dec_f, n, dur, k, start, end, st_i, st_f)
+        if measured < 0:
+            st_i[S_BAIL] = BAIL_NONUNIFORM
+            return BAIL
         # the steps' KV breakdown, after each step's writes (the joins count from the first step)
         tok = 0
         held = 0
@@ -291,40 +251,15 @@ def run(arrival, prompt, output, final,
             rid = admitted[q]
             if math.isnan(first_sched[rid]):
                 first_sched[rid] = start
-            g = generated[rid]
-            meas = arrival[rid] >= warm
-            t_max = tbt_max[rid]
-            if g == 0:
-                first_tok[rid] = end0
-            else:   # back after a recompute: the gap since its last token
-                gap = end0 - last_tok[rid]
-                t_max = max(t_max, gap)
-                if meas:
-                    push_gap(gap, 1, gap_v, gap_m, st_i)
-                    if gap > rec_f[F_GAP_MAX]:   # Recorder.on_extra_gaps
-                        rec_f[F_GAP_MAX] = gap
-            i = n
-            dec_i[D_RID, i] = rid
-            dec_i[D_KV, i] = new_tok[q]
-            dec_i[D_GEN, i] = g + 1
-            dec_i[D_OUT, i] = output[rid]
-            dec_i[D_FINAL, i] = final[rid]
-            dec_i[D_BLOCKS, i] = -(-new_tok[q] // b)
-            dec_i[D_MEAS, i] = 1 if meas else 0
-            dec_i[D_ORDER, i] = st_i[S_ORDER]
+            blocks = -(-new_tok[q] // b)
+            join_decoder(n, rid, new_tok[q], blocks, st_i[S_ORDER], end0, arrival, output, final, generated, tbt_max,
+                         first_tok, last_tok, warm, dec_i, dec_f, rec_f, gap_v, gap_m, st_i)
             st_i[S_ORDER] += 1
-            dec_f[DF_TBT, i] = t_max
-            dec_f[DF_LAST, i] = end0
-            held += dec_i[D_BLOCKS, i]
+            held += blocks
             tok += new_tok[q]
             n += 1
             n_join += 1
-        if n_join and (st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != end0):
-            if n == n_join:
-                st_i[S_UNIFORM] = 1
-                st_f[SF_UNIFORM] = end0
-            else:
-                st_i[S_UNIFORM] = 0
+        settle_uniform(n, n_join, end0, st_i, st_f)
         res = 0
         for i in range(n):
             kv = dec_i[D_KV, i]
@@ -336,26 +271,8 @@ def run(arrival, prompt, output, final,
         kvb[FREE, k - 1] = capacity - held * b
         running = n - n_join + n_adm   # the step's batch: decodes and prefills
         tokens = n   # decodes + the prefills' first tokens
-        # completions, in join order (ImplicitBatch._finish)
-        w = 0
-        for i in range(n):
-            if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
-                rid = dec_i[D_RID, i]
-                finish[rid] = end
-                last_tok[rid] = end
-                generated[rid] = dec_i[D_GEN, i]
-                tbt_max[rid] = dec_f[DF_TBT, i]
-                status[rid] = DONE_STATUS
-                free += dec_i[D_BLOCKS, i]
-            else:
-                if w != i:
-                    for q in range(DEC_I_ROWS):
-                        dec_i[q, w] = dec_i[q, i]
-                    for q in range(DEC_F_ROWS):
-                        dec_f[q, w] = dec_f[q, i]
-                w += 1
-        st_i[S_NDEC] = w
-        st_i[S_FREE] = free
+        # completions, in join order (ImplicitBatch._finish): their blocks go back
+        st_i[S_FREE] = free + finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i)
         record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
                rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)
         st_i[S_ITER] += 1

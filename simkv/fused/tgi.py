@@ -13,21 +13,12 @@ queries.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import numpy as np
 
-from simkv import compiled, fused
-from simkv.fused.driver import (CHUNK_ITERATIONS, COLUMNS, FusedRun, ProgressFn, cost_tables, limits_f, wanted,
-                                why_not_any)
+from simkv.fused.driver import CHUNK_ITERATIONS, COLUMNS, ProgressFn, start, why_not_any
 from simkv.metrics.compiled_recorder import CompiledRecorder
 from simkv.sched.implicit_batch import ImplicitBatch
 from simkv.sched.tgi import TgiScheduler
-
-
-def kernel_module() -> ModuleType | None:
-    """simkv.fused.tgi_kernel, or None where numba is missing or `SIMKV_COMPILED=0`."""
-    return compiled.kernels("simkv.fused.tgi_kernel")
 
 
 def why_not(sim) -> str | None:
@@ -51,32 +42,24 @@ def why_not(sim) -> str | None:
 def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder, float] | None:
     """Run `sim` in the fused loop: (its recorder, the clock at its end), the request table filled
     in; None (nothing changed) where the default engine must run it (the module docstring)."""
-    fused.last_outcome[0] = ""
-    if why_not(sim) is not None or not wanted(sim):
+    s = getattr(sim, "scheduler", None)
+    seqs = getattr(s, "max_num_seqs", 0)
+    # a batch of at most max_concurrent_requests (arrivals beyond it are refused): no decode curves past it
+    batch = min(seqs, getattr(s, "max_concurrent_requests", 0))
+    run = start(sim, why_not, "simkv.fused.tgi_kernel", batch, getattr(s, "max_batch_prefill_tokens", 0) + batch,
+                COLUMNS + ("prefix_query_tokens", "prefix_query_blocks"))
+    if run is None:
         return None
-    k = kernel_module()
-    if k is None:
-        return None
-    s, c, kv, t = sim.scheduler, sim.cost, sim.scheduler.kv, sim.table
-    seqs = s.max_num_seqs
-    tables = cost_tables(c, seqs, s.max_batch_prefill_tokens + seqs)
-    if tables is None:
-        fused.last_outcome[0] = "bailed: decode-attention curves of different lengths"
-        return None
-    run = FusedRun(sim, k, COLUMNS + ("prefix_query_tokens", "prefix_query_blocks"))
-    if not run.usable:
-        return None
+    k, c, kv, t = run.k, sim.cost, s.kv, sim.table
     cfg_i = np.zeros(k.CFG_I_LEN, np.int64)
     cfg_i[[k.C_MAX_SEQS, k.C_PREFILL_BUDGET, k.C_MAX_REPEAT, k.C_BLOCK, k.C_LAYERS, k.C_MAX_POINTS, k.C_CAPACITY,
            k.C_CHUNK, k.C_MAX_IN_SYSTEM, k.C_PREFIX_CACHING]] = (
         seqs, s.max_batch_prefill_tokens, s.max_repeat, kv.block_size, c.layers, run.rec.max_points,
         kv.capacity_tokens, CHUNK_ITERATIONS, s.max_concurrent_requests, int(s.prefix_caching))
-    run.st_i[k.S_FREE] = kv.num_blocks
-    pre_i = np.zeros((k.PRE_I_ROWS, seqs + 1), np.int64)
+    pre_i = np.zeros((k.PRE_I_ROWS, batch + 1), np.int64)
     args = (*run.requests(), np.ascontiguousarray(t.max_new_tokens, np.int64), *run.out.values(), cfg_i,
-            limits_f(k, c, s.batch.warmup_s), *tables.values(), run.st_i, run.st_f,
-            np.zeros((k.DEC_I_ROWS, seqs + 1), np.int64), np.zeros((k.DEC_F_ROWS, seqs + 1)), pre_i,
-            np.zeros(t.num_requests + 1, np.int64), *run.recorder_and_scratch(seqs, s.max_repeat))
+            run.limits_f(s.batch.warmup_s), *run.tables.values(), *run.state(batch), pre_i,
+            *run.recorder_and_scratch(batch, s.max_repeat))
 
     def prefill_attention() -> None:   # the step's chunks, priced by the cost model itself
         n = int(run.st_i[k.S_NPRE])

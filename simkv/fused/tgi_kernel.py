@@ -28,7 +28,8 @@ What it mirrors (each piece keeps the reference's order of float operations):
   `prefill_attention_s` (numpy's log-space curves), stores it in st_f[SF_PRE] and calls again.
 
 It stops with BAIL (simkv.fused.loop_parts) where it does not model a case, and the caller then
-runs the reference engine.
+runs the default engine. The decode commits, joins, completions and step times are the ones the
+paged loop uses too (simkv.fused.loop_parts).
 """
 
 from __future__ import annotations
@@ -38,32 +39,26 @@ import math
 import numpy as np
 from numba import njit
 
-from simkv.cost.attention_kernels import _interp_into, _pairwise
-from simkv.fused.loop_parts import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, DONE,
-                                    EXTERNAL, F_W1, FREE, INTERNAL, PAUSE, RESERVED, S_BAIL, S_ITER, S_NEXT, S_NGAPS,
-                                    S_WCOUNT, S_WHEAD, SF_NOW, TOKEN, arrivals_during, check_step_times, on_idle,
-                                    push_gap, record, step_ends, wait_for_arrival)
-from simkv.metrics.recorder_kernels import F_GAP_MAX
-from simkv.request import DONE as DONE_STATUS
+from simkv.cost.attention_kernels import _pairwise
+from simkv.fused.loop_parts import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE,
+                                    CF_MAX_STEP, CF_SCALE, CF_WARMUP, D_FINAL, D_GEN, D_HOLD, D_KV, DONE, EXTERNAL,
+                                    F_W1, FREE, INTERNAL, PAUSE, RESERVED, S_BAIL, S_FREE, S_ITER, S_NDEC, S_NEXT,
+                                    S_NGAPS, S_ORDER, S_WCOUNT, S_WHEAD, SF_NOW, ST_F_SHARED, ST_I_SHARED, TOKEN,
+                                    arrivals_during, check_step_times, commit_decodes, decode_attention, decode_run,
+                                    finish_decoders, join_decoder, mixed_step_seconds, on_idle, record,
+                                    remaining_steps, settle_uniform, sizes_fit, step_ends, wait_for_arrival)
 
 CALL = 3   # the step's prefill attention is wanted from the caller
 # cfg_i
 (C_MAX_SEQS, C_PREFILL_BUDGET, C_MAX_REPEAT, C_BLOCK, C_LAYERS, C_MAX_POINTS, C_CAPACITY, C_CHUNK, C_MAX_IN_SYSTEM,
  C_PREFIX_CACHING) = range(10)
 CFG_I_LEN = 10
-# cfg_f
-CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ, CF_WARMUP, CF_MAX_STEP = range(6)
-CFG_F_LEN = 6
-# st_i / st_f: the shared slots (simkv.fused.loop_parts), then these
-S_NDEC, S_NPRE, S_ORDER, S_FREE, S_UNIFORM, S_PHASE = range(8, 14)
-ST_I_LEN = 14
-SF_UNIFORM, SF_PRE = 3, 4
-ST_F_LEN = 5
-# dec_i rows (decoders, in join order) / dec_f rows
-D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_HELD, D_MEAS, D_ORDER = range(8)
-DEC_I_ROWS = 8
-DF_TBT, DF_LAST = range(2)
-DEC_F_ROWS = 2
+# st_i / st_f: the shared slots (simkv.fused.loop_parts; cfg_f and the decoders' rows too), then these
+S_NPRE, S_PHASE = ST_I_SHARED, ST_I_SHARED + 1
+ST_I_LEN = ST_I_SHARED + 2
+SF_PRE = ST_F_SHARED
+ST_F_LEN = ST_F_SHARED + 1
+D_HELD = D_HOLD   # a decoder holds the slots of its reservation
 # pre_i rows (prefilling requests, in admission order; P_NEW: this step's chunk)
 P_RID, P_COMPUTED, P_TARGET, P_HELD, P_ORDER, P_NEW = range(6)
 PRE_I_ROWS = 6
@@ -88,7 +83,7 @@ def _table_prefill(pre_i, n_pre, prefill_tab, vals):
 def run(arrival, prompt, output, final, max_new,
         status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, query_tokens, query_blocks,
         cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
-        st_i, st_f, dec_i, dec_f, pre_i, waiting,
+        st_i, st_f, dec_i, dec_f, waiting, pre_i,
         rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
         dur, ends, kvb, wbs, vals):
     """Run the replica from the state in `st_*` until it has nothing left to do (DONE), for
@@ -98,8 +93,7 @@ def run(arrival, prompt, output, final, max_new,
     max_seqs, budget0, max_repeat, b = cfg_i[C_MAX_SEQS], cfg_i[C_PREFILL_BUDGET], cfg_i[C_MAX_REPEAT], cfg_i[C_BLOCK]
     layers, max_points, capacity = cfg_i[C_LAYERS], cfg_i[C_MAX_POINTS], cfg_i[C_CAPACITY]
     max_in_system, prefix_caching = cfg_i[C_MAX_IN_SYSTEM], cfg_i[C_PREFIX_CACHING]
-    c_att, scale, host, hps = cfg_f[CF_C_ATT], cfg_f[CF_SCALE], cfg_f[CF_HOST], cfg_f[CF_HOST_PER_SEQ]
-    warm, max_step = cfg_f[CF_WARMUP], cfg_f[CF_MAX_STEP]
+    scale, warm, max_step = cfg_f[CF_SCALE], cfg_f[CF_WARMUP], cfg_f[CF_MAX_STEP]
     wsize = waiting.shape[0]
     gap_room = max_seqs + max_repeat + 2
     done_at = 0
@@ -183,37 +177,18 @@ def run(arrival, prompt, output, final, max_new,
                 if pre_i[P_COMPUTED, q] + pre_i[P_NEW, q] == pre_i[P_TARGET, q]:
                     n_sampled += 1
             n_seqs = n + n_pre
-            if m >= fixed.shape[0] or n_sampled >= lm_tab.shape[0] or m >= whole_tab.shape[0]:
+            if not sizes_fit(m, n_sampled, n, fixed, lm_tab, whole_tab, share):
                 st_i[S_BAIL] = BAIL_TABLE
                 return BAIL
-            dec = 0.0
-            if n:
-                _interp_into(dec_i[D_KV, :n], 1, knots[n], share[n], slopes[n], vals)
-                dec = scale * (0.0 + _pairwise(vals, n))
-            dur[0] = (layers * (fixed[m] + c_att * (pre + dec)) + whole_tab[m] + lm_tab[n_sampled] + host
-                      + hps * n_seqs + 0.0)
+            dec = decode_attention(dec_i, n, 1, knots, share, slopes, scale, vals)
+            dur[0] = mixed_step_seconds(m, n_sampled, n_seqs, pre, dec, fixed, lm_tab, whole_tab, layers, cfg_f)
         else:   # repeated decodes, cut after the step in flight at the next arrival
-            if n >= fixed.shape[0] or n >= lm_tab.shape[0] or n >= whole_tab.shape[0]:
+            if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
                 st_i[S_BAIL] = BAIL_TABLE
                 return BAIL
-            steps = max_repeat
-            for i in range(n):
-                r = dec_i[D_OUT, i] - dec_i[D_GEN, i]
-                if r < steps:
-                    steps = r
-            limit = max(1, steps)
-            fixed_n, whole_n, lm_n = fixed[n], whole_tab[n], lm_tab[n]
-            k = 0
-            prev = now
-            for s in range(limit):
-                if s > 0 and not prev < next_at:   # Replica._steps_to_keep
-                    break
-                _interp_into(dec_i[D_KV, :n], 1 + s, knots[n], share[n], slopes[n], vals)
-                att = scale * (0.0 + _pairwise(vals, n))
-                d = layers * (fixed_n + c_att * att) + whole_n + lm_n + host + hps * n   # decode_run_seconds
-                dur[s] = d
-                prev = prev + d
-                k += 1
+            limit = remaining_steps(dec_i, n, max_repeat)
+            k = decode_run(dec_i, n, limit, True, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes,
+                           layers, cfg_f, vals, dur)
         if not check_step_times(dur, k, max_step):
             st_i[S_BAIL] = BAIL_STEP_TIME
             return BAIL
@@ -228,22 +203,10 @@ def run(arrival, prompt, output, final, max_new,
         st_f[SF_NOW] = end
         num_waiting = st_i[S_WCOUNT]
         # ---------------------------------------------------------------- commit (implicit_batch.py)
-        measured = 0
-        if n:
-            if st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != start:
-                st_i[S_BAIL] = BAIL_NONUNIFORM
-                return BAIL
-            gap = dur[0]
-            for s in range(1, k):
-                if dur[s] > gap:
-                    gap = dur[s]
-            for i in range(n):
-                measured += dec_i[D_MEAS, i]
-                if gap > dec_f[DF_TBT, i]:
-                    dec_f[DF_TBT, i] = gap
-                dec_f[DF_LAST, i] = end
-            st_i[S_UNIFORM] = 1
-            st_f[SF_UNIFORM] = end
+        measured = commit_decodes(dec_i, dec_f, n, dur, k, start, end, st_i, st_f)
+        if measured < 0:
+            st_i[S_BAIL] = BAIL_NONUNIFORM
+            return BAIL
         # the decoders' slots: written, held (their reservations), min(held, final)
         tok = 0
         held = 0
@@ -279,29 +242,8 @@ def run(arrival, prompt, output, final, max_new,
                         pre_i[r, keep] = pre_i[r, q]
                 keep += 1
                 continue
-            g = generated[rid]
-            meas = arrival[rid] >= warm
-            t_max = tbt_max[rid]
-            if g == 0:
-                first_tok[rid] = end0
-            else:   # back after a recompute (not in TGI; kept for the reference's sake)
-                gap = end0 - last_tok[rid]
-                t_max = max(t_max, gap)
-                if meas:
-                    push_gap(gap, 1, gap_v, gap_m, st_i)
-                    if gap > rec_f[F_GAP_MAX]:
-                        rec_f[F_GAP_MAX] = gap
-            i = n
-            dec_i[D_RID, i] = rid
-            dec_i[D_KV, i] = pre_i[P_TARGET, q]
-            dec_i[D_GEN, i] = g + 1
-            dec_i[D_OUT, i] = output[rid]
-            dec_i[D_FINAL, i] = final[rid]
-            dec_i[D_HELD, i] = pre_i[P_HELD, q]
-            dec_i[D_MEAS, i] = 1 if meas else 0
-            dec_i[D_ORDER, i] = pre_i[P_ORDER, q]
-            dec_f[DF_TBT, i] = t_max
-            dec_f[DF_LAST, i] = end0
+            join_decoder(n, rid, pre_i[P_TARGET, q], pre_i[P_HELD, q], pre_i[P_ORDER, q], end0, arrival, output, final,
+                         generated, tbt_max, first_tok, last_tok, warm, dec_i, dec_f, rec_f, gap_v, gap_m, st_i)
             tok += pre_i[P_TARGET, q]
             held += pre_i[P_HELD, q]
             minhf += min(pre_i[P_HELD, q], final[rid])
@@ -309,12 +251,7 @@ def run(arrival, prompt, output, final, max_new,
             n_join += 1
         n_pre = keep
         st_i[S_NPRE] = n_pre
-        if n_join and (st_i[S_UNIFORM] == 0 or st_f[SF_UNIFORM] != end0):
-            if n == n_join:
-                st_i[S_UNIFORM] = 1
-                st_f[SF_UNIFORM] = end0
-            else:
-                st_i[S_UNIFORM] = 0
+        settle_uniform(n, n_join, end0, st_i, st_f)
         # the last step's breakdown: decoders, then the requests still prefilling (prefilling_breakdown)
         tok_p = 0
         res_p = 0
@@ -332,27 +269,9 @@ def run(arrival, prompt, output, final, max_new,
         kvb[EXTERNAL, k - 1] = 0
         kvb[FREE, k - 1] = capacity - held - (tok_p + res_p + int_p)
         tokens = n   # tokens each step: every decoder's, and the first of each prefill completed
-        # completions, in join order (ImplicitBatch._finish): their reservations go back
-        free = st_i[S_FREE]
-        w = 0
-        for i in range(n):
-            if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
-                rid = dec_i[D_RID, i]
-                finish[rid] = end
-                last_tok[rid] = end
-                generated[rid] = dec_i[D_GEN, i]
-                tbt_max[rid] = dec_f[DF_TBT, i]
-                status[rid] = DONE_STATUS
-                free += dec_i[D_HELD, i] // b
-            else:
-                if w != i:
-                    for r in range(DEC_I_ROWS):
-                        dec_i[r, w] = dec_i[r, i]
-                    for r in range(DEC_F_ROWS):
-                        dec_f[r, w] = dec_f[r, i]
-                w += 1
-        st_i[S_NDEC] = w
-        st_i[S_FREE] = free
+        # completions, in join order (ImplicitBatch._finish): their reservations go back (whole blocks)
+        held_done = finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i)
+        st_i[S_FREE] += held_done // b
         record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
                rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)
         st_i[S_ITER] += 1
