@@ -5,6 +5,7 @@ untouched when the loop hands the run back (BAIL)."""
 
 from __future__ import annotations
 
+import weakref
 from types import ModuleType
 from typing import Callable
 
@@ -14,7 +15,7 @@ from simkv import compiled, fused
 from simkv.build import Simulation
 from simkv.cost.calibrated import CalibratedCost
 from simkv.engine import MAX_STEP_S
-from simkv.fused import loop_parts as lp
+from simkv.fused import layout as lp
 from simkv.metrics import _gap_bins
 from simkv.metrics.compiled_recorder import CompiledRecorder, new_recorder
 
@@ -53,11 +54,22 @@ def wanted(sim) -> bool:
     return fused.allowed() and compiled.wanted(sim.table.num_requests)
 
 
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # cost model -> {(seqs, tokens): tables}
+
+
 def cost_tables(c: CalibratedCost, max_seqs: int, max_tokens: int) -> dict[str, np.ndarray] | None:
     """The cost model's numbers a loop reads, taken from the model's own tables and methods (so the
     same floats): per-size tables up to `max_tokens` tokens (at most as far as the model's own
     tables go: a loop hands back a step beyond them, BAIL_TABLE) and one decode-attention curve
-    per batch size up to `max_seqs`. None where the curves differ in length."""
+    per batch size up to `max_seqs`. None where the curves differ in length. Made once per cost
+    model and sizes (a fleet's replicas share their pool's; the loops only read them)."""
+    memo = _TABLES.setdefault(c, {})
+    if (max_seqs, max_tokens) not in memo:
+        memo[max_seqs, max_tokens] = _cost_tables(c, max_seqs, max_tokens)
+    return memo[max_seqs, max_tokens]
+
+
+def _cost_tables(c: CalibratedCost, max_seqs: int, max_tokens: int) -> dict[str, np.ndarray] | None:
     from simkv.cost.attention_kernels import _slopes
     top = min(max(max_tokens, max_seqs), len(c._fixed) - 1)
     curves = [c._decode_curve(b) for b in range(1, max_seqs + 1)]
@@ -80,8 +92,9 @@ class FusedRun:
     """One run of a compiled loop (`kernel`, a module with `run` and the simkv.fused.loop_parts
     slots): the copies of the table's columns it writes, its state arrays, the recorder's."""
 
-    def __init__(self, sim: Simulation, kernel: ModuleType, columns: tuple[str, ...] = COLUMNS) -> None:
-        self.sim, self.k = sim, kernel
+    def __init__(self, sim: Simulation, kernel: ModuleType, columns: tuple[str, ...] = COLUMNS,
+                 routed: np.ndarray | None = None) -> None:
+        self.sim, self.k, self.routed = sim, kernel, routed
         t, run = sim.table, sim.scenario.run
         self.rec = new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s,
                                 run.time_series_points, True)
@@ -89,6 +102,7 @@ class FusedRun:
         self.st_i, self.st_f = np.zeros(kernel.ST_I_LEN, np.int64), np.zeros(kernel.ST_F_LEN)
         self.tables: dict[str, np.ndarray] = {}
         self.st_i[lp.S_SAMPLE] = self.rec._next_sample
+        self.st_i[lp.S_ROUTED] = int(routed is not None)
         self.st_f[lp.SF_DT] = self.rec.dt
         self._rows_i = np.zeros((self.rec.max_points + 2, 8), np.int64)
         self._rows_f = np.zeros((self.rec.max_points + 2, 2))
@@ -99,9 +113,17 @@ class FusedRun:
         return isinstance(self.rec, CompiledRecorder) and self.rec.capacity == self.sim.scheduler.kv.capacity_tokens
 
     def requests(self) -> tuple[np.ndarray, ...]:
-        """The table's inputs every loop reads: arrival, prompt, output and final KV lengths."""
+        """The table's inputs every loop reads: arrival, where arrivals cut runs, when the engine
+        sees them (simkv.fused.loop_parts: the arrival process's clock, or a fleet's hand-overs),
+        prompt, output and final KV lengths."""
         t, i64 = self.sim.table, np.int64
-        return (np.ascontiguousarray(t.arrival_s, float), np.ascontiguousarray(t.prompt_tokens, i64),
+        arrival = np.ascontiguousarray(t.arrival_s, float)
+        if self.routed is not None:
+            cut = fired = np.ascontiguousarray(self.routed, float)
+        else:
+            cut, fired = arrival, np.empty_like(arrival)
+            compiled.kernels("simkv.fused.loop_parts").fire_times(arrival, fired)
+        return (arrival, cut, fired, np.ascontiguousarray(t.prompt_tokens, i64),
                 np.ascontiguousarray(t.output_tokens, i64), np.ascontiguousarray(t.final_kv_tokens, i64))
 
     def limits_f(self, warmup_s: float) -> np.ndarray:
@@ -164,13 +186,14 @@ class FusedRun:
 
 
 def start(sim, why_not: Callable, kernel_name: str, max_batch: int, max_tokens: int,
-          columns: tuple[str, ...]) -> FusedRun | None:
+          columns: tuple[str, ...], routed: np.ndarray | None = None) -> FusedRun | None:
     """The start every fused run shares: None, nothing changed, where the run is not the loop's
     kind (`why_not`), not long enough for compiled kernels to pay, numba is missing, or the cost
     model's decode curves differ in length; else the run, its state and tables set up for a batch of
-    at most `max_batch` sequences and steps of `max_tokens`."""
+    at most `max_batch` sequences and steps of `max_tokens`. `routed`: the replica is a fleet's,
+    handed its requests at these times (simkv.fused.fleet, which has decided whether numba pays)."""
     fused.last_outcome[0] = ""
-    if why_not(sim) is not None or not wanted(sim):
+    if why_not(sim) is not None or (routed is None and not wanted(sim)):
         return None
     kernel = compiled.kernels(kernel_name)
     if kernel is None:
@@ -179,7 +202,7 @@ def start(sim, why_not: Callable, kernel_name: str, max_batch: int, max_tokens: 
     if tables is None:
         fused.last_outcome[0] = "bailed: decode-attention curves of different lengths"
         return None
-    run = FusedRun(sim, kernel, columns)
+    run = FusedRun(sim, kernel, columns, routed)
     if not run.usable:
         return None
     run.tables = tables

@@ -12,12 +12,19 @@ numpy, as the pure recorder bins them (a recompute's gap; a step time near a bin
 
 Arrivals follow Replica._arrivals and _admit. The arrival process sleeps `arrival - now` and wakes
 at `now + (arrival - now)`, which is the arrival time only when that subtraction is exact (the
-previous arrival at least half as late): its own clock, st_f[SF_ARRIVALS], gives the times the
-engine sees arrivals at (`fire`), while the table's times decide where a decode run is cut, as in
-Replica._next_arrival_s. A request refused at build time (status REJECTED) is skipped; one the
-policy refuses (TGI's max_concurrent_requests) becomes REJECTED with REFUSED_BY_ENGINE; neither
-wakes an idle engine. During a multi-step run, the first arrival not refused at build time starts
-the per-step queue depths (Replica._queue_by_step), whether the policy then takes it or not.
+previous arrival at least half as late): a loop is given those times, `fired` (`fire_times`), the
+times the engine sees arrivals at, and `cut`, the times that decide where a decode run is cut: the
+table's, as in Replica._next_arrival_s. A request refused at build time (status REJECTED) is
+skipped; one the policy refuses (TGI's max_concurrent_requests) becomes REJECTED with
+REFUSED_BY_ENGINE; neither wakes an idle engine. During a multi-step run, the first arrival not
+refused at build time starts the per-step queue depths (Replica._queue_by_step), whether the policy
+then takes it or not.
+
+A routed replica (st_i[S_ROUTED], a fleet's, simkv.fused.fleet) has no arrival process: the fleet's
+hands it its requests (`fired` is then the fleet's clock at each hand-over, and `cut` the same).
+Replica.submit cuts a run in flight at the hand-over, so the run is timed and checked whole first
+(`timed_decode_run`); a request refused at build time does not wake it, and its loop stops at its
+last step, without the idle tail: the fleet adds that up to its own end (Recorder.on_idle, on_end).
 """
 
 from __future__ import annotations
@@ -26,32 +33,13 @@ import numpy as np
 from numba import njit
 
 from simkv.cost.attention_kernels import _interp_into, _pairwise
+from simkv.fused.layout import (S_NEXT, S_WHEAD, S_WCOUNT, S_SAMPLE, S_NROWS, S_NGAPS, S_NDEC, S_UNIFORM, S_ROUTED,
+                                SF_NOW, SF_DT, SF_ARRIVALS, SF_UNIFORM, CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ,
+                                CF_MAX_STEP, D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_HOLD, D_MEAS, D_ORDER, DEC_I_ROWS,
+                                DF_TBT, DF_LAST, DEC_F_ROWS, TOKEN, FREE, F_W0, F_W1)
 from simkv.metrics.recorder_kernels import F_GAP_MAX, _bin_position, _near_edge, on_steps
 from simkv.request import DONE as DONE_STATUS
 from simkv.request import REFUSED_BY_ENGINE, REJECTED
-
-# st_i / st_f slots every loop has (a loop's own come after ST_I_SHARED / ST_F_SHARED)
-(S_NEXT, S_WHEAD, S_WCOUNT, S_SAMPLE, S_NROWS, S_NGAPS, S_BAIL, S_ITER, S_NDEC, S_ORDER, S_FREE,
- S_UNIFORM) = range(12)
-ST_I_SHARED = 12
-SF_NOW, SF_DT, SF_ARRIVALS, SF_UNIFORM = range(4)   # SF_UNIFORM: every decoder's last token time, if S_UNIFORM
-ST_F_SHARED = 4
-# cfg_f of every loop: the cost model's scalars, the warm-up, the longest plausible step
-CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ, CF_WARMUP, CF_MAX_STEP = range(6)
-CFG_F_LEN = 6
-# the running decoders, in join order: dec_i rows (D_HOLD: the blocks a paged decoder holds, or the
-# slots of a reservation) and dec_f rows
-D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_HOLD, D_MEAS, D_ORDER = range(8)
-DEC_I_ROWS = 8
-DF_TBT, DF_LAST = range(2)
-DEC_F_ROWS = 2
-# return codes of a loop; a BAIL's reason is in st_i[S_BAIL]
-DONE, PAUSE, BAIL = 0, 1, 2
-BAIL_TIE, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_NONUNIFORM = 1, 2, 3, 4, 5
-# the recorder's KV rows and state slots (simkv.kv.base, simkv.metrics.recorder_kernels)
-TOKEN, RESERVED, INTERNAL, EXTERNAL, FREE = range(5)
-F_W0, F_W1 = 8, 9
-NO_LIMIT = np.iinfo(np.int64).max
 
 
 @njit(cache=True)
@@ -130,43 +118,54 @@ def fire(a, clock):
 
 
 @njit(cache=True)
-def wait_for_arrival(arrival, status, reason, waiting, max_in_system, st_i, st_f):
+def fire_times(arrival, out):
+    """Replica._arrivals' clock at each arrival of `arrival` (sorted), into `out`: its `fired` times."""
+    clock = 0.0
+    for i in range(arrival.shape[0]):
+        clock = fire(arrival[i], clock)
+        out[i] = clock
+
+
+@njit(cache=True)
+def wait_for_arrival(fired, status, reason, waiting, max_in_system, st_i, st_f):
     """An idle engine (nothing running or waiting) sleeps until an arrival joins the queue: every
     arrival of that instant is offered first. With the arrivals over and none taken, it wakes at
-    the last one. Returns when it slept from (the clock is then the wake-up time)."""
-    n_req = arrival.shape[0]
+    the last one (the arrival process ends; a routed replica sleeps on: its clock stays). Returns
+    when it slept from (the clock is then the wake-up time)."""
+    n_req = fired.shape[0]
     nxt = st_i[S_NEXT]
     idle_from = st_f[SF_NOW]
     clock = st_f[SF_ARRIVALS]
     woke = False
     while nxt < n_req:
-        if woke and arrival[nxt] > clock:   # the process sleeps: the engine wakes first
+        if woke and fired[nxt] > clock:   # the process sleeps: the engine wakes first
             break
-        clock = fire(arrival[nxt], clock)
+        clock = fired[nxt]
         if status[nxt] != REJECTED and _offer(nxt, 0, max_in_system, status, reason, waiting, st_i):
             woke = True
         nxt += 1
     st_i[S_NEXT] = nxt
     st_f[SF_ARRIVALS] = clock
-    st_f[SF_NOW] = clock
+    if woke or st_i[S_ROUTED] == 0:
+        st_f[SF_NOW] = clock
     return idle_from
 
 
 @njit(cache=True)
-def arrivals_during(arrival, status, reason, waiting, max_in_system, in_batch, ends, k, wbs, st_i, st_f):
+def arrivals_during(fired, status, reason, waiting, max_in_system, in_batch, ends, k, wbs, st_i, st_f):
     """The arrivals while steps ending at ends[:k] run (those the arrival process takes before the
     last end), offered then. Returns whether the steps get a queue depth each (in `wbs`), or -1 if
     an arrival falls exactly on the last end (simpy would order the two by when each was scheduled)."""
-    n_req = arrival.shape[0]
+    n_req = fired.shape[0]
     nxt = st_i[S_NEXT]
     end = ends[k - 1]
     wc0 = st_i[S_WCOUNT]
     clock = st_f[SF_ARRIVALS]
     by_step = False
-    while nxt < n_req and fire(arrival[nxt], clock) < end:
+    while nxt < n_req and fired[nxt] < end:
         rid = nxt
         nxt += 1
-        clock = fire(arrival[rid], clock)
+        clock = fired[rid]
         if status[rid] == REJECTED:
             continue
         if k > 1 and not by_step:   # the queue as the run began
@@ -179,11 +178,19 @@ def arrivals_during(arrival, status, reason, waiting, max_in_system, in_batch, e
                 wbs[s] = st_i[S_WCOUNT]
     st_i[S_NEXT] = nxt
     st_f[SF_ARRIVALS] = clock
-    if nxt < n_req and fire(arrival[nxt], clock) == end:
+    if nxt < n_req and fired[nxt] == end:
         return -1
     if by_step:
         wbs[k - 1] = st_i[S_WCOUNT]
     return 1 if by_step else 0
+
+
+@njit(cache=True)
+def on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs):
+    """Recorder.on_end: the rest of the measured window idle; not for a routed replica, whose
+    fleet ends it later (the module docstring)."""
+    if st_i[S_ROUTED] == 0 and now < rec_f[F_W1]:
+        on_idle(now, rec_f[F_W1], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
 
 
 @njit(cache=True)
@@ -362,4 +369,27 @@ def decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_ta
         dur[s] = d
         prev = prev + d
         k += 1
+    return k
+
+
+@njit(cache=True)
+def timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes, layers,
+                     cfg_f, vals, dur, st_i):
+    """`decode_run` as the replica times it: alone, only the steps it keeps; routed, all `limit`
+    steps (Replica._durations knows no next arrival), checked (Replica._check_step_times), then cut
+    after the step in flight at the next hand-over where the run is arrival-sensitive
+    (Replica._end_run_now). Returns how many steps run, or -1 for a step time the engine rejects."""
+    if st_i[S_ROUTED] == 0:
+        return decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes,
+                          layers, cfg_f, vals, dur)
+    k = decode_run(dec_i, n, limit, False, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes, layers, cfg_f,
+                   vals, dur)
+    if not check_step_times(dur, k, cfg_f[CF_MAX_STEP]):
+        return -1
+    if sensitive:
+        prev = now
+        for s in range(k):
+            if s > 0 and not prev < next_at:
+                return s
+            prev = prev + dur[s]
     return k

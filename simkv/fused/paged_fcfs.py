@@ -22,6 +22,8 @@ from simkv.sched.continuous import ContinuousBatchingScheduler
 from simkv.sched.implicit_batch import ImplicitBatch
 
 
+COLUMNS_WRITTEN = COLUMNS + ("num_preemptions",)   # the request table's columns the loop fills in
+
 def why_not(sim) -> str | None:
     """Why this fused engine cannot run `sim` (a simkv.build.Simulation), or None if it can."""
     s = getattr(sim, "scheduler", None)
@@ -34,12 +36,14 @@ def why_not(sim) -> str | None:
     return why_not_any(sim)
 
 
-def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder, float] | None:
+def run_fused(sim, progress: ProgressFn | None = None,
+              routed: np.ndarray | None = None) -> tuple[CompiledRecorder, float] | None:
     """Run `sim` in the fused loop: (its recorder, the clock at its end), the request table filled
-    in; None (nothing changed) where the default engine must run it (the module docstring)."""
+    in; None (nothing changed) where the default engine must run it (the module docstring).
+    `routed`: a fleet's replica, handed its requests at these times (simkv.fused.fleet)."""
     s = getattr(sim, "scheduler", None)
     run = start(sim, why_not, "simkv.fused.paged_fcfs_kernel", getattr(s, "max_num_seqs", 0),
-                getattr(s, "max_num_batched_tokens", 0), COLUMNS + ("num_preemptions",))
+                getattr(s, "max_num_batched_tokens", 0), COLUMNS_WRITTEN, routed)
     if run is None:
         return None
     k, c, kv = run.k, sim.cost, s.kv

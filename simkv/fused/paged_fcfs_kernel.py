@@ -47,14 +47,15 @@ import numpy as np
 from numba import njit
 
 from simkv.cost.attention_kernels import _pairwise
-from simkv.fused.loop_parts import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE,
-                                    CF_MAX_STEP, CF_SCALE, CF_WARMUP, D_GEN, D_HOLD, D_KV, D_FINAL, D_RID, DF_LAST,
-                                    DF_TBT, DONE, EXTERNAL, F_W1, FREE, INTERNAL, NO_LIMIT, PAUSE, RESERVED, S_BAIL,
-                                    S_FREE, S_ITER, S_NDEC, S_NEXT, S_NGAPS, S_ORDER, S_WCOUNT, S_WHEAD, SF_NOW,
-                                    ST_F_SHARED, ST_I_SHARED, TOKEN, arrivals_during, check_step_times,
-                                    commit_decodes, decode_attention, decode_run, finish_decoders, join_decoder,
-                                    mixed_step_seconds, on_idle, record, remaining_steps, settle_uniform, sizes_fit,
-                                    step_ends, wait_for_arrival)
+from simkv.fused.layout import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
+                                CF_SCALE, CF_WARMUP, DF_LAST, DF_TBT, DONE, D_FINAL, D_GEN, D_HOLD, D_KV, D_RID,
+                                EXTERNAL, FREE, INTERNAL, NO_LIMIT, PAUSE, RESERVED, SF_NOW, ST_F_SHARED,
+                                ST_I_SHARED, S_BAIL, S_FREE, S_ITER, S_NDEC, S_NEXT, S_NGAPS, S_ORDER, S_WCOUNT,
+                                S_WHEAD, TOKEN)
+from simkv.fused.loop_parts import (arrivals_during, check_step_times, commit_decodes, decode_attention,
+                                    finish_decoders, join_decoder, mixed_step_seconds, on_end, on_idle, record,
+                                    remaining_steps, settle_uniform, sizes_fit, step_ends, timed_decode_run,
+                                    wait_for_arrival)
 
 # cfg_i
 C_MAX_SEQS, C_MAX_BATCHED, C_WATERMARK, C_MAX_REPEAT, C_BLOCK, C_LAYERS, C_MAX_POINTS, C_CAPACITY, C_CHUNK = range(9)
@@ -65,7 +66,7 @@ D_BLOCKS = D_HOLD   # a decoder holds blocks
 
 
 @njit(cache=True)
-def run(arrival, prompt, output, final,
+def run(arrival, cut, fired, prompt, output, final,
         status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, npre,
         cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
         st_i, st_f, dec_i, dec_f, waiting,
@@ -95,11 +96,10 @@ def run(arrival, prompt, output, final,
         n = st_i[S_NDEC]
         # ---------------------------------------------------------------- idle (Replica._step_loop)
         if st_i[S_WCOUNT] == 0 and n == 0:
-            if st_i[S_NEXT] == n_req:   # rec.on_end
-                if now < rec_f[F_W1]:
-                    on_idle(now, rec_f[F_W1], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
+            if st_i[S_NEXT] == n_req:
+                on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
                 return DONE
-            idle_from = wait_for_arrival(arrival, status, reason, waiting, NO_LIMIT, st_i, st_f)
+            idle_from = wait_for_arrival(fired, status, reason, waiting, NO_LIMIT, st_i, st_f)
             on_idle(idle_from, st_f[SF_NOW], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
             continue
         # ---------------------------------------------------------------- schedule (continuous.py)
@@ -154,7 +154,7 @@ def run(arrival, prompt, output, final,
             return BAIL
         # ---------------------------------------------------------------- step times (calibrated.py)
         nxt = st_i[S_NEXT]
-        next_at = arrival[nxt] if nxt < n_req else np.inf
+        next_at = cut[nxt] if nxt < n_req else np.inf
         if n_adm or nv:
             k = 1
             m = n + new_sum
@@ -192,8 +192,11 @@ def run(arrival, prompt, output, final,
                         hi = mid
                 limit = lo
             sensitive = st_i[S_WCOUNT] == 0   # nobody waits: an arrival can change the plan
-            k = decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes,
-                           layers, cfg_f, vals, dur)
+            k = timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share,
+                                 slopes, layers, cfg_f, vals, dur, st_i)
+            if k < 0:
+                st_i[S_BAIL] = BAIL_STEP_TIME
+                return BAIL
         if not check_step_times(dur, k, max_step):
             st_i[S_BAIL] = BAIL_STEP_TIME
             return BAIL
@@ -201,7 +204,7 @@ def run(arrival, prompt, output, final,
         step_ends(start, dur, k, ends)
         end = ends[k - 1]
         # ---------------------------------------------------------------- arrivals during the steps
-        by_step = arrivals_during(arrival, status, reason, waiting, NO_LIMIT, n + n_adm, ends, k, wbs, st_i, st_f)
+        by_step = arrivals_during(fired, status, reason, waiting, NO_LIMIT, n + n_adm, ends, k, wbs, st_i, st_f)
         if by_step < 0:
             st_i[S_BAIL] = BAIL_TIE
             return BAIL

@@ -21,6 +21,8 @@ from simkv.sched.implicit_batch import ImplicitBatch
 from simkv.sched.tgi import TgiScheduler
 
 
+COLUMNS_WRITTEN = COLUMNS + ("prefix_query_tokens", "prefix_query_blocks")   # the request table's columns the loop fills in
+
 def why_not(sim) -> str | None:
     """Why this fused engine cannot run `sim` (a simkv.build.Simulation), or None if it can."""
     s = getattr(sim, "scheduler", None)
@@ -39,15 +41,17 @@ def why_not(sim) -> str | None:
     return why_not_any(sim)
 
 
-def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder, float] | None:
+def run_fused(sim, progress: ProgressFn | None = None,
+              routed: np.ndarray | None = None) -> tuple[CompiledRecorder, float] | None:
     """Run `sim` in the fused loop: (its recorder, the clock at its end), the request table filled
-    in; None (nothing changed) where the default engine must run it (the module docstring)."""
+    in; None (nothing changed) where the default engine must run it (the module docstring).
+    `routed`: a fleet's replica, handed its requests at these times (simkv.fused.fleet)."""
     s = getattr(sim, "scheduler", None)
     seqs = getattr(s, "max_num_seqs", 0)
     # a batch of at most max_concurrent_requests (arrivals beyond it are refused): no decode curves past it
     batch = min(seqs, getattr(s, "max_concurrent_requests", 0))
     run = start(sim, why_not, "simkv.fused.tgi_kernel", batch, getattr(s, "max_batch_prefill_tokens", 0) + batch,
-                COLUMNS + ("prefix_query_tokens", "prefix_query_blocks"))
+                COLUMNS_WRITTEN, routed)
     if run is None:
         return None
     k, c, kv, t = run.k, sim.cost, s.kv, sim.table

@@ -40,13 +40,14 @@ import numpy as np
 from numba import njit
 
 from simkv.cost.attention_kernels import _pairwise
-from simkv.fused.loop_parts import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE,
-                                    CF_MAX_STEP, CF_SCALE, CF_WARMUP, D_FINAL, D_GEN, D_HOLD, D_KV, DONE, EXTERNAL,
-                                    F_W1, FREE, INTERNAL, PAUSE, RESERVED, S_BAIL, S_FREE, S_ITER, S_NDEC, S_NEXT,
-                                    S_NGAPS, S_ORDER, S_WCOUNT, S_WHEAD, SF_NOW, ST_F_SHARED, ST_I_SHARED, TOKEN,
-                                    arrivals_during, check_step_times, commit_decodes, decode_attention, decode_run,
-                                    finish_decoders, join_decoder, mixed_step_seconds, on_idle, record,
-                                    remaining_steps, settle_uniform, sizes_fit, step_ends, wait_for_arrival)
+from simkv.fused.layout import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
+                                CF_SCALE, CF_WARMUP, DONE, D_FINAL, D_GEN, D_HOLD, D_KV, EXTERNAL, FREE, INTERNAL,
+                                PAUSE, RESERVED, SF_NOW, ST_F_SHARED, ST_I_SHARED, S_BAIL, S_FREE, S_ITER, S_NDEC,
+                                S_NEXT, S_NGAPS, S_ORDER, S_WCOUNT, S_WHEAD, TOKEN)
+from simkv.fused.loop_parts import (arrivals_during, check_step_times, commit_decodes, decode_attention,
+                                    finish_decoders, join_decoder, mixed_step_seconds, on_end, on_idle, record,
+                                    remaining_steps, settle_uniform, sizes_fit, step_ends, timed_decode_run,
+                                    wait_for_arrival)
 
 CALL = 3   # the step's prefill attention is wanted from the caller
 # cfg_i
@@ -80,7 +81,7 @@ def _table_prefill(pre_i, n_pre, prefill_tab, vals):
 
 
 @njit(cache=True)
-def run(arrival, prompt, output, final, max_new,
+def run(arrival, cut, fired, prompt, output, final, max_new,
         status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, query_tokens, query_blocks,
         cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
         st_i, st_f, dec_i, dec_f, waiting, pre_i,
@@ -112,12 +113,10 @@ def run(arrival, prompt, output, final, max_new,
             done_at += 1
             # ------------------------------------------------------------ idle (Replica._step_loop)
             if st_i[S_WCOUNT] == 0 and n == 0 and n_pre == 0:
-                if st_i[S_NEXT] == n_req:   # rec.on_end
-                    if now < rec_f[F_W1]:
-                        on_idle(now, rec_f[F_W1], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb,
-                                wbs)
+                if st_i[S_NEXT] == n_req:
+                    on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
                     return DONE
-                idle_from = wait_for_arrival(arrival, status, reason, waiting, max_in_system, st_i, st_f)
+                idle_from = wait_for_arrival(fired, status, reason, waiting, max_in_system, st_i, st_f)
                 on_idle(idle_from, st_f[SF_NOW], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb,
                         wbs)
                 continue
@@ -167,7 +166,7 @@ def run(arrival, prompt, output, final, max_new,
                     return CALL
         # ---------------------------------------------------------------- step times (calibrated.py)
         nxt = st_i[S_NEXT]
-        next_at = arrival[nxt] if nxt < n_req else np.inf
+        next_at = cut[nxt] if nxt < n_req else np.inf
         if chunks:
             k = 1
             m = n
@@ -187,8 +186,11 @@ def run(arrival, prompt, output, final, max_new,
                 st_i[S_BAIL] = BAIL_TABLE
                 return BAIL
             limit = remaining_steps(dec_i, n, max_repeat)
-            k = decode_run(dec_i, n, limit, True, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes,
-                           layers, cfg_f, vals, dur)
+            k = timed_decode_run(dec_i, n, limit, True, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes,
+                                 layers, cfg_f, vals, dur, st_i)
+            if k < 0:
+                st_i[S_BAIL] = BAIL_STEP_TIME
+                return BAIL
         if not check_step_times(dur, k, max_step):
             st_i[S_BAIL] = BAIL_STEP_TIME
             return BAIL
@@ -196,7 +198,7 @@ def run(arrival, prompt, output, final, max_new,
         step_ends(start, dur, k, ends)
         end = ends[k - 1]
         # ---------------------------------------------------------------- arrivals during the steps
-        by_step = arrivals_during(arrival, status, reason, waiting, max_in_system, n + n_pre, ends, k, wbs, st_i, st_f)
+        by_step = arrivals_during(fired, status, reason, waiting, max_in_system, n + n_pre, ends, k, wbs, st_i, st_f)
         if by_step < 0:
             st_i[S_BAIL] = BAIL_TIE
             return BAIL

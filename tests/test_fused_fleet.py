@@ -1,0 +1,134 @@
+"""Issue 17 (speed): a fleet whose router decides without looking at load (round robin, random)
+runs each replica in its fused loop (simkv.fused.fleet), and gives what the fleet on the simpy clock
+gives, bit for bit: the summary with its fleet block, the request table with pool and replica, and
+the time series. Generated fleets cover paged FCFS and TGI replicas, refusals beyond
+max_concurrent_requests, requests refused at build time, replicas that get no request, two pools of
+different engines and a measured window after a warm-up. Fleets it does not model (a router that
+reads load, faults, a decision delay, sessions) and a hand-over at exactly a step's end go to simpy."""
+
+from __future__ import annotations
+
+import json
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from simkv import fused
+from simkv.files.scenario_file import validate_scenario
+from simkv.fused import fleet as fused_fleet
+from simkv.request import REFUSED_BY_ENGINE
+from simkv.simulate import prepared, run_simulation, stream_for
+from test_step_grouping import _assert_same   # summary, request table and time series, bit for bit
+
+pytest.importorskip("numba")
+
+BASE = dict(name="fused-fleet", model="llama3-8b", hardware={"gpu": "h100"},
+            engine={"gpu_memory_utilization": 0.24, "max_model_len": 4096},
+            workload={"arrival": {"process": "poisson", "rate": 40.0},
+                      "prompt_tokens": {"dist": "lognormal", "mean": 700, "p99": 3000, "max": 5000},
+                      "output_tokens": {"dist": "exponential", "mean": 120, "max": 500}},
+            run={"seed": 3, "num_requests": 240, "warmup_s": 0.5},
+            fleet={"router": {"policy": "round_robin"}, "pools": [{"name": "a", "replicas": 3}]})
+
+
+@pytest.fixture(autouse=True)
+def _compiled(monkeypatch):
+    monkeypatch.setenv("SIMKV_COMPILED", "1")   # short runs too (simkv.compiled)
+
+
+def _scenario(engine=None, workload=None, run=None, fleet=None):
+    raw = json.loads(json.dumps(BASE))
+    for key, part in (("engine", engine), ("workload", workload), ("run", run), ("fleet", fleet)):
+        raw[key].update(part or {})
+    return validate_scenario(raw, "test")
+
+
+def _run(sc, stream=None):
+    return run_simulation(next(prepared(sc, stream=stream))[2], "base")
+
+
+def _both(sc, expect: str = "fused fleet", stream=None):
+    """The fleet run with its replicas fused, and on simpy: equal; the fused run."""
+    got = _run(sc, stream)
+    assert fused.last_outcome[0] == expect
+    with fused.disabled():
+        _assert_same(got, _run(sc, stream))
+    return got
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy=st.sampled_from(["round_robin", "random"]), replicas=st.sampled_from([1, 2, 5, 16]),
+       preset=st.sampled_from(["simkv", "tgi"]), rate=st.sampled_from([5.0, 40.0, 150.0]),
+       concurrent=st.sampled_from([4, 128]), second_pool=st.booleans(), points=st.sampled_from([2000, 40]),
+       seed=st.integers(0, 5))
+def test_generated_fleets_equal_the_fleet_on_simpy(policy, replicas, preset, rate, concurrent, second_pool, points,
+                                                    seed):
+    engine = {"preset": preset}
+    if preset == "tgi":
+        engine["max_concurrent_requests"] = concurrent
+    pools = [{"name": "a", "replicas": replicas}]
+    if second_pool:   # the other engine, in a pool of its own
+        other = {"engine.preset": "tgi", "engine.max_concurrent_requests": concurrent} if preset == "simkv" else \
+            {"engine.preset": "simkv"}
+        pools.append({"name": "b", "replicas": 2, "set": other})
+    _both(_scenario(engine=engine, workload={"arrival": {"process": "poisson", "rate": rate}},
+                    run={"seed": seed, "time_series_points": points, "warmup_s": 40 / rate},
+                    fleet={"router": {"policy": policy}, "pools": pools}))
+
+
+def test_refusals_rejections_and_idle_replicas():
+    """TGI refuses beyond max_concurrent_requests, prompts over max_model_len are refused at build
+    time, and of 16 replicas given 10 requests six get none (they idle to the fleet's end)."""
+    got = _both(_scenario(engine={"preset": "tgi", "max_concurrent_requests": 2},
+                          workload={"arrival": {"process": "poisson", "rate": 300.0},
+                                    "prompt_tokens": {"dist": "lognormal", "mean": 900, "p99": 5000, "max": 9000}},
+                          fleet={"pools": [{"name": "a", "replicas": 2}]}))
+    reasons = np.asarray(got.requests["reject_reason"])
+    assert (reasons == REFUSED_BY_ENGINE).any() and (reasons == 1).any()   # 1: longer than max_model_len
+    idle = _both(_scenario(run={"num_requests": 10, "warmup_s": 0.0}, fleet={"pools": [{"name": "a", "replicas": 16}]}))
+    routed = [r["routed"] for r in idle.summary["fleet"]["per_replica"]]
+    assert routed == [1] * 10 + [0] * 6
+
+
+def test_a_one_replica_fleet_equals_the_lone_replica():
+    sc = _scenario(fleet={"pools": [{"name": "a", "replicas": 1}]})
+    got = _both(sc)
+    lone = _run(sc.model_copy(update={"fleet": None}))
+    assert fused.last_outcome[0] == "fused"
+    for key in ("finish_s", "first_token_s", "status"):
+        np.testing.assert_array_equal(np.asarray(got.requests[key]), np.asarray(lone.requests[key]))
+    assert got.summary["throughput"] == lone.summary["throughput"]
+
+
+@pytest.mark.parametrize("fleet, reason", [
+    ({"router": {"policy": "least_loaded"}}, "the router decides as requests come"),
+    ({"router": {"policy": "round_robin", "decision_delay_s": 0.001}}, "the router decides as requests come"),
+    ({"faults": [{"pool": "a", "replica": 0, "at_s": 1.0}]}, "replica faults"),
+])
+def test_fleets_it_does_not_model_run_on_simpy(fleet, reason):
+    sc = _scenario(fleet=fleet)
+    assert fused_fleet.why_not(next(prepared(sc))[2]).startswith(reason)
+    _both(sc, expect="")
+
+
+def test_sessions_and_engines_without_a_loop_run_on_simpy():
+    sessions = _scenario(workload={"sessions": {"turns": {"dist": "fixed", "value": 2}, "think_s": 1.0,
+                                                "user_tokens": {"dist": "fixed", "value": 50}}})
+    assert fused_fleet.why_not(next(prepared(sessions))[2]).startswith("the router decides")
+    vllm = _scenario(engine={"preset": "vllm-v1"})
+    assert fused_fleet.why_not(next(prepared(vllm))[2]).startswith("replica 0: no fused engine fits")
+
+
+def test_a_hand_over_at_a_step_end_goes_to_simpy():
+    """simpy orders a hand-over and a step end at the same instant by when each was scheduled: the
+    replica's loop hands the fleet back, and simpy runs it (with the same results as without fused loops)."""
+    sc = _scenario(workload={"arrival": {"process": "poisson", "rate": 2.0}}, run={"warmup_s": 0.0},
+                   fleet={"pools": [{"name": "a", "replicas": 1}]})
+    stream = stream_for(sc)
+    first = _both(sc, stream=stream)
+    step_end = float(np.asarray(first.requests["first_token_s"])[0])   # request 0's prefill: the first step
+    assert stream.arrival_s[1] > step_end
+    stream.arrival_s[1] = step_end
+    _both(sc, expect="bailed: an arrival at exactly a step's end", stream=stream)
