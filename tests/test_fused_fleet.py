@@ -102,14 +102,36 @@ def test_a_one_replica_fleet_equals_the_lone_replica():
     assert got.summary["throughput"] == lone.summary["throughput"]
 
 
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy=st.sampled_from(["least_loaded", "session"]), load=st.sampled_from(["requests", "tokens"]),
+       replicas=st.sampled_from([1, 2, 5, 16]), rate=st.sampled_from([5.0, 40.0, 150.0]),
+       mem=st.sampled_from([0.24, 0.4]), seqs=st.sampled_from([8, 256]), points=st.sampled_from([2000, 40]),
+       seed=st.integers(0, 5))
+def test_generated_least_loaded_fleets_equal_the_fleet_on_simpy(policy, load, replicas, rate, mem, seqs, points, seed):
+    """One lockstep loop (simkv.fused.fleet_loop): the router reads every replica's answers as they
+    come; preemption (tight caches), rejections and runs cut by hand-overs included."""
+    _both(_scenario(engine={"gpu_memory_utilization": mem, "max_num_seqs": seqs},
+                    workload={"arrival": {"process": "poisson", "rate": rate}},
+                    run={"seed": seed, "time_series_points": points, "warmup_s": 40 / rate},
+                    fleet={"router": {"policy": policy, "load": load}, "pools": [{"name": "a", "replicas": replicas}]}))
+
+
 @pytest.mark.parametrize("fleet, reason", [
-    ({"router": {"policy": "least_loaded"}}, "the router decides as requests come"),
-    ({"router": {"policy": "round_robin", "decision_delay_s": 0.001}}, "the router decides as requests come"),
-    ({"faults": [{"pool": "a", "replica": 0, "at_s": 1.0}]}, "replica faults"),
+    ({"router": {"policy": "least_loaded", "state_interval_s": 0.5}}, "not a least-loaded router"),
+    ({"router": {"policy": "least_loaded", "decision_delay_s": 0.001}}, "not a least-loaded router"),
+    ({"router": {"policy": "kv_aware"}}, "not a least-loaded router"),
+    ({"router": {"policy": "least_loaded"}, "faults": [{"pool": "a", "replica": 0, "at_s": 1.0}]}, "faults"),
 ])
 def test_fleets_it_does_not_model_run_on_simpy(fleet, reason):
     sc = _scenario(fleet=fleet)
-    assert fused_fleet.why_not(next(prepared(sc))[2]).startswith(reason)
+    built = next(prepared(sc))[2]
+    assert fused_fleet.why_not(built) is not None and fused_fleet.why_not_lockstep(built).startswith(reason)
+    _both(sc, expect="")
+
+
+def test_a_least_loaded_fleet_of_tgi_replicas_runs_on_simpy():
+    sc = _scenario(engine={"preset": "tgi"}, fleet={"router": {"policy": "least_loaded"}})
+    assert fused_fleet.why_not_lockstep(next(prepared(sc))[2]).startswith("replica 0: not one replica under the fcfs")
     _both(sc, expect="")
 
 
@@ -117,15 +139,17 @@ def test_sessions_and_engines_without_a_loop_run_on_simpy():
     sessions = _scenario(workload={"sessions": {"turns": {"dist": "fixed", "value": 2}, "think_s": 1.0,
                                                 "user_tokens": {"dist": "fixed", "value": 50}}})
     assert fused_fleet.why_not(next(prepared(sessions))[2]).startswith("the router decides")
+    assert fused_fleet.why_not_lockstep(next(prepared(sessions))[2]).startswith("not a least-loaded router")
     vllm = _scenario(engine={"preset": "vllm-v1"})
     assert fused_fleet.why_not(next(prepared(vllm))[2]).startswith("replica 0: no fused engine fits")
 
 
-def test_a_hand_over_at_a_step_end_goes_to_simpy():
+@pytest.mark.parametrize("policy", ["round_robin", "least_loaded"])
+def test_a_hand_over_at_a_step_end_goes_to_simpy(policy):
     """simpy orders a hand-over and a step end at the same instant by when each was scheduled: the
     replica's loop hands the fleet back, and simpy runs it (with the same results as without fused loops)."""
     sc = _scenario(workload={"arrival": {"process": "poisson", "rate": 2.0}}, run={"warmup_s": 0.0},
-                   fleet={"pools": [{"name": "a", "replicas": 1}]})
+                   fleet={"router": {"policy": policy}, "pools": [{"name": "a", "replicas": 1}]})
     stream = stream_for(sc)
     first = _both(sc, stream=stream)
     step_end = float(np.asarray(first.requests["first_token_s"])[0])   # request 0's prefill: the first step

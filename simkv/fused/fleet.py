@@ -25,8 +25,13 @@ import numpy as np
 
 from simkv import compiled, fused
 from simkv.build import Simulation
+from simkv.fused import layout as lp
+from simkv.fused import paged_fcfs
 from simkv.fused.dispatch import ENGINES
-from simkv.fused.driver import ProgressFn
+from simkv.engine import MAX_STEP_S
+from simkv.fused.driver import BAIL_REASONS, CHUNK_ITERATIONS, GAP_BUFFER, ProgressFn, cost_tables
+from simkv.metrics import _gap_bins
+from simkv.metrics.compiled_recorder import new_recorder
 
 
 def why_not(fleet) -> str | None:
@@ -48,17 +53,43 @@ def why_not(fleet) -> str | None:
     return None
 
 
+def why_not_lockstep(fleet) -> str | None:
+    """Why `fleet` cannot run as one lockstep loop (simkv.fused.fleet_loop), or None if it can."""
+    spec, t, router = fleet.spec, fleet.t, fleet.spec.router
+    if router.policy not in ("least_loaded", "session") or router.state_interval_s > 0 or router.decision_delay_s > 0:
+        return "not a least-loaded router that sees answers at once and decides at once"
+    if spec.faults or fleet.autoscaler is not None or fleet.disagg is not None or fleet.clients is not None:
+        return "faults, autoscaling, P/D or closed-loop clients"
+    if t.next_turn is not None or fleet._fans or (router.policy == "session" and t.session is not None):
+        return "sessions or parallel sampling"
+    if len(fleet.pools) != 1:
+        return "more than one pool"
+    if t.num_requests == 0:
+        return "no requests"
+    a = t.arrival_s
+    if not np.all(np.isfinite(a)) or (len(a) > 1 and np.any(a[1:] < a[:-1])):
+        return "arrival times not finite and sorted"
+    for g in range(len(fleet.replicas)):
+        reason = paged_fcfs.why_not(_replica_sim(fleet, g, None))
+        if reason is not None:
+            return f"replica {g}: {reason}"
+    return None
+
+
 def run_fused(fleet, progress: ProgressFn | None = None) -> float | None:
-    """Run every replica of `fleet` in its fused loop: the fleet's end time, the fleet filled in as
-    `Fleet.run` leaves it; None, nothing changed, where the fleet must run on simpy (`why_not`, numba
-    missing or not paying for a run this long, or a loop's BAIL: simkv.fused.last_outcome says)."""
+    """Run `fleet` in fused loops: the fleet's end time, the fleet filled in as `Fleet.run` leaves
+    it; None, nothing changed, where it must run on simpy (`why_not` and `why_not_lockstep` both
+    find something, numba is missing or does not pay for a run this long, or a loop's BAIL:
+    simkv.fused.last_outcome says)."""
     fused.last_outcome[0] = ""
     n = fleet.t.num_requests
-    if not fused.allowed() or not compiled.wanted(n) or why_not(fleet) is not None:
+    if not fused.allowed() or not compiled.wanted(n):
         return None
     parts = compiled.kernels("simkv.fused.loop_parts")
     if parts is None:
         return None
+    if why_not(fleet) is not None:
+        return run_lockstep(fleet, progress) if why_not_lockstep(fleet) is None else None
     plan = fleet._plan
     fired = np.empty(n)
     parts.fire_times(np.ascontiguousarray(fleet.t.arrival_s, float), fired)   # Fleet._arrivals' clock
@@ -120,3 +151,92 @@ def _rows_of(t, rows: np.ndarray):
     out.num_requests = int(len(rows))
     return out
 
+
+def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
+    """Run a fleet of paged FCFS replicas behind least_loaded in one compiled loop
+    (simkv.fused.fleet_loop): the fleet's end, or None (nothing changed) where the loop hands it back."""
+    fl = compiled.kernels("simkv.fused.fleet_loop")
+    if fl is None:
+        return None
+    pk = compiled.kernels("simkv.fused.paged_fcfs_kernel")
+    pool = fleet.pools[0]
+    sim, t, r = pool.sim, pool.sim.table, len(fleet.replicas)
+    s, c, n = sim.scheduler, sim.cost, t.num_requests
+    seqs = s.max_num_seqs
+    tables = cost_tables(c, seqs, s.max_num_batched_tokens)
+    if tables is None:
+        fused.last_outcome[0] = "bailed: decode-attention curves of different lengths"
+        return None
+    recs = [new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s,
+                         sim.scenario.run.time_series_points, True) for _ in range(r)]
+    if type(recs[0]).__name__ != "CompiledRecorder" or recs[0].capacity != s.kv.capacity_tokens:
+        return None
+    out = {name: getattr(t, name).copy() for name in paged_fcfs.COLUMNS_WRITTEN}
+    i64 = np.int64
+    arrival = np.ascontiguousarray(t.arrival_s, float)
+    fired = np.empty(n)
+    compiled.kernels("simkv.fused.loop_parts").fire_times(arrival, fired)   # Fleet._arrivals' clock
+    st_i, st_f = np.zeros((r, pk.ST_I_LEN), i64), np.zeros((r, pk.ST_F_LEN))
+    st_i[:, lp.S_FREE] = s.kv.num_blocks
+    st_i[:, lp.S_ROUTED] = st_i[:, lp.S_LOCKSTEP] = 1
+    st_i[:, lp.S_SAMPLE] = recs[0]._next_sample
+    st_f[:, lp.SF_DT] = recs[0].dt
+    cfg_i = np.zeros(pk.CFG_I_LEN, i64)
+    cfg_i[[pk.C_MAX_SEQS, pk.C_MAX_BATCHED, pk.C_WATERMARK, pk.C_MAX_REPEAT, pk.C_BLOCK, pk.C_LAYERS, pk.C_MAX_POINTS,
+           pk.C_CAPACITY, pk.C_CHUNK]] = (seqs, s.max_num_batched_tokens, s.watermark_blocks, s.max_repeat,
+                                          s.kv.block_size, c.layers, recs[0].max_points, s.kv.capacity_tokens,
+                                          CHUNK_ITERATIONS)
+    cfg_f = np.zeros(lp.CFG_F_LEN)
+    cfg_f[[lp.CF_C_ATT, lp.CF_SCALE, lp.CF_HOST, lp.CF_HOST_PER_SEQ, lp.CF_WARMUP, lp.CF_MAX_STEP]] = (
+        c.c_att, c.decode_attention_scale, c.host_overhead_s, c.host_per_seq_s, s.batch.warmup_s, MAX_STEP_S)
+    steps = s.max_repeat + 1
+    room = max(GAP_BUFFER, 4 * (seqs + steps + 1))
+    rec_f, rec_i, hist = (np.stack([getattr(x, a) for x in recs]) for a in ("_f", "_i", "_gap_hist"))
+    rows_i, rows_f = np.zeros((r, recs[0].max_points + 2, 8), i64), np.zeros((r, recs[0].max_points + 2, 2))
+    gap_v, gap_m = np.zeros((r, room)), np.zeros((r, room), i64)
+    router_f = np.zeros((r, 2))
+    fl_i, fl_f = np.zeros(fl.FL_I_LEN, i64), np.zeros(fl.FL_F_LEN)
+    fl_i[fl.FL_BY_TOKENS] = int(fleet.spec.router.load == "tokens")
+    fl_i[fl.FL_CHUNK] = CHUNK_ITERATIONS
+    next_at, decisions, replica_of = np.full(r, np.inf), np.zeros(r, i64), np.full(n, -1, i64)
+    req_tokens = (fleet.t.prompt_tokens + fleet.t.max_new_tokens).astype(float)   # Router._tokens
+    args = (arrival, fired, np.zeros(0), np.ascontiguousarray(t.prompt_tokens, i64),
+            np.ascontiguousarray(t.output_tokens, i64), np.ascontiguousarray(t.final_kv_tokens, i64), *out.values(),
+            cfg_i, cfg_f, *tables.values(), st_i, st_f, np.zeros((r, lp.DEC_I_ROWS, seqs + 1), i64),
+            np.zeros((r, lp.DEC_F_ROWS, seqs + 1)), np.zeros((r, n + 1), i64), rec_f, rec_i, hist, rows_i, rows_f,
+            gap_v, gap_m, np.zeros((r, steps)), np.zeros((r, steps)), np.zeros((r, 5, steps), i64),
+            np.zeros((r, steps), i64), np.zeros((r, seqs + 1)), np.zeros((r, pk.PLAN_I_ROWS, seqs), i64), req_tokens,
+            router_f, fl_i, fl_f, next_at, decisions, replica_of)
+    while True:
+        code = fl.run(*args)
+        for g in range(r):   # token gaps numpy bins, as the pure recorder does
+            k = int(st_i[g, lp.S_NGAPS])
+            if k:
+                np.add.at(hist[g], _gap_bins(gap_v[g, :k]), gap_m[g, :k])
+                st_i[g, lp.S_NGAPS] = 0
+        if code == lp.BAIL:
+            reason = int(st_i[int(fl_i[fl.FL_REPLICA]), lp.S_BAIL])
+            fused.last_outcome[0] = "bailed: " + BAIL_REASONS.get(reason, "unknown")
+            return None
+        if code == lp.DONE:
+            break
+        if progress is not None:
+            progress(int(fl_i[fl.FL_NEXT]), n, float(st_f[:, lp.SF_NOW].max()))
+    for name, values in out.items():
+        getattr(t, name)[:] = values
+    end = max(float(fired[-1]), float(st_f[:, lp.SF_NOW].max()))
+    for g, rec in enumerate(recs):
+        rec._f[:], rec._i[:], rec._gap_hist[:] = rec_f[g], rec_i[g], hist[g]
+        rows = int(st_i[g, lp.S_NROWS])
+        rec._rows = [(int(ri[0]), float(rf[0]), *map(int, ri[1:6]), float(rf[1]), int(ri[6]), int(ri[7]))
+                     for ri, rf in zip(rows_i[g, :rows].tolist(), rows_f[g, :rows].tolist())]
+        rec._next_sample, rec.dt = int(st_i[g, lp.S_SAMPLE]), float(st_f[g, lp.SF_DT])
+        rec.on_idle(float(st_f[g, lp.SF_NOW]), end)   # woken by the fleet's close
+        rec.on_end(end)
+        pool.recorders[g] = fleet.replicas[g].recorder = rec
+    fleet.pool_of[:], fleet.replica_of[:] = pool.index, replica_of
+    fleet.router.decisions[:] = decisions
+    fleet.lifetimes = [[[0.0, end]] for _ in fleet.replicas]
+    fleet._closed = True
+    fused.last_outcome[0] = "fused fleet"
+    return end

@@ -7,9 +7,13 @@ from __future__ import annotations
 # st_i / st_f slots every loop has (a loop's own come after ST_I_SHARED / ST_F_SHARED)
 (S_NEXT, S_WHEAD, S_WCOUNT, S_SAMPLE, S_NROWS, S_NGAPS, S_BAIL, S_ITER, S_NDEC, S_ORDER, S_FREE,
  S_UNIFORM, S_ROUTED) = range(13)
-ST_I_SHARED = 13
-SF_NOW, SF_DT, SF_ARRIVALS, SF_UNIFORM = range(4)   # SF_UNIFORM: every decoder's last token time, if S_UNIFORM
-ST_F_SHARED = 4
+# a replica in a lockstep fleet (simkv.fused.fleet_loop): its steps wait for the fleet's hand-overs
+# (S_PENDING: a step planned and timed, S_K steps, not yet committed; S_SENS: a hand-over cuts it;
+# S_BYSTEP: hand-overs during it gave per-step queue depths; S_CLOSED: no more will come)
+S_LOCKSTEP, S_PENDING, S_K, S_SENS, S_BYSTEP, S_CLOSED = range(13, 19)
+ST_I_SHARED = 19
+SF_NOW, SF_DT, SF_ARRIVALS, SF_UNIFORM, SF_HORIZON = range(5)   # SF_UNIFORM: every decoder's last token time, if S_UNIFORM
+ST_F_SHARED = 5
 # cfg_f of every loop: the cost model's scalars, the warm-up, the longest plausible step
 CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ, CF_WARMUP, CF_MAX_STEP = range(6)
 CFG_F_LEN = 6
@@ -20,7 +24,7 @@ DEC_I_ROWS = 8
 DF_TBT, DF_LAST = range(2)
 DEC_F_ROWS = 2
 # return codes of a loop; a BAIL's reason is in st_i[S_BAIL]
-DONE, PAUSE, BAIL = 0, 1, 2
+DONE, PAUSE, BAIL, WAIT = 0, 1, 2, 4   # WAIT: a lockstep replica waits for the fleet (3 is TGI's CALL)
 BAIL_TIE, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_NONUNIFORM = 1, 2, 3, 4, 5
 # the recorder's KV rows and state slots (simkv.kv.base, simkv.metrics.recorder_kernels)
 TOKEN, RESERVED, INTERNAL, EXTERNAL, FREE = range(5)

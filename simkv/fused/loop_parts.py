@@ -36,7 +36,8 @@ from simkv.cost.attention_kernels import _interp_into, _pairwise
 from simkv.fused.layout import (S_NEXT, S_WHEAD, S_WCOUNT, S_SAMPLE, S_NROWS, S_NGAPS, S_NDEC, S_UNIFORM, S_ROUTED,
                                 SF_NOW, SF_DT, SF_ARRIVALS, SF_UNIFORM, CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ,
                                 CF_MAX_STEP, D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_HOLD, D_MEAS, D_ORDER, DEC_I_ROWS,
-                                DF_TBT, DF_LAST, DEC_F_ROWS, TOKEN, FREE, F_W0, F_W1)
+                                DF_TBT, DF_LAST, DEC_F_ROWS, TOKEN, FREE, F_W0, F_W1, S_LOCKSTEP, S_PENDING,
+                                S_BAIL, SF_HORIZON, WAIT, BAIL, BAIL_TIE)
 from simkv.metrics.recorder_kernels import F_GAP_MAX, _bin_position, _near_edge, on_steps
 from simkv.request import DONE as DONE_STATUS
 from simkv.request import REFUSED_BY_ENGINE, REJECTED
@@ -189,7 +190,7 @@ def arrivals_during(fired, status, reason, waiting, max_in_system, in_batch, end
 def on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs):
     """Recorder.on_end: the rest of the measured window idle; not for a routed replica, whose
     fleet ends it later (the module docstring)."""
-    if st_i[S_ROUTED] == 0 and now < rec_f[F_W1]:
+    if st_i[S_ROUTED] == 0 and st_i[S_LOCKSTEP] == 0 and now < rec_f[F_W1]:
         on_idle(now, rec_f[F_W1], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
 
 
@@ -292,14 +293,19 @@ def settle_uniform(n, n_join, end0, st_i, st_f):
 
 
 @njit(cache=True)
-def finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i):
+def finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i, req_tokens, router_f):
     """ImplicitBatch._finish: the decoders with all their tokens are done at `end` and leave, the
-    rest keep their join order (st_i[S_NDEC]). Returns what those done held (D_HOLD), summed."""
+    rest keep their join order (st_i[S_NDEC]). Returns what those done held (D_HOLD), summed. In a
+    lockstep fleet each answer reaches the router then, in that order (Router.answered: one request
+    and its `req_tokens` fewer outstanding, in router_f)."""
     freed = 0
     w = 0
     for i in range(n):
         if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
             rid = dec_i[D_RID, i]
+            if st_i[S_LOCKSTEP]:
+                router_f[0] -= 1.0
+                router_f[1] -= req_tokens[rid]
             finish[rid] = end
             last_tok[rid] = end
             generated[rid] = dec_i[D_GEN, i]
@@ -393,3 +399,18 @@ def timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, wh
                 return s
             prev = prev + dur[s]
     return k
+
+
+@njit(cache=True)
+def lockstep_wait(end, st_i, st_f):
+    """A lockstep replica's step planned and timed, ending at `end`: WAIT (pending) if the fleet's
+    next hand-over comes first, BAIL on a tie (simpy orders those by event creation), else -1 (commit)."""
+    h = st_f[SF_HORIZON]
+    if end > h:
+        st_i[S_PENDING] = 1
+        return WAIT
+    if end == h:
+        st_i[S_BAIL] = BAIL_TIE
+        return BAIL
+    st_i[S_PENDING] = 0
+    return -1

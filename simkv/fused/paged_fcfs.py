@@ -53,5 +53,6 @@ def run_fused(sim, progress: ProgressFn | None = None,
                                         kv.block_size, c.layers, run.rec.max_points, kv.capacity_tokens,
                                         CHUNK_ITERATIONS)
     args = (*run.requests(), *run.out.values(), cfg_i, run.limits_f(s.batch.warmup_s), *run.tables.values(),
-            *run.state(s.max_num_seqs), *run.recorder_and_scratch(s.max_num_seqs, s.max_repeat))
+            *run.state(s.max_num_seqs), *run.recorder_and_scratch(s.max_num_seqs, s.max_repeat),
+            np.zeros((k.PLAN_I_ROWS, s.max_num_seqs), np.int64), *run.NO_ROUTER)
     return run.drive(args, progress)

@@ -47,12 +47,13 @@ import numpy as np
 from numba import njit
 
 from simkv.cost.attention_kernels import _pairwise
-from simkv.fused.layout import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
+from simkv.fused.layout import (S_LOCKSTEP, S_PENDING, S_K, S_SENS, S_BYSTEP, S_CLOSED, SF_HORIZON, WAIT,
+                                BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
                                 CF_SCALE, CF_WARMUP, DF_LAST, DF_TBT, DONE, D_FINAL, D_GEN, D_HOLD, D_KV, D_RID,
                                 EXTERNAL, FREE, INTERNAL, NO_LIMIT, PAUSE, RESERVED, SF_NOW, ST_F_SHARED,
                                 ST_I_SHARED, S_BAIL, S_FREE, S_ITER, S_NDEC, S_NEXT, S_NGAPS, S_ORDER, S_WCOUNT,
                                 S_WHEAD, TOKEN)
-from simkv.fused.loop_parts import (arrivals_during, check_step_times, commit_decodes, decode_attention,
+from simkv.fused.loop_parts import (lockstep_wait, arrivals_during, check_step_times, commit_decodes, decode_attention,
                                     finish_decoders, join_decoder, mixed_step_seconds, on_end, on_idle, record,
                                     remaining_steps, settle_uniform, sizes_fit, step_ends, timed_decode_run,
                                     wait_for_arrival)
@@ -61,7 +62,11 @@ from simkv.fused.loop_parts import (arrivals_during, check_step_times, commit_de
 C_MAX_SEQS, C_MAX_BATCHED, C_WATERMARK, C_MAX_REPEAT, C_BLOCK, C_LAYERS, C_MAX_POINTS, C_CAPACITY, C_CHUNK = range(9)
 CFG_I_LEN = 9
 # st_i / st_f: only the shared slots (simkv.fused.loop_parts; cfg_f and the decoders' rows too)
-ST_I_LEN, ST_F_LEN = ST_I_SHARED, ST_F_SHARED
+# st_i: a pending step's preempted and admitted requests (in plan_i's rows; lockstep fleets only)
+S_NV, S_NADM = ST_I_SHARED, ST_I_SHARED + 1
+ST_I_LEN, ST_F_LEN = ST_I_SHARED + 2, ST_F_SHARED
+P_ADMITTED, P_NEW, P_VICTIMS = range(3)   # plan_i rows
+PLAN_I_ROWS = 3
 D_BLOCKS = D_HOLD   # a decoder holds blocks
 
 
@@ -71,11 +76,14 @@ def run(arrival, cut, fired, prompt, output, final,
         cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
         st_i, st_f, dec_i, dec_f, waiting,
         rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
-        dur, ends, kvb, wbs, vals):
+        dur, ends, kvb, wbs, vals, plan_i, req_tokens, router_f):
     """Run the replica from the state in `st_*` until it has nothing left to do (DONE), for
     cfg_i[C_CHUNK] iterations or until the gap buffers fill (PAUSE), or until it meets what it
     does not model (BAIL, reason in st_i[S_BAIL]). The rows of `knots`, `share` and `slopes` (one
-    per batch size) are the decode-attention curves; `*_tab` the cost model's per-size tables."""
+    per batch size) are the decode-attention curves; `*_tab` the cost model's per-size tables.
+    In a lockstep fleet (st_i[S_LOCKSTEP], simkv.fused.fleet_loop) the fleet hands requests over
+    itself: the loop runs up to the fleet's next hand-over (st_f[SF_HORIZON]) and WAITs there, a
+    step in flight kept pending (its plan in `plan_i` and the S_* slots); answers go to `router_f`."""
     n_req = arrival.shape[0]
     max_seqs, max_batched = cfg_i[C_MAX_SEQS], cfg_i[C_MAX_BATCHED]
     watermark, max_repeat, b = cfg_i[C_WATERMARK], cfg_i[C_MAX_REPEAT], cfg_i[C_BLOCK]
@@ -84,9 +92,8 @@ def run(arrival, cut, fired, prompt, output, final,
     wsize = waiting.shape[0]
     gap_cap = gap_v.shape[0]
     gap_room = max_seqs + max_repeat + 2   # the most gaps one iteration leaves (its recompute gaps and steps)
-    admitted = np.empty(max_seqs, np.int64)
-    new_tok = np.empty(max_seqs, np.int64)
-    victims = np.empty(max_seqs, np.int64)
+    admitted, new_tok, victims = plan_i[P_ADMITTED], plan_i[P_NEW], plan_i[P_VICTIMS]
+    lockstep = st_i[S_LOCKSTEP] != 0
     done_at = 0
     while True:
         if done_at >= cfg_i[C_CHUNK] or st_i[S_NGAPS] + gap_room > gap_cap:
@@ -94,120 +101,141 @@ def run(arrival, cut, fired, prompt, output, final,
         done_at += 1
         now = st_f[SF_NOW]
         n = st_i[S_NDEC]
-        # ---------------------------------------------------------------- idle (Replica._step_loop)
-        if st_i[S_WCOUNT] == 0 and n == 0:
-            if st_i[S_NEXT] == n_req:
-                on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
-                return DONE
-            idle_from = wait_for_arrival(fired, status, reason, waiting, NO_LIMIT, st_i, st_f)
-            on_idle(idle_from, st_f[SF_NOW], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
-            continue
-        # ---------------------------------------------------------------- schedule (continuous.py)
-        # make room: preempt the newest decoder (the last column) until the decodes' blocks fit
-        nv = 0
-        free = st_i[S_FREE]
-        need = 0
-        for i in range(n):
-            if dec_i[D_KV, i] % b == 0:
-                need += 1
-        while need > free:
-            i = n - 1
-            rid = dec_i[D_RID, i]
-            generated[rid] = dec_i[D_GEN, i]
-            tbt_max[rid] = dec_f[DF_TBT, i]
-            last_tok[rid] = dec_f[DF_LAST, i]
-            free += dec_i[D_BLOCKS, i]
-            if dec_i[D_KV, i] % b == 0:
-                need -= 1
-            victims[nv] = rid
-            nv += 1
-            n -= 1
-        for v in range(nv):   # newest first, so the oldest victim ends at the front
-            st_i[S_WHEAD] = (st_i[S_WHEAD] - 1) % wsize
-            waiting[st_i[S_WHEAD]] = victims[v]
-            st_i[S_WCOUNT] += 1
-        n_adm = 0
-        new_sum = 0
-        if nv == 0:   # admit from the head of the queue
-            budget = max_batched - n
-            running = n
-            keep_free = watermark + need
-            while st_i[S_WCOUNT] > 0 and running < max_seqs:
-                rid = waiting[st_i[S_WHEAD]]
-                new = prompt[rid] + generated[rid]
-                if new > budget:
-                    break
-                blocks = -(-new // b)
-                if blocks + keep_free > free:
-                    break
-                st_i[S_WHEAD] = (st_i[S_WHEAD] + 1) % wsize
-                st_i[S_WCOUNT] -= 1
-                free -= blocks
-                admitted[n_adm] = rid
-                new_tok[n_adm] = new
-                n_adm += 1
-                new_sum += new
-                budget -= new
-                running += 1
-        if n == 0 and n_adm == 0:   # nothing can run though requests wait (the reference raises)
-            st_i[S_BAIL] = BAIL_STUCK
-            return BAIL
-        # ---------------------------------------------------------------- step times (calibrated.py)
-        nxt = st_i[S_NEXT]
-        next_at = cut[nxt] if nxt < n_req else np.inf
-        if n_adm or nv:
-            k = 1
-            m = n + new_sum
-            n_seqs = n + n_adm
-            if not sizes_fit(m, n_seqs, n, fixed, lm_tab, whole_tab, share):
-                st_i[S_BAIL] = BAIL_TABLE
+        if st_i[S_PENDING]:   # a lockstep step, pending: its plan as made (the fleet may have cut it since)
+            k, nv, n_adm, free, by_step = st_i[S_K], st_i[S_NV], st_i[S_NADM], st_i[S_FREE], st_i[S_BYSTEP]
+        else:
+            # ---------------------------------------------------------------- idle (Replica._step_loop)
+            if st_i[S_WCOUNT] == 0 and n == 0:
+                if lockstep:   # the fleet hands it its requests (and wakes it: simkv.fused.fleet_loop)
+                    if st_i[S_CLOSED]:
+                        return DONE
+                    return WAIT
+                if st_i[S_NEXT] == n_req:
+                    on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
+                    return DONE
+                idle_from = wait_for_arrival(fired, status, reason, waiting, NO_LIMIT, st_i, st_f)
+                on_idle(idle_from, st_f[SF_NOW], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
+                continue
+            if lockstep and now >= st_f[SF_HORIZON]:   # woken: the hand-overs of this instant come first
+                return WAIT
+            # ---------------------------------------------------------------- schedule (continuous.py)
+            # make room: preempt the newest decoder (the last column) until the decodes' blocks fit
+            nv = 0
+            free = st_i[S_FREE]
+            need = 0
+            for i in range(n):
+                if dec_i[D_KV, i] % b == 0:
+                    need += 1
+            while need > free:
+                i = n - 1
+                rid = dec_i[D_RID, i]
+                generated[rid] = dec_i[D_GEN, i]
+                tbt_max[rid] = dec_f[DF_TBT, i]
+                last_tok[rid] = dec_f[DF_LAST, i]
+                free += dec_i[D_BLOCKS, i]
+                if dec_i[D_KV, i] % b == 0:
+                    need -= 1
+                victims[nv] = rid
+                nv += 1
+                n -= 1
+            for v in range(nv):   # newest first, so the oldest victim ends at the front
+                st_i[S_WHEAD] = (st_i[S_WHEAD] - 1) % wsize
+                waiting[st_i[S_WHEAD]] = victims[v]
+                st_i[S_WCOUNT] += 1
+            n_adm = 0
+            new_sum = 0
+            if nv == 0:   # admit from the head of the queue
+                budget = max_batched - n
+                running = n
+                keep_free = watermark + need
+                while st_i[S_WCOUNT] > 0 and running < max_seqs:
+                    rid = waiting[st_i[S_WHEAD]]
+                    new = prompt[rid] + generated[rid]
+                    if new > budget:
+                        break
+                    blocks = -(-new // b)
+                    if blocks + keep_free > free:
+                        break
+                    st_i[S_WHEAD] = (st_i[S_WHEAD] + 1) % wsize
+                    st_i[S_WCOUNT] -= 1
+                    free -= blocks
+                    admitted[n_adm] = rid
+                    new_tok[n_adm] = new
+                    n_adm += 1
+                    new_sum += new
+                    budget -= new
+                    running += 1
+            if n == 0 and n_adm == 0:   # nothing can run though requests wait (the reference raises)
+                st_i[S_BAIL] = BAIL_STUCK
                 return BAIL
-            pre = 0.0
-            if n_adm == 1:
-                if new_tok[0] >= prefill_tab.shape[0]:
+            # ---------------------------------------------------------------- step times (calibrated.py)
+            nxt = st_i[S_NEXT]
+            next_at = cut[nxt] if nxt < cut.shape[0] else np.inf   # (a lockstep fleet cuts runs itself)
+            if n_adm or nv:
+                k = 1
+                m = n + new_sum
+                n_seqs = n + n_adm
+                if not sizes_fit(m, n_seqs, n, fixed, lm_tab, whole_tab, share):
                     st_i[S_BAIL] = BAIL_TABLE
                     return BAIL
-                pre = prefill_tab[new_tok[0]]
-            elif n_adm > 1:
-                for q in range(n_adm):
-                    if new_tok[q] >= prefill_tab.shape[0]:
+                pre = 0.0
+                if n_adm == 1:
+                    if new_tok[0] >= prefill_tab.shape[0]:
                         st_i[S_BAIL] = BAIL_TABLE
                         return BAIL
-                    vals[q] = prefill_tab[new_tok[q]]
-                pre = 0.0 + _pairwise(vals, n_adm)   # float(self._prefill[new].sum())
-            dec = decode_attention(dec_i, n, 1, knots, share, slopes, scale, vals)
-            dur[0] = mixed_step_seconds(m, n_seqs, n_seqs, pre, dec, fixed, lm_tab, whole_tab, layers, cfg_f)
-        else:   # repeated decodes: up to the first completion, max_repeat and the free blocks
-            if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
-                st_i[S_BAIL] = BAIL_TABLE
-                return BAIL
-            limit = remaining_steps(dec_i, n, max_repeat)
-            if limit > 1 and _blocks_needed(dec_i, n, limit, b) > free:   # BatchBase.max_decode_steps
-                lo, hi = 1, limit
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    if _blocks_needed(dec_i, n, mid, b) <= free:
-                        lo = mid
-                    else:
-                        hi = mid
-                limit = lo
-            sensitive = st_i[S_WCOUNT] == 0   # nobody waits: an arrival can change the plan
-            k = timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share,
-                                 slopes, layers, cfg_f, vals, dur, st_i)
-            if k < 0:
+                    pre = prefill_tab[new_tok[0]]
+                elif n_adm > 1:
+                    for q in range(n_adm):
+                        if new_tok[q] >= prefill_tab.shape[0]:
+                            st_i[S_BAIL] = BAIL_TABLE
+                            return BAIL
+                        vals[q] = prefill_tab[new_tok[q]]
+                    pre = 0.0 + _pairwise(vals, n_adm)   # float(self._prefill[new].sum())
+                dec = decode_attention(dec_i, n, 1, knots, share, slopes, scale, vals)
+                dur[0] = mixed_step_seconds(m, n_seqs, n_seqs, pre, dec, fixed, lm_tab, whole_tab, layers, cfg_f)
+            else:   # repeated decodes: up to the first completion, max_repeat and the free blocks
+                if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
+                    st_i[S_BAIL] = BAIL_TABLE
+                    return BAIL
+                limit = remaining_steps(dec_i, n, max_repeat)
+                if limit > 1 and _blocks_needed(dec_i, n, limit, b) > free:   # BatchBase.max_decode_steps
+                    lo, hi = 1, limit
+                    while hi - lo > 1:
+                        mid = (lo + hi) // 2
+                        if _blocks_needed(dec_i, n, mid, b) <= free:
+                            lo = mid
+                        else:
+                            hi = mid
+                    limit = lo
+                sensitive = st_i[S_WCOUNT] == 0   # nobody waits: an arrival can change the plan
+                k = timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share,
+                                     slopes, layers, cfg_f, vals, dur, st_i)
+                if k < 0:
+                    st_i[S_BAIL] = BAIL_STEP_TIME
+                    return BAIL
+            if not check_step_times(dur, k, max_step):
                 st_i[S_BAIL] = BAIL_STEP_TIME
                 return BAIL
-        if not check_step_times(dur, k, max_step):
-            st_i[S_BAIL] = BAIL_STEP_TIME
-            return BAIL
+            step_ends(now, dur, k, ends)
+            # ---------------------------------------------------------------- arrivals during the steps
+            if lockstep:   # the fleet hands them over while the step is pending
+                st_i[S_NDEC], st_i[S_FREE], st_i[S_K], st_i[S_NV], st_i[S_NADM] = n, free, k, nv, n_adm
+                st_i[S_SENS] = 1 if k > 1 and not (n_adm or nv) and st_i[S_WCOUNT] == 0 else 0
+                st_i[S_BYSTEP] = 0
+                by_step = 0
+            else:
+                by_step = arrivals_during(fired, status, reason, waiting, NO_LIMIT, n + n_adm, ends, k, wbs, st_i, st_f)
+                if by_step < 0:
+                    st_i[S_BAIL] = BAIL_TIE
+                    return BAIL
         start = now
-        step_ends(start, dur, k, ends)
         end = ends[k - 1]
-        # ---------------------------------------------------------------- arrivals during the steps
-        by_step = arrivals_during(fired, status, reason, waiting, NO_LIMIT, n + n_adm, ends, k, wbs, st_i, st_f)
-        if by_step < 0:
-            st_i[S_BAIL] = BAIL_TIE
-            return BAIL
+        if lockstep:
+            code = lockstep_wait(end, st_i, st_f)
+            if code >= 0:
+                return code
+            if by_step:
+                wbs[k - 1] = st_i[S_WCOUNT]
         st_f[SF_NOW] = end
         num_waiting = st_i[S_WCOUNT]
         # ---------------------------------------------------------------- commit (implicit_batch.py)
@@ -275,7 +303,8 @@ def run(arrival, cut, fired, prompt, output, final,
         running = n - n_join + n_adm   # the step's batch: decodes and prefills
         tokens = n   # decodes + the prefills' first tokens
         # completions, in join order (ImplicitBatch._finish): their blocks go back
-        st_i[S_FREE] = free + finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i)
+        st_i[S_FREE] = free + finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i,
+                                                req_tokens, router_f)
         record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
                rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)
         st_i[S_ITER] += 1

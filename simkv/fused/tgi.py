@@ -63,7 +63,7 @@ def run_fused(sim, progress: ProgressFn | None = None,
     pre_i = np.zeros((k.PRE_I_ROWS, batch + 1), np.int64)
     args = (*run.requests(), np.ascontiguousarray(t.max_new_tokens, np.int64), *run.out.values(), cfg_i,
             run.limits_f(s.batch.warmup_s), *run.tables.values(), *run.state(batch), pre_i,
-            *run.recorder_and_scratch(batch, s.max_repeat))
+            *run.recorder_and_scratch(batch, s.max_repeat), *run.NO_ROUTER)
 
     def prefill_attention() -> None:   # the step's chunks, priced by the cost model itself
         n = int(run.st_i[k.S_NPRE])

@@ -1,0 +1,159 @@
+"""The compiled loop of a lockstep fleet (simkv.fused.fleet): one pool of paged FCFS replicas behind
+a router that reads load (least_loaded; session affinity, where every request is its own group), on
+one clock, in one numba function. Equal, number for number, to simkv.fleet.run.Fleet on simpy.
+
+The fleet's arrival process hands request i over at fired[i]. Before it does, every replica runs
+up to that instant (simkv.fused.paged_fcfs_kernel in lockstep: it commits the steps that end
+earlier, its answers reaching the router in order, and keeps the step in flight pending); a step
+ending exactly then is a tie simpy orders by event creation (BAIL). Then the router picks
+(Router.pick: the lowest load, ties taken in turn) and the replica takes the request as
+Replica.submit does: a pending arrival-sensitive run is cut after its step in flight
+(Replica._end_run_now), the request joins the queue (the per-step queue depths of a run follow,
+Replica._queue_by_step), and an idle replica wakes, after every hand-over of that instant.
+
+State: fl_i / fl_f (FL_*), next_at (when each replica next has something to do), the router's
+outstanding requests and tokens per replica (router_f) and its decisions; each replica's arrays
+are the lone loop's, stacked (one row per replica).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from simkv.fused import paged_fcfs_kernel as pk
+from simkv.fused.layout import (BAIL, DONE, PAUSE, S_BYSTEP, S_CLOSED, S_K, S_NDEC, S_PENDING, S_SENS, S_WCOUNT,
+                                S_WHEAD, SF_HORIZON, SF_NOW)
+from simkv.fused.loop_parts import on_idle
+from simkv.request import REJECTED
+
+FL_NEXT, FL_RR, FL_TOKENS_N, FL_BY_TOKENS, FL_CHUNK, FL_REPLICA = range(6)
+FL_I_LEN = 6
+FL_TOKENS_SUM = 0
+FL_F_LEN = 1
+
+
+@njit(cache=True)
+def _pick(router_f, by_tokens, fl_i, fl_f):
+    """Router.pick for least_loaded over every replica: the lowest load (outstanding requests, or
+    tokens in mean-request units), ties within 1e-12 taken in turn."""
+    r = router_f.shape[0]
+    score = np.empty(r)
+    if by_tokens:
+        unit = fl_f[FL_TOKENS_SUM] / fl_i[FL_TOKENS_N] if fl_i[FL_TOKENS_N] else 1.0
+        for g in range(r):
+            score[g] = router_f[g, 1] / unit
+    else:
+        for g in range(r):
+            score[g] = router_f[g, 0]
+    top = score.min() + 1e-12
+    ties = 0
+    for g in range(r):
+        if score[g] <= top:
+            ties += 1
+    want = fl_i[FL_RR] % ties
+    fl_i[FL_RR] += 1
+    for g in range(r):
+        if score[g] <= top:
+            if want == 0:
+                return g
+            want -= 1
+    return -1
+
+
+@njit(cache=True)
+def _next_at(g, st_i, st_f, ends):
+    """When replica g next has something to do: its pending step's end, now if it was woken, never if idle."""
+    if st_i[g, S_PENDING]:
+        return ends[g, st_i[g, S_K] - 1]
+    if st_i[g, S_WCOUNT] or st_i[g, S_NDEC]:
+        return st_f[g, SF_NOW]
+    return np.inf
+
+
+@njit(cache=True)
+def _hand_over(rid, g, f, status, capacity, max_points, st_i, st_f, waiting, rec_f, rows_i, rows_f, ends, kvb, wbs):
+    """Replica.submit(rid) on replica g at `f`: True if it takes the request (False: refused at build time)."""
+    pending = st_i[g, S_PENDING] != 0
+    k = st_i[g, S_K]
+    if pending and st_i[g, S_SENS] and k > 1:   # _end_run_now: the run ends with its step in flight
+        keep = 1 + np.searchsorted(ends[g, :k - 1], f)
+        if keep < k:
+            st_i[g, S_K] = keep
+            k = keep
+    if status[rid] == REJECTED:
+        return False
+    if pending and k > 1 and not st_i[g, S_BYSTEP]:   # the queue as the run began
+        st_i[g, S_BYSTEP] = 1
+        for s in range(k):
+            wbs[g, s] = st_i[g, S_WCOUNT]
+    idle = not pending and st_i[g, S_WCOUNT] == 0 and st_i[g, S_NDEC] == 0
+    wsize = waiting.shape[1]
+    waiting[g, (st_i[g, S_WHEAD] + st_i[g, S_WCOUNT]) % wsize] = rid
+    st_i[g, S_WCOUNT] += 1
+    if pending and st_i[g, S_BYSTEP]:
+        j = np.searchsorted(ends[g, :k], f)   # the first step ending at or after it
+        for s in range(j, k):
+            wbs[g, s] = st_i[g, S_WCOUNT]
+    if idle:   # it wakes (after every hand-over of this instant: it plans when the fleet moves on)
+        on_idle(st_f[g, SF_NOW], f, capacity, max_points, rec_f[g], st_i[g], st_f[g], rows_i[g], rows_f[g], ends[g],
+                kvb[g], wbs[g])
+        st_f[g, SF_NOW] = f
+    return True
+
+
+@njit(cache=True)
+def run(arrival, fired, empty, prompt, output, final,
+        status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, npre,
+        cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
+        st_i, st_f, dec_i, dec_f, waiting,
+        rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
+        dur, ends, kvb, wbs, vals, plan_i, req_tokens, router_f,
+        fl_i, fl_f, next_at, decisions, replica_of):
+    """Run the fleet until every request is answered (DONE), for fl_i[FL_CHUNK] hand-overs (PAUSE,
+    fl_i[FL_REPLICA] -1), until a replica pauses (PAUSE, its index there: its gap buffer wants
+    binning) or until a replica meets what it does not model (BAIL, its index there)."""
+    n_req = fired.shape[0]
+    r = st_i.shape[0]
+    capacity, max_points = cfg_i[pk.C_CAPACITY], cfg_i[pk.C_MAX_POINTS]
+    handed = 0
+    while True:
+        i = fl_i[FL_NEXT]
+        closing = i >= n_req
+        horizon = np.inf if closing else fired[i]
+        # ------------------------------------------------ every replica up to the hand-over
+        for g in range(r):   # (closing: every one, to its end; those done are DONE at once)
+            if not next_at[g] <= horizon:
+                continue
+            st_f[g, SF_HORIZON] = horizon
+            st_i[g, S_CLOSED] = 1 if closing else 0
+            code = pk.run(arrival, empty, empty, prompt, output, final, status, reason, generated, first_sched,
+                          first_tok, finish, last_tok, tbt_max, npre, cfg_i, cfg_f, fixed, prefill_tab, lm_tab,
+                          whole_tab, knots, share, slopes, st_i[g], st_f[g], dec_i[g], dec_f[g], waiting[g],
+                          rec_f[g], rec_i[g], hist[g], rows_i[g], rows_f[g], gap_v[g], gap_m[g], dur[g], ends[g],
+                          kvb[g], wbs[g], vals[g], plan_i[g], req_tokens, router_f[g])
+            if code == PAUSE or code == BAIL:
+                fl_i[FL_REPLICA] = g
+                return code
+            next_at[g] = np.inf if code == DONE else _next_at(g, st_i, st_f, ends)
+        if closing:
+            return DONE
+        # ------------------------------------------------ the router decides; the replica takes it
+        if handed >= fl_i[FL_CHUNK]:
+            fl_i[FL_REPLICA] = -1
+            return PAUSE
+        handed += 1
+        g = _pick(router_f, fl_i[FL_BY_TOKENS], fl_i, fl_f)
+        tok = req_tokens[i]
+        router_f[g, 0] += 1.0   # Router.sent
+        router_f[g, 1] += tok
+        decisions[g] += 1
+        fl_f[FL_TOKENS_SUM] += tok
+        fl_i[FL_TOKENS_N] += 1
+        replica_of[i] = g
+        if not _hand_over(i, g, fired[i], status, capacity, max_points, st_i, st_f, waiting, rec_f, rows_i, rows_f,
+                          ends, kvb, wbs):
+            router_f[g, 0] -= 1.0   # Router.answered(refused=True)
+            router_f[g, 1] -= tok
+        next_at[g] = _next_at(g, st_i, st_f, ends)
+        fl_i[FL_NEXT] = i + 1
