@@ -1,10 +1,12 @@
 """Issue 17 (speed): a fleet whose router decides without looking at load (round robin, random)
-runs each replica in its fused loop (simkv.fused.fleet), and gives what the fleet on the simpy clock
-gives, bit for bit: the summary with its fleet block, the request table with pool and replica, and
-the time series. Generated fleets cover paged FCFS and TGI replicas, refusals beyond
+runs each replica in its fused loop, and a one-pool fleet behind least_loaded runs as one lockstep
+loop (simkv.fused.fleet, fleet_loop); both give what the fleet on the simpy clock gives, bit for
+bit: the summary with its fleet block, the request table with pool and replica, and the time
+series. Generated fleets cover paged FCFS and TGI replicas, refusals beyond
 max_concurrent_requests, requests refused at build time, replicas that get no request, two pools of
-different engines and a measured window after a warm-up. Fleets it does not model (a router that
-reads load, faults, a decision delay, sessions) and a hand-over at exactly a step's end go to simpy."""
+different engines, load in requests or tokens, and a measured window after a warm-up. Fleets it does
+not model (a router's stale view, a decision delay, kv_aware, faults, sessions, two pools behind
+least_loaded) and a hand-over at exactly a step's end go to simpy."""
 
 from __future__ import annotations
 
@@ -102,15 +104,18 @@ def test_a_one_replica_fleet_equals_the_lone_replica():
     assert got.summary["throughput"] == lone.summary["throughput"]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=st.sampled_from(["least_loaded", "session"]), load=st.sampled_from(["requests", "tokens"]),
-       replicas=st.sampled_from([1, 2, 5, 16]), rate=st.sampled_from([5.0, 40.0, 150.0]),
-       mem=st.sampled_from([0.24, 0.4]), seqs=st.sampled_from([8, 256]), points=st.sampled_from([2000, 40]),
-       seed=st.integers(0, 5))
-def test_generated_least_loaded_fleets_equal_the_fleet_on_simpy(policy, load, replicas, rate, mem, seqs, points, seed):
+       preset=st.sampled_from(["simkv", "tgi"]), replicas=st.sampled_from([1, 2, 5, 16]),
+       rate=st.sampled_from([5.0, 40.0, 150.0]), mem=st.sampled_from([0.24, 0.4]), seqs=st.sampled_from([8, 256]),
+       points=st.sampled_from([2000, 40]), seed=st.integers(0, 5))
+def test_generated_least_loaded_fleets_equal_the_fleet_on_simpy(policy, load, preset, replicas, rate, mem, seqs,
+                                                                points, seed):
     """One lockstep loop (simkv.fused.fleet_loop): the router reads every replica's answers as they
-    come; preemption (tight caches), rejections and runs cut by hand-overs included."""
-    _both(_scenario(engine={"gpu_memory_utilization": mem, "max_num_seqs": seqs},
+    come; preemption (paged, tight caches), TGI's refusals (`seqs` is then max_concurrent_requests),
+    prompts split over steps, rejections and runs cut by hand-overs included."""
+    limit = {"max_num_seqs": seqs} if preset == "simkv" else {"max_concurrent_requests": seqs}
+    _both(_scenario(engine={"preset": preset, "gpu_memory_utilization": mem, **limit},
                     workload={"arrival": {"process": "poisson", "rate": rate}},
                     run={"seed": seed, "time_series_points": points, "warmup_s": 40 / rate},
                     fleet={"router": {"policy": policy, "load": load}, "pools": [{"name": "a", "replicas": replicas}]}))
@@ -129,9 +134,11 @@ def test_fleets_it_does_not_model_run_on_simpy(fleet, reason):
     _both(sc, expect="")
 
 
-def test_a_least_loaded_fleet_of_tgi_replicas_runs_on_simpy():
-    sc = _scenario(engine={"preset": "tgi"}, fleet={"router": {"policy": "least_loaded"}})
-    assert fused_fleet.why_not_lockstep(next(prepared(sc))[2]).startswith("replica 0: not one replica under the fcfs")
+def test_a_least_loaded_fleet_of_two_pools_runs_on_simpy():
+    sc = _scenario(fleet={"router": {"policy": "least_loaded"},
+                          "pools": [{"name": "a", "replicas": 2}, {"name": "b", "replicas": 1,
+                                                                  "set": {"engine.preset": "tgi"}}]})
+    assert fused_fleet.why_not_lockstep(next(prepared(sc))[2]) == "more than one pool"
     _both(sc, expect="")
 
 
@@ -140,8 +147,8 @@ def test_sessions_and_engines_without_a_loop_run_on_simpy():
                                                 "user_tokens": {"dist": "fixed", "value": 50}}})
     assert fused_fleet.why_not(next(prepared(sessions))[2]).startswith("the router decides")
     assert fused_fleet.why_not_lockstep(next(prepared(sessions))[2]).startswith("not a least-loaded router")
-    vllm = _scenario(engine={"preset": "vllm-v1"})
-    assert fused_fleet.why_not(next(prepared(vllm))[2]).startswith("replica 0: no fused engine fits")
+    vllm = _scenario(engine={"preset": "vllm-v1"}, fleet={"router": {"policy": "least_loaded"}})
+    assert fused_fleet.why_not_lockstep(next(prepared(vllm))[2]).startswith("pool a: no fused engine fits")
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "least_loaded"])

@@ -88,6 +88,14 @@ def _cost_tables(c: CalibratedCost, max_seqs: int, max_tokens: int) -> dict[str,
             "knots": knots, "share": share, "slopes": slopes}
 
 
+def limits_f(c: CalibratedCost, warmup_s: float) -> np.ndarray:
+    """cfg_f of a loop: the cost model's scalars, the warm-up and the longest plausible step."""
+    cfg_f = np.zeros(lp.CFG_F_LEN)
+    cfg_f[[lp.CF_C_ATT, lp.CF_SCALE, lp.CF_HOST, lp.CF_HOST_PER_SEQ, lp.CF_WARMUP, lp.CF_MAX_STEP]] = (
+        c.c_att, c.decode_attention_scale, c.host_overhead_s, c.host_per_seq_s, warmup_s, MAX_STEP_S)
+    return cfg_f
+
+
 class FusedRun:
     """One run of a compiled loop (`kernel`, a module with `run` and the simkv.fused.loop_parts
     slots): the copies of the table's columns it writes, its state arrays, the recorder's."""
@@ -127,12 +135,8 @@ class FusedRun:
                 np.ascontiguousarray(t.output_tokens, i64), np.ascontiguousarray(t.final_kv_tokens, i64))
 
     def limits_f(self, warmup_s: float) -> np.ndarray:
-        """cfg_f of the loop: the cost model's scalars, the warm-up and the longest plausible step."""
-        c = self.sim.cost
-        cfg_f = np.zeros(lp.CFG_F_LEN)
-        cfg_f[[lp.CF_C_ATT, lp.CF_SCALE, lp.CF_HOST, lp.CF_HOST_PER_SEQ, lp.CF_WARMUP, lp.CF_MAX_STEP]] = (
-            c.c_att, c.decode_attention_scale, c.host_overhead_s, c.host_per_seq_s, warmup_s, MAX_STEP_S)
-        return cfg_f
+        """cfg_f of the loop (`limits_f`)."""
+        return limits_f(self.sim.cost, warmup_s)
 
     def state(self, max_seqs: int) -> tuple[np.ndarray, ...]:
         """The loop's scalars, room for `max_seqs` decoders (their rows, simkv.fused.loop_parts) and the

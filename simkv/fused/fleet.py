@@ -26,10 +26,9 @@ import numpy as np
 from simkv import compiled, fused
 from simkv.build import Simulation
 from simkv.fused import layout as lp
-from simkv.fused import paged_fcfs
+from simkv.fused import paged_fcfs, tgi
 from simkv.fused.dispatch import ENGINES
-from simkv.engine import MAX_STEP_S
-from simkv.fused.driver import BAIL_REASONS, CHUNK_ITERATIONS, GAP_BUFFER, ProgressFn, cost_tables
+from simkv.fused.driver import BAIL_REASONS, CHUNK_ITERATIONS, GAP_BUFFER, ProgressFn, cost_tables, limits_f
 from simkv.metrics import _gap_bins
 from simkv.metrics.compiled_recorder import new_recorder
 
@@ -46,11 +45,7 @@ def why_not(fleet) -> str | None:
     a = t.arrival_s
     if not np.all(np.isfinite(a)) or (len(a) > 1 and np.any(a[1:] < a[:-1])):
         return "arrival times not finite and sorted"
-    for g in range(len(fleet.replicas)):
-        sim = _replica_sim(fleet, g, None)
-        if _engine(sim) is None:
-            return f"replica {g}: no fused engine fits (" + "; ".join(e.why_not(sim) for e in ENGINES) + ")"
-    return None
+    return _pools_fit(fleet)
 
 
 def why_not_lockstep(fleet) -> str | None:
@@ -69,11 +64,7 @@ def why_not_lockstep(fleet) -> str | None:
     a = t.arrival_s
     if not np.all(np.isfinite(a)) or (len(a) > 1 and np.any(a[1:] < a[:-1])):
         return "arrival times not finite and sorted"
-    for g in range(len(fleet.replicas)):
-        reason = paged_fcfs.why_not(_replica_sim(fleet, g, None))
-        if reason is not None:
-            return f"replica {g}: {reason}"
-    return None
+    return _pools_fit(fleet)
 
 
 def run_fused(fleet, progress: ProgressFn | None = None) -> float | None:
@@ -94,29 +85,31 @@ def run_fused(fleet, progress: ProgressFn | None = None) -> float | None:
     fired = np.empty(n)
     parts.fire_times(np.ascontiguousarray(fleet.t.arrival_s, float), fired)   # Fleet._arrivals' clock
     done, runs = 0, []
+    engines = [_engine(pool.sim) for pool in fleet.pools]
     for g in range(len(fleet.replicas)):
         rows = np.flatnonzero(plan == g)
+        engine = engines[fleet.pool_index[g]]
         if not len(rows):
-            runs.append((g, rows, None, None))
+            runs.append((g, rows, engine, None, None))
             continue
         sim = _replica_sim(fleet, g, rows)
 
         def replica_progress(i: int, _: int, now: float, before: int = done) -> None:
             progress(before + i, n, now)
-        out = _engine(sim).run_fused(sim, replica_progress if progress is not None else None, fired[rows])
+        out = engine.run_fused(sim, replica_progress if progress is not None else None, fired[rows])
         if out is None:   # handed back: the whole fleet runs on simpy
             return None
-        runs.append((g, rows, sim, out))
+        runs.append((g, rows, engine, sim, out))
         done += len(rows)
     # the fleet closes at its last answer, or at its last arrival if that comes later (refused)
     end = max([float(fired[-1])] + [out[1] for *_, out in runs if out is not None])
-    for g, rows, sim, out in runs:
+    for g, rows, engine, sim, out in runs:
         pool, r = fleet.pools[fleet.pool_index[g]], fleet.local_index[g]
         if out is None:   # never sent anything: idle from the start
             rec, now = pool.recorders[r], 0.0
         else:
             rec, now = out
-            for key in _engine(sim).COLUMNS_WRITTEN:   # each row is touched by one replica only
+            for key in engine.COLUMNS_WRITTEN:   # each row is touched by one replica only
                 getattr(pool.sim.table, key)[rows] = getattr(sim.table, key)
             pool.recorders[r] = fleet.replicas[g].recorder = rec
         rec.on_idle(now, end)   # woken by the fleet's close (a no-op for the replica that closes it)
@@ -129,12 +122,21 @@ def run_fused(fleet, progress: ProgressFn | None = None) -> float | None:
     return end
 
 
-def _replica_sim(fleet, g: int, rows: np.ndarray | None) -> Simulation:
-    """Replica g as a simulation of its own: its pool's, with its scheduler, and (`rows`) a table of
-    the requests routed to it (None: the pool's whole table, to check what it holds)."""
+def _pools_fit(fleet) -> str | None:
+    """Why some pool's replicas fit no fused engine (None: all fit). A pool's replicas are built alike
+    (simkv.fleet.pools), so its first one answers for all."""
+    for pool in fleet.pools:
+        if _engine(pool.sim) is None:
+            return f"pool {pool.name}: no fused engine fits (" + "; ".join(e.why_not(pool.sim) for e in ENGINES) + ")"
+    return None
+
+
+def _replica_sim(fleet, g: int, rows: np.ndarray) -> Simulation:
+    """Replica g as a simulation of its own: its pool's, with its scheduler and a table of the
+    requests `rows` routed to it."""
     pool = fleet.pools[fleet.pool_index[g]]
-    table = pool.sim.table if rows is None else _rows_of(pool.sim.table, rows)
-    return dataclasses.replace(pool.sim, table=table, scheduler=pool.schedulers[fleet.local_index[g]])
+    return dataclasses.replace(pool.sim, table=_rows_of(pool.sim.table, rows),
+                               scheduler=pool.schedulers[fleet.local_index[g]])
 
 
 def _engine(sim: Simulation):
@@ -153,17 +155,17 @@ def _rows_of(t, rows: np.ndarray):
 
 
 def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
-    """Run a fleet of paged FCFS replicas behind least_loaded in one compiled loop
+    """Run a one-pool fleet of paged FCFS or TGI replicas behind least_loaded in one compiled loop
     (simkv.fused.fleet_loop): the fleet's end, or None (nothing changed) where the loop hands it back."""
-    fl = compiled.kernels("simkv.fused.fleet_loop")
-    if fl is None:
-        return None
-    pk = compiled.kernels("simkv.fused.paged_fcfs_kernel")
     pool = fleet.pools[0]
     sim, t, r = pool.sim, pool.sim.table, len(fleet.replicas)
+    engine = _engine(sim)
+    fl, k = compiled.kernels("simkv.fused.fleet_loop"), compiled.kernels(engine.KERNEL)
+    if fl is None or k is None:
+        return None
     s, c, n = sim.scheduler, sim.cost, t.num_requests
-    seqs = s.max_num_seqs
-    tables = cost_tables(c, seqs, s.max_num_batched_tokens)
+    batch, max_tokens = engine.sizes(s)
+    tables = cost_tables(c, batch, max_tokens)
     if tables is None:
         fused.last_outcome[0] = "bailed: decode-attention curves of different lengths"
         return None
@@ -171,48 +173,48 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
                          sim.scenario.run.time_series_points, True) for _ in range(r)]
     if type(recs[0]).__name__ != "CompiledRecorder" or recs[0].capacity != s.kv.capacity_tokens:
         return None
-    out = {name: getattr(t, name).copy() for name in paged_fcfs.COLUMNS_WRITTEN}
+    out = {name: getattr(t, name).copy() for name in engine.COLUMNS_WRITTEN}   # every replica's rows
     i64 = np.int64
     arrival = np.ascontiguousarray(t.arrival_s, float)
     fired = np.empty(n)
     compiled.kernels("simkv.fused.loop_parts").fire_times(arrival, fired)   # Fleet._arrivals' clock
-    st_i, st_f = np.zeros((r, pk.ST_I_LEN), i64), np.zeros((r, pk.ST_F_LEN))
+    st_i, st_f = np.zeros((r, k.ST_I_LEN), i64), np.zeros((r, k.ST_F_LEN))
     st_i[:, lp.S_FREE] = s.kv.num_blocks
     st_i[:, lp.S_ROUTED] = st_i[:, lp.S_LOCKSTEP] = 1
     st_i[:, lp.S_SAMPLE] = recs[0]._next_sample
     st_f[:, lp.SF_DT] = recs[0].dt
-    cfg_i = np.zeros(pk.CFG_I_LEN, i64)
-    cfg_i[[pk.C_MAX_SEQS, pk.C_MAX_BATCHED, pk.C_WATERMARK, pk.C_MAX_REPEAT, pk.C_BLOCK, pk.C_LAYERS, pk.C_MAX_POINTS,
-           pk.C_CAPACITY, pk.C_CHUNK]] = (seqs, s.max_num_batched_tokens, s.watermark_blocks, s.max_repeat,
-                                          s.kv.block_size, c.layers, recs[0].max_points, s.kv.capacity_tokens,
-                                          CHUNK_ITERATIONS)
-    cfg_f = np.zeros(lp.CFG_F_LEN)
-    cfg_f[[lp.CF_C_ATT, lp.CF_SCALE, lp.CF_HOST, lp.CF_HOST_PER_SEQ, lp.CF_WARMUP, lp.CF_MAX_STEP]] = (
-        c.c_att, c.decode_attention_scale, c.host_overhead_s, c.host_per_seq_s, s.batch.warmup_s, MAX_STEP_S)
     steps = s.max_repeat + 1
-    room = max(GAP_BUFFER, 4 * (seqs + steps + 1))
+    room = max(GAP_BUFFER, 4 * (batch + steps + 1))
     rec_f, rec_i, hist = (np.stack([getattr(x, a) for x in recs]) for a in ("_f", "_i", "_gap_hist"))
     rows_i, rows_f = np.zeros((r, recs[0].max_points + 2, 8), i64), np.zeros((r, recs[0].max_points + 2, 2))
     gap_v, gap_m = np.zeros((r, room)), np.zeros((r, room), i64)
-    router_f = np.zeros((r, 2))
     fl_i, fl_f = np.zeros(fl.FL_I_LEN, i64), np.zeros(fl.FL_F_LEN)
     fl_i[fl.FL_BY_TOKENS] = int(fleet.spec.router.load == "tokens")
     fl_i[fl.FL_CHUNK] = CHUNK_ITERATIONS
-    next_at, decisions, replica_of = np.full(r, np.inf), np.zeros(r, i64), np.full(n, -1, i64)
+    decisions, replica_of = np.zeros(r, i64), np.full(n, -1, i64)
     req_tokens = (fleet.t.prompt_tokens + fleet.t.max_new_tokens).astype(float)   # Router._tokens
-    args = (arrival, fired, np.zeros(0), np.ascontiguousarray(t.prompt_tokens, i64),
-            np.ascontiguousarray(t.output_tokens, i64), np.ascontiguousarray(t.final_kv_tokens, i64), *out.values(),
-            cfg_i, cfg_f, *tables.values(), st_i, st_f, np.zeros((r, lp.DEC_I_ROWS, seqs + 1), i64),
-            np.zeros((r, lp.DEC_F_ROWS, seqs + 1)), np.zeros((r, n + 1), i64), rec_f, rec_i, hist, rows_i, rows_f,
-            gap_v, gap_m, np.zeros((r, steps)), np.zeros((r, steps)), np.zeros((r, 5, steps), i64),
-            np.zeros((r, steps), i64), np.zeros((r, seqs + 1)), np.zeros((r, pk.PLAN_I_ROWS, seqs), i64), req_tokens,
-            router_f, fl_i, fl_f, next_at, decisions, replica_of)
+    requests = (arrival, fired, np.zeros(0), np.ascontiguousarray(t.prompt_tokens, i64),
+                np.ascontiguousarray(t.output_tokens, i64), np.ascontiguousarray(t.final_kv_tokens, i64))
+    per_replica = (st_i, st_f, np.zeros((r, lp.DEC_I_ROWS, batch + 1), i64), np.zeros((r, lp.DEC_F_ROWS, batch + 1)),
+                   np.zeros((r, n + 1), i64))
+    recording = (rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m, np.zeros((r, steps)), np.zeros((r, steps)),
+                 np.zeros((r, 5, steps), i64), np.zeros((r, steps), i64), np.zeros((r, batch + 1)))
+    fleet_state = (req_tokens, np.zeros((r, 2)), fl_i, fl_f, np.full(r, np.inf), decisions, replica_of)
+    config = (engine.loop_cfg(k, sim, recs[0].max_points), limits_f(c, s.batch.warmup_s), *tables.values())
+    if engine is paged_fcfs:
+        loop, pre_i = fl.run, None
+        args = (*requests, *out.values(), *config, *per_replica, *recording,
+                np.zeros((r, k.PLAN_I_ROWS, batch), i64), *fleet_state)
+    else:
+        loop, pre_i = fl.run_tgi, np.zeros((r, k.PRE_I_ROWS, batch + 1), i64)
+        args = (*requests, np.ascontiguousarray(t.max_new_tokens, i64), *out.values(), *config, *per_replica, pre_i,
+                *recording, *fleet_state)
     while True:
-        code = fl.run(*args)
+        code = loop(*args)
         for g in range(r):   # token gaps numpy bins, as the pure recorder does
-            k = int(st_i[g, lp.S_NGAPS])
-            if k:
-                np.add.at(hist[g], _gap_bins(gap_v[g, :k]), gap_m[g, :k])
+            m = int(st_i[g, lp.S_NGAPS])
+            if m:
+                np.add.at(hist[g], _gap_bins(gap_v[g, :m]), gap_m[g, :m])
                 st_i[g, lp.S_NGAPS] = 0
         if code == lp.BAIL:
             reason = int(st_i[int(fl_i[fl.FL_REPLICA]), lp.S_BAIL])
@@ -220,7 +222,10 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
             return None
         if code == lp.DONE:
             break
-        if progress is not None:
+        if code == getattr(k, "CALL", -1):   # a TGI replica's prefill attention, priced by the cost model
+            g = int(fl_i[fl.FL_REPLICA])
+            tgi.price_prefill(k, c, pre_i[g], st_i[g], st_f[g])
+        elif progress is not None:
             progress(int(fl_i[fl.FL_NEXT]), n, float(st_f[:, lp.SF_NOW].max()))
     for name, values in out.items():
         getattr(t, name)[:] = values

@@ -22,10 +22,11 @@ import numpy as np
 from numba import njit
 
 from simkv.fused import paged_fcfs_kernel as pk
-from simkv.fused.layout import (BAIL, DONE, PAUSE, S_BYSTEP, S_CLOSED, S_K, S_NDEC, S_PENDING, S_SENS, S_WCOUNT,
+from simkv.fused import tgi_kernel as tk
+from simkv.fused.layout import (BAIL, DONE, NO_LIMIT, PAUSE, S_BYSTEP, S_CLOSED, S_K, S_NDEC, S_PENDING, S_SENS, S_WCOUNT,
                                 S_WHEAD, SF_HORIZON, SF_NOW)
 from simkv.fused.loop_parts import on_idle
-from simkv.request import REJECTED
+from simkv.request import REFUSED_BY_ENGINE, REJECTED
 
 FL_NEXT, FL_RR, FL_TOKENS_N, FL_BY_TOKENS, FL_CHUNK, FL_REPLICA = range(6)
 FL_I_LEN = 6
@@ -62,18 +63,21 @@ def _pick(router_f, by_tokens, fl_i, fl_f):
 
 
 @njit(cache=True)
-def _next_at(g, st_i, st_f, ends):
+def _next_at(g, in_batch, st_i, st_f, ends):
     """When replica g next has something to do: its pending step's end, now if it was woken, never if idle."""
     if st_i[g, S_PENDING]:
         return ends[g, st_i[g, S_K] - 1]
-    if st_i[g, S_WCOUNT] or st_i[g, S_NDEC]:
+    if st_i[g, S_WCOUNT] or in_batch:
         return st_f[g, SF_NOW]
     return np.inf
 
 
 @njit(cache=True)
-def _hand_over(rid, g, f, status, capacity, max_points, st_i, st_f, waiting, rec_f, rows_i, rows_f, ends, kvb, wbs):
-    """Replica.submit(rid) on replica g at `f`: True if it takes the request (False: refused at build time)."""
+def _hand_over(rid, g, f, in_batch, max_in_system, status, reason, capacity, max_points, st_i, st_f, waiting, rec_f,
+               rows_i, rows_f, ends, kvb, wbs):
+    """Replica.submit(rid) on replica g at `f`, `in_batch` requests in its batch: True if it takes the
+    request (False: refused at build time, or by the engine beyond `max_in_system`, TGI's
+    max_concurrent_requests, as Scheduler.add_request refuses it)."""
     pending = st_i[g, S_PENDING] != 0
     k = st_i[g, S_K]
     if pending and st_i[g, S_SENS] and k > 1:   # _end_run_now: the run ends with its step in flight
@@ -87,7 +91,11 @@ def _hand_over(rid, g, f, status, capacity, max_points, st_i, st_f, waiting, rec
         st_i[g, S_BYSTEP] = 1
         for s in range(k):
             wbs[g, s] = st_i[g, S_WCOUNT]
-    idle = not pending and st_i[g, S_WCOUNT] == 0 and st_i[g, S_NDEC] == 0
+    idle = not pending and st_i[g, S_WCOUNT] == 0 and in_batch == 0
+    if st_i[g, S_WCOUNT] + in_batch >= max_in_system:
+        status[rid] = REJECTED
+        reason[rid] = REFUSED_BY_ENGINE
+        return False
     wsize = waiting.shape[1]
     waiting[g, (st_i[g, S_WHEAD] + st_i[g, S_WCOUNT]) % wsize] = rid
     st_i[g, S_WCOUNT] += 1
@@ -135,7 +143,7 @@ def run(arrival, fired, empty, prompt, output, final,
             if code == PAUSE or code == BAIL:
                 fl_i[FL_REPLICA] = g
                 return code
-            next_at[g] = np.inf if code == DONE else _next_at(g, st_i, st_f, ends)
+            next_at[g] = np.inf if code == DONE else _next_at(g, st_i[g, S_NDEC], st_i, st_f, ends)
         if closing:
             return DONE
         # ------------------------------------------------ the router decides; the replica takes it
@@ -143,17 +151,78 @@ def run(arrival, fired, empty, prompt, output, final,
             fl_i[FL_REPLICA] = -1
             return PAUSE
         handed += 1
-        g = _pick(router_f, fl_i[FL_BY_TOKENS], fl_i, fl_f)
-        tok = req_tokens[i]
-        router_f[g, 0] += 1.0   # Router.sent
-        router_f[g, 1] += tok
-        decisions[g] += 1
-        fl_f[FL_TOKENS_SUM] += tok
-        fl_i[FL_TOKENS_N] += 1
-        replica_of[i] = g
-        if not _hand_over(i, g, fired[i], status, capacity, max_points, st_i, st_f, waiting, rec_f, rows_i, rows_f,
-                          ends, kvb, wbs):
-            router_f[g, 0] -= 1.0   # Router.answered(refused=True)
-            router_f[g, 1] -= tok
-        next_at[g] = _next_at(g, st_i, st_f, ends)
+        g = _route(i, fired[i], st_i[:, S_NDEC], NO_LIMIT, status, reason, capacity, max_points, st_i, st_f, waiting,
+                   rec_f, rows_i, rows_f, ends, kvb, wbs, req_tokens, router_f, fl_i, fl_f, decisions, replica_of)
+        next_at[g] = _next_at(g, st_i[g, S_NDEC], st_i, st_f, ends)
         fl_i[FL_NEXT] = i + 1
+
+
+@njit(cache=True)
+def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
+        status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, query_tokens,
+            query_blocks,
+        cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
+        st_i, st_f, dec_i, dec_f, waiting, pre_i,
+        rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
+        dur, ends, kvb, wbs, vals, req_tokens, router_f,
+        fl_i, fl_f, next_at, decisions, replica_of):
+    """`run` for TGI replicas (simkv.fused.tgi_kernel): their refusals beyond max_concurrent_requests
+    at the hand-over, and a replica's CALL (its step's prefill attention wanted: its index in
+    fl_i[FL_REPLICA]) returned to the caller."""
+    n_req = fired.shape[0]
+    r = st_i.shape[0]
+    capacity, max_points = cfg_i[tk.C_CAPACITY], cfg_i[tk.C_MAX_POINTS]
+    in_batch = np.zeros(r, np.int64)   # each replica's batch: its decoders and the requests prefilling
+    handed = 0
+    while True:
+        i = fl_i[FL_NEXT]
+        closing = i >= n_req
+        horizon = np.inf if closing else fired[i]
+        # ------------------------------------------------ every replica up to the hand-over
+        for g in range(r):   # (closing: every one, to its end; those done are DONE at once)
+            if not next_at[g] <= horizon:
+                continue
+            st_f[g, SF_HORIZON] = horizon
+            st_i[g, S_CLOSED] = 1 if closing else 0
+            code = tk.run(arrival, empty, empty, prompt, output, final, max_new, status, reason, generated, first_sched,
+                          first_tok, finish, last_tok, tbt_max, query_tokens, query_blocks, cfg_i, cfg_f, fixed,
+                          prefill_tab, lm_tab, whole_tab, knots, share, slopes, st_i[g], st_f[g], dec_i[g], dec_f[g],
+                          waiting[g], pre_i[g], rec_f[g], rec_i[g], hist[g], rows_i[g], rows_f[g], gap_v[g], gap_m[g],
+                          dur[g], ends[g], kvb[g], wbs[g], vals[g], req_tokens, router_f[g])
+            if code == PAUSE or code == BAIL or code == tk.CALL:
+                fl_i[FL_REPLICA] = g
+                return code
+            next_at[g] = np.inf if code == DONE else _next_at(g, st_i[g, S_NDEC] + st_i[g, tk.S_NPRE], st_i, st_f, ends)
+        if closing:
+            return DONE
+        # ------------------------------------------------ the router decides; the replica takes it
+        if handed >= fl_i[FL_CHUNK]:
+            fl_i[FL_REPLICA] = -1
+            return PAUSE
+        handed += 1
+        for q in range(r):
+            in_batch[q] = st_i[q, S_NDEC] + st_i[q, tk.S_NPRE]
+        g = _route(i, fired[i], in_batch, cfg_i[tk.C_MAX_IN_SYSTEM], status, reason, capacity, max_points, st_i, st_f, waiting,
+                   rec_f, rows_i, rows_f, ends, kvb, wbs, req_tokens, router_f, fl_i, fl_f, decisions, replica_of)
+        next_at[g] = _next_at(g, in_batch[g], st_i, st_f, ends)   # (taking a request does not change the batch)
+        fl_i[FL_NEXT] = i + 1
+
+
+@njit(cache=True)
+def _route(i, f, in_batch, max_in_system, status, reason, capacity, max_points, st_i, st_f, waiting, rec_f, rows_i,
+           rows_f, ends, kvb, wbs, req_tokens, router_f, fl_i, fl_f, decisions, replica_of):
+    """Fleet._deliver of request i at `f`: the router picks, counts it sent (Router.sent) and, if the
+    replica refuses it, answered (Router.answered(refused=True)). Returns the replica."""
+    g = _pick(router_f, fl_i[FL_BY_TOKENS], fl_i, fl_f)
+    tok = req_tokens[i]
+    router_f[g, 0] += 1.0
+    router_f[g, 1] += tok
+    decisions[g] += 1
+    fl_f[FL_TOKENS_SUM] += tok
+    fl_i[FL_TOKENS_N] += 1
+    replica_of[i] = g
+    if not _hand_over(i, g, f, in_batch[g], max_in_system, status, reason, capacity, max_points, st_i, st_f, waiting,
+                      rec_f, rows_i, rows_f, ends, kvb, wbs):
+        router_f[g, 0] -= 1.0
+        router_f[g, 1] -= tok
+    return g

@@ -36,23 +36,35 @@ def why_not(sim) -> str | None:
     return why_not_any(sim)
 
 
+KERNEL = "simkv.fused.paged_fcfs_kernel"
+
+
+def sizes(s) -> tuple[int, int]:
+    """(the largest batch, the largest step in tokens) the loop meets under scheduler `s`."""
+    return getattr(s, "max_num_seqs", 0), getattr(s, "max_num_batched_tokens", 0)
+
+
+def loop_cfg(k, sim, max_points: int) -> np.ndarray:
+    """The loop's cfg_i (kernel module `k`): the policy's limits and the pool's sizes."""
+    s, c, kv = sim.scheduler, sim.cost, sim.scheduler.kv
+    cfg_i = np.zeros(k.CFG_I_LEN, np.int64)
+    cfg_i[[k.C_MAX_SEQS, k.C_MAX_BATCHED, k.C_WATERMARK, k.C_MAX_REPEAT, k.C_BLOCK, k.C_LAYERS, k.C_MAX_POINTS,
+           k.C_CAPACITY, k.C_CHUNK]] = (s.max_num_seqs, s.max_num_batched_tokens, s.watermark_blocks, s.max_repeat,
+                                        kv.block_size, c.layers, max_points, kv.capacity_tokens, CHUNK_ITERATIONS)
+    return cfg_i
+
+
 def run_fused(sim, progress: ProgressFn | None = None,
               routed: np.ndarray | None = None) -> tuple[CompiledRecorder, float] | None:
     """Run `sim` in the fused loop: (its recorder, the clock at its end), the request table filled
     in; None (nothing changed) where the default engine must run it (the module docstring).
     `routed`: a fleet's replica, handed its requests at these times (simkv.fused.fleet)."""
     s = getattr(sim, "scheduler", None)
-    run = start(sim, why_not, "simkv.fused.paged_fcfs_kernel", getattr(s, "max_num_seqs", 0),
-                getattr(s, "max_num_batched_tokens", 0), COLUMNS_WRITTEN, routed)
+    run = start(sim, why_not, KERNEL, *sizes(s), COLUMNS_WRITTEN, routed)
     if run is None:
         return None
-    k, c, kv = run.k, sim.cost, s.kv
-    cfg_i = np.zeros(k.CFG_I_LEN, np.int64)
-    cfg_i[[k.C_MAX_SEQS, k.C_MAX_BATCHED, k.C_WATERMARK, k.C_MAX_REPEAT, k.C_BLOCK, k.C_LAYERS, k.C_MAX_POINTS,
-           k.C_CAPACITY, k.C_CHUNK]] = (s.max_num_seqs, s.max_num_batched_tokens, s.watermark_blocks, s.max_repeat,
-                                        kv.block_size, c.layers, run.rec.max_points, kv.capacity_tokens,
-                                        CHUNK_ITERATIONS)
-    args = (*run.requests(), *run.out.values(), cfg_i, run.limits_f(s.batch.warmup_s), *run.tables.values(),
-            *run.state(s.max_num_seqs), *run.recorder_and_scratch(s.max_num_seqs, s.max_repeat),
+    k = run.k
+    args = (*run.requests(), *run.out.values(), loop_cfg(k, sim, run.rec.max_points), run.limits_f(s.batch.warmup_s),
+            *run.tables.values(), *run.state(s.max_num_seqs), *run.recorder_and_scratch(s.max_num_seqs, s.max_repeat),
             np.zeros((k.PLAN_I_ROWS, s.max_num_seqs), np.int64), *run.NO_ROUTER)
     return run.drive(args, progress)

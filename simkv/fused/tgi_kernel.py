@@ -40,11 +40,12 @@ import numpy as np
 from numba import njit
 
 from simkv.cost.attention_kernels import _pairwise
-from simkv.fused.layout import (BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
+from simkv.fused.layout import (S_LOCKSTEP, S_PENDING, S_K, S_SENS, S_BYSTEP, S_CLOSED, SF_HORIZON, WAIT,
+                                BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
                                 CF_SCALE, CF_WARMUP, DONE, D_FINAL, D_GEN, D_HOLD, D_KV, EXTERNAL, FREE, INTERNAL,
                                 PAUSE, RESERVED, SF_NOW, ST_F_SHARED, ST_I_SHARED, S_BAIL, S_FREE, S_ITER, S_NDEC,
                                 S_NEXT, S_NGAPS, S_ORDER, S_WCOUNT, S_WHEAD, TOKEN)
-from simkv.fused.loop_parts import (arrivals_during, check_step_times, commit_decodes, decode_attention,
+from simkv.fused.loop_parts import (lockstep_wait, arrivals_during, check_step_times, commit_decodes, decode_attention,
                                     finish_decoders, join_decoder, mixed_step_seconds, on_end, on_idle, record,
                                     remaining_steps, settle_uniform, sizes_fit, step_ends, timed_decode_run,
                                     wait_for_arrival)
@@ -89,7 +90,9 @@ def run(arrival, cut, fired, prompt, output, final, max_new,
         dur, ends, kvb, wbs, vals, req_tokens, router_f):
     """Run the replica from the state in `st_*` until it has nothing left to do (DONE), for
     cfg_i[C_CHUNK] iterations or until the gap buffers fill (PAUSE), until a step's prefill
-    attention is wanted (CALL), or until it meets what it does not model (BAIL)."""
+    attention is wanted (CALL), or until it meets what it does not model (BAIL). In a lockstep fleet
+    (st_i[S_LOCKSTEP], simkv.fused.fleet_loop) it runs up to the fleet's next hand-over and WAITs, as
+    simkv.fused.paged_fcfs_kernel.run does."""
     n_req = arrival.shape[0]
     max_seqs, budget0, max_repeat, b = cfg_i[C_MAX_SEQS], cfg_i[C_PREFILL_BUDGET], cfg_i[C_MAX_REPEAT], cfg_i[C_BLOCK]
     layers, max_points, capacity = cfg_i[C_LAYERS], cfg_i[C_MAX_POINTS], cfg_i[C_CAPACITY]
@@ -97,13 +100,20 @@ def run(arrival, cut, fired, prompt, output, final, max_new,
     scale, warm, max_step = cfg_f[CF_SCALE], cfg_f[CF_WARMUP], cfg_f[CF_MAX_STEP]
     wsize = waiting.shape[0]
     gap_room = max_seqs + max_repeat + 2
+    lockstep = st_i[S_LOCKSTEP] != 0
     done_at = 0
     while True:
         n = st_i[S_NDEC]
         n_pre = st_i[S_NPRE]
         now = st_f[SF_NOW]
         pre = 0.0
-        if st_i[S_PHASE] == WANTS_PRE:   # back with the plan's prefill attention
+        pending = st_i[S_PENDING] != 0
+        k = 1
+        by_step = 0
+        if pending:   # a lockstep step, pending: its plan as made (the fleet may have cut it since)
+            k, by_step = st_i[S_K], st_i[S_BYSTEP]
+            chunks = n_pre > 0
+        elif st_i[S_PHASE] == WANTS_PRE:   # back with the plan's prefill attention
             st_i[S_PHASE] = 0
             pre = st_f[SF_PRE]
             chunks = True
@@ -113,6 +123,10 @@ def run(arrival, cut, fired, prompt, output, final, max_new,
             done_at += 1
             # ------------------------------------------------------------ idle (Replica._step_loop)
             if st_i[S_WCOUNT] == 0 and n == 0 and n_pre == 0:
+                if lockstep:   # the fleet hands it its requests (and wakes it: simkv.fused.fleet_loop)
+                    if st_i[S_CLOSED]:
+                        return DONE
+                    return WAIT
                 if st_i[S_NEXT] == n_req:
                     on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
                     return DONE
@@ -120,6 +134,8 @@ def run(arrival, cut, fired, prompt, output, final, max_new,
                 on_idle(idle_from, st_f[SF_NOW], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb,
                         wbs)
                 continue
+            if lockstep and now >= st_f[SF_HORIZON]:   # woken: the hand-overs of this instant come first
+                return WAIT
             # ------------------------------------------------------------ schedule (tgi.py, chunked)
             budget = budget0 - n
             for q in range(n_pre):   # the batch's next chunks, oldest first
@@ -164,44 +180,55 @@ def run(arrival, cut, fired, prompt, output, final, max_new,
                 if pre < 0:
                     st_i[S_PHASE] = WANTS_PRE
                     return CALL
-        # ---------------------------------------------------------------- step times (calibrated.py)
-        nxt = st_i[S_NEXT]
-        next_at = cut[nxt] if nxt < n_req else np.inf
-        if chunks:
-            k = 1
-            m = n
-            n_sampled = n
-            for q in range(n_pre):
-                m += pre_i[P_NEW, q]
-                if pre_i[P_COMPUTED, q] + pre_i[P_NEW, q] == pre_i[P_TARGET, q]:
-                    n_sampled += 1
-            n_seqs = n + n_pre
-            if not sizes_fit(m, n_sampled, n, fixed, lm_tab, whole_tab, share):
-                st_i[S_BAIL] = BAIL_TABLE
-                return BAIL
-            dec = decode_attention(dec_i, n, 1, knots, share, slopes, scale, vals)
-            dur[0] = mixed_step_seconds(m, n_sampled, n_seqs, pre, dec, fixed, lm_tab, whole_tab, layers, cfg_f)
-        else:   # repeated decodes, cut after the step in flight at the next arrival
-            if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
-                st_i[S_BAIL] = BAIL_TABLE
-                return BAIL
-            limit = remaining_steps(dec_i, n, max_repeat)
-            k = timed_decode_run(dec_i, n, limit, True, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes,
-                                 layers, cfg_f, vals, dur, st_i)
-            if k < 0:
+        if not pending:
+            # ---------------------------------------------------------------- step times (calibrated.py)
+            nxt = st_i[S_NEXT]
+            next_at = cut[nxt] if nxt < cut.shape[0] else np.inf   # (a lockstep fleet cuts runs itself)
+            if chunks:
+                k = 1
+                m = n
+                n_sampled = n
+                for q in range(n_pre):
+                    m += pre_i[P_NEW, q]
+                    if pre_i[P_COMPUTED, q] + pre_i[P_NEW, q] == pre_i[P_TARGET, q]:
+                        n_sampled += 1
+                n_seqs = n + n_pre
+                if not sizes_fit(m, n_sampled, n, fixed, lm_tab, whole_tab, share):
+                    st_i[S_BAIL] = BAIL_TABLE
+                    return BAIL
+                dec = decode_attention(dec_i, n, 1, knots, share, slopes, scale, vals)
+                dur[0] = mixed_step_seconds(m, n_sampled, n_seqs, pre, dec, fixed, lm_tab, whole_tab, layers, cfg_f)
+            else:   # repeated decodes, cut after the step in flight at the next arrival
+                if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
+                    st_i[S_BAIL] = BAIL_TABLE
+                    return BAIL
+                limit = remaining_steps(dec_i, n, max_repeat)
+                k = timed_decode_run(dec_i, n, limit, True, now, next_at, fixed, lm_tab, whole_tab, knots, share, slopes,
+                                     layers, cfg_f, vals, dur, st_i)
+                if k < 0:
+                    st_i[S_BAIL] = BAIL_STEP_TIME
+                    return BAIL
+            if not check_step_times(dur, k, max_step):
                 st_i[S_BAIL] = BAIL_STEP_TIME
                 return BAIL
-        if not check_step_times(dur, k, max_step):
-            st_i[S_BAIL] = BAIL_STEP_TIME
-            return BAIL
+            step_ends(now, dur, k, ends)
+            # ---------------------------------------------------------------- arrivals during the steps
+            if lockstep:   # the fleet hands them over while the step is pending
+                st_i[S_K], st_i[S_SENS], st_i[S_BYSTEP] = k, 1 if k > 1 and not chunks else 0, 0
+            else:
+                by_step = arrivals_during(fired, status, reason, waiting, max_in_system, n + n_pre, ends, k, wbs, st_i,
+                                          st_f)
+                if by_step < 0:
+                    st_i[S_BAIL] = BAIL_TIE
+                    return BAIL
         start = now
-        step_ends(start, dur, k, ends)
         end = ends[k - 1]
-        # ---------------------------------------------------------------- arrivals during the steps
-        by_step = arrivals_during(fired, status, reason, waiting, max_in_system, n + n_pre, ends, k, wbs, st_i, st_f)
-        if by_step < 0:
-            st_i[S_BAIL] = BAIL_TIE
-            return BAIL
+        if lockstep:
+            code = lockstep_wait(end, st_i, st_f)
+            if code >= 0:
+                return code
+            if by_step:
+                wbs[k - 1] = st_i[S_WCOUNT]
         st_f[SF_NOW] = end
         num_waiting = st_i[S_WCOUNT]
         # ---------------------------------------------------------------- commit (implicit_batch.py)
