@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from simkv import fused
 from simkv.files.scenario_file import validate_scenario
 from simkv.fused import fleet as fused_fleet
+from simkv.fused import paged_fcfs, tgi
 from simkv.request import REFUSED_BY_ENGINE
 from simkv.simulate import prepared, run_simulation, stream_for
 from test_step_grouping import _assert_same   # summary, request table and time series, bit for bit
@@ -163,3 +164,28 @@ def test_a_hand_over_at_a_step_end_goes_to_simpy(policy):
     assert stream.arrival_s[1] > step_end
     stream.arrival_s[1] = step_end
     _both(sc, expect="bailed: an arrival at exactly a step's end", stream=stream)
+
+
+def test_a_replica_whose_queue_outgrows_its_ring_goes_to_simpy(monkeypatch):
+    """A lockstep replica's queue is a ring of about its share of the requests (simkv.fused.fleet
+    .ring_size): a fleet where one could outgrow it runs on simpy, with the same results."""
+    monkeypatch.setattr(fused_fleet, "ring_size", lambda *_: 6)
+    sc = _scenario(workload={"arrival": {"process": "poisson", "rate": 300.0}},
+                   fleet={"router": {"policy": "least_loaded"}, "pools": [{"name": "a", "replicas": 2}]})
+    _both(sc, expect="bailed: a replica's queue longer than its ring (lockstep fleet)")
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "least_loaded"])
+@pytest.mark.parametrize("preset", ["simkv", "tgi"])
+def test_fleets_paused_and_resumed_every_few_steps_equal_the_fleet_on_simpy(monkeypatch, policy, preset):
+    """Long runs pause the loops (progress, token gaps to bin) and resume them: here every 3
+    iterations of a replica and every 3 hand-overs of a lockstep fleet."""
+    for module in (fused_fleet, paged_fcfs, tgi):   # (each took the driver's number at import)
+        monkeypatch.setattr(module, "CHUNK_ITERATIONS", 3)
+    calls = []
+    sc = _scenario(engine={"preset": preset, "max_concurrent_requests": 16},
+                   fleet={"router": {"policy": policy}, "pools": [{"name": "a", "replicas": 3}]})
+    got = run_simulation(next(prepared(sc))[2], "base", progress=lambda *a: calls.append(a))
+    assert fused.last_outcome[0] == "fused fleet" and len(calls) > 20
+    with fused.disabled():
+        _assert_same(got, _run(sc))

@@ -24,7 +24,7 @@ CHUNK_ITERATIONS = 20_000   # iterations between progress reports (~0.1 s)
 GAP_BUFFER = 1 << 15        # token gaps a loop hands back for numpy to bin, per pause at most
 BAIL_REASONS = {1: "an arrival at exactly a step's end", 2: "a step time the engine rejects",
                 3: "a request that can never be admitted", 4: "a size outside the cost model's tables",
-                5: "decoders whose last tokens differ"}
+                5: "decoders whose last tokens differ", 6: "a replica's queue longer than its ring (lockstep fleet)"}
 # the request table's columns the loops write (each works on copies, written back when it is done)
 COLUMNS = ("status", "reject_reason", "generated", "first_scheduled_s", "first_token_s", "finish_s", "last_token_s",
            "tbt_max_s")

@@ -18,13 +18,13 @@ replica back (a BAIL), nothing is written and the fleet runs on simpy as before.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
 
 from simkv import compiled, fused
 from simkv.build import Simulation
+from simkv.fleet.summary import subset
 from simkv.fused import layout as lp
 from simkv.fused import paged_fcfs, tgi
 from simkv.fused.dispatch import ENGINES
@@ -35,17 +35,12 @@ from simkv.metrics.compiled_recorder import new_recorder
 
 def why_not(fleet) -> str | None:
     """Why the replicas of `fleet` (a simkv.fleet.run.Fleet) cannot run apart in fused loops."""
-    spec, t = fleet.spec, fleet.t
+    spec = fleet.spec
     if fleet._plan is None:
         return "the router decides as requests come (load, sessions, a delay, clients, P/D or autoscaling)"
     if spec.faults:
         return "replica faults"
-    if t.num_requests == 0:
-        return "no requests"
-    a = t.arrival_s
-    if not np.all(np.isfinite(a)) or (len(a) > 1 and np.any(a[1:] < a[:-1])):
-        return "arrival times not finite and sorted"
-    return _pools_fit(fleet)
+    return _requests_and_pools_fit(fleet)
 
 
 def why_not_lockstep(fleet) -> str | None:
@@ -59,12 +54,7 @@ def why_not_lockstep(fleet) -> str | None:
         return "sessions or parallel sampling"
     if len(fleet.pools) != 1:
         return "more than one pool"
-    if t.num_requests == 0:
-        return "no requests"
-    a = t.arrival_s
-    if not np.all(np.isfinite(a)) or (len(a) > 1 and np.any(a[1:] < a[:-1])):
-        return "arrival times not finite and sorted"
-    return _pools_fit(fleet)
+    return _requests_and_pools_fit(fleet)
 
 
 def run_fused(fleet, progress: ProgressFn | None = None) -> float | None:
@@ -122,9 +112,14 @@ def run_fused(fleet, progress: ProgressFn | None = None) -> float | None:
     return end
 
 
-def _pools_fit(fleet) -> str | None:
-    """Why some pool's replicas fit no fused engine (None: all fit). A pool's replicas are built alike
-    (simkv.fleet.pools), so its first one answers for all."""
+def _requests_and_pools_fit(fleet) -> str | None:
+    """Why the fleet's requests or some pool's replicas fit no fused engine (None: all fit). A pool's
+    replicas are built alike (simkv.fleet.pools), so its first one answers for all."""
+    a = fleet.t.arrival_s
+    if fleet.t.num_requests == 0:
+        return "no requests"
+    if not np.all(np.isfinite(a)) or (len(a) > 1 and np.any(a[1:] < a[:-1])):
+        return "arrival times not finite and sorted"
     for pool in fleet.pools:
         if _engine(pool.sim) is None:
             return f"pool {pool.name}: no fused engine fits (" + "; ".join(e.why_not(pool.sim) for e in ENGINES) + ")"
@@ -135,7 +130,7 @@ def _replica_sim(fleet, g: int, rows: np.ndarray) -> Simulation:
     """Replica g as a simulation of its own: its pool's, with its scheduler and a table of the
     requests `rows` routed to it."""
     pool = fleet.pools[fleet.pool_index[g]]
-    return dataclasses.replace(pool.sim, table=_rows_of(pool.sim.table, rows),
+    return dataclasses.replace(pool.sim, table=subset(pool.sim.table, rows),
                                scheduler=pool.schedulers[fleet.local_index[g]])
 
 
@@ -143,15 +138,11 @@ def _engine(sim: Simulation):
     return next((e for e in ENGINES if e.why_not(sim) is None), None)
 
 
-def _rows_of(t, rows: np.ndarray):
-    """The table of requests `rows` of `t` (copies of the per-request columns)."""
-    n = t.num_requests
-    out = copy.copy(t)
-    for key, col in vars(t).items():
-        if isinstance(col, np.ndarray) and col.shape[:1] == (n,):
-            setattr(out, key, col[rows])
-    out.num_requests = int(len(rows))
-    return out
+def ring_size(n: int, replicas: int, batch: int, max_in_system: int | None) -> int:
+    """Slots of each replica's queue (a ring) in a lockstep fleet of `n` requests: a TGI replica holds
+    at most max_concurrent_requests; a least-loaded FCFS replica about its share of the requests,
+    and the loop hands back a fleet whose replica could outgrow that (BAIL_RING)."""
+    return min(n, max_in_system if max_in_system is not None else 2 * (n // replicas) + batch) + 2
 
 
 def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
@@ -195,8 +186,9 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
     req_tokens = (fleet.t.prompt_tokens + fleet.t.max_new_tokens).astype(float)   # Router._tokens
     requests = (arrival, fired, np.zeros(0), np.ascontiguousarray(t.prompt_tokens, i64),
                 np.ascontiguousarray(t.output_tokens, i64), np.ascontiguousarray(t.final_kv_tokens, i64))
+    ring = ring_size(n, r, batch, s.max_concurrent_requests if engine is tgi else None)
     per_replica = (st_i, st_f, np.zeros((r, lp.DEC_I_ROWS, batch + 1), i64), np.zeros((r, lp.DEC_F_ROWS, batch + 1)),
-                   np.zeros((r, n + 1), i64))
+                   np.zeros((r, ring), i64))
     recording = (rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m, np.zeros((r, steps)), np.zeros((r, steps)),
                  np.zeros((r, 5, steps), i64), np.zeros((r, steps), i64), np.zeros((r, batch + 1)))
     fleet_state = (req_tokens, np.zeros((r, 2)), fl_i, fl_f, np.full(r, np.inf), decisions, replica_of)

@@ -23,8 +23,8 @@ from numba import njit
 
 from simkv.fused import paged_fcfs_kernel as pk
 from simkv.fused import tgi_kernel as tk
-from simkv.fused.layout import (BAIL, DONE, NO_LIMIT, PAUSE, S_BYSTEP, S_CLOSED, S_K, S_NDEC, S_PENDING, S_SENS, S_WCOUNT,
-                                S_WHEAD, SF_HORIZON, SF_NOW)
+from simkv.fused.layout import (BAIL, BAIL_RING, DONE, NO_LIMIT, PAUSE, S_BAIL, S_BYSTEP, S_CLOSED, S_K, S_NDEC,
+                                S_PENDING, S_SENS, S_WCOUNT, S_WHEAD, SF_HORIZON, SF_NOW)
 from simkv.fused.loop_parts import on_idle
 from simkv.request import REFUSED_BY_ENGINE, REJECTED
 
@@ -73,11 +73,23 @@ def _next_at(g, in_batch, st_i, st_f, ends):
 
 
 @njit(cache=True)
-def _hand_over(rid, g, f, in_batch, max_in_system, status, reason, capacity, max_points, st_i, st_f, waiting, rec_f,
-               rows_i, rows_f, ends, kvb, wbs):
-    """Replica.submit(rid) on replica g at `f`, `in_batch` requests in its batch: True if it takes the
-    request (False: refused at build time, or by the engine beyond `max_in_system`, TGI's
-    max_concurrent_requests, as Scheduler.add_request refuses it)."""
+def _due(g, horizon, closing, next_at, st_i, st_f):
+    """Replica g has something to do before the fleet's next hand-over at `horizon` (closing: every
+    replica runs to its end; those done are DONE at once): it is told the horizon."""
+    if not next_at[g] <= horizon:
+        return False
+    st_f[g, SF_HORIZON] = horizon
+    st_i[g, S_CLOSED] = 1 if closing else 0
+    return True
+
+
+@njit(cache=True)
+def _hand_over(rid, g, f, in_batch, held, max_in_system, status, reason, capacity, max_points, st_i, st_f, waiting,
+               rec_f, rows_i, rows_f, ends, kvb, wbs):
+    """Replica.submit(rid) on replica g at `f`, `in_batch` requests in its batch and `held` in all (this
+    one too): 1 if it takes the request, 0 if it refuses it (refused at build time, or by the engine
+    beyond `max_in_system`, TGI's max_concurrent_requests, as Scheduler.add_request refuses it), -1
+    where what it holds could outgrow its queue's ring (BAIL_RING)."""
     pending = st_i[g, S_PENDING] != 0
     k = st_i[g, S_K]
     if pending and st_i[g, S_SENS] and k > 1:   # _end_run_now: the run ends with its step in flight
@@ -86,7 +98,7 @@ def _hand_over(rid, g, f, in_batch, max_in_system, status, reason, capacity, max
             st_i[g, S_K] = keep
             k = keep
     if status[rid] == REJECTED:
-        return False
+        return 0
     if pending and k > 1 and not st_i[g, S_BYSTEP]:   # the queue as the run began
         st_i[g, S_BYSTEP] = 1
         for s in range(k):
@@ -95,8 +107,11 @@ def _hand_over(rid, g, f, in_batch, max_in_system, status, reason, capacity, max
     if st_i[g, S_WCOUNT] + in_batch >= max_in_system:
         status[rid] = REJECTED
         reason[rid] = REFUSED_BY_ENGINE
-        return False
+        return 0
     wsize = waiting.shape[1]
+    if held >= wsize - 1:
+        st_i[g, S_BAIL] = BAIL_RING
+        return -1
     waiting[g, (st_i[g, S_WHEAD] + st_i[g, S_WCOUNT]) % wsize] = rid
     st_i[g, S_WCOUNT] += 1
     if pending and st_i[g, S_BYSTEP]:
@@ -107,7 +122,7 @@ def _hand_over(rid, g, f, in_batch, max_in_system, status, reason, capacity, max
         on_idle(st_f[g, SF_NOW], f, capacity, max_points, rec_f[g], st_i[g], st_f[g], rows_i[g], rows_f[g], ends[g],
                 kvb[g], wbs[g])
         st_f[g, SF_NOW] = f
-    return True
+    return 1
 
 
 @njit(cache=True)
@@ -130,11 +145,9 @@ def run(arrival, fired, empty, prompt, output, final,
         closing = i >= n_req
         horizon = np.inf if closing else fired[i]
         # ------------------------------------------------ every replica up to the hand-over
-        for g in range(r):   # (closing: every one, to its end; those done are DONE at once)
-            if not next_at[g] <= horizon:
+        for g in range(r):
+            if not _due(g, horizon, closing, next_at, st_i, st_f):
                 continue
-            st_f[g, SF_HORIZON] = horizon
-            st_i[g, S_CLOSED] = 1 if closing else 0
             code = pk.run(arrival, empty, empty, prompt, output, final, status, reason, generated, first_sched,
                           first_tok, finish, last_tok, tbt_max, npre, cfg_i, cfg_f, fixed, prefill_tab, lm_tab,
                           whole_tab, knots, share, slopes, st_i[g], st_f[g], dec_i[g], dec_f[g], waiting[g],
@@ -153,6 +166,9 @@ def run(arrival, fired, empty, prompt, output, final,
         handed += 1
         g = _route(i, fired[i], st_i[:, S_NDEC], NO_LIMIT, status, reason, capacity, max_points, st_i, st_f, waiting,
                    rec_f, rows_i, rows_f, ends, kvb, wbs, req_tokens, router_f, fl_i, fl_f, decisions, replica_of)
+        if g < 0:
+            fl_i[FL_REPLICA] = replica_of[i]
+            return BAIL
         next_at[g] = _next_at(g, st_i[g, S_NDEC], st_i, st_f, ends)
         fl_i[FL_NEXT] = i + 1
 
@@ -179,11 +195,9 @@ def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
         closing = i >= n_req
         horizon = np.inf if closing else fired[i]
         # ------------------------------------------------ every replica up to the hand-over
-        for g in range(r):   # (closing: every one, to its end; those done are DONE at once)
-            if not next_at[g] <= horizon:
+        for g in range(r):
+            if not _due(g, horizon, closing, next_at, st_i, st_f):
                 continue
-            st_f[g, SF_HORIZON] = horizon
-            st_i[g, S_CLOSED] = 1 if closing else 0
             code = tk.run(arrival, empty, empty, prompt, output, final, max_new, status, reason, generated, first_sched,
                           first_tok, finish, last_tok, tbt_max, query_tokens, query_blocks, cfg_i, cfg_f, fixed,
                           prefill_tab, lm_tab, whole_tab, knots, share, slopes, st_i[g], st_f[g], dec_i[g], dec_f[g],
@@ -204,6 +218,9 @@ def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
             in_batch[q] = st_i[q, S_NDEC] + st_i[q, tk.S_NPRE]
         g = _route(i, fired[i], in_batch, cfg_i[tk.C_MAX_IN_SYSTEM], status, reason, capacity, max_points, st_i, st_f, waiting,
                    rec_f, rows_i, rows_f, ends, kvb, wbs, req_tokens, router_f, fl_i, fl_f, decisions, replica_of)
+        if g < 0:
+            fl_i[FL_REPLICA] = replica_of[i]
+            return BAIL
         next_at[g] = _next_at(g, in_batch[g], st_i, st_f, ends)   # (taking a request does not change the batch)
         fl_i[FL_NEXT] = i + 1
 
@@ -212,7 +229,8 @@ def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
 def _route(i, f, in_batch, max_in_system, status, reason, capacity, max_points, st_i, st_f, waiting, rec_f, rows_i,
            rows_f, ends, kvb, wbs, req_tokens, router_f, fl_i, fl_f, decisions, replica_of):
     """Fleet._deliver of request i at `f`: the router picks, counts it sent (Router.sent) and, if the
-    replica refuses it, answered (Router.answered(refused=True)). Returns the replica."""
+    replica refuses it, answered (Router.answered(refused=True)). Returns the replica, or -1 (BAIL,
+    the replica's reason set) where the replica's queue could outgrow its ring."""
     g = _pick(router_f, fl_i[FL_BY_TOKENS], fl_i, fl_f)
     tok = req_tokens[i]
     router_f[g, 0] += 1.0
@@ -221,8 +239,11 @@ def _route(i, f, in_batch, max_in_system, status, reason, capacity, max_points, 
     fl_f[FL_TOKENS_SUM] += tok
     fl_i[FL_TOKENS_N] += 1
     replica_of[i] = g
-    if not _hand_over(i, g, f, in_batch[g], max_in_system, status, reason, capacity, max_points, st_i, st_f, waiting,
-                      rec_f, rows_i, rows_f, ends, kvb, wbs):
+    taken = _hand_over(i, g, f, in_batch[g], router_f[g, 0], max_in_system, status, reason, capacity, max_points, st_i,
+                       st_f, waiting, rec_f, rows_i, rows_f, ends, kvb, wbs)
+    if taken < 0:
+        return -1
+    if taken == 0:
         router_f[g, 0] -= 1.0
         router_f[g, 1] -= tok
     return g

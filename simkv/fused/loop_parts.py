@@ -37,7 +37,7 @@ from simkv.fused.layout import (S_NEXT, S_WHEAD, S_WCOUNT, S_SAMPLE, S_NROWS, S_
                                 SF_NOW, SF_DT, SF_ARRIVALS, SF_UNIFORM, CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ,
                                 CF_MAX_STEP, D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_HOLD, D_MEAS, D_ORDER, DEC_I_ROWS,
                                 DF_TBT, DF_LAST, DEC_F_ROWS, TOKEN, FREE, F_W0, F_W1, S_LOCKSTEP, S_PENDING,
-                                S_BAIL, SF_HORIZON, WAIT, BAIL, BAIL_TIE)
+                                S_BAIL, SF_HORIZON, WAIT, BAIL, BAIL_TIE, S_CLOSED, DONE)
 from simkv.metrics.recorder_kernels import F_GAP_MAX, _bin_position, _near_edge, on_steps
 from simkv.request import DONE as DONE_STATUS
 from simkv.request import REFUSED_BY_ENGINE, REJECTED
@@ -414,3 +414,10 @@ def lockstep_wait(end, st_i, st_f):
         return BAIL
     st_i[S_PENDING] = 0
     return -1
+
+
+@njit(cache=True)
+def lockstep_idle(st_i):
+    """An idle lockstep replica: DONE once the fleet has no more requests for it, else WAIT (the fleet
+    hands it its requests, and wakes it: simkv.fused.fleet_loop)."""
+    return DONE if st_i[S_CLOSED] else WAIT

@@ -40,12 +40,12 @@ import numpy as np
 from numba import njit
 
 from simkv.cost.attention_kernels import _pairwise
-from simkv.fused.layout import (S_LOCKSTEP, S_PENDING, S_K, S_SENS, S_BYSTEP, S_CLOSED, SF_HORIZON, WAIT,
+from simkv.fused.layout import (S_LOCKSTEP, S_PENDING, S_K, S_SENS, S_BYSTEP, SF_HORIZON, WAIT,
                                 BAIL, BAIL_NONUNIFORM, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
                                 CF_SCALE, CF_WARMUP, DONE, D_FINAL, D_GEN, D_HOLD, D_KV, EXTERNAL, FREE, INTERNAL,
                                 PAUSE, RESERVED, SF_NOW, ST_F_SHARED, ST_I_SHARED, S_BAIL, S_FREE, S_ITER, S_NDEC,
                                 S_NEXT, S_NGAPS, S_ORDER, S_WCOUNT, S_WHEAD, TOKEN)
-from simkv.fused.loop_parts import (lockstep_wait, arrivals_during, check_step_times, commit_decodes, decode_attention,
+from simkv.fused.loop_parts import (lockstep_idle, lockstep_wait, arrivals_during, check_step_times, commit_decodes, decode_attention,
                                     finish_decoders, join_decoder, mixed_step_seconds, on_end, on_idle, record,
                                     remaining_steps, settle_uniform, sizes_fit, step_ends, timed_decode_run,
                                     wait_for_arrival)
@@ -123,10 +123,8 @@ def run(arrival, cut, fired, prompt, output, final, max_new,
             done_at += 1
             # ------------------------------------------------------------ idle (Replica._step_loop)
             if st_i[S_WCOUNT] == 0 and n == 0 and n_pre == 0:
-                if lockstep:   # the fleet hands it its requests (and wakes it: simkv.fused.fleet_loop)
-                    if st_i[S_CLOSED]:
-                        return DONE
-                    return WAIT
+                if lockstep:
+                    return lockstep_idle(st_i)
                 if st_i[S_NEXT] == n_req:
                     on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
                     return DONE
