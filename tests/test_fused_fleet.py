@@ -109,21 +109,22 @@ def test_a_one_replica_fleet_equals_the_lone_replica():
 @given(policy=st.sampled_from(["least_loaded", "session"]), load=st.sampled_from(["requests", "tokens"]),
        preset=st.sampled_from(["simkv", "tgi"]), replicas=st.sampled_from([1, 2, 5, 16]),
        rate=st.sampled_from([5.0, 40.0, 150.0]), mem=st.sampled_from([0.24, 0.4]), seqs=st.sampled_from([8, 256]),
-       points=st.sampled_from([2000, 40]), seed=st.integers(0, 5))
+       interval=st.sampled_from([0.0, 0.0, 0.25]), points=st.sampled_from([2000, 40]), seed=st.integers(0, 5))
 def test_generated_least_loaded_fleets_equal_the_fleet_on_simpy(policy, load, preset, replicas, rate, mem, seqs,
-                                                                points, seed):
+                                                                interval, points, seed):
     """One lockstep loop (simkv.fused.fleet_loop): the router reads every replica's answers as they
-    come; preemption (paged, tight caches), TGI's refusals (`seqs` is then max_concurrent_requests),
-    prompts split over steps, rejections and runs cut by hand-overs included."""
+    come, or (`interval`) at its periodic refreshes; preemption (paged, tight caches), TGI's refusals
+    (`seqs` is then max_concurrent_requests), prompts split over steps, rejections and runs cut by
+    hand-overs included."""
     limit = {"max_num_seqs": seqs} if preset == "simkv" else {"max_concurrent_requests": seqs}
     _both(_scenario(engine={"preset": preset, "gpu_memory_utilization": mem, **limit},
                     workload={"arrival": {"process": "poisson", "rate": rate}},
                     run={"seed": seed, "time_series_points": points, "warmup_s": 40 / rate},
-                    fleet={"router": {"policy": policy, "load": load}, "pools": [{"name": "a", "replicas": replicas}]}))
+                    fleet={"router": {"policy": policy, "load": load, "state_interval_s": interval},
+                           "pools": [{"name": "a", "replicas": replicas}]}))
 
 
 @pytest.mark.parametrize("fleet, reason", [
-    ({"router": {"policy": "least_loaded", "state_interval_s": 0.5}}, "not a least-loaded router"),
     ({"router": {"policy": "least_loaded", "decision_delay_s": 0.001}}, "not a least-loaded router"),
     ({"router": {"policy": "kv_aware"}}, "not a least-loaded router"),
     ({"router": {"policy": "least_loaded"}, "faults": [{"pool": "a", "replica": 0, "at_s": 1.0}]}, "faults"),

@@ -156,7 +156,7 @@ class FusedRun:
                 np.zeros(steps), np.zeros(steps), np.zeros((5, steps), np.int64), np.zeros(steps, np.int64),
                 np.zeros(max_seqs + 1))
 
-    NO_ROUTER = (np.zeros(0), np.zeros(2))   # a loop's router arguments outside a lockstep fleet
+    NO_ROUTER = (np.zeros(1, np.int64),)   # a loop's answers ring, unused outside a lockstep fleet
 
     def drive(self, args: tuple, progress: ProgressFn | None = None,
               on_call: Callable[[], None] | None = None) -> tuple[CompiledRecorder, float] | None:

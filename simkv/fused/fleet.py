@@ -46,8 +46,8 @@ def why_not(fleet) -> str | None:
 def why_not_lockstep(fleet) -> str | None:
     """Why `fleet` cannot run as one lockstep loop (simkv.fused.fleet_loop), or None if it can."""
     spec, t, router = fleet.spec, fleet.t, fleet.spec.router
-    if router.policy not in ("least_loaded", "session") or router.state_interval_s > 0 or router.decision_delay_s > 0:
-        return "not a least-loaded router that sees answers at once and decides at once"
+    if router.policy not in ("least_loaded", "session") or router.decision_delay_s > 0:
+        return "not a least-loaded router that decides at once"
     if spec.faults or fleet.autoscaler is not None or fleet.disagg is not None or fleet.clients is not None:
         return "faults, autoscaling, P/D or closed-loop clients"
     if t.next_turn is not None or fleet._fans or (router.policy == "session" and t.session is not None):
@@ -182,6 +182,7 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
     fl_i, fl_f = np.zeros(fl.FL_I_LEN, i64), np.zeros(fl.FL_F_LEN)
     fl_i[fl.FL_BY_TOKENS] = int(fleet.spec.router.load == "tokens")
     fl_i[fl.FL_CHUNK] = CHUNK_ITERATIONS
+    fl_f[fl.FL_STATE_INTERVAL] = fleet.spec.router.state_interval_s
     decisions, replica_of = np.zeros(r, i64), np.full(n, -1, i64)
     req_tokens = (fleet.t.prompt_tokens + fleet.t.max_new_tokens).astype(float)   # Router._tokens
     requests = (arrival, fired, np.zeros(0), np.ascontiguousarray(t.prompt_tokens, i64),
@@ -191,7 +192,11 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
                    np.zeros((r, ring), i64))
     recording = (rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m, np.zeros((r, steps)), np.zeros((r, steps)),
                  np.zeros((r, 5, steps), i64), np.zeros((r, steps), i64), np.zeros((r, batch + 1)))
-    fleet_state = (req_tokens, np.zeros((r, 2)), fl_i, fl_f, np.full(r, np.inf), decisions, replica_of)
+    # answers the router has not seen yet: as many as it counts outstanding, so with a state interval
+    # also those answered since its last refresh (about a replica's share at most)
+    answers = ring if fleet.spec.router.state_interval_s == 0 else max(ring, ring_size(n, r, batch, None))
+    fleet_state = (np.zeros((r, answers), i64), req_tokens, np.zeros((r, 2)), fl_i, fl_f, np.full(r, np.inf), decisions,
+                   replica_of)
     config = (engine.loop_cfg(k, sim, recs[0].max_points), limits_f(c, s.batch.warmup_s), *tables.values())
     if engine is paged_fcfs:
         loop, pre_i = fl.run, None

@@ -24,14 +24,14 @@ from numba import njit
 from simkv.fused import paged_fcfs_kernel as pk
 from simkv.fused import tgi_kernel as tk
 from simkv.fused.layout import (BAIL, BAIL_RING, DONE, NO_LIMIT, PAUSE, S_BAIL, S_BYSTEP, S_CLOSED, S_K, S_NDEC,
-                                S_PENDING, S_SENS, S_WCOUNT, S_WHEAD, SF_HORIZON, SF_NOW)
+                                S_PENDING, S_SENS, S_WCOUNT, S_WHEAD, SF_HORIZON, SF_NOW, S_AHEAD, S_ACOUNT)
 from simkv.fused.loop_parts import on_idle
 from simkv.request import REFUSED_BY_ENGINE, REJECTED
 
 FL_NEXT, FL_RR, FL_TOKENS_N, FL_BY_TOKENS, FL_CHUNK, FL_REPLICA = range(6)
 FL_I_LEN = 6
-FL_TOKENS_SUM = 0
-FL_F_LEN = 1
+FL_TOKENS_SUM, FL_STATE_INTERVAL = 0, 1
+FL_F_LEN = 2
 
 
 @njit(cache=True)
@@ -63,6 +63,24 @@ def _pick(router_f, by_tokens, fl_i, fl_f):
 
 
 @njit(cache=True)
+def _refresh(now, interval, finish, answers, req_tokens, st_i, router_f):
+    """Router.answered and _refresh: each replica's answers the router has seen by `now` (all of them,
+    or with a state interval those answered by the last refresh before `now`), in the order they
+    came, count no more (one request and its tokens fewer outstanding)."""
+    seen_until = np.floor(now / interval) * interval if interval > 0 else np.inf
+    size = answers.shape[1]
+    for g in range(answers.shape[0]):
+        while st_i[g, S_ACOUNT] > 0:
+            rid = answers[g, st_i[g, S_AHEAD]]
+            if not finish[rid] <= seen_until:
+                break
+            router_f[g, 0] -= 1.0
+            router_f[g, 1] -= req_tokens[rid]
+            st_i[g, S_AHEAD] = (st_i[g, S_AHEAD] + 1) % size
+            st_i[g, S_ACOUNT] -= 1
+
+
+@njit(cache=True)
 def _next_at(g, in_batch, st_i, st_f, ends):
     """When replica g next has something to do: its pending step's end, now if it was woken, never if idle."""
     if st_i[g, S_PENDING]:
@@ -84,12 +102,13 @@ def _due(g, horizon, closing, next_at, st_i, st_f):
 
 
 @njit(cache=True)
-def _hand_over(rid, g, f, in_batch, held, max_in_system, status, reason, capacity, max_points, st_i, st_f, waiting,
-               rec_f, rows_i, rows_f, ends, kvb, wbs):
-    """Replica.submit(rid) on replica g at `f`, `in_batch` requests in its batch and `held` in all (this
-    one too): 1 if it takes the request, 0 if it refuses it (refused at build time, or by the engine
-    beyond `max_in_system`, TGI's max_concurrent_requests, as Scheduler.add_request refuses it), -1
-    where what it holds could outgrow its queue's ring (BAIL_RING)."""
+def _hand_over(rid, g, f, in_batch, held, room, max_in_system, status, reason, capacity, max_points, st_i, st_f,
+               waiting, rec_f, rows_i, rows_f, ends, kvb, wbs):
+    """Replica.submit(rid) on replica g at `f`, `in_batch` requests in its batch and `held` counted
+    outstanding by the router (this one too; its answers not yet seen included): 1 if it takes the
+    request, 0 if it refuses it (refused at build time, or by the engine beyond `max_in_system`, TGI's
+    max_concurrent_requests, as Scheduler.add_request refuses it), -1 where its queue could outgrow
+    its ring, or its answers the `room` of theirs (BAIL_RING)."""
     pending = st_i[g, S_PENDING] != 0
     k = st_i[g, S_K]
     if pending and st_i[g, S_SENS] and k > 1:   # _end_run_now: the run ends with its step in flight
@@ -109,7 +128,7 @@ def _hand_over(rid, g, f, in_batch, held, max_in_system, status, reason, capacit
         reason[rid] = REFUSED_BY_ENGINE
         return 0
     wsize = waiting.shape[1]
-    if held >= wsize - 1:
+    if held - st_i[g, S_ACOUNT] >= wsize - 1 or held >= room - 1:
         st_i[g, S_BAIL] = BAIL_RING
         return -1
     waiting[g, (st_i[g, S_WHEAD] + st_i[g, S_WCOUNT]) % wsize] = rid
@@ -131,7 +150,7 @@ def run(arrival, fired, empty, prompt, output, final,
         cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
         st_i, st_f, dec_i, dec_f, waiting,
         rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
-        dur, ends, kvb, wbs, vals, plan_i, req_tokens, router_f,
+        dur, ends, kvb, wbs, vals, plan_i, answers, req_tokens, router_f,
         fl_i, fl_f, next_at, decisions, replica_of):
     """Run the fleet until every request is answered (DONE), for fl_i[FL_CHUNK] hand-overs (PAUSE,
     fl_i[FL_REPLICA] -1), until a replica pauses (PAUSE, its index there: its gap buffer wants
@@ -152,7 +171,7 @@ def run(arrival, fired, empty, prompt, output, final,
                           first_tok, finish, last_tok, tbt_max, npre, cfg_i, cfg_f, fixed, prefill_tab, lm_tab,
                           whole_tab, knots, share, slopes, st_i[g], st_f[g], dec_i[g], dec_f[g], waiting[g],
                           rec_f[g], rec_i[g], hist[g], rows_i[g], rows_f[g], gap_v[g], gap_m[g], dur[g], ends[g],
-                          kvb[g], wbs[g], vals[g], plan_i[g], req_tokens, router_f[g])
+                          kvb[g], wbs[g], vals[g], plan_i[g], answers[g])
             if code == PAUSE or code == BAIL:
                 fl_i[FL_REPLICA] = g
                 return code
@@ -165,7 +184,8 @@ def run(arrival, fired, empty, prompt, output, final,
             return PAUSE
         handed += 1
         g = _route(i, fired[i], st_i[:, S_NDEC], NO_LIMIT, status, reason, capacity, max_points, st_i, st_f, waiting,
-                   rec_f, rows_i, rows_f, ends, kvb, wbs, req_tokens, router_f, fl_i, fl_f, decisions, replica_of)
+                   rec_f, rows_i, rows_f, ends, kvb, wbs, finish, answers, req_tokens, router_f, fl_i, fl_f, decisions,
+                   replica_of)
         if g < 0:
             fl_i[FL_REPLICA] = replica_of[i]
             return BAIL
@@ -180,7 +200,7 @@ def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
         cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
         st_i, st_f, dec_i, dec_f, waiting, pre_i,
         rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
-        dur, ends, kvb, wbs, vals, req_tokens, router_f,
+        dur, ends, kvb, wbs, vals, answers, req_tokens, router_f,
         fl_i, fl_f, next_at, decisions, replica_of):
     """`run` for TGI replicas (simkv.fused.tgi_kernel): their refusals beyond max_concurrent_requests
     at the hand-over, and a replica's CALL (its step's prefill attention wanted: its index in
@@ -202,7 +222,7 @@ def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
                           first_tok, finish, last_tok, tbt_max, query_tokens, query_blocks, cfg_i, cfg_f, fixed,
                           prefill_tab, lm_tab, whole_tab, knots, share, slopes, st_i[g], st_f[g], dec_i[g], dec_f[g],
                           waiting[g], pre_i[g], rec_f[g], rec_i[g], hist[g], rows_i[g], rows_f[g], gap_v[g], gap_m[g],
-                          dur[g], ends[g], kvb[g], wbs[g], vals[g], req_tokens, router_f[g])
+                          dur[g], ends[g], kvb[g], wbs[g], vals[g], answers[g])
             if code == PAUSE or code == BAIL or code == tk.CALL:
                 fl_i[FL_REPLICA] = g
                 return code
@@ -217,7 +237,8 @@ def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
         for q in range(r):
             in_batch[q] = st_i[q, S_NDEC] + st_i[q, tk.S_NPRE]
         g = _route(i, fired[i], in_batch, cfg_i[tk.C_MAX_IN_SYSTEM], status, reason, capacity, max_points, st_i, st_f, waiting,
-                   rec_f, rows_i, rows_f, ends, kvb, wbs, req_tokens, router_f, fl_i, fl_f, decisions, replica_of)
+                   rec_f, rows_i, rows_f, ends, kvb, wbs, finish, answers, req_tokens, router_f, fl_i, fl_f, decisions,
+                   replica_of)
         if g < 0:
             fl_i[FL_REPLICA] = replica_of[i]
             return BAIL
@@ -227,10 +248,11 @@ def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
 
 @njit(cache=True)
 def _route(i, f, in_batch, max_in_system, status, reason, capacity, max_points, st_i, st_f, waiting, rec_f, rows_i,
-           rows_f, ends, kvb, wbs, req_tokens, router_f, fl_i, fl_f, decisions, replica_of):
+           rows_f, ends, kvb, wbs, finish, answers, req_tokens, router_f, fl_i, fl_f, decisions, replica_of):
     """Fleet._deliver of request i at `f`: the router picks, counts it sent (Router.sent) and, if the
     replica refuses it, answered (Router.answered(refused=True)). Returns the replica, or -1 (BAIL,
     the replica's reason set) where the replica's queue could outgrow its ring."""
+    _refresh(f, fl_f[FL_STATE_INTERVAL], finish, answers, req_tokens, st_i, router_f)
     g = _pick(router_f, fl_i[FL_BY_TOKENS], fl_i, fl_f)
     tok = req_tokens[i]
     router_f[g, 0] += 1.0
@@ -239,8 +261,8 @@ def _route(i, f, in_batch, max_in_system, status, reason, capacity, max_points, 
     fl_f[FL_TOKENS_SUM] += tok
     fl_i[FL_TOKENS_N] += 1
     replica_of[i] = g
-    taken = _hand_over(i, g, f, in_batch[g], router_f[g, 0], max_in_system, status, reason, capacity, max_points, st_i,
-                       st_f, waiting, rec_f, rows_i, rows_f, ends, kvb, wbs)
+    taken = _hand_over(i, g, f, in_batch[g], router_f[g, 0], answers.shape[1], max_in_system, status, reason, capacity,
+                       max_points, st_i, st_f, waiting, rec_f, rows_i, rows_f, ends, kvb, wbs)
     if taken < 0:
         return -1
     if taken == 0:

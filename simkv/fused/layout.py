@@ -9,9 +9,10 @@ from __future__ import annotations
  S_UNIFORM, S_ROUTED) = range(13)
 # a replica in a lockstep fleet (simkv.fused.fleet_loop): its steps wait for the fleet's hand-overs
 # (S_PENDING: a step planned and timed, S_K steps, not yet committed; S_SENS: a hand-over cuts it;
-# S_BYSTEP: hand-overs during it gave per-step queue depths; S_CLOSED: no more will come)
-S_LOCKSTEP, S_PENDING, S_K, S_SENS, S_BYSTEP, S_CLOSED = range(13, 19)
-ST_I_SHARED = 19
+# S_BYSTEP: hand-overs during it gave per-step queue depths; S_CLOSED: no more will come;
+# S_AHEAD / S_ACOUNT: its answers not yet seen by the router, a ring of request ids)
+S_LOCKSTEP, S_PENDING, S_K, S_SENS, S_BYSTEP, S_CLOSED, S_AHEAD, S_ACOUNT = range(13, 21)
+ST_I_SHARED = 21
 SF_NOW, SF_DT, SF_ARRIVALS, SF_UNIFORM, SF_HORIZON = range(5)   # SF_UNIFORM: every decoder's last token time, if S_UNIFORM
 ST_F_SHARED = 5
 # cfg_f of every loop: the cost model's scalars, the warm-up, the longest plausible step

@@ -37,7 +37,8 @@ from simkv.fused.layout import (S_NEXT, S_WHEAD, S_WCOUNT, S_SAMPLE, S_NROWS, S_
                                 SF_NOW, SF_DT, SF_ARRIVALS, SF_UNIFORM, CF_C_ATT, CF_SCALE, CF_HOST, CF_HOST_PER_SEQ,
                                 CF_MAX_STEP, D_RID, D_KV, D_GEN, D_OUT, D_FINAL, D_HOLD, D_MEAS, D_ORDER, DEC_I_ROWS,
                                 DF_TBT, DF_LAST, DEC_F_ROWS, TOKEN, FREE, F_W0, F_W1, S_LOCKSTEP, S_PENDING,
-                                S_BAIL, SF_HORIZON, WAIT, BAIL, BAIL_TIE, S_CLOSED, DONE)
+                                S_BAIL, SF_HORIZON, WAIT, BAIL, BAIL_TIE, S_CLOSED, DONE, S_AHEAD,
+                                S_ACOUNT)
 from simkv.metrics.recorder_kernels import F_GAP_MAX, _bin_position, _near_edge, on_steps
 from simkv.request import DONE as DONE_STATUS
 from simkv.request import REFUSED_BY_ENGINE, REJECTED
@@ -293,19 +294,19 @@ def settle_uniform(n, n_join, end0, st_i, st_f):
 
 
 @njit(cache=True)
-def finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i, req_tokens, router_f):
+def finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i, answers):
     """ImplicitBatch._finish: the decoders with all their tokens are done at `end` and leave, the
     rest keep their join order (st_i[S_NDEC]). Returns what those done held (D_HOLD), summed. In a
-    lockstep fleet each answer reaches the router then, in that order (Router.answered: one request
-    and its `req_tokens` fewer outstanding, in router_f)."""
+    lockstep fleet each answer goes, in that order, to the `answers` ring the fleet's router reads
+    (Router.answered; the ring holds at least what the router counts outstanding)."""
     freed = 0
     w = 0
     for i in range(n):
         if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
             rid = dec_i[D_RID, i]
-            if st_i[S_LOCKSTEP]:
-                router_f[0] -= 1.0
-                router_f[1] -= req_tokens[rid]
+            if st_i[S_LOCKSTEP]:   # the answer, for the router (its ring is as long as it may need)
+                answers[(st_i[S_AHEAD] + st_i[S_ACOUNT]) % answers.shape[0]] = rid
+                st_i[S_ACOUNT] += 1
             finish[rid] = end
             last_tok[rid] = end
             generated[rid] = dec_i[D_GEN, i]

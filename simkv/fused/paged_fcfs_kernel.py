@@ -76,14 +76,15 @@ def run(arrival, cut, fired, prompt, output, final,
         cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
         st_i, st_f, dec_i, dec_f, waiting,
         rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
-        dur, ends, kvb, wbs, vals, plan_i, req_tokens, router_f):
+        dur, ends, kvb, wbs, vals, plan_i, answers):
     """Run the replica from the state in `st_*` until it has nothing left to do (DONE), for
     cfg_i[C_CHUNK] iterations or until the gap buffers fill (PAUSE), or until it meets what it
     does not model (BAIL, reason in st_i[S_BAIL]). The rows of `knots`, `share` and `slopes` (one
     per batch size) are the decode-attention curves; `*_tab` the cost model's per-size tables.
     In a lockstep fleet (st_i[S_LOCKSTEP], simkv.fused.fleet_loop) the fleet hands requests over
     itself: the loop runs up to the fleet's next hand-over (st_f[SF_HORIZON]) and WAITs there, a
-    step in flight kept pending (its plan in `plan_i` and the S_* slots); answers go to `router_f`."""
+    step in flight kept pending (its plan in `plan_i` and the S_* slots); its answers go to the
+    `answers` ring (request ids), for the fleet's router."""
     n_req = arrival.shape[0]
     max_seqs, max_batched = cfg_i[C_MAX_SEQS], cfg_i[C_MAX_BATCHED]
     watermark, max_repeat, b = cfg_i[C_WATERMARK], cfg_i[C_MAX_REPEAT], cfg_i[C_BLOCK]
@@ -302,7 +303,7 @@ def run(arrival, cut, fired, prompt, output, final,
         tokens = n   # decodes + the prefills' first tokens
         # completions, in join order (ImplicitBatch._finish): their blocks go back
         st_i[S_FREE] = free + finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i,
-                                                req_tokens, router_f)
+                                                answers)
         record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
                rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)
         st_i[S_ITER] += 1

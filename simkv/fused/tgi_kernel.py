@@ -87,7 +87,7 @@ def run(arrival, cut, fired, prompt, output, final, max_new,
         cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
         st_i, st_f, dec_i, dec_f, waiting, pre_i,
         rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
-        dur, ends, kvb, wbs, vals, req_tokens, router_f):
+        dur, ends, kvb, wbs, vals, answers):
     """Run the replica from the state in `st_*` until it has nothing left to do (DONE), for
     cfg_i[C_CHUNK] iterations or until the gap buffers fill (PAUSE), until a step's prefill
     attention is wanted (CALL), or until it meets what it does not model (BAIL). In a lockstep fleet
@@ -298,7 +298,7 @@ def run(arrival, cut, fired, prompt, output, final, max_new,
         tokens = n   # tokens each step: every decoder's, and the first of each prefill completed
         # completions, in join order (ImplicitBatch._finish): their reservations go back (whole blocks)
         held_done = finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i,
-                                    req_tokens, router_f)
+                                    answers)
         st_i[S_FREE] += held_done // b
         record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
                rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)
