@@ -28,7 +28,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check simkv tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # only the slow tests: real model shapes on the CPU (bf16 is emulated, ~100x slower, on CPUs
 # without AVX-512 BF16 / AMX)

@@ -26,6 +26,7 @@ from simkv.simulate import prepared, run_simulation, stream_for
 from test_step_grouping import _assert_same   # summary, request table and time series, bit for bit
 
 pytest.importorskip("numba")
+pytestmark = pytest.mark.xdist_group("fused")   # one worker compiles the fused loops (make test: --dist loadgroup)
 
 BASE = dict(name="fused-fleet", model="llama3-8b", hardware={"gpu": "h100"},
             engine={"gpu_memory_utilization": 0.24, "max_model_len": 4096},
