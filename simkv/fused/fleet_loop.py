@@ -39,23 +39,22 @@ def _pick(router_f, by_tokens, fl_i, fl_f):
     """Router.pick for least_loaded over every replica: the lowest load (outstanding requests, or
     tokens in mean-request units), ties within 1e-12 taken in turn."""
     r = router_f.shape[0]
-    score = np.empty(r)
-    if by_tokens:
-        unit = fl_f[FL_TOKENS_SUM] / fl_i[FL_TOKENS_N] if fl_i[FL_TOKENS_N] else 1.0
-        for g in range(r):
-            score[g] = router_f[g, 1] / unit
-    else:
-        for g in range(r):
-            score[g] = router_f[g, 0]
-    top = score.min() + 1e-12
+    col = 1 if by_tokens else 0
+    unit = 1.0
+    if by_tokens and fl_i[FL_TOKENS_N]:
+        unit = fl_f[FL_TOKENS_SUM] / fl_i[FL_TOKENS_N]
+    low = np.inf
+    for g in range(r):   # the scores, computed as Router._load does (tokens over the mean request's)
+        low = min(low, router_f[g, col] / unit if by_tokens else router_f[g, col])
+    top = low + 1e-12
     ties = 0
     for g in range(r):
-        if score[g] <= top:
+        if (router_f[g, col] / unit if by_tokens else router_f[g, col]) <= top:
             ties += 1
     want = fl_i[FL_RR] % ties
     fl_i[FL_RR] += 1
     for g in range(r):
-        if score[g] <= top:
+        if (router_f[g, col] / unit if by_tokens else router_f[g, col]) <= top:
             if want == 0:
                 return g
             want -= 1
