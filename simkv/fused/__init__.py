@@ -3,8 +3,10 @@ compiled loop, for the run shapes common enough to pay for it. Each equals the e
 (simkv.engine.Replica on the pure-Python policies) number for number and hands a run back to it
 whenever it meets what it does not model. simkv.fused.paged_fcfs: FCFS continuous batching on paged
 blocks; simkv.fused.tgi: TGI v3's chunked batching over reserved blocks; both with the calibrated
-cost model. simkv.fused.dispatch picks the one a run fits; simkv.fused.driver and loop_parts are
-what they share."""
+cost model. simkv.fused.dispatch picks the one a run fits; simkv.fused.driver, loop_parts and
+layout are what they share. simkv.fused.fleet runs fleets of such replicas: behind round robin or
+random each replica's loop on its own, behind least_loaded all of them in one lockstep loop
+(simkv.fused.fleet_loop)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,10 @@ simkv.sched.continuous.ContinuousBatchingScheduler on simkv.kv.paged.PagedAlloca
 simkv.cost.calibrated.CalibratedCost and the compiled recorder (the reference it is tested against,
 tests/test_fused_engine.py).
 
+The same loop runs a replica of a fleet: routed (its requests handed over at the fleet's times)
+or in lockstep with the others (simkv.fused.fleet_loop: it stops at the fleet's next hand-over
+and keeps its step in flight pending; simkv.fused.loop_parts says how).
+
 Why one loop: the reference spends ~150 µs of Python per engine iteration in many small calls
 (plan, step time, commit, record); here an iteration is a few microseconds of compiled code whose
 work is a pass over the running batch.

@@ -4,6 +4,8 @@ one replica, in one numba function. Equal, number for number, to simkv.engine.Re
 simkv.sched.tgi.TgiScheduler with prefill chunking (the v3 default) and the compiled recorder
 (tests/test_fused_engine.py compares them).
 
+A fleet's replica runs it routed or in lockstep, as simkv.fused.paged_fcfs_kernel says.
+
 What it mirrors (each piece keeps the reference's order of float operations):
 
 - the clock and the arrivals (simkv.fused.loop_parts), with TGI's refusal beyond
