@@ -74,7 +74,7 @@ def run_fused(fleet, progress: ProgressFn | None = None) -> float | None:
     plan = fleet._plan
     fired = np.empty(n)
     parts.fire_times(np.ascontiguousarray(fleet.t.arrival_s, float), fired)   # Fleet._arrivals' clock
-    done, runs = 0, []
+    done, runs, reached = 0, [], [0.0]
     engines = [_engine(pool.sim) for pool in fleet.pools]
     for g in range(len(fleet.replicas)):
         rows = np.flatnonzero(plan == g)
@@ -85,7 +85,8 @@ def run_fused(fleet, progress: ProgressFn | None = None) -> float | None:
         sim = _replica_sim(fleet, g, rows)
 
         def replica_progress(i: int, _: int, now: float, before: int = done) -> None:
-            progress(before + i, n, now)
+            reached[0] = max(reached[0], now)   # (replicas run one after another: the clock shown never goes back)
+            progress(before + i, n, reached[0])
         out = engine.run_fused(sim, replica_progress if progress is not None else None, fired[rows])
         if out is None:   # handed back: the whole fleet runs on simpy
             return None
