@@ -1,4 +1,12 @@
-"""Fused fleets: a fleet whose replicas never affect one another, each replica in its fused loop.
+"""Fused fleets: a fleet of replicas that fit a fused loop (paged FCFS, TGI), run in compiled loops.
+
+Two ways, chosen here (`run_fused`):
+
+- **apart** (`why_not`): behind a router that reads no load, each replica in its own loop, one
+  after another (below);
+- **in lockstep** (`why_not_lockstep`, `run_lockstep`): one pool behind least_loaded (or session
+  affinity where every request is its own group), every replica and the router in one loop
+  (simkv.fused.fleet_loop), each replica run up to each hand-over.
 
 A fleet (simkv.fleet.run.Fleet) couples its replicas only through the router. A router that
 decides without looking at load (round robin, random: `Fleet._static_plan`) fixes every request's
@@ -30,7 +38,7 @@ from simkv.fused import paged_fcfs, tgi
 from simkv.fused.dispatch import ENGINES
 from simkv.fused.driver import BAIL_REASONS, CHUNK_ITERATIONS, GAP_BUFFER, ProgressFn, cost_tables, limits_f
 from simkv.metrics import _gap_bins
-from simkv.metrics.compiled_recorder import new_recorder
+from simkv.metrics.compiled_recorder import CompiledRecorder, new_recorder
 
 
 def why_not(fleet) -> str | None:
@@ -136,6 +144,7 @@ def _replica_sim(fleet, g: int, rows: np.ndarray) -> Simulation:
 
 
 def _engine(sim: Simulation):
+    """The fused engine (module) whose `why_not` finds nothing in `sim`, or None."""
     return next((e for e in ENGINES if e.why_not(sim) is None), None)
 
 
@@ -163,7 +172,7 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
         return None
     recs = [new_recorder(sim.memory.capacity_tokens, sim.measure_start_s, sim.measure_end_s,
                          sim.scenario.run.time_series_points, True) for _ in range(r)]
-    if type(recs[0]).__name__ != "CompiledRecorder" or recs[0].capacity != s.kv.capacity_tokens:
+    if not isinstance(recs[0], CompiledRecorder) or recs[0].capacity != s.kv.capacity_tokens:
         return None
     out = {name: getattr(t, name).copy() for name in engine.COLUMNS_WRITTEN}   # every replica's rows
     i64 = np.int64
