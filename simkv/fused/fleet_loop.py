@@ -194,16 +194,16 @@ def run(arrival, fired, empty, prompt, output, final,
 
 @njit(cache=True)
 def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
-        status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, query_tokens,
-            query_blocks,
-        cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
-        st_i, st_f, dec_i, dec_f, waiting, pre_i,
-        rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
-        dur, ends, kvb, wbs, vals, answers, req_tokens, router_f,
-        fl_i, fl_f, next_at, decisions, replica_of):
+            status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, query_tokens, query_blocks,
+            cfg_i, cfg_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
+            st_i, st_f, dec_i, dec_f, waiting, pre_i,
+            rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
+            dur, ends, kvb, wbs, vals, answers, req_tokens, router_f,
+            fl_i, fl_f, next_at, decisions, replica_of):
     """`run` for TGI replicas (simkv.fused.tgi_kernel): their refusals beyond max_concurrent_requests
     at the hand-over, and a replica's CALL (its step's prefill attention wanted: its index in
-    fl_i[FL_REPLICA]) returned to the caller."""
+    fl_i[FL_REPLICA]) returned to the caller. (The two loops differ only in the kernel they call and
+    its arguments: a cached numba function cannot take the kernel as an argument.)"""
     n_req = fired.shape[0]
     r = st_i.shape[0]
     capacity, max_points = cfg_i[tk.C_CAPACITY], cfg_i[tk.C_MAX_POINTS]
