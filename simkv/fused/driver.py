@@ -88,6 +88,40 @@ def _cost_tables(c: CalibratedCost, max_seqs: int, max_tokens: int) -> dict[str,
             "knots": knots, "share": share, "slopes": slopes}
 
 
+def gap_buffers(max_seqs: int, max_repeat: int, lead: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """A loop's token-gap buffer (values, multiplicities), `lead` leading dimensions (a lockstep
+    fleet's replicas) in front: room for what a few iterations leave, as the loop pauses to have
+    them binned before they fill."""
+    room = max(GAP_BUFFER, 4 * (max_seqs + max_repeat + 2))
+    return np.zeros((*lead, room)), np.zeros((*lead, room), np.int64)
+
+
+def scratch(max_seqs: int, max_repeat: int, lead: tuple[int, ...] = ()) -> tuple[np.ndarray, ...]:
+    """A loop's scratch arrays, `lead` dimensions in front: step times, ends, KV breakdown and queue
+    depths of up to max_repeat + 1 steps, per-sequence values."""
+    steps = max_repeat + 1
+    return (np.zeros((*lead, steps)), np.zeros((*lead, steps)), np.zeros((*lead, 5, steps), np.int64),
+            np.zeros((*lead, steps), np.int64), np.zeros((*lead, max_seqs + 1)))
+
+
+def bin_gaps(hist: np.ndarray, gap_v: np.ndarray, gap_m: np.ndarray, st_i: np.ndarray) -> None:
+    """The token gaps a loop left (a recompute's gap; a step time near a bin edge) into `hist`,
+    binned by numpy as the pure recorder bins them; the buffer emptied."""
+    g = int(st_i[lp.S_NGAPS])
+    if g:
+        np.add.at(hist, _gap_bins(gap_v[:g]), gap_m[:g])
+        st_i[lp.S_NGAPS] = 0
+
+
+def series_into(rec: CompiledRecorder, rows_i: np.ndarray, rows_f: np.ndarray, st_i: np.ndarray,
+                st_f: np.ndarray) -> None:
+    """The time series a loop sampled (rows, next sample, interval) into recorder `rec`."""
+    rows = int(st_i[lp.S_NROWS])
+    rec._rows = [(int(ri[0]), float(rf[0]), *map(int, ri[1:6]), float(rf[1]), int(ri[6]), int(ri[7]))
+                 for ri, rf in zip(rows_i[:rows].tolist(), rows_f[:rows].tolist())]
+    rec._next_sample, rec.dt = int(st_i[lp.S_SAMPLE]), float(st_f[lp.SF_DT])
+
+
 def limits_f(c: CalibratedCost, warmup_s: float) -> np.ndarray:
     """cfg_f of a loop: the cost model's scalars, the warm-up and the longest plausible step."""
     cfg_f = np.zeros(lp.CFG_F_LEN)
@@ -147,14 +181,11 @@ class FusedRun:
 
     def recorder_and_scratch(self, max_seqs: int, max_repeat: int) -> tuple[np.ndarray, ...]:
         """The recorder's arrays, the time series and the gap buffer, then the loop's scratch
-        arrays (step times, ends, KV breakdown, queue depths per step, per-sequence values)."""
-        steps = max_repeat + 1
-        room = max(GAP_BUFFER, 4 * (max_seqs + steps + 1))   # the loop pauses to have them binned before they fill
-        self._gap_v, self._gap_m = np.zeros(room), np.zeros(room, np.int64)
+        arrays (`scratch`)."""
+        self._gap_v, self._gap_m = gap_buffers(max_seqs, max_repeat)
         r = self.rec
         return (r._f, r._i, r._gap_hist, self._rows_i, self._rows_f, self._gap_v, self._gap_m,
-                np.zeros(steps), np.zeros(steps), np.zeros((5, steps), np.int64), np.zeros(steps, np.int64),
-                np.zeros(max_seqs + 1))
+                *scratch(max_seqs, max_repeat))
 
     NO_ROUTER = (np.zeros(1, np.int64),)   # a loop's answers ring, unused outside a lockstep fleet
 
@@ -165,10 +196,7 @@ class FusedRun:
         k, st_i, st_f, n = self.k, self.st_i, self.st_f, self.sim.table.num_requests
         while True:
             code = k.run(*args)
-            g = int(st_i[lp.S_NGAPS])
-            if g:   # gaps numpy bins (a recompute's gap; a step time near a bin edge), as the pure recorder does
-                np.add.at(self.rec._gap_hist, _gap_bins(self._gap_v[:g]), self._gap_m[:g])
-                st_i[lp.S_NGAPS] = 0
+            bin_gaps(self.rec._gap_hist, self._gap_v, self._gap_m, st_i)
             if code == lp.BAIL:
                 fused.last_outcome[0] = "bailed: " + BAIL_REASONS.get(int(st_i[lp.S_BAIL]), "unknown")
                 return None
@@ -183,10 +211,7 @@ class FusedRun:
         t = self.sim.table
         for name, values in self.out.items():
             getattr(t, name)[:] = values
-        rows = int(st_i[lp.S_NROWS])
-        self.rec._rows = [(int(ri[0]), float(rf[0]), *map(int, ri[1:6]), float(rf[1]), int(ri[6]), int(ri[7]))
-                          for ri, rf in zip(self._rows_i[:rows].tolist(), self._rows_f[:rows].tolist())]
-        self.rec._next_sample, self.rec.dt = int(st_i[lp.S_SAMPLE]), float(st_f[lp.SF_DT])
+        series_into(self.rec, self._rows_i, self._rows_f, st_i, st_f)
         fused.last_outcome[0] = "fused"
         return self.rec, float(st_f[lp.SF_NOW])
 

@@ -36,8 +36,8 @@ from simkv.fleet.summary import subset
 from simkv.fused import layout as lp
 from simkv.fused import paged_fcfs, tgi
 from simkv.fused.dispatch import ENGINES
-from simkv.fused.driver import BAIL_REASONS, CHUNK_ITERATIONS, GAP_BUFFER, ProgressFn, cost_tables, limits_f
-from simkv.metrics import _gap_bins
+from simkv.fused.driver import (BAIL_REASONS, CHUNK_ITERATIONS, ProgressFn, bin_gaps, cost_tables, gap_buffers,
+                                limits_f, scratch, series_into)
 from simkv.metrics.compiled_recorder import CompiledRecorder, new_recorder
 
 
@@ -184,11 +184,9 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
     st_i[:, lp.S_ROUTED] = st_i[:, lp.S_LOCKSTEP] = 1
     st_i[:, lp.S_SAMPLE] = recs[0]._next_sample
     st_f[:, lp.SF_DT] = recs[0].dt
-    steps = s.max_repeat + 1
-    room = max(GAP_BUFFER, 4 * (batch + steps + 1))
     rec_f, rec_i, hist = (np.stack([getattr(x, a) for x in recs]) for a in ("_f", "_i", "_gap_hist"))
     rows_i, rows_f = np.zeros((r, recs[0].max_points + 2, 8), i64), np.zeros((r, recs[0].max_points + 2, 2))
-    gap_v, gap_m = np.zeros((r, room)), np.zeros((r, room), i64)
+    gap_v, gap_m = gap_buffers(batch, s.max_repeat, (r,))
     fl_i, fl_f = np.zeros(fl.FL_I_LEN, i64), np.zeros(fl.FL_F_LEN)
     fl_i[fl.FL_BY_TOKENS] = int(fleet.spec.router.load == "tokens")
     fl_i[fl.FL_CHUNK] = CHUNK_ITERATIONS
@@ -200,8 +198,7 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
     ring = ring_size(n, r, batch, s.max_concurrent_requests if engine is tgi else None)
     per_replica = (st_i, st_f, np.zeros((r, lp.DEC_I_ROWS, batch + 1), i64), np.zeros((r, lp.DEC_F_ROWS, batch + 1)),
                    np.zeros((r, ring), i64))
-    recording = (rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m, np.zeros((r, steps)), np.zeros((r, steps)),
-                 np.zeros((r, 5, steps), i64), np.zeros((r, steps), i64), np.zeros((r, batch + 1)))
+    recording = (rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m, *scratch(batch, s.max_repeat, (r,)))
     # answers the router has not seen yet: as many as it counts outstanding, so with a state interval
     # also those answered since its last refresh (about a replica's share at most)
     answers = ring if fleet.spec.router.state_interval_s == 0 else max(ring, ring_size(n, r, batch, None))
@@ -218,11 +215,8 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
                 *recording, *fleet_state)
     while True:
         code = loop(*args)
-        for g in range(r):   # token gaps numpy bins, as the pure recorder does
-            m = int(st_i[g, lp.S_NGAPS])
-            if m:
-                np.add.at(hist[g], _gap_bins(gap_v[g, :m]), gap_m[g, :m])
-                st_i[g, lp.S_NGAPS] = 0
+        for g in range(r):
+            bin_gaps(hist[g], gap_v[g], gap_m[g], st_i[g])
         if code == lp.BAIL:
             reason = int(st_i[int(fl_i[fl.FL_REPLICA]), lp.S_BAIL])
             fused.last_outcome[0] = "bailed: " + BAIL_REASONS.get(reason, "unknown")
@@ -239,10 +233,7 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
     end = max(float(fired[-1]), float(st_f[:, lp.SF_NOW].max()))
     for g, rec in enumerate(recs):
         rec._f[:], rec._i[:], rec._gap_hist[:] = rec_f[g], rec_i[g], hist[g]
-        rows = int(st_i[g, lp.S_NROWS])
-        rec._rows = [(int(ri[0]), float(rf[0]), *map(int, ri[1:6]), float(rf[1]), int(ri[6]), int(ri[7]))
-                     for ri, rf in zip(rows_i[g, :rows].tolist(), rows_f[g, :rows].tolist())]
-        rec._next_sample, rec.dt = int(st_i[g, lp.S_SAMPLE]), float(st_f[g, lp.SF_DT])
+        series_into(rec, rows_i[g], rows_f[g], st_i[g], st_f[g])
         rec.on_idle(float(st_f[g, lp.SF_NOW]), end)   # woken by the fleet's close
         rec.on_end(end)
         pool.recorders[g] = fleet.replicas[g].recorder = rec

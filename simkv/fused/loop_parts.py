@@ -403,9 +403,11 @@ def timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, wh
 
 
 @njit(cache=True)
-def lockstep_wait(end, st_i, st_f):
+def lockstep_wait(end, by_step, wbs, k, st_i, st_f):
     """A lockstep replica's step planned and timed, ending at `end`: WAIT (pending) if the fleet's
-    next hand-over comes first, BAIL on a tie (simpy orders those by event creation), else -1 (commit)."""
+    next hand-over comes first, BAIL on a tie (simpy orders those by event creation), else -1
+    (commit; with per-step queue depths, `by_step`, the last step's is the queue as commit sees it,
+    as arrivals_during leaves it)."""
     h = st_f[SF_HORIZON]
     if end > h:
         st_i[S_PENDING] = 1
@@ -414,6 +416,8 @@ def lockstep_wait(end, st_i, st_f):
         st_i[S_BAIL] = BAIL_TIE
         return BAIL
     st_i[S_PENDING] = 0
+    if by_step:
+        wbs[k - 1] = st_i[S_WCOUNT]
     return -1
 
 

@@ -234,11 +234,9 @@ def run(arrival, cut, fired, prompt, output, final,
         start = now
         end = ends[k - 1]
         if lockstep:
-            code = lockstep_wait(end, st_i, st_f)
+            code = lockstep_wait(end, by_step, wbs, k, st_i, st_f)
             if code >= 0:
                 return code
-            if by_step:
-                wbs[k - 1] = st_i[S_WCOUNT]
         st_f[SF_NOW] = end
         num_waiting = st_i[S_WCOUNT]
         # ---------------------------------------------------------------- commit (implicit_batch.py)
