@@ -4,11 +4,12 @@ nothing it does not model."""
 from __future__ import annotations
 
 from simkv import fused
-from simkv.fused import paged_fcfs, tgi
+from simkv.fused import paged_fcfs, tgi, vllm_v1
 from simkv.fused.driver import ProgressFn
 from simkv.metrics.compiled_recorder import CompiledRecorder
 
-ENGINES = (paged_fcfs, tgi)
+ENGINES = (paged_fcfs, tgi, vllm_v1)
+FLEET_ENGINES = (paged_fcfs, tgi)   # the loops a fleet's replica runs in (simkv.fused.fleet)
 
 
 def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder, float] | None:

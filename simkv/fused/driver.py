@@ -24,14 +24,16 @@ CHUNK_ITERATIONS = 20_000   # iterations between progress reports (~0.1 s)
 GAP_BUFFER = 1 << 15        # token gaps a loop hands back for numpy to bin, per pause at most
 BAIL_REASONS = {1: "an arrival at exactly a step's end", 2: "a step time the engine rejects",
                 3: "a request that can never be admitted", 4: "a size outside the cost model's tables",
-                5: "decoders whose last tokens differ", 6: "a replica's queue longer than its ring (lockstep fleet)"}
+                5: "decoders whose last tokens differ", 6: "a replica's queue longer than its ring (lockstep fleet)",
+                7: "a follow-up turn and a first turn at one instant"}
 # the request table's columns the loops write (each works on copies, written back when it is done)
 COLUMNS = ("status", "reject_reason", "generated", "first_scheduled_s", "first_token_s", "finish_s", "last_token_s",
            "tbt_max_s")
 
 
-def why_not_any(sim) -> str | None:
-    """Why no fused engine can run `sim`, whatever its policy (None: the policy decides)."""
+def why_not_any(sim, sessions: bool = False) -> str | None:
+    """Why no fused engine can run `sim`, whatever its policy (None: the policy decides).
+    `sessions`: the engine runs multi-turn conversations (only the first turns' arrivals are known)."""
     if not isinstance(sim, Simulation):
         return "a fleet"
     s, c, t, kv = sim.scheduler, sim.cost, sim.table, sim.scheduler.kv
@@ -39,11 +41,13 @@ def why_not_any(sim) -> str | None:
         return "the scheduler has run already"
     if type(c) is not CalibratedCost or {"seconds", "decode_run_seconds"} & set(vars(c)):
         return "not the calibrated cost model"
-    if t.next_turn is not None or t.clients is not None or t.beam_reselect:
+    if (t.next_turn is not None and not sessions) or t.clients is not None or t.beam_reselect:
         return "sessions, closed-loop clients or beam search"
     if not np.isfinite(sim.measure_end_s) or t.num_requests == 0:
         return "no finite measured window"
     a = t.arrival_s
+    if t.next_turn is not None:   # a later turn's arrival is when it is sent
+        a = a[~np.isnan(a)]
     if not np.all(np.isfinite(a)) or (len(a) > 1 and np.any(a[1:] < a[:-1])):
         return "arrival times not finite and sorted"
     return None

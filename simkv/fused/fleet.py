@@ -35,7 +35,7 @@ from simkv.build import Simulation
 from simkv.fleet.summary import subset
 from simkv.fused import layout as lp
 from simkv.fused import paged_fcfs, tgi
-from simkv.fused.dispatch import ENGINES
+from simkv.fused.dispatch import FLEET_ENGINES as ENGINES
 from simkv.fused.driver import (BAIL_REASONS, CHUNK_ITERATIONS, ProgressFn, bin_gaps, cost_tables, gap_buffers,
                                 limits_f, scratch, series_into)
 from simkv.metrics.compiled_recorder import CompiledRecorder, new_recorder

@@ -26,7 +26,7 @@ DF_TBT, DF_LAST = range(2)
 DEC_F_ROWS = 2
 # return codes of a loop; a BAIL's reason is in st_i[S_BAIL]
 DONE, PAUSE, BAIL, WAIT = 0, 1, 2, 4   # WAIT: a lockstep replica waits for the fleet (3 is TGI's CALL)
-BAIL_TIE, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_NONUNIFORM, BAIL_RING = 1, 2, 3, 4, 5, 6
+BAIL_TIE, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_NONUNIFORM, BAIL_RING, BAIL_SAME_INSTANT = 1, 2, 3, 4, 5, 6, 7
 # the recorder's KV rows and state slots (simkv.kv.base, simkv.metrics.recorder_kernels)
 TOKEN, RESERVED, INTERNAL, EXTERNAL, FREE = range(5)
 F_W0, F_W1 = 8, 9
