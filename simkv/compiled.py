@@ -21,9 +21,11 @@ tests/test_compiled_recorder.py, tests/test_compiled_attention.py, tests/test_fu
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 # the kernels pay from about this many requests: they save ~70 µs a request on TGI and ~440 µs on
@@ -44,6 +46,43 @@ def wanted(num_requests: int, pays_alone_from: int | None = COMPILED_FROM_REQUES
     return "numba" in sys.modules or (pays_alone_from is not None and num_requests >= pays_alone_from)
 
 
+# the modules of compiled kernels: numba caches each function on disk keyed by its own file's stamp
+# only, so a cached function keeps the code of the functions it calls from another module after
+# that module changed (a fused loop calls simkv.fused.loop_parts; a fleet's loop calls the loops)
+KERNEL_MODULES = ("simkv/fused", "simkv/kv/pool_kernels.py", "simkv/metrics/recorder_kernels.py",
+                  "simkv/cost/attention_kernels.py")
+_CHECKED = [False]
+
+
+def drop_stale_caches() -> None:
+    """Delete numba's cached kernels of simkv (the `__pycache__/*.nbi` / `.nbc` files beside
+    KERNEL_MODULES) when any of their sources changed since they were cached (a hash of all of them,
+    kept beside the caches), so no cached function runs code older than the functions it calls.
+    Only numba's default cache location (no NUMBA_CACHE_DIR); nothing else is touched, and a cache
+    that cannot be read or written is left as it is."""
+    if _CHECKED[0] or os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    _CHECKED[0] = True
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sources = sorted(p for part in KERNEL_MODULES
+                         for p in ((root / part).glob("*.py") if (root / part).is_dir() else [root / part]))
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
+        caches = sorted({p.parent / "__pycache__" for p in sources})
+        stamp = root / "simkv" / "fused" / "__pycache__" / "kernel-sources.sha256"
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        names = {p.stem for p in sources}
+        for folder in caches:
+            for f in folder.glob("*.nb[ic]"):
+                if f.name.split(".", 1)[0] in names:
+                    f.unlink()
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:   # a read-only install: numba then cannot cache there either
+        return
+
+
 def kernels(module: str) -> ModuleType | None:
     """The kernel module `module` (imported, so compiled or loaded from numba's cache on first use),
     or None where numba is missing or `SIMKV_COMPILED=0`. A numba that cannot set the kernels up (no
@@ -51,6 +90,7 @@ def kernels(module: str) -> ModuleType | None:
     paths give the same results, only slower."""
     if os.environ.get("SIMKV_COMPILED") == "0":
         return None
+    drop_stale_caches()
     try:
         return importlib.import_module(module)
     except Exception:   # (see the docstring)

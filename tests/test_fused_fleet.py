@@ -2,7 +2,7 @@
 runs each replica in its fused loop, and a one-pool fleet behind least_loaded runs as one lockstep
 loop (simkv.fused.fleet, fleet_loop); both give what the fleet on the simpy clock gives, bit for
 bit: the summary with its fleet block, the request table with pool and replica, and the time
-series. Generated fleets cover paged FCFS and TGI replicas, refusals beyond
+series. Generated fleets cover paged FCFS, TGI and vLLM V1 replicas, refusals beyond
 max_concurrent_requests, requests refused at build time, replicas that get no request, two pools of
 different engines, load in requests or tokens, and a measured window after a warm-up. Fleets it does
 not model (a router's stale view, a decision delay, kv_aware, faults, sessions, two pools behind
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from simkv import fused
 from simkv.files.scenario_file import validate_scenario
 from simkv.fused import fleet as fused_fleet
-from simkv.fused import paged_fcfs, tgi
+from simkv.fused import paged_fcfs, tgi, vllm_v1
 from simkv.request import REFUSED_BY_ENGINE
 from simkv.simulate import prepared, run_simulation, stream_for
 from test_step_grouping import _assert_same   # summary, request table and time series, bit for bit
@@ -64,7 +64,7 @@ def _both(sc, expect: str = "fused fleet", stream=None):
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=st.sampled_from(["round_robin", "random"]), replicas=st.sampled_from([1, 2, 5, 16]),
-       preset=st.sampled_from(["simkv", "tgi"]), rate=st.sampled_from([5.0, 40.0, 150.0]),
+       preset=st.sampled_from(["simkv", "tgi", "vllm-v1"]), rate=st.sampled_from([5.0, 40.0, 150.0]),
        concurrent=st.sampled_from([4, 128]), second_pool=st.booleans(), points=st.sampled_from([2000, 40]),
        seed=st.integers(0, 5))
 def test_generated_fleets_equal_the_fleet_on_simpy(policy, replicas, preset, rate, concurrent, second_pool, points,
@@ -74,8 +74,8 @@ def test_generated_fleets_equal_the_fleet_on_simpy(policy, replicas, preset, rat
         engine["max_concurrent_requests"] = concurrent
     pools = [{"name": "a", "replicas": replicas}]
     if second_pool:   # the other engine, in a pool of its own
-        other = {"engine.preset": "tgi", "engine.max_concurrent_requests": concurrent} if preset == "simkv" else \
-            {"engine.preset": "simkv"}
+        other = {"engine.preset": "tgi", "engine.max_concurrent_requests": concurrent} if preset != "tgi" else \
+            {"engine.preset": "vllm-v1"}
         pools.append({"name": "b", "replicas": 2, "set": other})
     _both(_scenario(engine=engine, workload={"arrival": {"process": "poisson", "rate": rate}},
                     run={"seed": seed, "time_series_points": points, "warmup_s": 40 / rate},
@@ -108,7 +108,7 @@ def test_a_one_replica_fleet_equals_the_lone_replica():
 
 @settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=st.sampled_from(["least_loaded", "session"]), load=st.sampled_from(["requests", "tokens"]),
-       preset=st.sampled_from(["simkv", "tgi"]), replicas=st.sampled_from([1, 2, 5, 16]),
+       preset=st.sampled_from(["simkv", "tgi", "vllm-v1"]), replicas=st.sampled_from([1, 2, 5, 16]),
        rate=st.sampled_from([5.0, 40.0, 150.0]), mem=st.sampled_from([0.24, 0.4]), seqs=st.sampled_from([8, 256]),
        interval=st.sampled_from([0.0, 0.0, 0.25]), points=st.sampled_from([2000, 40]), seed=st.integers(0, 5))
 def test_generated_least_loaded_fleets_equal_the_fleet_on_simpy(policy, load, preset, replicas, rate, mem, seqs,
@@ -117,7 +117,7 @@ def test_generated_least_loaded_fleets_equal_the_fleet_on_simpy(policy, load, pr
     come, or (`interval`) at its periodic refreshes; preemption (paged, tight caches), TGI's refusals
     (`seqs` is then max_concurrent_requests), prompts split over steps, rejections and runs cut by
     hand-overs included."""
-    limit = {"max_num_seqs": seqs} if preset == "simkv" else {"max_concurrent_requests": seqs}
+    limit = {"max_num_seqs": seqs} if preset != "tgi" else {"max_concurrent_requests": seqs}
     _both(_scenario(engine={"preset": preset, "gpu_memory_utilization": mem, **limit},
                     workload={"arrival": {"process": "poisson", "rate": rate}},
                     run={"seed": seed, "time_series_points": points, "warmup_s": 40 / rate},
@@ -150,8 +150,8 @@ def test_sessions_and_engines_without_a_loop_run_on_simpy():
                                                 "user_tokens": {"dist": "fixed", "value": 50}}})
     assert fused_fleet.why_not(next(prepared(sessions))[2]).startswith("the router decides")
     assert fused_fleet.why_not_lockstep(next(prepared(sessions))[2]).startswith("not a least-loaded router")
-    vllm = _scenario(engine={"preset": "vllm-v1"}, fleet={"router": {"policy": "least_loaded"}})
-    assert fused_fleet.why_not_lockstep(next(prepared(vllm))[2]).startswith("pool a: no fused engine fits")
+    sglang = _scenario(engine={"preset": "sglang"}, fleet={"router": {"policy": "least_loaded"}})
+    assert fused_fleet.why_not_lockstep(next(prepared(sglang))[2]).startswith("pool a: no fused engine fits")
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "least_loaded"])
@@ -178,11 +178,11 @@ def test_a_replica_whose_queue_outgrows_its_ring_goes_to_simpy(monkeypatch):
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "least_loaded"])
-@pytest.mark.parametrize("preset", ["simkv", "tgi"])
+@pytest.mark.parametrize("preset", ["simkv", "tgi", "vllm-v1"])
 def test_fleets_paused_and_resumed_every_few_steps_equal_the_fleet_on_simpy(monkeypatch, policy, preset):
     """Long runs pause the loops (progress, token gaps to bin) and resume them: here every 3
     iterations of a replica and every 3 hand-overs of a lockstep fleet."""
-    for module in (fused_fleet, paged_fcfs, tgi):   # (each took the driver's number at import)
+    for module in (fused_fleet, paged_fcfs, tgi, vllm_v1):   # (each took the driver's number at import)
         monkeypatch.setattr(module, "CHUNK_ITERATIONS", 3)
     calls = []
     sc = _scenario(engine={"preset": preset, "max_concurrent_requests": 16},

@@ -167,4 +167,18 @@ def test_which_runs_it_takes():
     assert why(kv_offload={"host_gib": 8}) == "not the prefix-caching block pool"
     with reference_engine():
         assert why() == "the reference batch was asked for"
-    assert vllm_v1 in dispatch.ENGINES and vllm_v1 not in dispatch.FLEET_ENGINES   # a fleet's replicas: simpy
+    assert vllm_v1 in dispatch.ENGINES and vllm_v1 in dispatch.FLEET_ENGINES
+
+
+def test_runs_paused_and_resumed_every_few_steps_equal_the_reference(monkeypatch):
+    """Long runs pause the loop (progress, token gaps to bin) and resume it: here every 3 iterations,
+    idle waits and follow-ups pending included."""
+    monkeypatch.setattr(vllm_v1, "CHUNK_ITERATIONS", 3)
+    calls = []
+    sc = _scenario(workload={"sessions": SESSIONS, "arrival": {"process": "poisson", "rate": 1.0}},
+                   run={"num_requests": 120})
+    stream = stream_for(sc)
+    got = run_simulation(build_simulation(sc, stream), "base", progress=lambda *a: calls.append(a))
+    assert fused.last_outcome[0] == "fused" and len(calls) > 20
+    with fused.disabled():
+        _assert_same(got, run_simulation(build_simulation(sc, stream), "base"))

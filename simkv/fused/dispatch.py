@@ -9,7 +9,7 @@ from simkv.fused.driver import ProgressFn
 from simkv.metrics.compiled_recorder import CompiledRecorder
 
 ENGINES = (paged_fcfs, tgi, vllm_v1)
-FLEET_ENGINES = (paged_fcfs, tgi)   # the loops a fleet's replica runs in (simkv.fused.fleet)
+FLEET_ENGINES = ENGINES   # the loops a fleet's replica runs in too (simkv.fused.fleet)
 
 
 def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder, float] | None:

@@ -39,6 +39,8 @@ def why_not_any(sim, sessions: bool = False) -> str | None:
     s, c, t, kv = sim.scheduler, sim.cost, sim.table, sim.scheduler.kv
     if len(s.batch) or s.waiting or kv.num_free_blocks != kv.num_blocks:
         return "the scheduler has run already"
+    if {"schedule", "commit", "add_request"} & set(vars(s)):
+        return "the scheduler's methods are replaced (a spy or a wrapper)"
     if type(c) is not CalibratedCost or {"seconds", "decode_run_seconds"} & set(vars(c)):
         return "not the calibrated cost model"
     if (t.next_turn is not None and not sessions) or t.clients is not None or t.beam_reselect:

@@ -34,7 +34,7 @@ from simkv import compiled, fused
 from simkv.build import Simulation
 from simkv.fleet.summary import subset
 from simkv.fused import layout as lp
-from simkv.fused import paged_fcfs, tgi
+from simkv.fused import paged_fcfs, tgi, vllm_v1
 from simkv.fused.dispatch import FLEET_ENGINES as ENGINES
 from simkv.fused.driver import (BAIL_REASONS, CHUNK_ITERATIONS, ProgressFn, bin_gaps, cost_tables, gap_buffers,
                                 limits_f, scratch, series_into)
@@ -209,6 +209,21 @@ def run_lockstep(fleet, progress: ProgressFn | None = None) -> float | None:
         loop, pre_i = fl.run, None
         args = (*requests, *out.values(), *config, *per_replica, *recording,
                 np.zeros((r, k.PLAN_I_ROWS, batch), i64), *fleet_state)
+    elif engine is vllm_v1:
+        shape = vllm_v1.table_sizes(sim)
+        if shape is None or r * shape[0] * shape[1] > vllm_v1.MAX_TABLE_ENTRIES:
+            return None
+        width, slots = shape
+        st_i[:, k.S_NSLOTS] = slots
+        columns = [v for name, v in out.items() if name != "arrival_s"]
+        state = vllm_v1.replica_state(k, sim, width, slots, 0, (r,))
+        reqs = vllm_v1._requests(t, s.kv.block_size)
+        if reqs is None:
+            return None
+        loop, pre_i = fl.run_v1, None
+        args = (np.zeros(0, i64), np.zeros(0), arrival, fired, *reqs[3:], *columns, config[0], config[1],
+                vllm_v1.attention_cfg(k, c), *config[2:], *per_replica, state[0], np.zeros(n, i64), *state[1:10],
+                *recording, *state[10:], *fleet_state)
     else:
         loop, pre_i = fl.run_tgi, np.zeros((r, k.PRE_I_ROWS, batch + 1), i64)
         args = (*requests, np.ascontiguousarray(t.max_new_tokens, i64), *out.values(), *config, *per_replica, pre_i,

@@ -1,4 +1,4 @@
-"""The compiled loop of a lockstep fleet (simkv.fused.fleet): one pool of paged FCFS replicas behind
+"""The compiled loop of a lockstep fleet (simkv.fused.fleet): one pool of paged FCFS, TGI or vLLM V1 replicas behind
 a router that reads load (least_loaded; session affinity, where every request is its own group), on
 one clock, in one numba function. Equal, number for number, to simkv.fleet.run.Fleet on simpy.
 
@@ -23,6 +23,7 @@ from numba import njit
 
 from simkv.fused import paged_fcfs_kernel as pk
 from simkv.fused import tgi_kernel as tk
+from simkv.fused import vllm_v1_kernel as vk
 from simkv.fused.layout import (BAIL, BAIL_RING, DONE, NO_LIMIT, PAUSE, S_BAIL, S_BYSTEP, S_CLOSED, S_K, S_NDEC,
                                 S_PENDING, S_SENS, S_WCOUNT, S_WHEAD, SF_HORIZON, SF_NOW, S_AHEAD, S_ACOUNT)
 from simkv.fused.loop_parts import on_idle
@@ -242,6 +243,62 @@ def run_tgi(arrival, fired, empty, prompt, output, final, max_new,
             fl_i[FL_REPLICA] = replica_of[i]
             return BAIL
         next_at[g] = _next_at(g, in_batch[g], st_i, st_f, ends)   # (taking a request does not change the batch)
+        fl_i[FL_NEXT] = i + 1
+
+
+@njit(cache=True)
+def run_v1(empty_i, empty, arrival, fired, prompt, output, final, session, prefix_id, prefix_blocks, group, next_turn,
+           think, status, reason, generated, first_sched, first_tok, finish, last_tok, tbt_max, npre,
+           hit_tok, query_tok, hit_blk, query_blk,
+           cfg_i, cfg_f, att_f, fixed, prefill_tab, lm_tab, whole_tab, knots, share, slopes,
+           st_i, st_f, dec_i, dec_f, waiting, pre_i, slot_of, slots, blk, nblk, registered, pool_st, pool_tab,
+           fh_f, fh_i, ah, rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
+           dur, ends, kvb, wbs, vals, names, victims, need_i, answers, req_tokens, router_f,
+           fl_i, fl_f, next_at, decisions, replica_of):
+    """`run` for vLLM V1 replicas (simkv.fused.vllm_v1_kernel): a replica's batch is its decoders and
+    the requests prefilling, and its own block pool (the same loop, a third copy for the reason
+    `run_tgi` gives)."""
+    n_req = fired.shape[0]
+    r = st_i.shape[0]
+    capacity, max_points = cfg_i[vk.C_CAPACITY], cfg_i[vk.C_MAX_POINTS]
+    in_batch = np.zeros(r, np.int64)
+    handed = 0
+    while True:
+        i = fl_i[FL_NEXT]
+        closing = i >= n_req
+        horizon = np.inf if closing else fired[i]
+        # ------------------------------------------------ every replica up to the hand-over
+        for g in range(r):
+            if not _due(g, horizon, closing, next_at, st_i, st_f):
+                continue
+            code = vk.run(empty_i, empty, empty, arrival, prompt, output, final, session, prefix_id, prefix_blocks,
+                          group, next_turn, think, status, reason, generated, first_sched, first_tok, finish, last_tok,
+                          tbt_max, npre, hit_tok, query_tok, hit_blk, query_blk, cfg_i, cfg_f, att_f, fixed,
+                          prefill_tab, lm_tab, whole_tab, knots, share, slopes, st_i[g], st_f[g], dec_i[g], dec_f[g],
+                          waiting[g], pre_i[g], slot_of, slots[g], blk[g], nblk[g], registered[g], pool_st[g],
+                          pool_tab[g], fh_f[g], fh_i[g], ah[g], rec_f[g], rec_i[g], hist[g], rows_i[g], rows_f[g],
+                          gap_v[g], gap_m[g], dur[g], ends[g], kvb[g], wbs[g], vals[g], names[g], victims[g],
+                          need_i[g], answers[g])
+            if code == PAUSE or code == BAIL:
+                fl_i[FL_REPLICA] = g
+                return code
+            next_at[g] = np.inf if code == DONE else _next_at(g, st_i[g, S_NDEC] + st_i[g, vk.S_NPRE], st_i, st_f, ends)
+        if closing:
+            return DONE
+        # ------------------------------------------------ the router decides; the replica takes it
+        if handed >= fl_i[FL_CHUNK]:
+            fl_i[FL_REPLICA] = -1
+            return PAUSE
+        handed += 1
+        for q in range(r):
+            in_batch[q] = st_i[q, S_NDEC] + st_i[q, vk.S_NPRE]
+        g = _route(i, fired[i], in_batch, NO_LIMIT, status, reason, capacity, max_points, st_i, st_f, waiting, rec_f,
+                   rows_i, rows_f, ends, kvb, wbs, finish, answers, req_tokens, router_f, fl_i, fl_f, decisions,
+                   replica_of)
+        if g < 0:
+            fl_i[FL_REPLICA] = replica_of[i]
+            return BAIL
+        next_at[g] = _next_at(g, in_batch[g], st_i, st_f, ends)
         fl_i[FL_NEXT] = i + 1
 
 

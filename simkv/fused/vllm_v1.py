@@ -30,7 +30,7 @@ PREFIX_COLUMNS = ("prefix_hit_tokens", "prefix_query_tokens", "prefix_hit_blocks
 # the request table's columns the loop fills in (a follow-up turn's arrival is when it is sent)
 COLUMNS_WRITTEN = COLUMNS + ("num_preemptions",) + PREFIX_COLUMNS + ("arrival_s",)
 MAX_POOL_BLOCKS = 1 << 24      # the loop's name table holds twice the pool's blocks (16 bytes a slot)
-MAX_TABLE_ENTRIES = 1 << 26    # block-table entries of the running requests (8 bytes each)
+MAX_TABLE_ENTRIES = 1 << 25    # block-table entries of the running requests (8 bytes each; a fleet's together)
 
 
 def why_not(sim) -> str | None:
@@ -132,40 +132,65 @@ def _requests(t, b: int) -> tuple[np.ndarray, ...] | None:
             np.ascontiguousarray(t.group, i64), next_turn, think)
 
 
-def run_fused(sim, progress: ProgressFn | None = None) -> tuple[CompiledRecorder, float] | None:
+def table_sizes(sim) -> tuple[int, int] | None:
+    """(blocks a request's table may hold, table slots) for the loop: the longest live request's
+    blocks and one more; a slot per running request (at most max_num_seqs, and at most one per
+    block, since each holds a block of its own). None where the tables would be too large."""
+    s, t = sim.scheduler, sim.table
+    b = s.kv.block_size
+    live = t.status != REJECTED
+    width = int(-(-int(t.final_kv_tokens[live].max(initial=0)) // b)) + 1
+    slots = min(s.max_num_seqs, s.kv.num_blocks) + 1
+    return (width, slots) if slots * width <= MAX_TABLE_ENTRIES else None
+
+
+def replica_state(k, sim, width: int, slots: int, follow_ups: int, lead: tuple[int, ...] = ()) -> tuple:
+    """A replica's arrays the loop keeps beyond the shared ones (`lead` leading dimensions: a
+    lockstep fleet's replicas): the prefilling requests, the free table slots, the block tables,
+    their lengths and named blocks, the pool (simkv.kv.pool_kernels) and the follow-up heaps
+    (room for `follow_ups`); then its scratch: block names, victims, new blocks."""
+    s, i64 = sim.scheduler, np.int64
+    nb = s.kv.num_blocks
+    st, tab = _pool(k, nb) if s.prefix_caching else (np.zeros((4, 1), i64), np.full(2, -1, i64))
+
+    def each(a: np.ndarray) -> np.ndarray:
+        return np.array(np.broadcast_to(a, (*lead, *a.shape)))   # (a writable copy for each)
+    return (np.zeros((*lead, k.PRE_I_ROWS, s.max_num_seqs + 1), i64), each(np.arange(slots, dtype=i64)),
+            np.zeros((*lead, slots, width), i64), np.zeros((*lead, slots), i64), np.zeros((*lead, slots), i64),
+            each(st), each(tab), np.zeros((*lead, follow_ups + 1)), np.zeros((*lead, 2, follow_ups + 1), i64),
+            np.zeros((*lead, follow_ups + 1)),
+            np.zeros((*lead, width + 1), i64), np.zeros((*lead, s.max_num_seqs + 1), i64), np.zeros((*lead, nb + 1), i64))
+
+
+def run_fused(sim, progress: ProgressFn | None = None,
+              routed: np.ndarray | None = None) -> tuple[CompiledRecorder, float] | None:
     """Run `sim` in the fused loop: (its recorder, the clock at its end), the request table filled
-    in; None (nothing changed) where the default engine must run it (the module docstring)."""
+    in; None (nothing changed) where the default engine must run it (the module docstring).
+    `routed`: a fleet's replica, handed its requests at these times (simkv.fused.fleet)."""
     s = getattr(sim, "scheduler", None)
     max_seqs, max_tokens = sizes(s)
-    kv, t = s.kv, sim.table
-    b, nb = kv.block_size, kv.num_blocks
-    live = t.status != REJECTED
-    width = int(-(-int(t.final_kv_tokens[live].max(initial=0)) // b)) + 1   # a request's most blocks
-    if (max_seqs + 1) * width > MAX_TABLE_ENTRIES:
+    t = sim.table
+    if why_not(sim) is not None:
         return None
-    run = start(sim, why_not, KERNEL, max_seqs, max_tokens, COLUMNS_WRITTEN)
+    shape = table_sizes(sim)
+    if shape is None:
+        return None
+    run = start(sim, why_not, KERNEL, max_seqs, max_tokens, COLUMNS_WRITTEN, routed)
     if run is None:
         return None
-    req = _requests(t, b)
+    req = _requests(t, s.kv.block_size)
     if req is None:
         return None
-    k, i64 = run.k, np.int64
-    init_rows, cut, fired, prompt, output, final, session, prefix_id, prefix_blocks, group, next_turn, think = req
+    k, i64, n = run.k, np.int64, t.num_requests
+    if routed is not None:   # no arrival process: the fleet hands every request over at its time
+        req = (np.arange(n, dtype=i64), routed, routed, *req[3:])
     out = dict(run.out)
     arrival = out.pop("arrival_s")
-    seqs = max_seqs + 1
-    pool_st, pool_tab = _pool(k, nb) if s.prefix_caching else (np.zeros((4, 1), i64), np.full(2, -1, i64))
-    slots = np.arange(seqs, dtype=i64)
-    run.st_i[k.S_NSLOTS] = seqs
-    n = t.num_requests
-    st_i, st_f, dec_i, dec_f, waiting = run.state(max_seqs)
-    gap_v_etc = run.recorder_and_scratch(max_seqs, s.max_repeat)
-    args = (init_rows, cut, fired, arrival, prompt, output, final, session, prefix_id, prefix_blocks, group, next_turn,
-            think, *out.values(),
+    width, slots = shape
+    run.st_i[k.S_NSLOTS] = slots
+    pre_etc = replica_state(k, sim, width, slots, n)
+    args = (*req[:3], arrival, *req[3:], *out.values(),
             loop_cfg(k, sim, run.rec.max_points), run.limits_f(s.batch.warmup_s), attention_cfg(k, sim.cost),
-            *run.tables.values(),
-            st_i, st_f, dec_i, dec_f, waiting, np.zeros((k.PRE_I_ROWS, seqs), i64), np.zeros(n, i64), slots,
-            np.zeros((seqs, width), i64), np.zeros(seqs, i64), np.zeros(seqs, i64), pool_st, pool_tab,
-            np.zeros(n + 1), np.zeros((2, n + 1), i64), np.zeros(n + 1),
-            *gap_v_etc, np.zeros(width + 1, i64), np.zeros(seqs, i64), np.zeros(nb + 1, i64))
+            *run.tables.values(), *run.state(max_seqs), pre_etc[0], np.zeros(n, i64), *pre_etc[1:10],
+            *run.recorder_and_scratch(max_seqs, s.max_repeat), *pre_etc[10:], *run.NO_ROUTER)
     return run.drive(args, progress)

@@ -49,12 +49,13 @@ import numpy as np
 from numba import njit
 
 from simkv.cost.attention_kernels import _pairwise
-from simkv.fused.layout import (BAIL, BAIL_NONUNIFORM, BAIL_SAME_INSTANT, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
+from simkv.fused.layout import (S_ACOUNT, S_AHEAD, S_BYSTEP, S_K, S_LOCKSTEP, S_PENDING, S_ROUTED, S_SENS,
+                                SF_HORIZON, WAIT, BAIL, BAIL_NONUNIFORM, BAIL_SAME_INSTANT, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
                                 CF_SCALE, CF_WARMUP, DF_LAST, DF_TBT, DONE, D_FINAL, D_GEN, D_HOLD, D_KV, D_ORDER, D_OUT,
                                 D_RID, DEC_F_ROWS, DEC_I_ROWS, EXTERNAL, FREE, INTERNAL, PAUSE, RESERVED, SF_NOW,
                                 ST_F_SHARED, ST_I_SHARED, S_BAIL, S_FREE, S_ITER, S_NDEC, S_NEXT, S_NGAPS, S_ORDER,
                                 S_WCOUNT, S_WHEAD, TOKEN)
-from simkv.fused.loop_parts import (check_step_times, commit_decodes, decode_attention, join_decoder,
+from simkv.fused.loop_parts import (lockstep_idle, lockstep_wait, check_step_times, commit_decodes, decode_attention, join_decoder,
                                     mixed_step_seconds, on_end, on_idle, record, remaining_steps, settle_uniform,
                                     sizes_fit, step_ends, timed_decode_run)
 from simkv.kv import pool_kernels as pk
@@ -72,7 +73,9 @@ ATT_F_LEN = 6
 # sizes and the next follow-up's creation number; blocks in several tables (sum of references - 1);
 # free table slots
 S_NPRE, S_INIT_DONE, S_FH, S_AH, S_FSEQ, S_SHARED, S_NSLOTS = range(ST_I_SHARED, ST_I_SHARED + 7)
-ST_I_LEN = ST_I_SHARED + 7
+# a pending lockstep step's preempted requests and chunks (in `victims` and pre_i's first rows)
+S_NV, S_NCH = ST_I_SHARED + 7, ST_I_SHARED + 8
+ST_I_LEN = ST_I_SHARED + 9
 ST_F_LEN = ST_F_SHARED
 # pre_i rows (prefilling requests, in admission order; P_NEW: this step's chunk)
 P_RID, P_COMPUTED, P_TARGET, P_ORDER, P_NEW = range(5)
@@ -228,7 +231,8 @@ def take_event(kind, t, init_rows, next_turn, status, reason, arrival, waiting, 
         wake = 0
         if st_i[S_NEXT] == init_rows.shape[0]:   # the arrival process ends (and wakes the engine)
             st_i[S_INIT_DONE] = 1
-            wake = 2
+            if st_i[S_ROUTED] == 0:   # (a routed replica has no arrival process: nothing ends)
+                wake = 2
     else:
         rid = fh_pop(fh_f, fh_i, st_i)
         ah_pop(ah, st_i)
@@ -292,7 +296,8 @@ def wait_for_wake(init_fired, init_rows, next_turn, status, reason, arrival, wai
         wake, _ = take_event(kind, t, init_rows, next_turn, status, reason, arrival, waiting, fh_f, fh_i, ah, st_i)
         if wake:
             woke = True
-    st_f[SF_NOW] = clock
+    if woke or st_i[S_ROUTED] == 0:   # (a routed replica woken by nothing sleeps on: its clock stays)
+        st_f[SF_NOW] = clock
     return idle_from
 
 
@@ -431,7 +436,7 @@ def run(init_rows, init_cut, init_fired, arrival, prompt, output, final, session
         st_i, st_f, dec_i, dec_f, waiting, pre_i, slot_of, slots, blk, nblk, registered, pool_st, pool_tab,
         fh_f, fh_i, ah,
         rec_f, rec_i, hist, rows_i, rows_f, gap_v, gap_m,
-        dur, ends, kvb, wbs, vals, names, victims, need_i):
+        dur, ends, kvb, wbs, vals, names, victims, need_i, answers):
     """Run the replica from the state in `st_*` until it has nothing left to do (DONE), for
     cfg_i[C_CHUNK] iterations or until the gap buffers fill (PAUSE), or until it meets what it
     does not model (BAIL, reason in st_i[S_BAIL])."""
@@ -444,6 +449,7 @@ def run(init_rows, init_cut, init_fired, arrival, prompt, output, final, session
     gap_cap = gap_v.shape[0]
     gap_room = max_seqs + max_repeat + 2   # the most gaps one iteration leaves
     outb = need_i   # (a decode commit's new blocks, before they are dealt out)
+    lockstep = st_i[S_LOCKSTEP] != 0
     done_at = 0
     while True:
         if done_at >= cfg_i[C_CHUNK] or st_i[S_NGAPS] + gap_room > gap_cap:
@@ -451,172 +457,191 @@ def run(init_rows, init_cut, init_fired, arrival, prompt, output, final, session
         done_at += 1
         now = st_f[SF_NOW]
         n = st_i[S_NDEC]
-        # ---------------------------------------------------------------- idle (Replica._step_loop)
-        if st_i[S_WCOUNT] == 0 and n == 0 and st_i[S_NPRE] == 0:
-            if st_i[S_INIT_DONE] and st_i[S_FH] == 0:
-                on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
-                return DONE
-            idle_from = wait_for_wake(init_fired, init_rows, next_turn, status, reason, arrival, waiting, fh_f, fh_i,
-                                      ah, st_i, st_f)
-            if idle_from < 0:
-                st_i[S_BAIL] = BAIL_SAME_INSTANT
-                return BAIL
-            on_idle(idle_from, st_f[SF_NOW], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
-            continue
-        # ---------------------------------------------------------------- schedule (chunked.py)
-        nv = 0
-        dbn = decode_blocks_needed(dec_i, n, b)
-        while st_i[S_NDEC] and dbn > st_i[S_FREE]:   # _make_room_for_decodes
-            victims[nv] = preempt_newest(caching, session, prefix_id, prefix_blocks, group, prompt, b, generated,
-                                         tbt_max, last_tok, dec_i, dec_f, pre_i, slot_of, blk, nblk, registered, slots,
-                                         pool_st, pool_tab, names, waiting, st_i)
-            nv += 1
-            dbn = decode_blocks_needed(dec_i, st_i[S_NDEC], b)
-        budget = max_batched - st_i[S_NDEC]
-        more = False
-        q = 0
-        while q < st_i[S_NPRE]:   # _continue_prefills: the next chunks, in admission order
-            if budget <= 0:
-                more = True
-                break
-            rid = pre_i[P_RID, q]
-            c = min(pre_i[P_TARGET, q] - pre_i[P_COMPUTED, q], budget)
-            blocks = -(-(pre_i[P_COMPUTED, q] + c) // b)
-            while q < st_i[S_NPRE] and blocks - nblk[slot_of[rid]] + dbn > st_i[S_FREE]:   # _can_grow
+        if st_i[S_PENDING]:   # a lockstep step, pending: its plan as made (the fleet may have cut it since)
+            k, nv, n_ch, by_step = st_i[S_K], st_i[S_NV], st_i[S_NCH], st_i[S_BYSTEP]
+            free = st_i[S_FREE]
+            n_pre = st_i[S_NPRE]
+        else:
+            # ---------------------------------------------------------------- idle (Replica._step_loop)
+            if st_i[S_WCOUNT] == 0 and n == 0 and st_i[S_NPRE] == 0:
+                if lockstep:
+                    return lockstep_idle(st_i)
+                if st_i[S_INIT_DONE] and st_i[S_FH] == 0:
+                    on_end(now, capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
+                    return DONE
+                idle_from = wait_for_wake(init_fired, init_rows, next_turn, status, reason, arrival, waiting, fh_f, fh_i,
+                                          ah, st_i, st_f)
+                if idle_from < 0:
+                    st_i[S_BAIL] = BAIL_SAME_INSTANT
+                    return BAIL
+                on_idle(idle_from, st_f[SF_NOW], capacity, max_points, rec_f, st_i, st_f, rows_i, rows_f, ends, kvb, wbs)
+                continue
+            if lockstep and now >= st_f[SF_HORIZON]:   # woken: the hand-overs of this instant come first
+                return WAIT
+            # ---------------------------------------------------------------- schedule (chunked.py)
+            nv = 0
+            dbn = decode_blocks_needed(dec_i, n, b)
+            while st_i[S_NDEC] and dbn > st_i[S_FREE]:   # _make_room_for_decodes
                 victims[nv] = preempt_newest(caching, session, prefix_id, prefix_blocks, group, prompt, b, generated,
-                                             tbt_max, last_tok, dec_i, dec_f, pre_i, slot_of, blk, nblk, registered,
-                                             slots, pool_st, pool_tab, names, waiting, st_i)
+                                             tbt_max, last_tok, dec_i, dec_f, pre_i, slot_of, blk, nblk, registered, slots,
+                                             pool_st, pool_tab, names, waiting, st_i)
                 nv += 1
                 dbn = decode_blocks_needed(dec_i, st_i[S_NDEC], b)
-            if q >= st_i[S_NPRE]:   # preempted itself
-                more = True
-                break
-            slot = slot_of[rid]
-            grow(slot, blocks, caching, blk, nblk, pool_st, pool_tab, st_i)
-            if caching:
-                register(rid, slot, pre_i[P_COMPUTED, q] + c, pre_i[P_TARGET, q] // b, session, prefix_id,
-                         prefix_blocks, group, prompt, b, blk, nblk, registered, pool_st, pool_tab, names)
-            pre_i[P_NEW, q] = c
-            budget -= c
-            q += 1
-        n_ch = q
-        n = st_i[S_NDEC]
-        if nv == 0 and not more:   # _admit: new requests from the head of the queue
-            keep = watermark + dbn
-            while st_i[S_WCOUNT] > 0 and budget > 0 and n + st_i[S_NPRE] < max_seqs:
-                rid = waiting[st_i[S_WHEAD]]
-                target = prompt[rid] + generated[rid]
-                if caching:   # _admit_cached
-                    nh = target // b
-                    hits = 0
-                    if nh:
-                        fill_names(rid, nh, session, prefix_id, prefix_blocks, group, prompt, b, names)
-                        hits = pk.leading(names[:nh], pool_tab)
-                    if hits * b >= target:   # fully cached: the last token is recomputed
-                        hits -= 1
-                    cached = hits * b
-                    c = min(target - cached, budget)
-                    tokens = target if full_prompt else cached + c
-                    free_hits = pk.free_among(names[:hits], pool_st, pool_tab) if hits else 0
-                    if max(0, -(-tokens // b) - hits) + free_hits + keep > st_i[S_FREE]:
-                        break
-                    st_i[S_NSLOTS] -= 1
-                    slot = slots[st_i[S_NSLOTS]]
-                    slot_of[rid] = slot
-                    if hits:   # the cached blocks pinned first: taking new ones must not evict them
-                        pk.blocks_of(names[:hits], pool_tab, blk[slot, :hits])
-                        freed = pk.pin(blk[slot, :hits], pool_st)
-                        st_i[S_FREE] -= freed
-                        st_i[S_SHARED] += hits - freed
-                    nblk[slot] = hits
-                    registered[slot] = hits
-                    grow(slot, -(-(cached + c) // b), caching, blk, nblk, pool_st, pool_tab, st_i)
-                    hit_tok[rid] += cached
-                    query_tok[rid] += target
-                    hit_blk[rid] += hits
-                    query_blk[rid] += nh
-                    register(rid, slot, cached + c, nh, session, prefix_id, prefix_blocks, group, prompt, b, blk, nblk,
-                             registered, pool_st, pool_tab, names)
-                else:
-                    cached = 0
-                    c = min(target, budget)
-                    tokens = target if full_prompt else c
-                    if -(-tokens // b) + keep > st_i[S_FREE]:
-                        break
-                    st_i[S_NSLOTS] -= 1
-                    slot = slots[st_i[S_NSLOTS]]
-                    slot_of[rid] = slot
-                    nblk[slot] = 0
-                    grow(slot, -(-c // b), caching, blk, nblk, pool_st, pool_tab, st_i)
-                st_i[S_WHEAD] = (st_i[S_WHEAD] + 1) % wsize
-                st_i[S_WCOUNT] -= 1
-                p = st_i[S_NPRE]
-                pre_i[P_RID, p] = rid
-                pre_i[P_COMPUTED, p] = cached
-                pre_i[P_TARGET, p] = target
-                pre_i[P_ORDER, p] = st_i[S_ORDER]
-                pre_i[P_NEW, p] = c
-                st_i[S_ORDER] += 1
-                st_i[S_NPRE] = p + 1
+            budget = max_batched - st_i[S_NDEC]
+            more = False
+            q = 0
+            while q < st_i[S_NPRE]:   # _continue_prefills: the next chunks, in admission order
+                if budget <= 0:
+                    more = True
+                    break
+                rid = pre_i[P_RID, q]
+                c = min(pre_i[P_TARGET, q] - pre_i[P_COMPUTED, q], budget)
+                blocks = -(-(pre_i[P_COMPUTED, q] + c) // b)
+                while q < st_i[S_NPRE] and blocks - nblk[slot_of[rid]] + dbn > st_i[S_FREE]:   # _can_grow
+                    victims[nv] = preempt_newest(caching, session, prefix_id, prefix_blocks, group, prompt, b, generated,
+                                                 tbt_max, last_tok, dec_i, dec_f, pre_i, slot_of, blk, nblk, registered,
+                                                 slots, pool_st, pool_tab, names, waiting, st_i)
+                    nv += 1
+                    dbn = decode_blocks_needed(dec_i, st_i[S_NDEC], b)
+                if q >= st_i[S_NPRE]:   # preempted itself
+                    more = True
+                    break
+                slot = slot_of[rid]
+                grow(slot, blocks, caching, blk, nblk, pool_st, pool_tab, st_i)
+                if caching:
+                    register(rid, slot, pre_i[P_COMPUTED, q] + c, pre_i[P_TARGET, q] // b, session, prefix_id,
+                             prefix_blocks, group, prompt, b, blk, nblk, registered, pool_st, pool_tab, names)
+                pre_i[P_NEW, q] = c
                 budget -= c
-            n_ch = st_i[S_NPRE]
-        n_pre = st_i[S_NPRE]
-        if n == 0 and n_ch == 0:   # nothing can run though requests wait (the reference raises)
-            st_i[S_BAIL] = BAIL_STUCK
-            return BAIL
-        free = st_i[S_FREE]
-        # ---------------------------------------------------------------- step times (calibrated.py)
-        nxt_init = init_cut[st_i[S_NEXT]] if st_i[S_NEXT] < init_cut.shape[0] else np.inf
-        next_at = min(nxt_init, ah[0]) if st_i[S_AH] > 0 else nxt_init   # Replica._next_arrival_s
-        if n_ch or nv:
-            k = 1
-            m = n
-            n_sampled = n
-            for q in range(n_ch):
-                m += pre_i[P_NEW, q]
-                if pre_i[P_COMPUTED, q] + pre_i[P_NEW, q] == pre_i[P_TARGET, q]:
-                    n_sampled += 1
-            n_seqs = n + n_ch
-            if not sizes_fit(m, n_sampled, n, fixed, lm_tab, whole_tab, share):
-                st_i[S_BAIL] = BAIL_TABLE
+                q += 1
+            n_ch = q
+            n = st_i[S_NDEC]
+            if nv == 0 and not more:   # _admit: new requests from the head of the queue
+                keep = watermark + dbn
+                while st_i[S_WCOUNT] > 0 and budget > 0 and n + st_i[S_NPRE] < max_seqs:
+                    rid = waiting[st_i[S_WHEAD]]
+                    target = prompt[rid] + generated[rid]
+                    if caching:   # _admit_cached
+                        nh = target // b
+                        hits = 0
+                        if nh:
+                            fill_names(rid, nh, session, prefix_id, prefix_blocks, group, prompt, b, names)
+                            hits = pk.leading(names[:nh], pool_tab)
+                        if hits * b >= target:   # fully cached: the last token is recomputed
+                            hits -= 1
+                        cached = hits * b
+                        c = min(target - cached, budget)
+                        tokens = target if full_prompt else cached + c
+                        free_hits = pk.free_among(names[:hits], pool_st, pool_tab) if hits else 0
+                        if max(0, -(-tokens // b) - hits) + free_hits + keep > st_i[S_FREE]:
+                            break
+                        st_i[S_NSLOTS] -= 1
+                        slot = slots[st_i[S_NSLOTS]]
+                        slot_of[rid] = slot
+                        if hits:   # the cached blocks pinned first: taking new ones must not evict them
+                            pk.blocks_of(names[:hits], pool_tab, blk[slot, :hits])
+                            freed = pk.pin(blk[slot, :hits], pool_st)
+                            st_i[S_FREE] -= freed
+                            st_i[S_SHARED] += hits - freed
+                        nblk[slot] = hits
+                        registered[slot] = hits
+                        grow(slot, -(-(cached + c) // b), caching, blk, nblk, pool_st, pool_tab, st_i)
+                        hit_tok[rid] += cached
+                        query_tok[rid] += target
+                        hit_blk[rid] += hits
+                        query_blk[rid] += nh
+                        register(rid, slot, cached + c, nh, session, prefix_id, prefix_blocks, group, prompt, b, blk, nblk,
+                                 registered, pool_st, pool_tab, names)
+                    else:
+                        cached = 0
+                        c = min(target, budget)
+                        tokens = target if full_prompt else c
+                        if -(-tokens // b) + keep > st_i[S_FREE]:
+                            break
+                        st_i[S_NSLOTS] -= 1
+                        slot = slots[st_i[S_NSLOTS]]
+                        slot_of[rid] = slot
+                        nblk[slot] = 0
+                        grow(slot, -(-c // b), caching, blk, nblk, pool_st, pool_tab, st_i)
+                    st_i[S_WHEAD] = (st_i[S_WHEAD] + 1) % wsize
+                    st_i[S_WCOUNT] -= 1
+                    p = st_i[S_NPRE]
+                    pre_i[P_RID, p] = rid
+                    pre_i[P_COMPUTED, p] = cached
+                    pre_i[P_TARGET, p] = target
+                    pre_i[P_ORDER, p] = st_i[S_ORDER]
+                    pre_i[P_NEW, p] = c
+                    st_i[S_ORDER] += 1
+                    st_i[S_NPRE] = p + 1
+                    budget -= c
+                n_ch = st_i[S_NPRE]
+            n_pre = st_i[S_NPRE]
+            if n == 0 and n_ch == 0:   # nothing can run though requests wait (the reference raises)
+                st_i[S_BAIL] = BAIL_STUCK
                 return BAIL
-            pre = 0.0
-            if n_ch:
-                pre = prefill_attention(pre_i, n_ch, prefill_tab, att_f, vals)
-                if pre < 0:
+            free = st_i[S_FREE]
+            # ---------------------------------------------------------------- step times (calibrated.py)
+            nxt_init = init_cut[st_i[S_NEXT]] if st_i[S_NEXT] < init_cut.shape[0] else np.inf
+            next_at = min(nxt_init, ah[0]) if st_i[S_AH] > 0 else nxt_init   # Replica._next_arrival_s
+            if n_ch or nv:
+                k = 1
+                m = n
+                n_sampled = n
+                for q in range(n_ch):
+                    m += pre_i[P_NEW, q]
+                    if pre_i[P_COMPUTED, q] + pre_i[P_NEW, q] == pre_i[P_TARGET, q]:
+                        n_sampled += 1
+                n_seqs = n + n_ch
+                if not sizes_fit(m, n_sampled, n, fixed, lm_tab, whole_tab, share):
                     st_i[S_BAIL] = BAIL_TABLE
                     return BAIL
-            dec = decode_attention(dec_i, n, 1, knots, share, slopes, scale, vals)
-            dur[0] = mixed_step_seconds(m, n_sampled, n_seqs, pre, dec, fixed, lm_tab, whole_tab, layers, cfg_f)
-        else:   # repeated decodes: up to the first completion, max_repeat and the free blocks
-            if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
-                st_i[S_BAIL] = BAIL_TABLE
+                pre = 0.0
+                if n_ch:
+                    pre = prefill_attention(pre_i, n_ch, prefill_tab, att_f, vals)
+                    if pre < 0:
+                        st_i[S_BAIL] = BAIL_TABLE
+                        return BAIL
+                dec = decode_attention(dec_i, n, 1, knots, share, slopes, scale, vals)
+                dur[0] = mixed_step_seconds(m, n_sampled, n_seqs, pre, dec, fixed, lm_tab, whole_tab, layers, cfg_f)
+            else:   # repeated decodes: up to the first completion, max_repeat and the free blocks
+                if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
+                    st_i[S_BAIL] = BAIL_TABLE
+                    return BAIL
+                limit = remaining_steps(dec_i, n, max_repeat)
+                if limit > 1 and blocks_needed(dec_i, n, limit, b) > free:   # BatchBase.max_decode_steps
+                    lo, hi = 1, limit
+                    while hi - lo > 1:
+                        mid = (lo + hi) // 2
+                        if blocks_needed(dec_i, n, mid, b) <= free:
+                            lo = mid
+                        else:
+                            hi = mid
+                    limit = lo
+                sensitive = st_i[S_WCOUNT] == 0   # nobody waits: an arrival can change the plan
+                k = timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share,
+                                     slopes, layers, cfg_f, vals, dur, st_i)
+            if not check_step_times(dur, k, max_step):
+                st_i[S_BAIL] = BAIL_STEP_TIME
                 return BAIL
-            limit = remaining_steps(dec_i, n, max_repeat)
-            if limit > 1 and blocks_needed(dec_i, n, limit, b) > free:   # BatchBase.max_decode_steps
-                lo, hi = 1, limit
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    if blocks_needed(dec_i, n, mid, b) <= free:
-                        lo = mid
-                    else:
-                        hi = mid
-                limit = lo
-            sensitive = st_i[S_WCOUNT] == 0   # nobody waits: an arrival can change the plan
-            k = timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share,
-                                 slopes, layers, cfg_f, vals, dur, st_i)
-        if not check_step_times(dur, k, max_step):
-            st_i[S_BAIL] = BAIL_STEP_TIME
-            return BAIL
-        step_ends(now, dur, k, ends)
-        # ---------------------------------------------------------------- arrivals during the steps
-        by_step = events_during(init_fired, init_rows, next_turn, status, reason, arrival, waiting, fh_f, fh_i, ah,
-                                ends, k, wbs, st_i)
-        if by_step < 0:
-            st_i[S_BAIL] = BAIL_TIE if by_step == -1 else BAIL_SAME_INSTANT
-            return BAIL
+            step_ends(now, dur, k, ends)
+            # ---------------------------------------------------------------- arrivals during the steps
+            if lockstep:   # the fleet hands them over while the step is pending
+                st_i[S_K], st_i[S_NV], st_i[S_NCH] = k, nv, n_ch
+                st_i[S_SENS] = 1 if k > 1 and not (n_ch or nv) and st_i[S_WCOUNT] == 0 else 0
+                st_i[S_BYSTEP] = 0
+                by_step = 0
+            else:
+                by_step = events_during(init_fired, init_rows, next_turn, status, reason, arrival, waiting, fh_f, fh_i,
+                                        ah, ends, k, wbs, st_i)
+                if by_step < 0:
+                    st_i[S_BAIL] = BAIL_TIE if by_step == -1 else BAIL_SAME_INSTANT
+                    return BAIL
         start = now
         end = ends[k - 1]
+        if lockstep:
+            code = lockstep_wait(end, by_step, wbs, k, st_i, st_f)
+            if code >= 0:
+                return code
         st_f[SF_NOW] = end
         num_waiting = st_i[S_WCOUNT]
         # ---------------------------------------------------------------- commit (implicit_batch.py)
@@ -728,6 +753,9 @@ def run(init_rows, init_cut, init_fired, arrival, prompt, output, final, session
         for i in range(n):
             if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
                 rid = dec_i[D_RID, i]
+                if lockstep:   # the answer, for the router (its ring is as long as it may need)
+                    answers[(st_i[S_AHEAD] + st_i[S_ACOUNT]) % answers.shape[0]] = rid
+                    st_i[S_ACOUNT] += 1
                 finish[rid] = end
                 last_tok[rid] = end
                 generated[rid] = dec_i[D_GEN, i]
