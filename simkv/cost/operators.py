@@ -109,7 +109,17 @@ class AttentionModel:
 
     # ------------------------------------------------------------ decode
     def decode_curve(self, p: float) -> tuple[np.ndarray, np.ndarray]:
-        """(context knots, seconds) of a uniform decode batch with P = B x KV heads."""
+        """(context knots, seconds) of a uniform decode batch with P = B x KV heads (read-only
+        arrays, made once per P: a run's cost model asks for every batch size up to max_num_seqs,
+        and every model built on this calibration shares them)."""
+        memo = self.__dict__.setdefault("_decode_memo", {})
+        if p not in memo:
+            curve = memo[p] = self._decode_curve(p)
+            for a in curve:
+                a.setflags(write=False)
+        return memo[p]
+
+    def _decode_curve(self, p: float) -> tuple[np.ndarray, np.ndarray]:
         ps = self.decode_p
         knots = np.unique(np.concatenate([np.exp(c.lx) for c in self.decode.values()]))
         knots = np.concatenate([knots, [knots[-1] * 4, knots[-1] * 64]])
