@@ -19,8 +19,8 @@ Workloads (each point in its own single-threaded process):
 temporary folder and runs the same points with it; `--million` adds one point of 1,000,000
 paged-chat requests (this tree only); `--default-engine` also times this tree with its fused engines
 off (SIMKV_FUSED=0; simkv.fused), side by side; `--fleet` adds the per-request cost of a 16-replica fleet
-against one replica (benchmarks/bench_fleet.py: vLLM V1 at 2,000 requests a replica, TGI and paged FCFS at
-6,000, where a lone replica runs fused too); `--repeat N` runs each point N times, the two trees
+against one replica (benchmarks/bench_fleet.py: vLLM V1, TGI and paged FCFS at 6,000 requests a replica,
+where a lone replica runs fused too); `--repeat N` runs each point N times, the two trees
 interleaved, and shows the run with the median CPU time (a shared machine's load changes over
 minutes; interleaving makes the ratio robust to it). Run on demand, not in the test suite: timings
 depend on the machine and its load.
@@ -150,8 +150,8 @@ def main() -> None:
     if args.million:
         n = 1_000_000
         print(row("paged: this tree", n, run_point(ROOT, "paged", n)), flush=True)
-    if args.fleet:   # vLLM V1 replicas on the default engine; TGI and paged FCFS fused (from 5,000 requests)
-        for per, presets in (("2000", "vllm-v1"), ("6000", "tgi,simkv")):
+    if args.fleet:   # vLLM V1, TGI and paged FCFS replicas, fused (from 5,000 requests)
+        for per, presets in (("6000", "vllm-v1,tgi,simkv"),):
             subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_fleet.py"), per, "16", "round_robin",
                             "least_loaded", "--presets", presets], check=True, cwd=ROOT,
                            env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -4,9 +4,8 @@ same number of requests, so each replica of the fleet simulates what the lone re
 
     PYTHONPATH=$PWD python benchmarks/bench_fleet.py [requests_per_replica] [replicas] [policy ...] [--presets P,...]
 
-Presets (default vllm-v1,tgi,simkv): vLLM V1 replicas run on the default engine; TGI and simkv's
-FCFS paged replicas run fused alone and, behind a router that does not read load (round robin,
-random), fused in a fleet too (simkv.fused.fleet).
+Presets (default vllm-v1,tgi,simkv): vLLM V1, TGI and simkv's FCFS paged replicas run fused alone
+(from 5,000 requests) and in a fleet behind round robin, random or least_loaded (simkv.fused.fleet).
 
 Each point runs in a process of its own, after a warm-up run of the same simulation: the first
 simulation in a process also pays for imports, calibration tables and the cost curves of each batch

@@ -4,7 +4,7 @@ Three parts of a run have a compiled twin that gives the same numbers as its pur
 reference, which stays the default for short runs and is what the tests compare against: the
 prefix cache's block pool (simkv.kv.pool_kernels), the recorder's accumulation
 (simkv.metrics.recorder_kernels) and the calibrated cost model's decode-attention sums
-(simkv.cost.attention_kernels). Two run shapes also have a whole fused engine (simkv.fused).
+(simkv.cost.attention_kernels). Three run shapes also have a whole fused engine (simkv.fused).
 
 numba costs a process ~0.35 s to import and ~0.45 s for its first call (a few ms more per kernel
 loaded from its on-disk cache), so they are used only where that pays:

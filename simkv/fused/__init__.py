@@ -2,11 +2,12 @@
 compiled loop, for the run shapes common enough to pay for it. Each equals the engine it replaces
 (simkv.engine.Replica on the pure-Python policies) number for number and hands a run back to it
 whenever it meets what it does not model. simkv.fused.paged_fcfs: FCFS continuous batching on paged
-blocks; simkv.fused.tgi: TGI v3's chunked batching over reserved blocks; both with the calibrated
-cost model. simkv.fused.dispatch picks the one a run fits; simkv.fused.driver, loop_parts and
-layout are what they share. simkv.fused.fleet runs fleets of such replicas: behind round robin or
-random each replica's loop on its own, behind least_loaded all of them in one lockstep loop
-(simkv.fused.fleet_loop)."""
+blocks; simkv.fused.tgi: TGI v3's chunked batching over reserved blocks; simkv.fused.vllm_v1: vLLM
+V1's chunked prefill on the prefix-caching block pool, multi-turn conversations included; all with
+the calibrated cost model. simkv.fused.dispatch picks the one a run fits; simkv.fused.driver,
+loop_parts and layout are what they share. simkv.fused.fleet runs fleets of such replicas: behind
+round robin or random each replica's loop on its own, behind least_loaded all of them in one
+lockstep loop (simkv.fused.fleet_loop)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fused fleets: a fleet of replicas that fit a fused loop (paged FCFS, TGI), run in compiled loops.
+"""Fused fleets: a fleet of replicas that fit a fused loop (paged FCFS, TGI, vLLM V1), run in compiled loops.
 
 Two ways, chosen here (`run_fused`):
 

@@ -1,6 +1,7 @@
-"""The compiled loop of a lockstep fleet (simkv.fused.fleet): one pool of paged FCFS, TGI or vLLM V1 replicas behind
-a router that reads load (least_loaded; session affinity, where every request is its own group), on
-one clock, in one numba function. Equal, number for number, to simkv.fleet.run.Fleet on simpy.
+"""The compiled loop of a lockstep fleet (simkv.fused.fleet): one pool of paged FCFS, TGI or vLLM V1
+replicas behind a router that reads load (least_loaded; session affinity, where every request is its
+own group), on one clock, in one numba function. Equal, number for number, to
+simkv.fleet.run.Fleet on simpy.
 
 The fleet's arrival process hands request i over at fired[i]. Before it does, every replica runs
 up to that instant (simkv.fused.paged_fcfs_kernel in lockstep: it commits the steps that end

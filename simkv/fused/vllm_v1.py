@@ -1,7 +1,8 @@
 """The fused engine for vLLM V1 (simkv.sched.chunked.ChunkedPrefillScheduler: token-budget
 scheduling with chunked prefill, also Sarathi-Serve's) on the prefix-caching block pool (or the plain
 paged pool with prefix caching off), timed by the calibrated cost model, for one replica under
-open-loop arrivals, multi-turn conversations included: `run_fused(sim)` runs it in
+open-loop arrivals, multi-turn conversations included, or a fleet's replica (simkv.fused.fleet:
+routed, or in a lockstep fleet, simkv.fused.fleet_loop.run_v1): `run_fused(sim)` runs it in
 simkv.fused.vllm_v1_kernel's compiled loop, with the request table and recorder left exactly as
 simkv.engine.Replica would leave them (tests/test_fused_vllm_v1.py), or returns None, changing
 nothing, where the default engine must run it (`why_not`; simkv.fused.driver).

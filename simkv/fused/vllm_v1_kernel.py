@@ -6,6 +6,9 @@ simkv.kv.compiled_prefix_cache.CompiledPrefixCache (or the plain paged pool with
 off) with simkv.cost.calibrated.CalibratedCost and the compiled recorder
 (tests/test_fused_vllm_v1.py compares them).
 
+A fleet's replica runs it routed or in lockstep with the others, as simkv.fused.paged_fcfs_kernel
+says (the fleet then hands it every request: it has no follow-up turns of its own).
+
 What it mirrors, and where (each piece keeps the reference's order of operations, of floats and of
 the pool's blocks, so every eviction is the reference's):
 
