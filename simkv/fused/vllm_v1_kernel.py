@@ -226,8 +226,9 @@ def end_session(rid, next_turn, status, reason):
 @njit(cache=True)
 def take_event(kind, t, init_rows, next_turn, status, reason, arrival, waiting, fh_f, fh_i, ah, st_i):
     """Replica._arrivals / _follow_up at `t`: the event's request joins the queue (or, refused at
-    build time, ends its conversation). Returns 1 if it joined, 0 if not; the engine wakes on a
-    joined request, on every follow-up and on the first turns' end (`woke` = 2 for the last two)."""
+    build time, ends its conversation). Returns (wake, joined): joined 1 if it joined the queue;
+    wake nonzero where the event wakes an idle engine: a joined request (1), every follow-up and the
+    first turns' end (2: whatever the request)."""
     if kind == INIT:
         rid = init_rows[st_i[S_NEXT]]
         st_i[S_NEXT] += 1
