@@ -65,6 +65,7 @@ class Replica:
         self._initial = (np.flatnonzero(~np.isnan(table.arrival_s)) if table.next_turn is not None
                          else np.arange(table.num_requests))
         self._next_arrival = 0
+        self._sent_follow_ups = 0   # later turns sent so far (progress counts them with the first turns)
         self._initial_done = False
         self._follow_ups: list[float] = []  # heap of pending follow-up arrival times
         self._wake = env.event()
@@ -195,6 +196,7 @@ class Replica:
     def _follow_up(self, rid: int, at: float):
         yield self.env.timeout(at - self.env.now)
         heapq.heappop(self._follow_ups)
+        self._sent_follow_ups += 1
         self.t.arrival_s[rid] = self.env.now
         self._admit(rid)
         if not self._wake.triggered:
@@ -343,7 +345,7 @@ class Replica:
                 rec.on_extra_gaps(outcome.extra_gaps_s, outcome.extra_gap_value, outcome.extra_gap_count)
             iterations += 1
             if self.progress is not None and iterations % 512 == 0:
-                self.progress(self._next_arrival, self.t.num_requests, env.now)
+                self.progress(self._next_arrival + self._sent_follow_ups, self.t.num_requests, env.now)
 
 
 def _steps_starting_before(ends: np.ndarray, at_s: float) -> int:

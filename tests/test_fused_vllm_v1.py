@@ -178,7 +178,10 @@ def test_runs_paused_and_resumed_every_few_steps_equal_the_reference(monkeypatch
     sc = _scenario(workload={"sessions": SESSIONS, "arrival": {"process": "poisson", "rate": 1.0}},
                    run={"num_requests": 120})
     stream = stream_for(sc)
-    got = run_simulation(build_simulation(sc, stream), "base", progress=lambda *a: calls.append(a))
+    sim = build_simulation(sc, stream)
+    first_turns = int(np.count_nonzero(~np.isnan(sim.table.arrival_s)))
+    got = run_simulation(sim, "base", progress=lambda *a: calls.append(a))
     assert fused.last_outcome[0] == "fused" and len(calls) > 20
+    assert max(sent for sent, *_ in calls[:-1]) > first_turns   # progress counts the follow-ups sent
     with fused.disabled():
         _assert_same(got, run_simulation(build_simulation(sc, stream), "base"))

@@ -194,4 +194,16 @@ def run_fused(sim, progress: ProgressFn | None = None,
             loop_cfg(k, sim, run.rec.max_points), run.limits_f(s.batch.warmup_s), attention_cfg(k, sim.cost),
             *run.tables.values(), *run.state(max_seqs), pre_etc[0], np.zeros(n, i64), *pre_etc[1:10],
             *run.recorder_and_scratch(max_seqs, s.max_repeat), *pre_etc[10:], *run.NO_ROUTER)
-    return run.drive(args, progress)
+    return run.drive(args, _counting_follow_ups(progress, k, run.st_i))
+
+
+def _counting_follow_ups(progress: ProgressFn | None, k, st_i: np.ndarray) -> ProgressFn | None:
+    """`progress` told the requests sent: the first turns the loop reports and the follow-ups sent
+    so far (created less those pending), as the default engine counts them."""
+    if progress is None:
+        return None
+    report = progress
+
+    def counting(first: int, total: int, now: float) -> None:
+        report(first + int(st_i[k.S_FSEQ] - st_i[k.S_FH]), total, now)
+    return counting
