@@ -21,6 +21,7 @@ import simkv
 from simkv import fused
 from simkv.files.scenario_file import expand_variants, validate_scenario
 from simkv.fused import dispatch, vllm_v1
+from simkv.sched import chunked
 from simkv.sched.queue import reference_engine
 from simkv.simulate import build_simulation, run_simulation, stream_for
 from test_step_grouping import _assert_same   # summary, request table and time series, bit for bit
@@ -168,6 +169,9 @@ def test_which_runs_it_takes():
     with reference_engine():
         assert why() == "the reference batch was asked for"
     assert vllm_v1 in dispatch.ENGINES and vllm_v1 in dispatch.FLEET_ENGINES
+    from simkv.fused import vllm_v1_kernel as vk   # the loop's block-name kinds are the scheduler's
+    assert (vk.K_SESSION, vk.K_PREFIX, vk.K_GROUP, vk.K_OWN) == (chunked.SESSION, chunked.PREFIX, chunked.GROUP,
+                                                                  chunked.OWN)
 
 
 def test_runs_paused_and_resumed_every_few_steps_equal_the_reference(monkeypatch):

@@ -51,14 +51,14 @@ def why_not(sim) -> str | None:
         return "not the paged allocator taking blocks on demand"
     if kv.num_blocks > MAX_POOL_BLOCKS:
         return "a pool of more blocks than the loop's name table holds"
-    att = getattr(getattr(getattr(sim.cost, "lc", None), "ops", None), "attention", None)
-    if type(att) is not AttentionModel or not att.chunk:
-        return "no fitted chunked-prefill attention"
     if t.clients is not None or t.beam_reselect:
         return "closed-loop clients or beam search"
     why = why_not_any(sim, sessions=True)
     if why is not None:
         return why
+    att = getattr(getattr(getattr(sim.cost, "lc", None), "ops", None), "attention", None)
+    if type(att) is not AttentionModel or not att.chunk:
+        return "no fitted chunked-prefill attention"
     if t.next_turn is not None:
         follow = t.next_turn[t.next_turn >= 0]
         if len(follow) and not np.all(t.think_s[follow] > 0):
