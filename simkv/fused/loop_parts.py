@@ -294,16 +294,20 @@ def settle_uniform(n, n_join, end0, st_i, st_f):
 
 
 @njit(cache=True)
-def finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i, answers):
+def finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i, answers, done):
     """ImplicitBatch._finish: the decoders with all their tokens are done at `end` and leave, the
-    rest keep their join order (st_i[S_NDEC]). Returns what those done held (D_HOLD), summed. In a
-    lockstep fleet each answer goes, in that order, to the `answers` ring the fleet's router reads
-    (Router.answered; the ring holds at least what the router counts outstanding)."""
+    rest keep their join order (st_i[S_NDEC]). Returns what those done held (D_HOLD), summed; their
+    ids go to done[:n - st_i[S_NDEC]] in join order where `done` is not empty (a loop that frees
+    each one's blocks itself). In a lockstep fleet each answer goes, in that order, to the `answers`
+    ring the fleet's router reads (Router.answered; the ring holds at least what the router counts
+    outstanding)."""
     freed = 0
     w = 0
     for i in range(n):
         if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
             rid = dec_i[D_RID, i]
+            if done.shape[0]:
+                done[i - w] = rid
             if st_i[S_LOCKSTEP]:   # the answer, for the router (its ring is as long as it may need)
                 answers[(st_i[S_AHEAD] + st_i[S_ACOUNT]) % answers.shape[0]] = rid
                 st_i[S_ACOUNT] += 1
@@ -322,6 +326,33 @@ def finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, 
             w += 1
     st_i[S_NDEC] = w
     return freed
+
+
+@njit(cache=True)
+def blocks_needed(dec_i, n, steps, b):
+    """ImplicitBatch.decode_blocks_needed(steps) of on-demand paged decoders (blocks of b slots):
+    the blocks they take in `steps` more steps (for one step, those whose next slot starts a block)."""
+    total = 0
+    for i in range(n):
+        kv = dec_i[D_KV, i]
+        total += (kv + steps + b - 1) // b - (kv + b - 1) // b
+    return total
+
+
+@njit(cache=True)
+def max_decode_steps(dec_i, n, limit, b, free):
+    """BatchBase.max_decode_steps: the most decode steps (<= limit, one at least) whose blocks fit
+    in `free`, by the same bisection."""
+    if limit == 1 or blocks_needed(dec_i, n, limit, b) <= free:
+        return limit
+    lo, hi = 1, limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if blocks_needed(dec_i, n, mid, b) <= free:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 @njit(cache=True)

@@ -58,7 +58,7 @@ from simkv.fused.layout import (S_LOCKSTEP, S_PENDING, S_K, S_SENS, S_BYSTEP, SF
                                 ST_I_SHARED, S_BAIL, S_FREE, S_ITER, S_NDEC, S_NEXT, S_NGAPS, S_ORDER, S_WCOUNT,
                                 S_WHEAD, TOKEN)
 from simkv.fused.loop_parts import (lockstep_idle, lockstep_wait, arrivals_during, check_step_times, commit_decodes, decode_attention,
-                                    finish_decoders, join_decoder, mixed_step_seconds, on_end, on_idle, record,
+                                    finish_decoders, join_decoder, max_decode_steps, mixed_step_seconds, on_end, on_idle, record,
                                     remaining_steps, settle_uniform, sizes_fit, step_ends, timed_decode_run,
                                     wait_for_arrival)
 
@@ -200,16 +200,7 @@ def run(arrival, cut, fired, prompt, output, final,
                 if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
                     st_i[S_BAIL] = BAIL_TABLE
                     return BAIL
-                limit = remaining_steps(dec_i, n, max_repeat)
-                if limit > 1 and _blocks_needed(dec_i, n, limit, b) > free:   # BatchBase.max_decode_steps
-                    lo, hi = 1, limit
-                    while hi - lo > 1:
-                        mid = (lo + hi) // 2
-                        if _blocks_needed(dec_i, n, mid, b) <= free:
-                            lo = mid
-                        else:
-                            hi = mid
-                    limit = lo
+                limit = max_decode_steps(dec_i, n, remaining_steps(dec_i, n, max_repeat), b, free)
                 sensitive = st_i[S_WCOUNT] == 0   # nobody waits: an arrival can change the plan
                 k = timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share,
                                      slopes, layers, cfg_f, vals, dur, st_i)
@@ -305,17 +296,8 @@ def run(arrival, cut, fired, prompt, output, final,
         tokens = n   # decodes + the prefills' first tokens
         # completions, in join order (ImplicitBatch._finish): their blocks go back
         st_i[S_FREE] = free + finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i,
-                                                answers)
+                                                answers, answers[:0])
         record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
                rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)
         st_i[S_ITER] += 1
 
-
-@njit(cache=True)
-def _blocks_needed(dec_i, n, steps, b):
-    """ImplicitBatch.decode_blocks_needed(steps): blocks the decoders take in `steps` more steps."""
-    total = 0
-    for i in range(n):
-        kv = dec_i[D_KV, i]
-        total += (kv + steps + b - 1) // b - (kv + b - 1) // b
-    return total

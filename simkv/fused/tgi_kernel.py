@@ -298,7 +298,7 @@ def run(arrival, cut, fired, prompt, output, final, max_new,
         tokens = n   # tokens each step: every decoder's, and the first of each prefill completed
         # completions, in join order (ImplicitBatch._finish): their reservations go back (whole blocks)
         held_done = finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i,
-                                    answers)
+                                    answers, answers[:0])
         st_i[S_FREE] += held_done // b
         record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
                rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)

@@ -52,17 +52,16 @@ import numpy as np
 from numba import njit
 
 from simkv.cost.attention_kernels import _pairwise
-from simkv.fused.layout import (S_ACOUNT, S_AHEAD, S_BYSTEP, S_K, S_LOCKSTEP, S_PENDING, S_ROUTED, S_SENS,
-                                SF_HORIZON, WAIT, BAIL, BAIL_NONUNIFORM, BAIL_SAME_INSTANT, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE, BAIL_TIE, CF_MAX_STEP,
-                                CF_SCALE, CF_WARMUP, DF_LAST, DF_TBT, DONE, D_FINAL, D_GEN, D_HOLD, D_KV, D_ORDER, D_OUT,
-                                D_RID, DEC_F_ROWS, DEC_I_ROWS, EXTERNAL, FREE, INTERNAL, PAUSE, RESERVED, SF_NOW,
-                                ST_F_SHARED, ST_I_SHARED, S_BAIL, S_FREE, S_ITER, S_NDEC, S_NEXT, S_NGAPS, S_ORDER,
-                                S_WCOUNT, S_WHEAD, TOKEN)
-from simkv.fused.loop_parts import (lockstep_idle, lockstep_wait, check_step_times, commit_decodes, decode_attention, join_decoder,
+from simkv.fused.layout import (BAIL, BAIL_NONUNIFORM, BAIL_SAME_INSTANT, BAIL_STEP_TIME, BAIL_STUCK, BAIL_TABLE,
+                                BAIL_TIE, CF_MAX_STEP, CF_SCALE, CF_WARMUP, D_FINAL, D_GEN, D_HOLD, D_KV, D_ORDER, D_RID,
+                                DF_LAST, DF_TBT, DONE, EXTERNAL, FREE, INTERNAL, PAUSE, RESERVED, S_BAIL, S_BYSTEP,
+                                S_FREE, S_ITER, S_K, S_LOCKSTEP, S_NDEC, S_NEXT, S_NGAPS, S_ORDER, S_PENDING, S_ROUTED,
+                                S_SENS, S_WCOUNT, S_WHEAD, SF_HORIZON, SF_NOW, ST_F_SHARED, ST_I_SHARED, TOKEN, WAIT)
+from simkv.fused.loop_parts import (blocks_needed, check_step_times, commit_decodes, decode_attention,
+                                    finish_decoders, join_decoder, lockstep_idle, lockstep_wait, max_decode_steps,
                                     mixed_step_seconds, on_end, on_idle, record, remaining_steps, settle_uniform,
                                     sizes_fit, step_ends, timed_decode_run)
 from simkv.kv import pool_kernels as pk
-from simkv.request import DONE as DONE_STATUS
 from simkv.request import REJECTED, SESSION_ENDED
 
 # cfg_i
@@ -378,26 +377,6 @@ def preempt_newest(caching, session, prefix_id, prefix_blocks, group, prompt, b,
     return rid
 
 
-@njit(cache=True)
-def decode_blocks_needed(dec_i, n, b):
-    """ImplicitBatch.decode_blocks_needed(1): decoders whose next slot starts a block."""
-    need = 0
-    for i in range(n):
-        if dec_i[D_KV, i] % b == 0:
-            need += 1
-    return need
-
-
-@njit(cache=True)
-def blocks_needed(dec_i, n, steps, b):
-    """ImplicitBatch.decode_blocks_needed(steps)."""
-    total = 0
-    for i in range(n):
-        kv = dec_i[D_KV, i]
-        total += (kv + steps + b - 1) // b - (kv + b - 1) // b
-    return total
-
-
 # ---------------------------------------------------------------- the step time (calibrated.py)
 @njit(cache=True)
 def prefill_attention(pre_i, n_ch, prefill_tab, att_f, vals):
@@ -484,13 +463,13 @@ def run(init_rows, init_cut, init_fired, arrival, prompt, output, final, session
                 return WAIT
             # ---------------------------------------------------------------- schedule (chunked.py)
             nv = 0
-            dbn = decode_blocks_needed(dec_i, n, b)
+            dbn = blocks_needed(dec_i, n, 1, b)
             while st_i[S_NDEC] and dbn > st_i[S_FREE]:   # _make_room_for_decodes
                 victims[nv] = preempt_newest(caching, session, prefix_id, prefix_blocks, group, prompt, b, generated,
                                              tbt_max, last_tok, dec_i, dec_f, pre_i, slot_of, blk, nblk, registered, slots,
                                              pool_st, pool_tab, names, waiting, st_i)
                 nv += 1
-                dbn = decode_blocks_needed(dec_i, st_i[S_NDEC], b)
+                dbn = blocks_needed(dec_i, st_i[S_NDEC], 1, b)
             budget = max_batched - st_i[S_NDEC]
             more = False
             q = 0
@@ -506,7 +485,7 @@ def run(init_rows, init_cut, init_fired, arrival, prompt, output, final, session
                                                  tbt_max, last_tok, dec_i, dec_f, pre_i, slot_of, blk, nblk, registered,
                                                  slots, pool_st, pool_tab, names, waiting, st_i)
                     nv += 1
-                    dbn = decode_blocks_needed(dec_i, st_i[S_NDEC], b)
+                    dbn = blocks_needed(dec_i, st_i[S_NDEC], 1, b)
                 if q >= st_i[S_NPRE]:   # preempted itself
                     more = True
                     break
@@ -611,16 +590,7 @@ def run(init_rows, init_cut, init_fired, arrival, prompt, output, final, session
                 if not sizes_fit(n, n, n, fixed, lm_tab, whole_tab, share):
                     st_i[S_BAIL] = BAIL_TABLE
                     return BAIL
-                limit = remaining_steps(dec_i, n, max_repeat)
-                if limit > 1 and blocks_needed(dec_i, n, limit, b) > free:   # BatchBase.max_decode_steps
-                    lo, hi = 1, limit
-                    while hi - lo > 1:
-                        mid = (lo + hi) // 2
-                        if blocks_needed(dec_i, n, mid, b) <= free:
-                            lo = mid
-                        else:
-                            hi = mid
-                    limit = lo
+                limit = max_decode_steps(dec_i, n, remaining_steps(dec_i, n, max_repeat), b, free)
                 sensitive = st_i[S_WCOUNT] == 0   # nobody waits: an arrival can change the plan
                 k = timed_decode_run(dec_i, n, limit, sensitive, now, next_at, fixed, lm_tab, whole_tab, knots, share,
                                      slopes, layers, cfg_f, vals, dur, st_i)
@@ -753,32 +723,15 @@ def run(init_rows, init_cut, init_fired, arrival, prompt, output, final, session
         tokens = n   # decodes + the completed prefills' first tokens
         st_i[S_FREE] = free
         # completions, in join order (ImplicitBatch._finish): tables freed, follow-ups sent a think time later
-        w = 0
-        for i in range(n):
-            if dec_i[D_GEN, i] >= dec_i[D_OUT, i]:
-                rid = dec_i[D_RID, i]
-                if lockstep:   # the answer, for the router (its ring is as long as it may need)
-                    answers[(st_i[S_AHEAD] + st_i[S_ACOUNT]) % answers.shape[0]] = rid
-                    st_i[S_ACOUNT] += 1
-                finish[rid] = end
-                last_tok[rid] = end
-                generated[rid] = dec_i[D_GEN, i]
-                tbt_max[rid] = dec_f[DF_TBT, i]
-                status[rid] = DONE_STATUS
-                release(slot_of[rid], caching, blk, nblk, slots, pool_st, st_i)
-                nxt = next_turn[rid]
-                if nxt >= 0:   # Replica._answered, _follow_up: timeout(at - now) from now
-                    at = end + think[nxt]
-                    fh_push(end + (at - end), nxt, fh_f, fh_i, st_i)
-                    ah_push(at, ah, st_i)
-            else:
-                if w != i:
-                    for r in range(DEC_I_ROWS):
-                        dec_i[r, w] = dec_i[r, i]
-                    for r in range(DEC_F_ROWS):
-                        dec_f[r, w] = dec_f[r, i]
-                w += 1
-        st_i[S_NDEC] = w
+        finish_decoders(dec_i, dec_f, n, end, finish, last_tok, generated, tbt_max, status, st_i, answers, outb)
+        for j in range(n - st_i[S_NDEC]):
+            rid = outb[j]
+            release(slot_of[rid], caching, blk, nblk, slots, pool_st, st_i)
+            nxt = next_turn[rid]
+            if nxt >= 0:   # Replica._answered, _follow_up: timeout(at - now) from now
+                at = end + think[nxt]
+                fh_push(end + (at - end), nxt, fh_f, fh_i, st_i)
+                ah_push(at, ah, st_i)
         record(start, ends, dur, kvb, k, running, num_waiting, by_step == 1, wbs, tokens, measured, capacity, max_points,
                rec_f, rec_i, hist, gap_v, gap_m, st_i, st_f, rows_i, rows_f)
         st_i[S_ITER] += 1
